@@ -1,0 +1,7 @@
+//! bwmon's agent: per-slice traffic accounting and bandwidth budgets on a shared Linux host.
+//!
+//! One module per concern; the daemon loop (`sync`) is the only place that wires them together.
+#![deny(missing_docs)]
+
+pub mod datapath;
+pub mod paths;

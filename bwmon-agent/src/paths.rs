@@ -1,0 +1,21 @@
+//! Every filesystem path bwmon uses by default, in one place.
+
+use std::path::{Path, PathBuf};
+
+/// Where bpffs is mounted.
+pub const BPFFS: &str = "/sys/fs/bpf";
+/// Root of bwmon's pins: maps and links live under `<PIN_ROOT>/<interface>/`.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/bwmon";
+/// Default configuration file.
+pub const CONFIG: &str = "/etc/bwmon/bwmon.toml";
+/// Default slices file.
+pub const SLICES: &str = "/etc/bwmon/slices.toml";
+/// Default state file.
+pub const STATE: &str = "/var/lib/bwmon/state";
+/// Default control socket.
+pub const SOCKET: &str = "/run/bwmon/bwmon.sock";
+
+/// The pin directory of one interface.
+pub fn pin_dir(pin_root: &Path, interface: &str) -> PathBuf {
+    pin_root.join(interface)
+}

@@ -1,0 +1,161 @@
+//! Types shared by the kernel programs (`bwmon-ebpf`) and the agent: map names, keys and values.
+//!
+//! Everything here is `#[repr(C)]` with explicit integer fields and padding (no `bool`), so the
+//! kernel and user space agree on layout byte for byte.
+#![no_std]
+#![deny(missing_docs)]
+
+/// Names of the maps and globals in the eBPF object. The agent pins maps under these names.
+pub mod names {
+    /// Per-CPU hash: xid → [`XidCounters`](crate::XidCounters) of bytes offered at the egress hook.
+    pub const OFFERED: &str = "BWMON_OFFERED";
+    /// Per-CPU array with one slot: offered bytes of xids that did not fit in [`OFFERED`].
+    pub const OFFERED_OVERFLOW: &str = "BWMON_OFFERED_OVERFLOW";
+    /// Hash: xid → [`ClassIds`](crate::ClassIds), written by the agent.
+    pub const XID_CLASS: &str = "BWMON_XID_CLASS";
+    /// LPM trie of exempt IPv4 destinations.
+    pub const EXEMPT_V4: &str = "BWMON_EXEMPT_V4";
+    /// LPM trie of exempt IPv6 destinations.
+    pub const EXEMPT_V6: &str = "BWMON_EXEMPT_V6";
+    /// LPM trie: IPv4 source prefix → xid.
+    pub const SOURCE_V4: &str = "BWMON_SOURCE_V4";
+    /// LPM trie: IPv6 source prefix → xid.
+    pub const SOURCE_V6: &str = "BWMON_SOURCE_V6";
+    /// Read-only global [`Settings`](crate::Settings) written by the loader.
+    pub const SETTINGS: &str = "BWMON_SETTINGS";
+    /// The classifier program (TC egress).
+    pub const CLASSIFIER: &str = "bwmon_classify";
+}
+
+/// Capacity of the per-xid maps. Xids beyond it are counted in the overflow slot.
+pub const MAX_XIDS: u32 = 65_536;
+/// Capacity of each exempt-destination trie (one per address family).
+pub const MAX_EXEMPT_PREFIXES: u32 = 16_384;
+/// Capacity of each source-prefix trie (one per address family), for `xid_source = "source"`.
+pub const MAX_SOURCE_PREFIXES: u32 = 65_536;
+
+/// The root slice's xid (PlanetLab's `root`).
+pub const ROOT_XID: u32 = 0;
+
+/// HTB handle major of bwmon's root qdisc (`1:`).
+pub const HTB_MAJOR: u32 = 1;
+/// Minor of the default leaf for general traffic of unknown xids (`1:2`), also the qdisc default.
+pub const DEFAULT_GENERAL_MINOR: u32 = 0x2;
+/// Minor of the default leaf for exempt traffic of unknown xids (`1:3`).
+pub const DEFAULT_EXEMPT_MINOR: u32 = 0x3;
+
+/// Builds a tc handle `major:minor` as the kernel stores it in `skb->priority`.
+pub const fn tc_handle(major: u32, minor: u32) -> u32 {
+    (major << 16) | (minor & 0xFFFF)
+}
+
+/// The HTB class ids (`skb->priority` values) of one slice's two leaves.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassIds {
+    /// Leaf for general traffic, as `major << 16 | minor`.
+    pub general: u32,
+    /// Leaf for exempt traffic, as `major << 16 | minor`.
+    pub exempt: u32,
+}
+
+impl ClassIds {
+    /// Where packets of xids without a slice go.
+    pub const DEFAULT: ClassIds = ClassIds {
+        general: tc_handle(HTB_MAJOR, DEFAULT_GENERAL_MINOR),
+        exempt: tc_handle(HTB_MAJOR, DEFAULT_EXEMPT_MINOR),
+    };
+}
+
+/// Where the classifier takes a packet's xid from.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XidSource {
+    /// The uid owning the sending socket (`bpf_get_socket_uid`).
+    Uid = 0,
+    /// `skb->mark`.
+    Mark = 1,
+    /// The source address, looked up in the source-prefix tries.
+    Source = 2,
+}
+
+impl XidSource {
+    /// Decodes the wire value; unknown values yield `None`.
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            0 => Some(Self::Uid),
+            1 => Some(Self::Mark),
+            2 => Some(Self::Source),
+            _ => None,
+        }
+    }
+}
+
+/// Load-time settings of the kernel programs, a read-only global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// A [`XidSource`] as `u32`.
+    pub xid_source: u32,
+    /// Non-zero: emit kernel-side diagnostics through aya-log.
+    pub log_enabled: u32,
+}
+
+/// Bytes and packets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    /// Bytes, as wire length (what HTB counts).
+    pub bytes: u64,
+    /// Packets.
+    pub packets: u64,
+}
+
+impl Counter {
+    /// Adds one packet of `len` bytes.
+    #[inline(always)]
+    pub fn charge(&mut self, len: u64) {
+        self.bytes = self.bytes.wrapping_add(len);
+        self.packets = self.packets.wrapping_add(1);
+    }
+
+    /// Sum of two counters (used to fold per-CPU values).
+    pub fn merged(self, other: Counter) -> Counter {
+        Counter {
+            bytes: self.bytes.wrapping_add(other.bytes),
+            packets: self.packets.wrapping_add(other.packets),
+        }
+    }
+}
+
+/// Counters of one xid, split by traffic class.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XidCounters {
+    /// Traffic to destinations outside the exempt prefixes.
+    pub general: Counter,
+    /// Traffic to the exempt prefixes.
+    pub exempt: Counter,
+}
+
+impl XidCounters {
+    /// Sum of two per-CPU values.
+    pub fn merged(self, other: XidCounters) -> XidCounters {
+        XidCounters {
+            general: self.general.merged(other.general),
+            exempt: self.exempt.merged(other.exempt),
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` integers, no padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::Settings {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Counter {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::XidCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ClassIds {}
+}

@@ -1,0 +1,197 @@
+//! bwmon's kernel side: the TC egress classifier.
+//!
+//! For every packet leaving the interface it finds the slice (xid), decides whether the
+//! destination is exempt, steers the packet into the slice's HTB leaf through
+//! `skb->priority`, and charges the bytes offered to the xid's per-CPU counters. It never drops
+//! and never touches the payload; it returns "next" so other programs on the hook still run.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{TC_ACT_UNSPEC, bpf_hdr_start_off::BPF_HDR_START_NET},
+    helpers::{bpf_ktime_get_ns, generated::bpf_skb_load_bytes_relative},
+    macros::{classifier, map},
+    maps::{HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+    programs::TcContext,
+};
+use aya_log_ebpf::warn;
+use bwmon_common::{
+    ClassIds, MAX_EXEMPT_PREFIXES, MAX_SOURCE_PREFIXES, MAX_XIDS, Settings, XidCounters, XidSource,
+};
+
+/// Written by the loader before the program is loaded (read-only global).
+#[unsafe(no_mangle)]
+static BWMON_SETTINGS: Settings = Settings {
+    xid_source: XidSource::Uid as u32,
+    log_enabled: 0,
+};
+
+#[map(name = "BWMON_OFFERED")]
+static OFFERED: PerCpuHashMap<u32, XidCounters> = PerCpuHashMap::with_max_entries(MAX_XIDS, 0);
+
+#[map(name = "BWMON_OFFERED_OVERFLOW")]
+static OFFERED_OVERFLOW: PerCpuArray<XidCounters> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "BWMON_XID_CLASS")]
+static XID_CLASS: HashMap<u32, ClassIds> = HashMap::with_max_entries(MAX_XIDS, 0);
+
+#[map(name = "BWMON_EXEMPT_V4")]
+static EXEMPT_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(MAX_EXEMPT_PREFIXES, 0);
+
+#[map(name = "BWMON_EXEMPT_V6")]
+static EXEMPT_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(MAX_EXEMPT_PREFIXES, 0);
+
+#[map(name = "BWMON_SOURCE_V4")]
+static SOURCE_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_SOURCE_PREFIXES, 0);
+
+#[map(name = "BWMON_SOURCE_V6")]
+static SOURCE_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_SOURCE_PREFIXES, 0);
+
+/// Per-CPU time of the last diagnostic, so logging is at most one line per second per CPU.
+#[map(name = "BWMON_LOG_GATE")]
+static LOG_GATE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+/// The xid of packets whose source address matches no source prefix: the root slice.
+const UNMATCHED_SOURCE_XID: u32 = bwmon_common::ROOT_XID;
+const BPF_NOEXIST: u64 = 1;
+
+#[inline(always)]
+fn settings() -> Settings {
+    // SAFETY: a plain read of a global the loader wrote; volatile so the compiler does not fold
+    // the initial value in.
+    unsafe { core::ptr::read_volatile(&BWMON_SETTINGS) }
+}
+
+#[classifier]
+pub fn bwmon_classify(ctx: TcContext) -> i32 {
+    classify(&ctx);
+    // "Next": never drop, and let the programs after us run.
+    TC_ACT_UNSPEC
+}
+
+/// Source and destination address of an IP packet, in network byte order.
+enum Addrs {
+    V4 { src: [u8; 4], dst: [u8; 4] },
+    V6 { src: [u8; 16], dst: [u8; 16] },
+    NotIp,
+}
+
+#[inline(always)]
+fn load_net<T: Default>(ctx: &TcContext, offset: u32) -> Option<T> {
+    let mut out = T::default();
+    // SAFETY: the helper writes at most size_of::<T>() bytes into `out`.
+    let ret = unsafe {
+        bpf_skb_load_bytes_relative(
+            ctx.skb.skb as *const _,
+            offset,
+            &mut out as *mut T as *mut _,
+            core::mem::size_of::<T>() as u32,
+            BPF_HDR_START_NET,
+        )
+    };
+    (ret == 0).then_some(out)
+}
+
+#[inline(always)]
+fn addrs(ctx: &TcContext) -> Addrs {
+    // SAFETY: reading a field of the context the kernel handed us.
+    let proto = u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16);
+    match proto {
+        ETH_P_IP => match (load_net::<[u8; 4]>(ctx, 12), load_net::<[u8; 4]>(ctx, 16)) {
+            (Some(src), Some(dst)) => Addrs::V4 { src, dst },
+            _ => Addrs::NotIp,
+        },
+        ETH_P_IPV6 => match (load_net::<[u8; 16]>(ctx, 8), load_net::<[u8; 16]>(ctx, 24)) {
+            (Some(src), Some(dst)) => Addrs::V6 { src, dst },
+            _ => Addrs::NotIp,
+        },
+        _ => Addrs::NotIp,
+    }
+}
+
+#[inline(always)]
+fn classify(ctx: &TcContext) {
+    let s = settings();
+    let addrs = addrs(ctx);
+    let xid = match XidSource::from_u32(s.xid_source) {
+        Some(XidSource::Mark) => unsafe { (*ctx.skb.skb).mark },
+        Some(XidSource::Source) => match &addrs {
+            Addrs::V4 { src, .. } => SOURCE_V4.get(Key::new(32, *src)).copied(),
+            Addrs::V6 { src, .. } => SOURCE_V6.get(Key::new(128, *src)).copied(),
+            Addrs::NotIp => None,
+        }
+        .unwrap_or(UNMATCHED_SOURCE_XID),
+        _ => ctx.get_socket_uid(),
+    };
+    let exempt = match &addrs {
+        Addrs::V4 { dst, .. } => EXEMPT_V4.get(Key::new(32, *dst)).is_some(),
+        Addrs::V6 { dst, .. } => EXEMPT_V6.get(Key::new(128, *dst)).is_some(),
+        Addrs::NotIp => false,
+    };
+
+    // SAFETY: plain lookup; the value is copied out at once.
+    let class = unsafe { XID_CLASS.get(&xid) }
+        .copied()
+        .unwrap_or(ClassIds::DEFAULT);
+    let priority = if exempt { class.exempt } else { class.general };
+    // SAFETY: `priority` is a writable field of `__sk_buff` for TC programs.
+    unsafe { (*ctx.skb.skb).priority = priority };
+
+    // SAFETY: reading a field of the context.
+    let wire_len = u64::from(unsafe { (*ctx.skb.skb).wire_len });
+    let counters = match OFFERED.get_ptr_mut(&xid) {
+        Some(p) => Some(p),
+        None => {
+            // Racing CPUs may both insert: the loser's insert fails and its lookup finds the key.
+            let _ = OFFERED.insert(&xid, &XidCounters::default(), BPF_NOEXIST);
+            OFFERED.get_ptr_mut(&xid)
+        }
+    };
+    let counters = match counters {
+        Some(p) => p,
+        None => {
+            diag_map_full(ctx, &s, xid);
+            match OFFERED_OVERFLOW.get_ptr_mut(0) {
+                Some(p) => p,
+                None => return,
+            }
+        }
+    };
+    // SAFETY: per-CPU value: no other writer on this CPU while we run.
+    let c = unsafe { &mut *counters };
+    if exempt {
+        c.exempt.charge(wire_len);
+    } else {
+        c.general.charge(wire_len);
+    }
+}
+
+#[inline(always)]
+fn diag_map_full(ctx: &TcContext, s: &Settings, xid: u32) {
+    if s.log_enabled == 0 {
+        return;
+    }
+    let Some(gate) = LOG_GATE.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: per-CPU slot.
+    let last = unsafe { &mut *gate };
+    if now.wrapping_sub(*last) < 1_000_000_000 {
+        return;
+    }
+    *last = now;
+    warn!(
+        ctx,
+        "bwmon: xid map full, xid {} counted in the overflow slot", xid
+    );
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
