@@ -1,1 +1,56 @@
-fn main() {}
+//! `cargo xtask`: everything about building and checking bwmon that cargo alone cannot do.
+//!
+//! The eBPF object needs a compiler with a prebuilt `core` for `bpfel-unknown-none` (Debian's
+//! `rustc-web`) and `bpf-linker`; `setup` installs them, `build` drives them, and every command
+//! that needs them runs `setup` first.
+
+mod build;
+mod setup;
+mod test;
+mod workspace;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "bwmon's build tasks", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what the build and the tests need on Debian 12 (idempotent; a no-op when present).
+    Setup,
+    /// Build the eBPF object, then the agent with the object embedded.
+    Build {
+        /// Optimised build: the binary is target/release/bwmon.
+        #[arg(long)]
+        release: bool,
+    },
+    /// fmt, clippy, unit tests, then the root-only integration tests in network namespaces.
+    Test {
+        /// Only run integration tests whose name contains this.
+        filter: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::run().map(|_| ()),
+        Command::Build { release } => {
+            setup::run().and_then(|tools| build::all(&tools, build::Profile::from_flag(release)))
+        }
+        Command::Test { filter } => setup::run().and_then(|tools| test::run(&tools, filter)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! `cargo xtask test`: formatting, lints, unit tests, then the integration tests in network
+//! namespaces (root only: they refuse to run otherwise rather than skip).
+
+use anyhow::bail;
+
+use crate::{
+    build::{self, Profile},
+    setup::Tools,
+    workspace::{self, exec},
+};
+
+/// The user-space crates whose unit tests run without privileges.
+const UNIT_PACKAGES: &[&str] = &["bwmon-common", "bwmon-agent", "xtask"];
+
+pub fn run(tools: &Tools, filter: Option<String>) -> anyhow::Result<()> {
+    exec(workspace::cargo().args(["fmt", "--all", "--check"]))?;
+    let object = build::ebpf(tools)?;
+    exec(build::host_cargo(&object).args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    let mut unit = build::host_cargo(&object);
+    unit.arg("test");
+    for p in UNIT_PACKAGES {
+        unit.args(["--package", p]);
+    }
+    exec(&mut unit)?;
+
+    if !workspace::is_root() {
+        bail!(
+            "the integration tests build network namespaces and load eBPF programs: run `cargo xtask test` as root"
+        );
+    }
+    build::all(tools, Profile::Debug)?;
+    let mut integration = build::host_cargo(&object);
+    integration
+        .args(["test", "--package", "tests", "--"])
+        // One at a time: they measure rates on a 2-core machine.
+        .arg("--test-threads=1");
+    if let Some(f) = filter {
+        integration.arg(f);
+    }
+    exec(
+        integration.env(
+            "BWMON_BIN",
+            workspace::root()
+                .join("target")
+                .join(Profile::Debug.dir())
+                .join("bwmon"),
+        ),
+    )
+}
