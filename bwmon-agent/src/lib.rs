@@ -3,5 +3,6 @@
 //! One module per concern; the daemon loop (`sync`) is the only place that wires them together.
 #![deny(missing_docs)]
 
+pub mod btf;
 pub mod datapath;
 pub mod paths;

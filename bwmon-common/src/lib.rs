@@ -21,6 +21,13 @@ pub mod names {
     pub const SOURCE_V4: &str = "BWMON_SOURCE_V4";
     /// LPM trie: IPv6 source prefix → xid.
     pub const SOURCE_V6: &str = "BWMON_SOURCE_V6";
+    /// Per-CPU array indexed by HTB minor of bwmon's `1:` tree: [`Counter`](crate::Counter) of the
+    /// bytes the root qdisc accepted for that class (what leaves; drops are not charged).
+    pub const ACCEPTED: &str = "BWMON_ACCEPTED";
+    /// Array with one [`EnqueueControl`](crate::EnqueueControl).
+    pub const ENQUEUE_ACTIVE: &str = "BWMON_ENQUEUE_ACTIVE";
+    /// The enqueue program (BTF tracepoint `qdisc_enqueue`).
+    pub const ENQUEUE: &str = "bwmon_enqueue";
     /// Read-only global [`Settings`](crate::Settings) written by the loader.
     pub const SETTINGS: &str = "BWMON_SETTINGS";
     /// The classifier program (TC egress).
@@ -29,6 +36,8 @@ pub mod names {
 
 /// Capacity of the per-xid maps. Xids beyond it are counted in the overflow slot.
 pub const MAX_XIDS: u32 = 65_536;
+/// Slots of the accepted-bytes array: one per possible HTB minor.
+pub const MAX_MINORS: u32 = 65_536;
 /// Capacity of each exempt-destination trie (one per address family).
 pub const MAX_EXEMPT_PREFIXES: u32 = 16_384;
 /// Capacity of each source-prefix trie (one per address family), for `xid_source = "source"`.
@@ -95,10 +104,49 @@ impl XidSource {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
+    /// This load's generation: the enqueue program counts only while
+    /// [`names::ENQUEUE_ACTIVE`] holds it, so exactly one loaded program charges a packet.
+    pub generation: u64,
     /// A [`XidSource`] as `u32`.
     pub xid_source: u32,
     /// Non-zero: emit kernel-side diagnostics through aya-log.
     pub log_enabled: u32,
+    /// Kernel struct offsets, read from the running kernel's BTF at load time.
+    pub offsets: KernelOffsets,
+}
+
+/// Value of [`names::ENQUEUE_ACTIVE`]: which enqueue program counts, and for which device.
+///
+/// The device is here rather than in [`Settings`] so a kept program follows an interface that
+/// was re-created (new ifindex) without being reloaded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EnqueueControl {
+    /// The [`Settings::generation`] of the program that counts.
+    pub generation: u64,
+    /// ifindex of the accounted interface.
+    pub ifindex: u32,
+    /// Inode number of its network namespace (ifindexes are per namespace).
+    pub netns_inum: u32,
+}
+
+/// Byte offsets of the kernel struct fields the enqueue program reads. They differ between
+/// kernel builds, so the agent reads them from `/sys/kernel/btf/vmlinux`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `sk_buff.dev`
+    pub skb_dev: u32,
+    /// `sk_buff.priority`
+    pub skb_priority: u32,
+    /// `sk_buff.cb` + `qdisc_skb_cb.pkt_len`: the length the qdisc accounts.
+    pub skb_pkt_len: u32,
+    /// `net_device.ifindex`
+    pub dev_ifindex: u32,
+    /// `net_device.nd_net.net`
+    pub dev_net: u32,
+    /// `net.ns.inum`
+    pub net_inum: u32,
 }
 
 /// Bytes and packets.
@@ -158,4 +206,8 @@ mod pod {
     unsafe impl aya::Pod for super::XidCounters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ClassIds {}
+    // SAFETY: as above (u64 first, then an even number of u32s: no padding).
+    unsafe impl aya::Pod for super::KernelOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::EnqueueControl {}
 }

@@ -1,30 +1,50 @@
-//! bwmon's kernel side: the TC egress classifier.
+//! bwmon's kernel side.
 //!
-//! For every packet leaving the interface it finds the slice (xid), decides whether the
-//! destination is exempt, steers the packet into the slice's HTB leaf through
-//! `skb->priority`, and charges the bytes offered to the xid's per-CPU counters. It never drops
-//! and never touches the payload; it returns "next" so other programs on the hook still run.
+//! `bwmon_classify` (TC egress): for every packet leaving the interface it finds the slice
+//! (xid), decides whether the destination is exempt, steers the packet into the slice's HTB leaf
+//! through `skb->priority`, and counts the bytes *offered* per xid. It never drops and never
+//! touches the payload; it returns "next" so other programs on the hook still run.
+//!
+//! `bwmon_enqueue` (BTF tracepoint `qdisc_enqueue`, which fires only when the root qdisc
+//! accepted a packet): charges the packet's qdisc length to the HTB class in `skb->priority`.
+//! That is what a slice pays: what leaves, as HTB counts it, never what the qdisc dropped.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::{TC_ACT_UNSPEC, bpf_hdr_start_off::BPF_HDR_START_NET},
-    helpers::{bpf_ktime_get_ns, generated::bpf_skb_load_bytes_relative},
-    macros::{classifier, map},
-    maps::{HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
-    programs::TcContext,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, generated::bpf_skb_load_bytes_relative},
+    macros::{btf_tracepoint, classifier, map},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+    programs::{BtfTracePointContext, TcContext},
 };
 use aya_log_ebpf::warn;
 use bwmon_common::{
-    ClassIds, MAX_EXEMPT_PREFIXES, MAX_SOURCE_PREFIXES, MAX_XIDS, Settings, XidCounters, XidSource,
+    ClassIds, Counter, EnqueueControl, HTB_MAJOR, KernelOffsets, MAX_EXEMPT_PREFIXES, MAX_MINORS,
+    MAX_SOURCE_PREFIXES, MAX_XIDS, Settings, XidCounters, XidSource,
 };
 
 /// Written by the loader before the program is loaded (read-only global).
 #[unsafe(no_mangle)]
 static BWMON_SETTINGS: Settings = Settings {
+    generation: 0,
     xid_source: XidSource::Uid as u32,
     log_enabled: 0,
+    offsets: KernelOffsets {
+        skb_dev: 0,
+        skb_priority: 0,
+        skb_pkt_len: 0,
+        dev_ifindex: 0,
+        dev_net: 0,
+        net_inum: 0,
+    },
 };
+
+#[map(name = "BWMON_ACCEPTED")]
+static ACCEPTED: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_MINORS, 0);
+
+#[map(name = "BWMON_ENQUEUE_ACTIVE")]
+static ENQUEUE_ACTIVE: Array<EnqueueControl> = Array::with_max_entries(1, 0);
 
 #[map(name = "BWMON_OFFERED")]
 static OFFERED: PerCpuHashMap<u32, XidCounters> = PerCpuHashMap::with_max_entries(MAX_XIDS, 0);
@@ -166,6 +186,53 @@ fn classify(ctx: &TcContext) {
     } else {
         c.general.charge(wire_len);
     }
+}
+
+#[btf_tracepoint(function = "qdisc_enqueue")]
+pub fn bwmon_enqueue(ctx: BtfTracePointContext) -> i32 {
+    // SAFETY: the tracepoint's arguments are (qdisc, txq, skb); every read below goes through
+    // bpf_probe_read_kernel, which tolerates bad pointers.
+    let _ = unsafe { charge_enqueued(ctx.arg(2)) };
+    0
+}
+
+#[inline(always)]
+unsafe fn read<T>(base: *const u8, offset: u32) -> Option<T> {
+    // SAFETY: probe reads fault safely.
+    unsafe { bpf_probe_read_kernel(base.add(offset as usize) as *const T).ok() }
+}
+
+#[inline(always)]
+unsafe fn charge_enqueued(skb: *const u8) -> Option<()> {
+    let s = settings();
+    let control = ENQUEUE_ACTIVE.get(0).copied()?;
+    if control.generation != s.generation {
+        // Another load is the one counting: exactly one program charges a packet.
+        return None;
+    }
+    let o = s.offsets;
+    // SAFETY: probe reads of kernel memory.
+    unsafe {
+        let priority: u32 = read(skb, o.skb_priority)?;
+        if priority >> 16 != HTB_MAJOR {
+            return None;
+        }
+        let dev: *const u8 = read(skb, o.skb_dev)?;
+        let ifindex: u32 = read(dev, o.dev_ifindex)?;
+        if ifindex != control.ifindex {
+            return None;
+        }
+        let net: *const u8 = read(dev, o.dev_net)?;
+        let inum: u32 = read(net, o.net_inum)?;
+        if inum != control.netns_inum {
+            return None;
+        }
+        let pkt_len: u32 = read(skb, o.skb_pkt_len)?;
+        let counter = ACCEPTED.get_ptr_mut(priority & 0xffff)?;
+        // SAFETY: per-CPU slot; nothing else on this CPU writes it while we run.
+        (*counter).charge(u64::from(pkt_len));
+    }
+    Some(())
 }
 
 #[inline(always)]

@@ -1,40 +1,57 @@
-//! The kernel side seen from the agent: load the embedded eBPF object, attach it to the egress of
-//! one interface, pin its maps and link so a restarted agent picks up where the last one left
-//! off, fill the xid → class and exempt-prefix maps, and read the counters.
+//! The kernel side seen from the agent: load the embedded eBPF object, attach its programs to
+//! one interface, pin maps and links so a restarted agent picks up where the last one left off,
+//! fill the xid → class, exempt-prefix and source-prefix maps, and read the counters.
 //!
-//! Pins live under `<pin root>/<interface>/`: `link_egress` (the TCX link) and one file per map.
-//! A restart re-opens the pinned maps and swaps the new program into the pinned link in one
-//! `bpf_link_update`, so no packet goes uncounted and nothing is counted twice.
+//! Pins live under `<pin root>/<interface>/`: `link_egress` (the classifier's TCX link),
+//! `link_enqueue` (the `qdisc_enqueue` tracepoint) and one file per map.
+//!
+//! Restarts lose and double nothing:
+//! - the maps are re-opened from their pins, counters and all;
+//! - the new classifier replaces the old one inside the pinned TCX link (`bpf_link_update`);
+//! - the enqueue program is kept as it is when the new one has the same code (its tag); after an
+//!   upgrade the new one is attached beside the old and counting is handed over by one write
+//!   to `ENQUEUE_ACTIVE` (only a packet in flight at that instant can be missed or doubled).
+
+mod batch;
 
 use std::{
     collections::{BTreeMap, HashMap},
     ffi::CString,
     fs, io,
-    os::unix::ffi::OsStrExt,
+    os::unix::{ffi::OsStrExt, fs::MetadataExt},
     path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{
+        Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap,
+        PerCpuValues, lpm_trie::Key,
+    },
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType,
+        BtfTracePoint, LinkOrder, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
         tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
     },
 };
-use bwmon_common::{ClassIds, Settings, XidCounters, XidSource, names};
+use bwmon_common::{
+    ClassIds, Counter, EnqueueControl, KernelOffsets, Settings, XidCounters, XidSource, names,
+};
+use ipnet::IpNet;
 use tracing::{debug, info, warn};
 
-use crate::paths;
+use crate::{btf::Btf, paths};
 
 /// The eBPF object built by `cargo xtask build`; empty when the agent was built without it.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bwmon.bpf.o"));
 
 /// Maps that outlive the agent (pinned). The rest (log gate, globals) are per load.
-const PINNED_MAPS: [&str; 7] = [
+const PINNED_MAPS: [&str; 9] = [
     names::OFFERED,
     names::OFFERED_OVERFLOW,
+    names::ACCEPTED,
+    names::ENQUEUE_ACTIVE,
     names::XID_CLASS,
     names::EXEMPT_V4,
     names::EXEMPT_V6,
@@ -42,8 +59,12 @@ const PINNED_MAPS: [&str; 7] = [
     names::SOURCE_V6,
 ];
 
-/// Name of the pinned TCX link inside an interface's pin directory.
+/// Pinned TCX link of the classifier, inside an interface's pin directory.
 const LINK_PIN: &str = "link_egress";
+/// Pinned link of the enqueue tracepoint program.
+const ENQUEUE_LINK_PIN: &str = "link_enqueue";
+/// The kernel tracepoint that fires when the root qdisc accepted a packet.
+const ENQUEUE_TRACEPOINT: &str = "qdisc_enqueue";
 /// Priority and handle of our filter when attached through clsact (kernels without TCX); fixed
 /// so a restarted agent finds and replaces it.
 const CLSACT_PRIORITY: u16 = 0xb3a0;
@@ -184,6 +205,19 @@ pub struct Snapshot {
     pub offered: BTreeMap<u32, XidCounters>,
     /// Bytes of xids that found no room in the per-xid map.
     pub offered_overflow: XidCounters,
+    /// Bytes the root qdisc accepted, per HTB minor of bwmon's `1:` tree (classes that saw no
+    /// traffic are left out), monotonic. This is what a slice is charged.
+    pub accepted: BTreeMap<u16, Counter>,
+}
+
+/// Cost of one of the kernel programs, from the kernel's `bpf_stats` (zero unless
+/// `kernel.bpf_stats_enabled` is on).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgramStats {
+    /// Times the program ran.
+    pub run_count: u64,
+    /// Total time spent in it.
+    pub run_time: std::time::Duration,
 }
 
 /// The loaded, attached datapath of one interface.
@@ -275,6 +309,11 @@ impl Datapath {
         }
         validate_interface_name(&opts.interface)?;
         let iface = opts.interface.clone();
+        let load_err = |e: Box<dyn std::error::Error + Send + Sync>| DatapathError::Load {
+            iface: iface.clone(),
+            source: e,
+        };
+        let device = Device::lookup(&iface).map_err(|e| load_err(Box::new(e)))?;
         ensure_bpffs()?;
         let pin_dir = paths::pin_dir(&opts.pin_root, &iface);
         fs::create_dir_all(&pin_dir).map_err(|source| DatapathError::PinDir {
@@ -282,9 +321,14 @@ impl Datapath {
             source,
         })?;
 
+        let offsets: KernelOffsets = Btf::from_kernel()
+            .and_then(|b| b.kernel_offsets())
+            .map_err(|e| load_err(Box::new(e)))?;
         let settings = Settings {
+            generation: new_generation(),
             xid_source: opts.xid_source as u32,
             log_enabled: u32::from(opts.kernel_log),
+            offsets,
         };
         let mut loader = EbpfLoader::new();
         loader.override_global(names::SETTINGS, &settings, true);
@@ -295,33 +339,119 @@ impl Datapath {
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
-        let mut ebpf = loader.load(OBJECT).map_err(|e| DatapathError::Load {
-            iface: iface.clone(),
-            source: Box::new(e),
-        })?;
+        let mut ebpf = loader.load(OBJECT).map_err(|e| load_err(Box::new(e)))?;
         for (name, path) in &pins {
             check_pinned_map(&ebpf, name, path)?;
         }
 
-        let load_err = |e: aya::programs::ProgramError| DatapathError::Load {
-            iface: iface.clone(),
-            source: Box::new(e),
-        };
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(names::CLASSIFIER)
-            .ok_or_else(|| DatapathError::Load {
-                iface: iface.clone(),
-                source: format!("program {} missing from the object", names::CLASSIFIER).into(),
-            })?
+        let prog_err = |e: aya::programs::ProgramError| load_err(Box::new(e));
+        let classifier: &mut SchedClassifier = program(&mut ebpf, &iface, names::CLASSIFIER)?
             .try_into()
-            .map_err(load_err)?;
-        prog.load().map_err(load_err)?;
-        attach(prog, &iface, &pin_dir, opts.attach_mode)?;
-        Ok(Self {
+            .map_err(prog_err)?;
+        classifier.load().map_err(prog_err)?;
+        attach(classifier, &iface, &pin_dir, opts.attach_mode)?;
+
+        let kernel_btf = aya::Btf::from_sys_fs().map_err(|e| load_err(Box::new(e)))?;
+        let enqueue: &mut BtfTracePoint = program(&mut ebpf, &iface, names::ENQUEUE)?
+            .try_into()
+            .map_err(prog_err)?;
+        enqueue
+            .load(ENQUEUE_TRACEPOINT, &kernel_btf)
+            .map_err(prog_err)?;
+        let mut dp = Self {
             ebpf,
             iface,
             pin_dir,
-        })
+        };
+        dp.attach_enqueue(settings.generation, device)?;
+        Ok(dp)
+    }
+
+    /// Attaches the enqueue program, or keeps the pinned one when it runs the same code, and
+    /// points the counting at `device`.
+    fn attach_enqueue(&mut self, generation: u64, device: Device) -> Result<()> {
+        let iface = self.iface.clone();
+        let attach_err = |e: Box<dyn std::error::Error + Send + Sync>| DatapathError::Attach {
+            iface: iface.clone(),
+            source: e,
+        };
+        let link_pin = self.pin_dir.join(ENQUEUE_LINK_PIN);
+        let new_tag = self
+            .enqueue_program()?
+            .info()
+            .map_err(|e| attach_err(Box::new(e)))?
+            .tag();
+        let control = self.read_control()?;
+        let old_link = PinnedLink::from_pin(&link_pin).ok().map(FdLink::from);
+        let old_tag = old_link
+            .as_ref()
+            .and_then(|l| l.info().ok())
+            .and_then(|info| program_tag(info.program_id()));
+        if old_tag == Some(new_tag) && control.generation != 0 {
+            // Same code already counting: keep it (no handover, nothing missed or doubled).
+            self.write_control(EnqueueControl {
+                generation: control.generation,
+                ifindex: device.ifindex,
+                netns_inum: device.netns_inum,
+            })?;
+            self.enqueue_program()?
+                .unload()
+                .map_err(|e| attach_err(Box::new(e)))?;
+            debug!(iface, "kept the pinned enqueue program (same code)");
+            return Ok(());
+        }
+        let prog = self.enqueue_program()?;
+        let id = prog.attach().map_err(|e| attach_err(Box::new(e)))?;
+        let link: FdLink = prog
+            .take_link(id)
+            .map_err(|e| attach_err(Box::new(e)))?
+            .into();
+        // Both programs are attached; from this write on only the new one counts.
+        self.write_control(EnqueueControl {
+            generation,
+            ifindex: device.ifindex,
+            netns_inum: device.netns_inum,
+        })?;
+        if old_link.is_some() {
+            fs::remove_file(&link_pin).map_err(|e| attach_err(Box::new(e)))?;
+        }
+        drop(old_link);
+        link.pin(&link_pin).map_err(|e| attach_err(Box::new(e)))?;
+        info!(iface, pin = %link_pin.display(), "enqueue program attached and counting");
+        Ok(())
+    }
+
+    fn enqueue_program(&mut self) -> Result<&mut BtfTracePoint> {
+        let iface = self.iface.clone();
+        program(&mut self.ebpf, &iface, names::ENQUEUE)?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| DatapathError::Load {
+                iface,
+                source: Box::new(e),
+            })
+    }
+
+    fn read_control(&self) -> Result<EnqueueControl> {
+        let map: Array<&MapData, EnqueueControl> =
+            Array::try_from(self.map(names::ENQUEUE_ACTIVE)?)
+                .map_err(|e| self.map_err(names::ENQUEUE_ACTIVE, e))?;
+        map.get(&0, 0)
+            .map_err(|e| self.map_err(names::ENQUEUE_ACTIVE, e))
+    }
+
+    fn write_control(&mut self, control: EnqueueControl) -> Result<()> {
+        let (iface, name) = (self.iface.clone(), names::ENQUEUE_ACTIVE);
+        let err = |source| DatapathError::Map {
+            iface: iface.clone(),
+            map: name,
+            source,
+        };
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or_else(|| missing(&iface, name))?;
+        let mut map: Array<&mut MapData, EnqueueControl> = Array::try_from(map).map_err(err)?;
+        map.set(0, control, 0).map_err(err)
     }
 
     /// The interface this datapath accounts.
@@ -329,26 +459,193 @@ impl Datapath {
         &self.iface
     }
 
-    /// Reads every counter, summed over CPUs.
+    /// Reads every counter, summed over CPUs, with batch lookups where the kernel has them.
     ///
     /// # Errors
     /// A failed map read, naming the map.
     pub fn snapshot(&self) -> Result<Snapshot> {
-        let map = self.map(names::OFFERED)?;
-        let offered: PerCpuHashMap<&MapData, u32, XidCounters> =
-            PerCpuHashMap::try_from(map).map_err(|e| self.map_err(names::OFFERED, e))?;
+        let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| self.io_err(names::OFFERED, e))?;
         let mut out = Snapshot::default();
-        for entry in offered.iter() {
-            let (xid, values) = entry.map_err(|e| self.map_err(names::OFFERED, e))?;
-            out.offered.insert(xid, sum(&values));
+
+        let map = self.map(names::OFFERED)?;
+        let offered = match map_data(map) {
+            Some(data) => {
+                batch::per_cpu_entries::<u32, XidCounters>(data.fd(), nr_cpus, XidCounters::merged)
+                    .map_err(|e| self.io_err(names::OFFERED, e))?
+            }
+            None => None,
+        };
+        match offered {
+            Some(entries) => out.offered.extend(entries),
+            None => {
+                let map: PerCpuHashMap<&MapData, u32, XidCounters> =
+                    PerCpuHashMap::try_from(map).map_err(|e| self.map_err(names::OFFERED, e))?;
+                for entry in map.iter() {
+                    let (xid, values) = entry.map_err(|e| self.map_err(names::OFFERED, e))?;
+                    out.offered.insert(xid, sum(&values, XidCounters::merged));
+                }
+            }
         }
+
         let map = self.map(names::OFFERED_OVERFLOW)?;
         let overflow: PerCpuArray<&MapData, XidCounters> =
             PerCpuArray::try_from(map).map_err(|e| self.map_err(names::OFFERED_OVERFLOW, e))?;
-        out.offered_overflow = sum(&overflow
-            .get(&0, 0)
-            .map_err(|e| self.map_err(names::OFFERED_OVERFLOW, e))?);
+        out.offered_overflow = sum(
+            &overflow
+                .get(&0, 0)
+                .map_err(|e| self.map_err(names::OFFERED_OVERFLOW, e))?,
+            XidCounters::merged,
+        );
+
+        let map = self.map(names::ACCEPTED)?;
+        let accepted = match map_data(map) {
+            Some(data) => {
+                batch::per_cpu_entries::<u32, Counter>(data.fd(), nr_cpus, Counter::merged)
+                    .map_err(|e| self.io_err(names::ACCEPTED, e))?
+            }
+            None => None,
+        };
+        let accepted = match accepted {
+            Some(entries) => entries,
+            None => {
+                let map: PerCpuArray<&MapData, Counter> =
+                    PerCpuArray::try_from(map).map_err(|e| self.map_err(names::ACCEPTED, e))?;
+                let mut entries = Vec::new();
+                for minor in 0..bwmon_common::MAX_MINORS {
+                    let values = map
+                        .get(&minor, 0)
+                        .map_err(|e| self.map_err(names::ACCEPTED, e))?;
+                    entries.push((minor, sum(&values, Counter::merged)));
+                }
+                entries
+            }
+        };
+        out.accepted.extend(
+            accepted
+                .into_iter()
+                .filter(|(_, c)| c.packets != 0)
+                .filter_map(|(minor, c)| Some((u16::try_from(minor).ok()?, c))),
+        );
         Ok(out)
+    }
+
+    /// Run counts and run time of the classifier and the enqueue program (`bpf_stats`).
+    ///
+    /// # Errors
+    /// The kernel refuses the program info.
+    pub fn program_stats(&self) -> Result<(ProgramStats, ProgramStats)> {
+        let stats = |name: &'static str| -> Result<ProgramStats> {
+            let err = |e: aya::programs::ProgramError| DatapathError::Load {
+                iface: self.iface.clone(),
+                source: Box::new(e),
+            };
+            // The enqueue program may be the pinned one of an earlier load; ask its link.
+            let info = if name == names::ENQUEUE {
+                let link = PinnedLink::from_pin(self.pin_dir.join(ENQUEUE_LINK_PIN))
+                    .map(FdLink::from)
+                    .map_err(|e| DatapathError::Load {
+                        iface: self.iface.clone(),
+                        source: Box::new(e),
+                    })?;
+                let id = link
+                    .info()
+                    .map_err(|e| DatapathError::Load {
+                        iface: self.iface.clone(),
+                        source: Box::new(e),
+                    })?
+                    .program_id();
+                program_info(id).ok_or_else(|| DatapathError::Load {
+                    iface: self.iface.clone(),
+                    source: format!("program {id} not found").into(),
+                })?
+            } else {
+                self.ebpf
+                    .program(name)
+                    .ok_or_else(|| missing(&self.iface, name))?
+                    .info()
+                    .map_err(err)?
+            };
+            Ok(ProgramStats {
+                run_count: info.run_count(),
+                run_time: info.run_time(),
+            })
+        };
+        Ok((stats(names::CLASSIFIER)?, stats(names::ENQUEUE)?))
+    }
+
+    /// Makes the exempt-destination tries hold exactly `prefixes` (IPv4 and IPv6).
+    ///
+    /// # Errors
+    /// A failed map update (e.g. more prefixes than the trie holds), naming the map.
+    pub fn set_exempt(&mut self, prefixes: &[IpNet]) -> Result<()> {
+        let values: Vec<(IpNet, u8)> = prefixes.iter().map(|p| (*p, 1u8)).collect();
+        self.replace_trie(names::EXEMPT_V4, names::EXEMPT_V6, &values)
+    }
+
+    /// Makes the source-prefix tries hold exactly `sources` (prefix → xid), for
+    /// `xid_source = "source"`.
+    ///
+    /// # Errors
+    /// A failed map update, naming the map.
+    pub fn set_sources(&mut self, sources: &[(IpNet, u32)]) -> Result<()> {
+        self.replace_trie(names::SOURCE_V4, names::SOURCE_V6, sources)
+    }
+
+    fn replace_trie<V: aya::Pod + PartialEq>(
+        &mut self,
+        v4: &'static str,
+        v6: &'static str,
+        entries: &[(IpNet, V)],
+    ) -> Result<()> {
+        let mut want4: HashMap<([u8; 4], u32), V> = HashMap::new();
+        let mut want6: HashMap<([u8; 16], u32), V> = HashMap::new();
+        for (net, value) in entries {
+            match net.trunc() {
+                IpNet::V4(n) => {
+                    want4.insert((n.addr().octets(), u32::from(n.prefix_len())), *value)
+                }
+                IpNet::V6(n) => {
+                    want6.insert((n.addr().octets(), u32::from(n.prefix_len())), *value)
+                }
+            };
+        }
+        self.sync_trie(v4, &want4)?;
+        self.sync_trie(v6, &want6)
+    }
+
+    /// Inserts what is missing or changed first, then removes what is no longer wanted: a
+    /// lookup for a prefix in both the old and the new set never misses.
+    fn sync_trie<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod + PartialEq>(
+        &mut self,
+        name: &'static str,
+        want: &HashMap<(K, u32), V>,
+    ) -> Result<()> {
+        let iface = self.iface.clone();
+        let err = |source| DatapathError::Map {
+            iface: iface.clone(),
+            map: name,
+            source,
+        };
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or_else(|| missing(&iface, name))?;
+        let mut trie: LpmTrie<&mut MapData, K, V> = LpmTrie::try_from(map).map_err(err)?;
+        for ((data, len), value) in want {
+            let key = Key::new(*len, *data);
+            if trie.get(&key, 0).ok().as_ref() != Some(value) {
+                trie.insert(&key, value, 0).map_err(err)?;
+            }
+        }
+        let stale: Vec<Key<K>> = trie
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !want.contains_key(&(k.data(), k.prefix_len())))
+            .collect();
+        for key in stale {
+            trie.remove(&key).map_err(err)?;
+        }
+        Ok(())
     }
 
     /// Makes the xid → class map equal to `classes`: entries are written before stale ones are
@@ -391,6 +688,16 @@ impl Datapath {
             .ok_or_else(|| missing(&self.iface, name))
     }
 
+    fn io_err(&self, map: &'static str, source: io::Error) -> DatapathError {
+        self.map_err(
+            map,
+            aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_lookup_batch",
+                io_error: source,
+            }),
+        )
+    }
+
     fn map_err(&self, map: &'static str, source: aya::maps::MapError) -> DatapathError {
         DatapathError::Map {
             iface: self.iface.clone(),
@@ -410,10 +717,73 @@ fn missing(iface: &str, map: &'static str) -> DatapathError {
     }
 }
 
-fn sum(values: &PerCpuValues<XidCounters>) -> XidCounters {
-    values
-        .iter()
-        .fold(XidCounters::default(), |acc, v| acc.merged(*v))
+fn sum<V: aya::Pod + Default>(values: &PerCpuValues<V>, fold: impl Fn(V, V) -> V) -> V {
+    values.iter().fold(V::default(), |acc, v| fold(acc, *v))
+}
+
+fn map_data(map: &Map) -> Option<&MapData> {
+    match map {
+        Map::PerCpuHashMap(m)
+        | Map::PerCpuArray(m)
+        | Map::HashMap(m)
+        | Map::Array(m)
+        | Map::LpmTrie(m) => Some(m),
+        _ => None,
+    }
+}
+
+fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    iface: &str,
+    name: &'static str,
+) -> Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name).ok_or_else(|| DatapathError::Load {
+        iface: iface.to_owned(),
+        source: format!("program {name} missing from the object").into(),
+    })
+}
+
+fn program_info(id: u32) -> Option<aya::programs::ProgramInfo> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+}
+
+fn program_tag(id: u32) -> Option<u64> {
+    program_info(id).map(|p| p.tag())
+}
+
+/// A fresh, non-zero generation for this load.
+fn new_generation() -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    nanos ^ (u64::from(std::process::id()) << 48) | 1
+}
+
+/// The accounted device as the enqueue program identifies it.
+#[derive(Clone, Copy, Debug)]
+struct Device {
+    ifindex: u32,
+    netns_inum: u32,
+}
+
+impl Device {
+    fn lookup(iface: &str) -> io::Result<Device> {
+        let name = CString::new(iface).map_err(io::Error::other)?;
+        // SAFETY: valid NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if ifindex == 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("interface {iface}: {e}")));
+        }
+        let netns_inum = fs::metadata("/proc/self/ns/net")?.ino() as u32;
+        Ok(Device {
+            ifindex,
+            netns_inum,
+        })
+    }
 }
 
 /// Refuses a pinned map left by a binary with another layout (it would be read as garbage).
@@ -451,11 +821,7 @@ fn check_pinned_map(ebpf: &Ebpf, name: &str, path: &Path) -> Result<()> {
 }
 
 fn map_obj_info(map: &Map) -> Option<(u32, u32, u32)> {
-    let data = match map {
-        Map::PerCpuHashMap(m) | Map::PerCpuArray(m) | Map::HashMap(m) | Map::LpmTrie(m) => m,
-        _ => return None,
-    };
-    let info = data.info().ok()?;
+    let info = map_data(map)?.info().ok()?;
     Some((info.key_size(), info.value_size(), info.max_entries()))
 }
 

@@ -1,0 +1,99 @@
+//! Reading a whole per-CPU map in a few `BPF_MAP_LOOKUP_BATCH` calls instead of two syscalls
+//! per key. aya 0.14 has no batch API; this is the one place that speaks the raw syscall.
+
+use std::{
+    io,
+    os::fd::{AsFd, AsRawFd},
+};
+
+use aya::Pod;
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+/// Keys per call: large enough that 65,536 entries take a handful of calls.
+const CHUNK: u32 = 4096;
+
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Every (key, per-CPU values) of a per-CPU hash or array map, summed over CPUs by `fold`.
+///
+/// Returns `Ok(None)` when the kernel has no batch lookups for this map type (the caller falls
+/// back to iterating).
+///
+/// # Errors
+/// A syscall error other than "not supported".
+pub fn per_cpu_entries<K: Pod + Default, V: Pod + Default>(
+    fd: &impl AsFd,
+    nr_cpus: usize,
+    fold: impl Fn(V, V) -> V,
+) -> io::Result<Option<Vec<(K, V)>>> {
+    // The kernel lays per-CPU values out 8-byte aligned.
+    let stride = size_of::<V>().div_ceil(8) * 8;
+    let mut keys = vec![K::default(); CHUNK as usize];
+    let mut values = vec![0u8; CHUNK as usize * stride * nr_cpus];
+    // Batch tokens: a u32 bucket/index for hashes and arrays; sized generously.
+    let mut token_in = [0u8; 8];
+    let mut token_out = [0u8; 8];
+    let mut first = true;
+    let mut out = Vec::new();
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { token_in.as_ptr() as u64 },
+            out_batch: token_out.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: CHUNK,
+            map_fd: fd.as_fd().as_raw_fd() as u32,
+            ..Default::default()
+        };
+        // SAFETY: the buffers outlive the call and are as large as `count` entries need.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                size_of::<BatchAttr>() as u32,
+            )
+        };
+        let err = (rc < 0).then(io::Error::last_os_error);
+        let done = match &err {
+            None => false,
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+            Some(e)
+                if first
+                    && matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINVAL) | Some(libc::ENOTSUP) | Some(524 /* ENOTSUPP */)
+                    ) =>
+            {
+                return Ok(None);
+            }
+            Some(_) => return Err(err.unwrap_or_else(|| io::Error::other("bpf"))),
+        };
+        for (i, key) in keys.iter().take(attr.count as usize).enumerate() {
+            let mut sum = V::default();
+            for cpu in 0..nr_cpus {
+                let at = (i * nr_cpus + cpu) * stride;
+                // SAFETY: `at + size_of::<V>()` is within `values`; V is Pod (any bytes valid).
+                let v: V = unsafe { std::ptr::read_unaligned(values[at..].as_ptr() as *const V) };
+                sum = fold(sum, v);
+            }
+            out.push((*key, sum));
+        }
+        if done {
+            return Ok(Some(out));
+        }
+        token_in = token_out;
+        first = false;
+    }
+}
