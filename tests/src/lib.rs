@@ -466,3 +466,119 @@ impl Lab {
         panic!("HTB queues on {} did not drain", self.host_if);
     }
 }
+
+/// Ethernet frames for `BPF_PROG_TEST_RUN`.
+pub mod frames {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn eth(ethertype: u16) -> Vec<u8> {
+        let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f
+    }
+
+    /// An IPv4 UDP frame with `payload` bytes.
+    pub fn udp_v4(src: Ipv4Addr, dst: Ipv4Addr, payload: usize) -> Vec<u8> {
+        let mut f = eth(0x0800);
+        let total = (20 + 8 + payload) as u16;
+        f.extend_from_slice(&[0x45, 0]);
+        f.extend_from_slice(&total.to_be_bytes());
+        f.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
+        f.extend_from_slice(&src.octets());
+        f.extend_from_slice(&dst.octets());
+        f.extend_from_slice(&[0x30, 0x39, 0, 9]);
+        f.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
+        f.extend_from_slice(&[0, 0]);
+        f.extend(std::iter::repeat_n(0x5a, payload));
+        f
+    }
+
+    /// An IPv6 UDP frame with `payload` bytes.
+    pub fn udp_v6(src: Ipv6Addr, dst: Ipv6Addr, payload: usize) -> Vec<u8> {
+        let mut f = eth(0x86dd);
+        f.extend_from_slice(&[0x60, 0, 0, 0]);
+        f.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
+        f.extend_from_slice(&[17, 64]);
+        f.extend_from_slice(&src.octets());
+        f.extend_from_slice(&dst.octets());
+        f.extend_from_slice(&[0x30, 0x39, 0, 9]);
+        f.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
+        f.extend_from_slice(&[0, 0]);
+        f.extend(std::iter::repeat_n(0x5a, payload));
+        f
+    }
+
+    /// An ARP request (not IP).
+    pub fn arp() -> Vec<u8> {
+        let mut f = eth(0x0806);
+        f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+        f.extend_from_slice(&[0x02, 0, 0, 0, 0, 2, 10, 0, 0, 1]);
+        f.extend_from_slice(&[0, 0, 0, 0, 0, 0, 10, 0, 0, 2]);
+        f
+    }
+
+    /// A bare Ethernet header with a local experimental ethertype: the shortest frame there is.
+    pub fn bare_ethernet() -> Vec<u8> {
+        eth(0x88b5)
+    }
+
+    /// An 802.1Q-tagged IPv4 frame (the classifier does not look inside VLAN tags).
+    pub fn vlan_tagged(inner: &[u8]) -> Vec<u8> {
+        let mut f = eth(0x8100);
+        f.extend_from_slice(&[0, 5]);
+        f.extend_from_slice(&inner[12..]);
+        f
+    }
+
+    /// An IPv4 UDP frame whose header carries 4 bytes of options (IHL 6).
+    pub fn udp_v4_with_options(src: Ipv4Addr, dst: Ipv4Addr, payload: usize) -> Vec<u8> {
+        let mut f = udp_v4(src, dst, payload);
+        f[14] = 0x46;
+        let total = u16::from_be_bytes([f[16], f[17]]) + 4;
+        f[16..18].copy_from_slice(&total.to_be_bytes());
+        // A no-op option word after the 20-byte header.
+        f.splice(34..34, [1, 1, 1, 0]);
+        f
+    }
+}
+
+/// Sends `count` UDP datagrams of `payload` bytes to `dst` from a socket marked with `mark`
+/// (`SO_MARK`), binding to `src` when given. Returns each datagram's Ethernet wire length.
+pub fn send_udp_marked(
+    mark: Option<u32>,
+    src: Option<IpAddr>,
+    dst: SocketAddr,
+    count: u32,
+    payload: usize,
+) -> u64 {
+    let bind = match (src, dst.ip()) {
+        (Some(ip), _) => SocketAddr::new(ip, 0),
+        (None, IpAddr::V4(_)) => "0.0.0.0:0".parse().unwrap(),
+        (None, IpAddr::V6(_)) => "[::]:0".parse().unwrap(),
+    };
+    let sock = UdpSocket::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+    if let Some(mark) = mark {
+        set_mark(&sock, mark);
+    }
+    let buf = vec![0x5au8; payload];
+    for _ in 0..count {
+        sock.send_to(&buf, dst).unwrap();
+    }
+    let ip_header = if dst.is_ipv4() { 20 } else { 40 };
+    (payload + 8 + ip_header + 14) as u64
+}
+
+/// Sets `SO_MARK` on a socket (root only).
+pub fn set_mark(sock: &UdpSocket, mark: u32) {
+    // SAFETY: setsockopt with a pointer to a u32 and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MARK,
+            &mark as *const u32 as *const libc::c_void,
+            size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_MARK: {}", std::io::Error::last_os_error());
+}

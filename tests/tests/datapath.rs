@@ -40,7 +40,10 @@ fn accepted(s: &Snapshot, minor: u16) -> u64 {
 /// `ours` is within 0.5 % of `htb`.
 fn assert_close(what: &str, ours: u64, htb: u64) {
     let diff = ours.abs_diff(htb) as f64;
-    eprintln!("{what}: charged {ours}, HTB {htb}, ratio {:.6}", ours as f64 / htb.max(1) as f64);
+    eprintln!(
+        "{what}: charged {ours}, HTB {htb}, ratio {:.6}",
+        ours as f64 / htb.max(1) as f64
+    );
     assert!(
         htb > 0 && diff <= htb as f64 * 0.005,
         "{what}: charged {ours} bytes, HTB sent {htb} (off by {:.3} %)",
@@ -101,7 +104,11 @@ fn tcp_charges_match_htb_per_class_for_ipv4_and_ipv6() {
     );
     assert!(v4.exempt.bytes < (3 << 20) * 106 / 100, "{v4:?}");
     // Nothing of these uids fell into the default class: only neighbour discovery and ARP.
-    assert!(accepted(&snap, 2) < 10_000, "default class charged {}", accepted(&snap, 2));
+    assert!(
+        accepted(&snap, 2) < 10_000,
+        "default class charged {}",
+        accepted(&snap, 2)
+    );
 }
 
 #[test]
