@@ -83,6 +83,8 @@ pub struct Lab {
     pub exempt_net_v6: String,
     /// Root of the bpffs pins for this lab (unique, removed on drop).
     pub pin_root: PathBuf,
+    /// This lab's number: its subnets are 10.211.N.0/24, 10.212.N.0/24, fd00:211:N::/64, ….
+    pub lab_no: u32,
 }
 
 impl Lab {
@@ -104,6 +106,7 @@ impl Lab {
             exempt_net_v4: format!("10.212.{lab_no}.0/24"),
             exempt_net_v6: format!("fd00:212:{lab_no}::/64"),
             pin_root: PathBuf::from(format!("/sys/fs/bpf/bwmon-test-{tag}")),
+            lab_no,
         };
         let ns = lab.netns.as_str();
         let (a, b) = (lab.host_if.as_str(), lab.peer_if.as_str());
