@@ -67,6 +67,8 @@ struct Type {
     /// Size for structs/unions/ints, referenced type for pointers, typedefs and modifiers.
     size_or_type: u32,
     members: Vec<Member>,
+    /// Enumerators (name offset, value) of enums.
+    enumerators: Vec<(u32, i64)>,
 }
 
 /// Parsed kernel BTF: types and strings.
@@ -134,6 +136,7 @@ impl Btf {
             kind: 0,
             size_or_type: 0,
             members: Vec::new(),
+            enumerators: Vec::new(),
         }];
         let mut at = 0usize;
         while at < types_data.len() {
@@ -145,6 +148,7 @@ impl Btf {
             let vlen = (info & 0xffff) as usize;
             let kind_flag = info >> 31 == 1;
             let mut members = Vec::new();
+            let mut enumerators = Vec::new();
             let extra = match kind {
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
                 KIND_ARRAY => 12,
@@ -160,8 +164,25 @@ impl Btf {
                     }
                     vlen * 12
                 }
-                KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
-                KIND_DATASEC | KIND_ENUM64 => vlen * 12,
+                KIND_ENUM => {
+                    for i in 0..vlen {
+                        let e = at + i * 8;
+                        let value = u32_at(types_data, e + 4)? as i32;
+                        enumerators.push((u32_at(types_data, e)?, i64::from(value)));
+                    }
+                    vlen * 8
+                }
+                KIND_ENUM64 => {
+                    for i in 0..vlen {
+                        let e = at + i * 12;
+                        let lo = u64::from(u32_at(types_data, e + 4)?);
+                        let hi = u64::from(u32_at(types_data, e + 8)?);
+                        enumerators.push((u32_at(types_data, e)?, (hi << 32 | lo) as i64));
+                    }
+                    vlen * 12
+                }
+                KIND_FUNC_PROTO => vlen * 8,
+                KIND_DATASEC => vlen * 12,
                 KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
                 | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
                 other => {
@@ -177,6 +198,7 @@ impl Btf {
                 kind,
                 size_or_type,
                 members,
+                enumerators,
             });
         }
         Ok(Self { types, strings })
@@ -254,7 +276,49 @@ impl Btf {
         Ok(bits / 8)
     }
 
-    /// The offsets the enqueue program needs.
+    /// The enumerators of `enum name`, as (name, value).
+    ///
+    /// # Errors
+    /// No such enum.
+    pub fn enum_values(&self, name: &str) -> Result<Vec<(String, i64)>, BtfError> {
+        let t = self
+            .types
+            .iter()
+            .find(|t| matches!(t.kind, KIND_ENUM | KIND_ENUM64) && self.name(t.name_off) == name)
+            .ok_or_else(|| BtfError::Missing(format!("enum {name}")))?;
+        Ok(t.enumerators
+            .iter()
+            .map(|(off, v)| (self.name(*off).into_owned(), *v))
+            .collect())
+    }
+
+    /// Bitmap of the `skb_drop_reason` values that mean the packet never left through the
+    /// qdisc: the qdisc's own drops (`QDISC_*`) and drops by tc programs on egress (`TC_*`,
+    /// except `TC_INGRESS`).
+    ///
+    /// # Errors
+    /// The kernel has no `enum skb_drop_reason`, or none of those reasons.
+    pub fn qdisc_drop_reasons(&self) -> Result<[u64; 4], BtfError> {
+        let mut bits = [0u64; 4];
+        let mut any = false;
+        for (name, value) in self.enum_values("skb_drop_reason")? {
+            let Some(reason) = name.strip_prefix("SKB_DROP_REASON_") else {
+                continue;
+            };
+            let wanted = reason.starts_with("QDISC_")
+                || (reason.starts_with("TC_") && reason != "TC_INGRESS");
+            if wanted && (0..256).contains(&value) {
+                bits[(value / 64) as usize] |= 1 << (value % 64);
+                any = true;
+            }
+        }
+        if !any {
+            return Err(BtfError::Missing("skb_drop_reason QDISC_* values".into()));
+        }
+        Ok(bits)
+    }
+
+    /// The offsets the drop program needs.
     ///
     /// # Errors
     /// A field it needs is missing from this kernel.
@@ -335,5 +399,19 @@ mod tests {
         }
         assert_ne!(o.skb_dev, o.skb_priority);
         assert_eq!(o.skb_dev % 8, 0, "a pointer is 8-aligned");
+        let reasons = Btf::from_kernel().unwrap().qdisc_drop_reasons().unwrap();
+        let names: Vec<(String, i64)> = Btf::from_kernel()
+            .unwrap()
+            .enum_values("skb_drop_reason")
+            .unwrap();
+        let qdisc_drop = names
+            .iter()
+            .find(|(n, _)| n == "SKB_DROP_REASON_QDISC_DROP")
+            .unwrap()
+            .1;
+        assert_ne!(
+            reasons[(qdisc_drop / 64) as usize] & (1 << (qdisc_drop % 64)),
+            0
+        );
     }
 }

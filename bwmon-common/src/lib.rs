@@ -22,12 +22,13 @@ pub mod names {
     /// LPM trie: IPv6 source prefix → xid.
     pub const SOURCE_V6: &str = "BWMON_SOURCE_V6";
     /// Per-CPU array indexed by HTB minor of bwmon's `1:` tree: [`Counter`](crate::Counter) of the
-    /// bytes the root qdisc accepted for that class (what leaves; drops are not charged).
-    pub const ACCEPTED: &str = "BWMON_ACCEPTED";
-    /// Array with one [`EnqueueControl`](crate::EnqueueControl).
-    pub const ENQUEUE_ACTIVE: &str = "BWMON_ENQUEUE_ACTIVE";
-    /// The enqueue program (BTF tracepoint `qdisc_enqueue`).
-    pub const ENQUEUE: &str = "bwmon_enqueue";
+    /// bytes the qdisc (or a later tc program) dropped before they left. A slice is charged
+    /// what it offered minus what was dropped: what HTB sent.
+    pub const DROPPED: &str = "BWMON_DROPPED";
+    /// Array with one [`DropControl`](crate::DropControl).
+    pub const DROP_CONTROL: &str = "BWMON_DROP_CONTROL";
+    /// The drop program (BTF tracepoint `skb:kfree_skb`).
+    pub const DROP: &str = "bwmon_drop";
     /// Read-only global [`Settings`](crate::Settings) written by the loader.
     pub const SETTINGS: &str = "BWMON_SETTINGS";
     /// The classifier program (TC egress).
@@ -36,7 +37,7 @@ pub mod names {
 
 /// Capacity of the per-xid maps. Xids beyond it are counted in the overflow slot.
 pub const MAX_XIDS: u32 = 65_536;
-/// Slots of the accepted-bytes array: one per possible HTB minor.
+/// Slots of the dropped-bytes array: one per possible HTB minor.
 pub const MAX_MINORS: u32 = 65_536;
 /// Capacity of each exempt-destination trie (one per address family).
 pub const MAX_EXEMPT_PREFIXES: u32 = 16_384;
@@ -104,8 +105,8 @@ impl XidSource {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
-    /// This load's generation: the enqueue program counts only while
-    /// [`names::ENQUEUE_ACTIVE`] holds it, so exactly one loaded program charges a packet.
+    /// This load's generation: the drop program counts only while [`names::DROP_CONTROL`]
+    /// holds it, so exactly one loaded program counts a drop.
     pub generation: u64,
     /// A [`XidSource`] as `u32`.
     pub xid_source: u32,
@@ -113,15 +114,27 @@ pub struct Settings {
     pub log_enabled: u32,
     /// Kernel struct offsets, read from the running kernel's BTF at load time.
     pub offsets: KernelOffsets,
+    /// Bitmap of the `enum skb_drop_reason` values that mean "dropped before leaving through
+    /// the qdisc" (`QDISC_*`, tc egress), read from the kernel's BTF.
+    pub drop_reasons: [u64; 4],
 }
 
-/// Value of [`names::ENQUEUE_ACTIVE`]: which enqueue program counts, and for which device.
+impl Settings {
+    /// Whether drop reason `reason` is in [`Settings::drop_reasons`].
+    #[inline(always)]
+    pub fn counts_drop_reason(&self, reason: u32) -> bool {
+        let word = (reason / 64) as usize;
+        word < self.drop_reasons.len() && self.drop_reasons[word] & (1 << (reason % 64)) != 0
+    }
+}
+
+/// Value of [`names::DROP_CONTROL`]: which drop program counts, and for which device.
 ///
 /// The device is here rather than in [`Settings`] so a kept program follows an interface that
 /// was re-created (new ifindex) without being reloaded.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EnqueueControl {
+pub struct DropControl {
     /// The [`Settings::generation`] of the program that counts.
     pub generation: u64,
     /// ifindex of the accounted interface.
@@ -130,7 +143,7 @@ pub struct EnqueueControl {
     pub netns_inum: u32,
 }
 
-/// Byte offsets of the kernel struct fields the enqueue program reads. They differ between
+/// Byte offsets of the kernel struct fields the drop program reads. They differ between
 /// kernel builds, so the agent reads them from `/sys/kernel/btf/vmlinux`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -165,6 +178,14 @@ impl Counter {
     pub fn charge(&mut self, len: u64) {
         self.bytes = self.bytes.wrapping_add(len);
         self.packets = self.packets.wrapping_add(1);
+    }
+
+    /// `self - other`, never below zero in either field.
+    pub fn saturating_sub(self, other: Counter) -> Counter {
+        Counter {
+            bytes: self.bytes.saturating_sub(other.bytes),
+            packets: self.packets.saturating_sub(other.packets),
+        }
     }
 
     /// Sum of two counters (used to fold per-CPU values).
@@ -209,5 +230,5 @@ mod pod {
     // SAFETY: as above (u64 first, then an even number of u32s: no padding).
     unsafe impl aya::Pod for super::KernelOffsets {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::EnqueueControl {}
+    unsafe impl aya::Pod for super::DropControl {}
 }

@@ -585,3 +585,27 @@ pub fn set_mark(sock: &UdpSocket, mark: u32) {
     };
     assert_eq!(rc, 0, "SO_MARK: {}", std::io::Error::last_os_error());
 }
+
+/// Sends over one TCP connection to `dst` as `uid` until `stop` is set; returns the bytes sent.
+pub fn send_tcp_until(
+    uid: u32,
+    dst: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> thread::JoinHandle<u64> {
+    thread::spawn(move || {
+        as_uid(uid, move || {
+            let mut s = TcpStream::connect_timeout(&dst, Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("connect {dst}: {e}"));
+            let buf = vec![0xa5u8; 1 << 16];
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                s.write_all(&buf).unwrap();
+                sent += buf.len() as u64;
+            }
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut sink = [0u8; 16];
+            let _ = s.read(&mut sink);
+            sent
+        })
+    })
+}

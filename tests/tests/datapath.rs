@@ -33,8 +33,14 @@ fn open(lab: &Lab, classes: &[(u32, u16, u16)]) -> Datapath {
     dp
 }
 
-fn accepted(s: &Snapshot, minor: u16) -> u64 {
-    s.accepted.get(&minor).map(|c| c.bytes).unwrap_or(0)
+/// Bytes charged to `xid` in its class with `minor` (its general or exempt leaf).
+fn charged(s: &Snapshot, xid: u32, general: u16, exempt: u16, minor: u16) -> u64 {
+    let ids = ClassIds {
+        general: tc_handle(HTB_MAJOR, u32::from(general)),
+        exempt: tc_handle(HTB_MAJOR, u32::from(exempt)),
+    };
+    let (g, e) = s.charged(xid, ids);
+    if minor == general { g.bytes } else { e.bytes }
 }
 
 /// `ours` is within 0.5 % of `htb`.
@@ -78,9 +84,13 @@ fn tcp_charges_match_htb_per_class_for_ipv4_and_ipv6() {
     lab.wait_for_empty_queues();
     let snap = dp.snapshot().unwrap();
     let classes = lab.tc_classes();
+    let of = |minor: u16| match minor {
+        0x100 | 0x101 => charged(&snap, V4, 0x100, 0x101, minor),
+        _ => charged(&snap, V6, 0x102, 0x103, minor),
+    };
     for minor in [0x100u16, 0x101, 0x102, 0x103] {
         let htb = classes[&(1, u32::from(minor))].bytes;
-        assert_close(&format!("class 1:{minor:x}"), accepted(&snap, minor), htb);
+        assert_close(&format!("class 1:{minor:x}"), of(minor), htb);
     }
     // The split follows the destination: each class got its payload plus headers (up to 8 % for
     // IPv6 with timestamps), not the others'.
@@ -90,7 +100,7 @@ fn tcp_charges_match_htb_per_class_for_ipv4_and_ipv6() {
         (0x102, 6 << 20),
         (0x103, 2 << 20),
     ] {
-        let got = accepted(&snap, minor);
+        let got = of(minor);
         assert!(
             (payload..payload * 108 / 100).contains(&got),
             "class 1:{minor:x} charged {got} for a {payload}-byte payload"
@@ -104,11 +114,8 @@ fn tcp_charges_match_htb_per_class_for_ipv4_and_ipv6() {
     );
     assert!(v4.exempt.bytes < (3 << 20) * 106 / 100, "{v4:?}");
     // Nothing of these uids fell into the default class: only neighbour discovery and ARP.
-    assert!(
-        accepted(&snap, 2) < 10_000,
-        "default class charged {}",
-        accepted(&snap, 2)
-    );
+    let default_bytes = classes[&(1, 2)].bytes;
+    assert!(default_bytes < 10_000, "default class sent {default_bytes}");
 }
 
 #[test]
@@ -135,7 +142,11 @@ fn udp_flood_into_a_1mbit_class_is_charged_only_what_leaves() {
             htb.drops > 1000,
             "class 1:{minor:x} should have dropped most: {htb:?}"
         );
-        let ours = accepted(&snap, minor);
+        let ours = charged(&snap, xid, minor, minor + 1, minor);
+        assert_eq!(
+            snap.dropped[&minor].packets, htb.drops,
+            "drops seen vs HTB's"
+        );
         assert_close(&format!("class 1:{minor:x}"), ours, htb.bytes);
         // Offered is everything the uid sent; charged is a small part of it.
         let offered = snap.offered[&xid].general;

@@ -3,14 +3,17 @@
 //! fill the xid → class, exempt-prefix and source-prefix maps, and read the counters.
 //!
 //! Pins live under `<pin root>/<interface>/`: `link_egress` (the classifier's TCX link),
-//! `link_enqueue` (the `qdisc_enqueue` tracepoint) and one file per map.
+//! `link_drop` (the `skb:kfree_skb` tracepoint program) and one file per map.
 //!
 //! Restarts lose and double nothing:
 //! - the maps are re-opened from their pins, counters and all;
 //! - the new classifier replaces the old one inside the pinned TCX link (`bpf_link_update`);
-//! - the enqueue program is kept as it is when the new one has the same code (its tag); after an
+//! - the drop program is kept as it is when the new one has the same code (its tag); after an
 //!   upgrade the new one is attached beside the old and counting is handed over by one write
-//!   to `ENQUEUE_ACTIVE` (only a packet in flight at that instant can be missed or doubled).
+//!   to `DROP_CONTROL` (only a drop at that very instant can be missed or doubled).
+//!
+//! What a slice is charged is what it offered at the egress hook minus what was dropped before
+//! leaving (qdisc full, shot by a later tc program): exactly what HTB reports as sent.
 
 mod batch;
 
@@ -36,7 +39,7 @@ use aya::{
     },
 };
 use bwmon_common::{
-    ClassIds, Counter, EnqueueControl, KernelOffsets, Settings, XidCounters, XidSource, names,
+    ClassIds, Counter, DropControl, KernelOffsets, Settings, XidCounters, XidSource, names,
 };
 use ipnet::IpNet;
 use tracing::{debug, info, warn};
@@ -50,8 +53,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bw
 const PINNED_MAPS: [&str; 9] = [
     names::OFFERED,
     names::OFFERED_OVERFLOW,
-    names::ACCEPTED,
-    names::ENQUEUE_ACTIVE,
+    names::DROPPED,
+    names::DROP_CONTROL,
     names::XID_CLASS,
     names::EXEMPT_V4,
     names::EXEMPT_V6,
@@ -61,10 +64,10 @@ const PINNED_MAPS: [&str; 9] = [
 
 /// Pinned TCX link of the classifier, inside an interface's pin directory.
 const LINK_PIN: &str = "link_egress";
-/// Pinned link of the enqueue tracepoint program.
-const ENQUEUE_LINK_PIN: &str = "link_enqueue";
-/// The kernel tracepoint that fires when the root qdisc accepted a packet.
-const ENQUEUE_TRACEPOINT: &str = "qdisc_enqueue";
+/// Pinned link of the drop program.
+const DROP_LINK_PIN: &str = "link_drop";
+/// The kernel tracepoint of dropped packets.
+const DROP_TRACEPOINT: &str = "kfree_skb";
 /// Priority and handle of our filter when attached through clsact (kernels without TCX); fixed
 /// so a restarted agent finds and replaces it.
 const CLSACT_PRIORITY: u16 = 0xb3a0;
@@ -199,15 +202,36 @@ impl DatapathOptions {
 }
 
 /// Kernel counters at one instant.
+///
+/// A slice is charged, per traffic class, what its xid offered minus what its class dropped:
+/// see [`Snapshot::charged`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// Bytes offered at the egress hook per xid (summed over CPUs), monotonic.
     pub offered: BTreeMap<u32, XidCounters>,
     /// Bytes of xids that found no room in the per-xid map.
     pub offered_overflow: XidCounters,
-    /// Bytes the root qdisc accepted, per HTB minor of bwmon's `1:` tree (classes that saw no
-    /// traffic are left out), monotonic. This is what a slice is charged.
-    pub accepted: BTreeMap<u16, Counter>,
+    /// Bytes dropped before leaving, per HTB minor of bwmon's `1:` tree (classes without drops
+    /// are left out), monotonic.
+    pub dropped: BTreeMap<u16, Counter>,
+}
+
+impl Snapshot {
+    /// What `xid`, whose leaves are `classes`, is charged: offered at the egress hook minus
+    /// dropped before leaving, per traffic class (general, exempt).
+    pub fn charged(&self, xid: u32, classes: ClassIds) -> (Counter, Counter) {
+        let offered = self.offered.get(&xid).copied().unwrap_or_default();
+        let dropped = |class_id: u32| {
+            self.dropped
+                .get(&((class_id & 0xffff) as u16))
+                .copied()
+                .unwrap_or_default()
+        };
+        (
+            offered.general.saturating_sub(dropped(classes.general)),
+            offered.exempt.saturating_sub(dropped(classes.exempt)),
+        )
+    }
 }
 
 /// What the classifier did with a test frame.
@@ -332,14 +356,15 @@ impl Datapath {
             source,
         })?;
 
-        let offsets: KernelOffsets = Btf::from_kernel()
-            .and_then(|b| b.kernel_offsets())
+        let (offsets, drop_reasons): (KernelOffsets, [u64; 4]) = Btf::from_kernel()
+            .and_then(|b| Ok((b.kernel_offsets()?, b.qdisc_drop_reasons()?)))
             .map_err(|e| load_err(Box::new(e)))?;
         let settings = Settings {
             generation: new_generation(),
             xid_source: opts.xid_source as u32,
             log_enabled: u32::from(opts.kernel_log),
             offsets,
+            drop_reasons,
         };
         let mut loader = EbpfLoader::new();
         loader.override_global(names::SETTINGS, &settings, true);
@@ -363,32 +388,32 @@ impl Datapath {
         attach(classifier, &iface, &pin_dir, opts.attach_mode)?;
 
         let kernel_btf = aya::Btf::from_sys_fs().map_err(|e| load_err(Box::new(e)))?;
-        let enqueue: &mut BtfTracePoint = program(&mut ebpf, &iface, names::ENQUEUE)?
+        let drop_prog: &mut BtfTracePoint = program(&mut ebpf, &iface, names::DROP)?
             .try_into()
             .map_err(prog_err)?;
-        enqueue
-            .load(ENQUEUE_TRACEPOINT, &kernel_btf)
+        drop_prog
+            .load(DROP_TRACEPOINT, &kernel_btf)
             .map_err(prog_err)?;
         let mut dp = Self {
             ebpf,
             iface,
             pin_dir,
         };
-        dp.attach_enqueue(settings.generation, device)?;
+        dp.attach_drop(settings.generation, device)?;
         Ok(dp)
     }
 
-    /// Attaches the enqueue program, or keeps the pinned one when it runs the same code, and
+    /// Attaches the drop program, or keeps the pinned one when it runs the same code, and
     /// points the counting at `device`.
-    fn attach_enqueue(&mut self, generation: u64, device: Device) -> Result<()> {
+    fn attach_drop(&mut self, generation: u64, device: Device) -> Result<()> {
         let iface = self.iface.clone();
         let attach_err = |e: Box<dyn std::error::Error + Send + Sync>| DatapathError::Attach {
             iface: iface.clone(),
             source: e,
         };
-        let link_pin = self.pin_dir.join(ENQUEUE_LINK_PIN);
+        let link_pin = self.pin_dir.join(DROP_LINK_PIN);
         let new_tag = self
-            .enqueue_program()?
+            .drop_program()?
             .info()
             .map_err(|e| attach_err(Box::new(e)))?
             .tag();
@@ -400,25 +425,25 @@ impl Datapath {
             .and_then(|info| program_tag(info.program_id()));
         if old_tag == Some(new_tag) && control.generation != 0 {
             // Same code already counting: keep it (no handover, nothing missed or doubled).
-            self.write_control(EnqueueControl {
+            self.write_control(DropControl {
                 generation: control.generation,
                 ifindex: device.ifindex,
                 netns_inum: device.netns_inum,
             })?;
-            self.enqueue_program()?
+            self.drop_program()?
                 .unload()
                 .map_err(|e| attach_err(Box::new(e)))?;
-            debug!(iface, "kept the pinned enqueue program (same code)");
+            debug!(iface, "kept the pinned drop program (same code)");
             return Ok(());
         }
-        let prog = self.enqueue_program()?;
+        let prog = self.drop_program()?;
         let id = prog.attach().map_err(|e| attach_err(Box::new(e)))?;
         let link: FdLink = prog
             .take_link(id)
             .map_err(|e| attach_err(Box::new(e)))?
             .into();
         // Both programs are attached; from this write on only the new one counts.
-        self.write_control(EnqueueControl {
+        self.write_control(DropControl {
             generation,
             ifindex: device.ifindex,
             netns_inum: device.netns_inum,
@@ -428,13 +453,13 @@ impl Datapath {
         }
         drop(old_link);
         link.pin(&link_pin).map_err(|e| attach_err(Box::new(e)))?;
-        info!(iface, pin = %link_pin.display(), "enqueue program attached and counting");
+        info!(iface, pin = %link_pin.display(), "drop program attached and counting");
         Ok(())
     }
 
-    fn enqueue_program(&mut self) -> Result<&mut BtfTracePoint> {
+    fn drop_program(&mut self) -> Result<&mut BtfTracePoint> {
         let iface = self.iface.clone();
-        program(&mut self.ebpf, &iface, names::ENQUEUE)?
+        program(&mut self.ebpf, &iface, names::DROP)?
             .try_into()
             .map_err(|e: aya::programs::ProgramError| DatapathError::Load {
                 iface,
@@ -442,16 +467,15 @@ impl Datapath {
             })
     }
 
-    fn read_control(&self) -> Result<EnqueueControl> {
-        let map: Array<&MapData, EnqueueControl> =
-            Array::try_from(self.map(names::ENQUEUE_ACTIVE)?)
-                .map_err(|e| self.map_err(names::ENQUEUE_ACTIVE, e))?;
+    fn read_control(&self) -> Result<DropControl> {
+        let map: Array<&MapData, DropControl> = Array::try_from(self.map(names::DROP_CONTROL)?)
+            .map_err(|e| self.map_err(names::DROP_CONTROL, e))?;
         map.get(&0, 0)
-            .map_err(|e| self.map_err(names::ENQUEUE_ACTIVE, e))
+            .map_err(|e| self.map_err(names::DROP_CONTROL, e))
     }
 
-    fn write_control(&mut self, control: EnqueueControl) -> Result<()> {
-        let (iface, name) = (self.iface.clone(), names::ENQUEUE_ACTIVE);
+    fn write_control(&mut self, control: DropControl) -> Result<()> {
+        let (iface, name) = (self.iface.clone(), names::DROP_CONTROL);
         let err = |source| DatapathError::Map {
             iface: iface.clone(),
             map: name,
@@ -461,7 +485,7 @@ impl Datapath {
             .ebpf
             .map_mut(name)
             .ok_or_else(|| missing(&iface, name))?;
-        let mut map: Array<&mut MapData, EnqueueControl> = Array::try_from(map).map_err(err)?;
+        let mut map: Array<&mut MapData, DropControl> = Array::try_from(map).map_err(err)?;
         map.set(0, control, 0).map_err(err)
     }
 
@@ -560,31 +584,31 @@ impl Datapath {
             XidCounters::merged,
         );
 
-        let map = self.map(names::ACCEPTED)?;
-        let accepted = match map_data(map) {
+        let map = self.map(names::DROPPED)?;
+        let dropped = match map_data(map) {
             Some(data) => {
                 batch::per_cpu_entries::<u32, Counter>(data.fd(), nr_cpus, Counter::merged)
-                    .map_err(|e| self.io_err(names::ACCEPTED, e))?
+                    .map_err(|e| self.io_err(names::DROPPED, e))?
             }
             None => None,
         };
-        let accepted = match accepted {
+        let dropped = match dropped {
             Some(entries) => entries,
             None => {
                 let map: PerCpuArray<&MapData, Counter> =
-                    PerCpuArray::try_from(map).map_err(|e| self.map_err(names::ACCEPTED, e))?;
+                    PerCpuArray::try_from(map).map_err(|e| self.map_err(names::DROPPED, e))?;
                 let mut entries = Vec::new();
                 for minor in 0..bwmon_common::MAX_MINORS {
                     let values = map
                         .get(&minor, 0)
-                        .map_err(|e| self.map_err(names::ACCEPTED, e))?;
+                        .map_err(|e| self.map_err(names::DROPPED, e))?;
                     entries.push((minor, sum(&values, Counter::merged)));
                 }
                 entries
             }
         };
-        out.accepted.extend(
-            accepted
+        out.dropped.extend(
+            dropped
                 .into_iter()
                 .filter(|(_, c)| c.packets != 0)
                 .filter_map(|(minor, c)| Some((u16::try_from(minor).ok()?, c))),
@@ -592,7 +616,7 @@ impl Datapath {
         Ok(out)
     }
 
-    /// Run counts and run time of the classifier and the enqueue program (`bpf_stats`).
+    /// Run counts and run time of the classifier and the drop program (`bpf_stats`).
     ///
     /// # Errors
     /// The kernel refuses the program info.
@@ -602,9 +626,9 @@ impl Datapath {
                 iface: self.iface.clone(),
                 source: Box::new(e),
             };
-            // The enqueue program may be the pinned one of an earlier load; ask its link.
-            let info = if name == names::ENQUEUE {
-                let link = PinnedLink::from_pin(self.pin_dir.join(ENQUEUE_LINK_PIN))
+            // The drop program may be the pinned one of an earlier load; ask its link.
+            let info = if name == names::DROP {
+                let link = PinnedLink::from_pin(self.pin_dir.join(DROP_LINK_PIN))
                     .map(FdLink::from)
                     .map_err(|e| DatapathError::Load {
                         iface: self.iface.clone(),
@@ -633,7 +657,7 @@ impl Datapath {
                 run_time: info.run_time(),
             })
         };
-        Ok((stats(names::CLASSIFIER)?, stats(names::ENQUEUE)?))
+        Ok((stats(names::CLASSIFIER)?, stats(names::DROP)?))
     }
 
     /// Makes the exempt-destination tries hold exactly `prefixes` (IPv4 and IPv6).
@@ -825,7 +849,7 @@ fn new_generation() -> u64 {
     nanos ^ (u64::from(std::process::id()) << 48) | 1
 }
 
-/// The accounted device as the enqueue program identifies it.
+/// The accounted device as the drop program identifies it.
 #[derive(Clone, Copy, Debug)]
 struct Device {
     ifindex: u32,
