@@ -103,3 +103,80 @@ fn tcp_bytes_per_uid_match_the_interface() {
         "charged {charged_bytes} bytes, veth sent {tx}"
     );
 }
+
+#[test]
+fn clsact_attachment_counts_is_replaced_in_place_and_torn_down() {
+    use bwmon_agent::datapath::{AttachMode, teardown};
+    let lab = Lab::new();
+    let mut opts = DatapathOptions::new(lab.host_if.clone());
+    opts.pin_root = lab.pin_root.clone();
+    opts.attach_mode = AttachMode::Clsact;
+    let dst = SocketAddr::new(lab.general_v4.into(), 9);
+    let filters = || {
+        let out = bwmon_tests::cmd("tc", &["filter", "show", "dev", &lab.host_if, "egress"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("handle 0xb3a0") && l.contains("bwmon_classify"))
+            .count()
+    };
+
+    let dp = Datapath::open(&opts).unwrap();
+    let wire = send_udp_as(UID_A, dst, 10, 100);
+    assert_eq!(
+        dp.snapshot().unwrap().offered[&UID_A].general.bytes,
+        10 * wire
+    );
+    drop(dp);
+    assert_eq!(filters(), 1, "the filter outlives the process");
+
+    // A second start replaces the filter (still one) and keeps the counts.
+    let dp = Datapath::open(&opts).unwrap();
+    assert_eq!(filters(), 1);
+    send_udp_as(UID_A, dst, 5, 100);
+    assert_eq!(
+        dp.snapshot().unwrap().offered[&UID_A].general.bytes,
+        15 * wire
+    );
+    drop(dp);
+
+    teardown(&lab.pin_root, &lab.host_if).unwrap();
+    assert_eq!(filters(), 0, "teardown removes the filter");
+    assert!(
+        !lab.pin_root.join(&lab.host_if).exists(),
+        "teardown removes the pins"
+    );
+}
+
+#[test]
+fn teardown_of_a_tcx_datapath_stops_counting_and_removes_pins() {
+    use bwmon_agent::datapath::teardown;
+    let lab = Lab::new();
+    use aya::programs::{SchedClassifier, TcAttachType};
+    let attached = || {
+        SchedClassifier::query_tcx(&lab.host_if, TcAttachType::Egress)
+            .unwrap()
+            .1
+            .len()
+    };
+    let dp = open(&lab);
+    drop(dp);
+    let pins = lab.pin_root.join(&lab.host_if);
+    assert!(pins.join("link_egress").exists());
+    assert_eq!(
+        attached(),
+        1,
+        "the pinned link keeps the classifier attached"
+    );
+    teardown(&lab.pin_root, &lab.host_if).unwrap();
+    assert!(!pins.exists());
+    // The kernel releases an unpinned link asynchronously.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while attached() != 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(attached(), 0, "teardown detached the classifier");
+    // A fresh load starts from new, empty counters.
+    let dp = open(&lab);
+    send_udp_as(UID_B, SocketAddr::new(lab.general_v4.into(), 9), 3, 10);
+    assert_eq!(dp.snapshot().unwrap().offered[&UID_B].general.packets, 3);
+}
