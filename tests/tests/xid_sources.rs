@@ -114,10 +114,30 @@ fn source_mode_charges_the_tenant_owning_the_source_prefix() {
     );
 }
 
+/// Keeps the kernel's log lines for the test to look at.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl log::Log for Captured {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record) {
+        self.0.lock().unwrap().push(record.args().to_string());
+    }
+    fn flush(&self) {}
+}
+
 #[test]
 fn xids_beyond_capacity_are_counted_in_the_overflow_slot() {
     let lab = Lab::new();
-    let dp = open(&lab, XidSource::Mark);
+    let mut opts = DatapathOptions::new(lab.host_if.clone());
+    opts.pin_root = lab.pin_root.clone();
+    opts.xid_source = XidSource::Mark;
+    opts.kernel_log = true;
+    let mut dp = Datapath::open(&opts).unwrap();
+    let captured = Captured::default();
+    let mut kernel_log = dp.kernel_logger(captured.clone()).unwrap();
     let dst = SocketAddr::new(lab.general_v4.into(), 9);
     let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
     const EXTRA: u32 = 40;
@@ -145,4 +165,17 @@ fn xids_beyond_capacity_are_counted_in_the_overflow_slot() {
         overflow.packets
     );
     assert!(overflow.bytes >= ours_overflowed * (18 + 8 + 20 + 14));
+
+    // The kernel said so, at most once a second per CPU.
+    kernel_log.flush();
+    let lines = captured.0.lock().unwrap().clone();
+    assert!(
+        lines.iter().any(|l| l.contains("overflow slot")),
+        "kernel log: {lines:?}"
+    );
+    assert!(
+        lines.len() <= 2 * 4,
+        "not rate-limited: {} lines",
+        lines.len()
+    );
 }

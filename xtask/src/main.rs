@@ -4,6 +4,7 @@
 //! `rustc-web`) and `bpf-linker`; `setup` installs them, `build` drives them, and every command
 //! that needs them runs `setup` first.
 
+mod bench;
 mod build;
 mod setup;
 mod test;
@@ -30,6 +31,8 @@ enum Command {
         #[arg(long)]
         release: bool,
     },
+    /// Benchmarks (root): datapath cost from bpf_stats, side by side in one run.
+    Bench,
     /// fmt, clippy, unit tests, then the root-only integration tests in network namespaces.
     Test {
         /// Only run integration tests whose name contains this.
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
             setup::run().and_then(|tools| build::all(&tools, build::Profile::from_flag(release)))
         }
         Command::Test { filter } => setup::run().and_then(|tools| test::run(&tools, filter)),
+        Command::Bench => setup::run().and_then(|tools| bench::run(&tools)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
