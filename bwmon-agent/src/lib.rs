@@ -4,5 +4,8 @@
 #![deny(missing_docs)]
 
 pub mod btf;
+pub mod class;
 pub mod datapath;
+pub mod htb;
 pub mod paths;
+pub mod units;

@@ -1,0 +1,259 @@
+//! Quantities with their units in the type, so kbit and bit, KByte and byte cannot be mixed
+//! (the old bwmon did, for years). Parsing accepts tc's notation and says what it expected.
+
+use std::{fmt, str::FromStr};
+
+/// A rate in bits per second.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct BitsPerSec(pub u64);
+
+/// A volume in bytes.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct Bytes(pub u64);
+
+/// A volume in KBytes of 1024 bytes (PlanetLab's `*_kbyte` attributes).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct KBytes(pub u64);
+
+/// A rate in kbit/s of 1000 bit/s (PlanetLab's `*_rate` attributes).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct KbitPerSec(pub u64);
+
+impl KBytes {
+    /// In bytes (saturating: no KByte count overflows silently).
+    pub const fn bytes(self) -> Bytes {
+        Bytes(self.0.saturating_mul(1024))
+    }
+}
+
+impl KbitPerSec {
+    /// In bit/s.
+    pub const fn bits(self) -> BitsPerSec {
+        BitsPerSec(self.0.saturating_mul(1000))
+    }
+}
+
+impl BitsPerSec {
+    /// In bytes per second, rounded down (what tc's rate specs carry).
+    pub const fn bytes_per_sec(self) -> u64 {
+        self.0 / 8
+    }
+}
+
+/// A quantity that did not parse, with the text and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {what} '{text}', which should be {expected}")]
+pub struct ParseError {
+    /// What was being parsed ("rate", "duration").
+    pub what: &'static str,
+    /// The text as given.
+    pub text: String,
+    /// The expected form, with an example.
+    pub expected: &'static str,
+}
+
+const RATE_FORM: &str = "a number with a tc unit: bit, kbit, mbit, gbit, tbit, or bps, kbps, mbps, gbps (bytes/s), or kibit, mibit, gibit (e.g. '1.5mbit', '100kbit', '1gbit')";
+
+impl FromStr for BitsPerSec {
+    type Err = ParseError;
+
+    /// Parses tc's rate notation: "1.5mbit", "100kbit", "1gbit", "8000bit", "10mbps"
+    /// (bytes/s), "1mibit" (binary); a bare number is bit/s.
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        let err = || ParseError {
+            what: "rate",
+            text: s.to_owned(),
+            expected: RATE_FORM,
+        };
+        let t = s.trim().to_ascii_lowercase();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        if num.is_empty() || num.matches('.').count() > 1 {
+            return Err(err());
+        }
+        let mult: f64 = match unit.trim() {
+            "" | "bit" => 1.0,
+            "kbit" => 1e3,
+            "mbit" => 1e6,
+            "gbit" => 1e9,
+            "tbit" => 1e12,
+            "kibit" => 1024.0,
+            "mibit" => 1024.0 * 1024.0,
+            "gibit" => 1024.0 * 1024.0 * 1024.0,
+            "tibit" => 1024.0f64.powi(4),
+            "bps" => 8.0,
+            "kbps" => 8e3,
+            "mbps" => 8e6,
+            "gbps" => 8e9,
+            "tbps" => 8e12,
+            _ => return Err(err()),
+        };
+        let value: f64 = num.parse().map_err(|_| err())?;
+        let bits = (value * mult).round();
+        if !bits.is_finite() || bits < 0.0 || bits > u64::MAX as f64 {
+            return Err(err());
+        }
+        Ok(BitsPerSec(bits as u64))
+    }
+}
+
+impl fmt::Display for BitsPerSec {
+    /// tc's style: the largest unit that keeps the number at least 1, up to one decimal
+    /// ("1.5mbit", "100kbit", "1gbit", "999bit").
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = self.0 as f64;
+        let (scaled, unit) = if v >= 1e12 {
+            (v / 1e12, "tbit")
+        } else if v >= 1e9 {
+            (v / 1e9, "gbit")
+        } else if v >= 1e6 {
+            (v / 1e6, "mbit")
+        } else if v >= 1e3 {
+            (v / 1e3, "kbit")
+        } else {
+            return write!(f, "{}bit", self.0);
+        };
+        let rounded = (scaled * 10.0).round() / 10.0;
+        if rounded.fract() == 0.0 {
+            write!(f, "{rounded:.0}{unit}")
+        } else {
+            write!(f, "{rounded:.1}{unit}")
+        }
+    }
+}
+
+impl fmt::Display for Bytes {
+    /// The seed's style, decimal units: "5.4 GB", "12.0 MB", "3.1 KB", "512 bytes".
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = self.0 as f64;
+        if v >= 1e9 {
+            write!(f, "{:.1} GB", v / 1e9)
+        } else if v >= 1e6 {
+            write!(f, "{:.1} MB", v / 1e6)
+        } else if v >= 1e3 {
+            write!(f, "{:.1} KB", v / 1e3)
+        } else {
+            write!(f, "{} bytes", self.0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tc_rates_parse_to_bits_per_second() {
+        for (text, bits) in [
+            ("1.5mbit", 1_500_000),
+            ("100kbit", 100_000),
+            ("1gbit", 1_000_000_000),
+            ("8000", 8000),
+            ("8000bit", 8000),
+            ("10mbps", 80_000_000),
+            ("1mibit", 1_048_576),
+            ("40Gbit", 40_000_000_000),
+            (" 2 mbit ", 2_000_000),
+        ] {
+            assert_eq!(text.parse::<BitsPerSec>(), Ok(BitsPerSec(bits)), "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_rates_name_the_text_and_the_expected_form() {
+        for bad in [
+            "",
+            "mbit",
+            "1.2.3mbit",
+            "10 furlongs",
+            "-5kbit",
+            "1e400gbit",
+        ] {
+            let err = bad.parse::<BitsPerSec>().unwrap_err();
+            assert_eq!(err.text, bad);
+            assert!(err.to_string().contains("which should be"), "{err}");
+        }
+    }
+
+    #[test]
+    fn rates_print_like_tc() {
+        for (bits, text) in [
+            (1_500_000, "1.5mbit"),
+            (100_000, "100kbit"),
+            (1_000_000_000, "1gbit"),
+            (999, "999bit"),
+            (34_400_000_000, "34.4gbit"),
+        ] {
+            assert_eq!(BitsPerSec(bits).to_string(), text);
+        }
+    }
+
+    #[test]
+    fn bytes_print_like_the_seed() {
+        assert_eq!(Bytes(5_798_205_850).to_string(), "5.8 GB");
+        assert_eq!(Bytes(12_000_000).to_string(), "12.0 MB");
+        assert_eq!(Bytes(3_100).to_string(), "3.1 KB");
+        assert_eq!(Bytes(512).to_string(), "512 bytes");
+    }
+
+    #[test]
+    fn planetlab_units_convert_without_overflow() {
+        assert_eq!(KBytes(5_662_310).bytes(), Bytes(5_798_205_440));
+        assert_eq!(KbitPerSec(1500).bits(), BitsPerSec(1_500_000));
+        assert_eq!(KBytes(u64::MAX).bytes(), Bytes(u64::MAX));
+    }
+}

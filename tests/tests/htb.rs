@@ -1,0 +1,181 @@
+//! bwmon's HTB tree over netlink, read back with `tc`: shape, in-place changes, orphans,
+//! rebuild after deletion, foreign root qdiscs, 64-bit rates.
+
+use bwmon_agent::{
+    class::TrafficClass,
+    htb::{ClassParams, EXEMPT_MINOR, GENERAL_MINOR, Htb, HtbError, Leaf, Op, TOP_MINOR, TreeSpec},
+    units::BitsPerSec,
+};
+use bwmon_tests::{Lab, parse_tc_rate};
+
+const SPEC: TreeSpec = TreeSpec {
+    node_cap: BitsPerSec(100_000_000),
+    exempt_max: BitsPerSec(1_000_000_000),
+};
+
+fn leaf(minor: u16, class: TrafficClass, rate: u64, ceil: u64, quantum: u32) -> Leaf {
+    Leaf {
+        minor,
+        class,
+        params: ClassParams {
+            rate: BitsPerSec(rate),
+            ceil: BitsPerSec(ceil),
+            quantum,
+        },
+    }
+}
+
+#[test]
+fn installed_tree_reads_back_through_tc() {
+    let lab = Lab::new();
+    let mut htb = Htb::open(&lab.host_if).unwrap();
+    assert!(
+        htb.ensure_tree(&SPEC, false).unwrap(),
+        "first install creates the qdisc"
+    );
+    assert!(!htb.ensure_tree(&SPEC, false).unwrap(), "idempotent");
+    htb.apply(&[
+        Op::Upsert(leaf(0x100, TrafficClass::General, 8_000, 50_000_000, 1600)),
+        Op::Upsert(leaf(
+            0x101,
+            TrafficClass::Exempt,
+            1_000,
+            1_000_000_000,
+            3200,
+        )),
+    ])
+    .unwrap();
+
+    let classes = lab.tc_classes();
+    let expect = |minor: u32, parent: (u32, u32), rate: &str, ceil: &str, quantum: u64| {
+        let c = classes
+            .get(&(1, minor))
+            .unwrap_or_else(|| panic!("class 1:{minor:x} missing: {classes:?}"));
+        assert_eq!(c.parent, Some(parent), "parent of 1:{minor:x}");
+        assert_eq!(c.rate, parse_tc_rate(rate).unwrap(), "rate of 1:{minor:x}");
+        assert_eq!(c.ceil, parse_tc_rate(ceil).unwrap(), "ceil of 1:{minor:x}");
+        if quantum != 0 {
+            assert_eq!(c.quantum, quantum, "quantum of 1:{minor:x}");
+        }
+    };
+    // tc prints quanta of leaves only.
+    expect(u32::from(GENERAL_MINOR), (1, 1), "1Kbit", "100Mbit", 0);
+    expect(u32::from(EXEMPT_MINOR), (1, 1), "1Kbit", "1Gbit", 0);
+    expect(2, (1, 0x10), "1Kbit", "100Mbit", 1600);
+    expect(3, (1, 0x20), "1Kbit", "1Gbit", 1600);
+    expect(0x100, (1, 0x10), "8Kbit", "50Mbit", 1600);
+    expect(0x101, (1, 0x20), "1Kbit", "1Gbit", 3200);
+    assert!(
+        classes[&(1, u32::from(TOP_MINOR))].parent.is_none(),
+        "1:1 is under the qdisc"
+    );
+
+    // The same through our own listing.
+    let listed = htb.list().unwrap();
+    let l = listed.iter().find(|c| c.minor == 0x101).unwrap();
+    assert_eq!(l.parent_minor, EXEMPT_MINOR);
+    assert_eq!(l.params.quantum, 3200);
+    assert_eq!(l.params.ceil, BitsPerSec(1_000_000_000));
+}
+
+#[test]
+fn rates_above_32_bits_round_trip() {
+    let lab = Lab::new();
+    let mut htb = Htb::open(&lab.host_if).unwrap();
+    let spec = TreeSpec {
+        node_cap: BitsPerSec(100_000_000_000),
+        exempt_max: BitsPerSec(100_000_000_000),
+    };
+    htb.ensure_tree(&spec, false).unwrap();
+    let big = leaf(
+        0x120,
+        TrafficClass::General,
+        36_000_000_000,
+        40_000_000_000,
+        1600,
+    );
+    htb.apply(&[Op::Upsert(big)]).unwrap();
+    let listed = htb.list().unwrap();
+    let got = listed.iter().find(|c| c.minor == 0x120).unwrap();
+    assert_eq!(got.params, big.params);
+    let classes = lab.tc_classes();
+    assert_eq!(classes[&(1, 0x120)].ceil, 40_000_000_000);
+    assert_eq!(classes[&(1, 0x120)].rate, 36_000_000_000);
+    assert_eq!(
+        classes[&(1, u32::from(GENERAL_MINOR))].ceil,
+        100_000_000_000
+    );
+}
+
+#[test]
+fn ceiling_changes_in_place_and_orphans_are_removed() {
+    let lab = Lab::new();
+    let mut htb = Htb::open(&lab.host_if).unwrap();
+    htb.ensure_tree(&SPEC, false).unwrap();
+    htb.apply(&[
+        Op::Upsert(leaf(0x130, TrafficClass::General, 1_000, 100_000_000, 1600)),
+        Op::Upsert(leaf(0x131, TrafficClass::General, 1_000, 100_000_000, 1600)),
+    ])
+    .unwrap();
+    htb.apply(&[Op::Upsert(leaf(
+        0x130,
+        TrafficClass::General,
+        1_000,
+        1_000_000,
+        1600,
+    ))])
+    .unwrap();
+    let listed = htb.list().unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .find(|c| c.minor == 0x130)
+            .unwrap()
+            .params
+            .ceil,
+        BitsPerSec(1_000_000)
+    );
+    htb.apply(&[Op::Remove(0x131)]).unwrap();
+    assert!(!lab.tc_classes().contains_key(&(1, 0x131)));
+    // Errors name the operation and the class.
+    let err = htb.apply(&[Op::Remove(0x131)]).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, HtbError::Kernel { .. }), "{err:?}");
+    assert!(text.contains("delete class 1:131"), "{text}");
+}
+
+#[test]
+fn tree_deleted_behind_its_back_is_rebuilt() {
+    let lab = Lab::new();
+    let mut htb = Htb::open(&lab.host_if).unwrap();
+    htb.ensure_tree(&SPEC, false).unwrap();
+    lab.tc(&["qdisc", "del", "dev", "{dev}", "root"]);
+    assert!(htb.ensure_tree(&SPEC, false).unwrap(), "rebuilt");
+    assert!(
+        lab.tc_classes()
+            .contains_key(&(1, u32::from(GENERAL_MINOR)))
+    );
+}
+
+#[test]
+fn a_foreign_root_qdisc_is_refused_unless_taken_over() {
+    let lab = Lab::new();
+    lab.tc(&[
+        "qdisc", "add", "dev", "{dev}", "root", "handle", "5:", "htb", "default", "1",
+    ]);
+    let mut htb = Htb::open(&lab.host_if).unwrap();
+    let err = htb.ensure_tree(&SPEC, false).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, HtbError::ForeignRoot { .. }), "{err:?}");
+    assert!(
+        text.contains("htb 5:") && text.contains(&lab.host_if),
+        "{text}"
+    );
+    // Untouched.
+    let q = lab.tc(&["qdisc", "show", "dev", "{dev}"]);
+    assert!(String::from_utf8_lossy(&q.stdout).contains("htb 5:"));
+    // Taken over on request.
+    assert!(htb.ensure_tree(&SPEC, true).unwrap());
+    let q = lab.tc(&["qdisc", "show", "dev", "{dev}"]);
+    assert!(String::from_utf8_lossy(&q.stdout).contains("htb 1:"));
+}
