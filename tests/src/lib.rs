@@ -609,3 +609,65 @@ pub fn send_tcp_until(
         })
     })
 }
+
+/// An iperf3 server in the lab's namespace for one test on `port`.
+pub struct Iperf3Server {
+    child: std::process::Child,
+}
+
+impl Drop for Iperf3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Lab {
+    /// Starts `iperf3 -s -1` inside the namespace.
+    pub fn iperf3_server(&self, port: u16) -> Iperf3Server {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.netns, "iperf3", "-s", "-1", "-p"])
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start iperf3 -s (cargo xtask setup installs it)");
+        // Give it time to listen.
+        thread::sleep(Duration::from_millis(300));
+        Iperf3Server { child }
+    }
+}
+
+/// Runs an iperf3 client as `uid` for `secs` seconds; returns what the receiver got, in bit/s.
+pub fn iperf3_as(uid: u32, dst: IpAddr, port: u16, secs: u32) -> f64 {
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid",
+            &uid.to_string(),
+            "--regid",
+            &uid.to_string(),
+            "--clear-groups",
+        ])
+        .args([
+            "iperf3",
+            "-J",
+            "-c",
+            &dst.to_string(),
+            "-p",
+            &port.to_string(),
+            "-t",
+        ])
+        .arg(secs.to_string())
+        .output()
+        .expect("run iperf3");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "iperf3 output is not JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("iperf3 reported no rate: {v}"))
+}

@@ -179,3 +179,101 @@ fn a_foreign_root_qdisc_is_refused_unless_taken_over() {
     let q = lab.tc(&["qdisc", "show", "dev", "{dev}"]);
     assert!(String::from_utf8_lossy(&q.stdout).contains("htb 1:"));
 }
+
+#[test]
+fn a_lowered_slice_is_held_to_its_ceiling_and_others_are_not() {
+    use std::{collections::HashMap, net::IpAddr};
+
+    use bwmon_agent::datapath::{Datapath, DatapathOptions};
+    use bwmon_common::{ClassIds, tc_handle};
+    use bwmon_tests::iperf3_as;
+
+    const A: u32 = 4601;
+    const B: u32 = 4602;
+    let lab = Lab::new();
+    let spec = TreeSpec {
+        node_cap: BitsPerSec(10_000_000_000),
+        exempt_max: BitsPerSec(10_000_000_000),
+    };
+    let mut htb = Htb::open(&lab.host_if).unwrap();
+    htb.ensure_tree(&spec, false).unwrap();
+    let full = 10_000_000_000;
+    let leaves = |a_ceil: u64| {
+        vec![
+            Op::Upsert(leaf(0x100, TrafficClass::General, 1_000, a_ceil, 1600)),
+            Op::Upsert(leaf(0x101, TrafficClass::Exempt, 1_000, full, 1600)),
+            Op::Upsert(leaf(0x102, TrafficClass::General, 1_000, full, 1600)),
+            Op::Upsert(leaf(0x103, TrafficClass::Exempt, 1_000, full, 1600)),
+        ]
+    };
+    htb.apply(&leaves(full)).unwrap();
+    let mut opts = DatapathOptions::new(lab.host_if.clone());
+    opts.pin_root = lab.pin_root.clone();
+    let mut dp = Datapath::open(&opts).unwrap();
+    let ids = |g: u32, e: u32| ClassIds {
+        general: tc_handle(1, g),
+        exempt: tc_handle(1, e),
+    };
+    dp.set_classes(&HashMap::from([
+        (A, ids(0x100, 0x101)),
+        (B, ids(0x102, 0x103)),
+    ]))
+    .unwrap();
+    dp.set_exempt(&[lab.exempt_net_v4.parse().unwrap()])
+        .unwrap();
+    let general: IpAddr = lab.general_v4.into();
+    let exempt: IpAddr = lab.exempt_v4.into();
+
+    // A's general traffic lowered to 1 mbit, in place.
+    htb.apply(&[Op::Upsert(leaf(
+        0x100,
+        TrafficClass::General,
+        1_000,
+        1_000_000,
+        1600,
+    ))])
+    .unwrap();
+    let servers = [
+        lab.iperf3_server(5501),
+        lab.iperf3_server(5502),
+        lab.iperf3_server(5503),
+    ];
+    let (a_general, a_exempt, b_general) = std::thread::scope(|s| {
+        let x = s.spawn(|| iperf3_as(A, general, 5501, 4));
+        let y = s.spawn(|| iperf3_as(A, exempt, 5502, 4));
+        let z = s.spawn(|| iperf3_as(B, general, 5503, 4));
+        (x.join().unwrap(), y.join().unwrap(), z.join().unwrap())
+    });
+    drop(servers);
+    eprintln!("A general {a_general:.0} bit/s, A exempt {a_exempt:.0}, B general {b_general:.0}");
+    assert!(
+        (850_000.0..=1_150_000.0).contains(&a_general),
+        "A general measured {a_general:.0} bit/s, expected 1 mbit ± 15 %"
+    );
+    assert!(a_exempt > 50e6, "A exempt held back: {a_exempt:.0} bit/s");
+    assert!(b_general > 50e6, "B held back: {b_general:.0} bit/s");
+    let before = htb
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.minor == 0x100)
+        .unwrap();
+
+    // Raised back: full speed, and the class's counters went on from where they were.
+    htb.apply(&leaves(full)).unwrap();
+    let server = lab.iperf3_server(5504);
+    let raised = iperf3_as(A, general, 5504, 2);
+    drop(server);
+    eprintln!("A general raised: {raised:.0} bit/s");
+    assert!(raised > 50e6, "A not restored: {raised:.0} bit/s");
+    let after = htb
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.minor == 0x100)
+        .unwrap();
+    assert!(
+        after.bytes > before.bytes && before.bytes > 0,
+        "{before:?} -> {after:?}"
+    );
+}

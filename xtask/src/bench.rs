@@ -6,7 +6,7 @@ use anyhow::bail;
 
 use crate::{build, setup::Tools, workspace};
 
-const BENCHES: &[&str] = &["bench_datapath"];
+const BENCHES: &[&str] = &["bench_datapath", "bench_htb"];
 
 pub fn run(tools: &Tools) -> anyhow::Result<()> {
     if !workspace::is_root() {

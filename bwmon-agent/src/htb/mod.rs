@@ -17,6 +17,7 @@
 //! are kept. Many operations go out in one `sendmsg` and their acknowledgements are matched
 //! back to them, so an error names the operation and the class.
 
+pub mod minors;
 pub mod options;
 
 use std::{collections::HashMap, ffi::CString, io};
@@ -224,6 +225,25 @@ pub struct ClassInfo {
     pub qlen: u32,
 }
 
+/// The leaves in `listed` that are in bwmon's tree but in neither `wanted` nor the fixed
+/// classes: classes that belong to no slice, to be removed.
+pub fn orphans(listed: &[ClassInfo], wanted: &std::collections::HashSet<u16>) -> Vec<u16> {
+    let fixed = [
+        TOP_MINOR,
+        GENERAL_MINOR,
+        EXEMPT_MINOR,
+        DEFAULT_GENERAL_MINOR as u16,
+        DEFAULT_EXEMPT_MINOR as u16,
+    ];
+    let mut out: Vec<u16> = listed
+        .iter()
+        .map(|c| c.minor)
+        .filter(|m| !fixed.contains(m) && !wanted.contains(m))
+        .collect();
+    out.sort_unstable();
+    out
+}
+
 /// What sits at the root of the interface's egress.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Root {
@@ -253,6 +273,48 @@ impl std::fmt::Debug for Htb {
         f.debug_struct("Htb")
             .field("iface", &self.iface)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(minor: u16, parent_minor: u16) -> ClassInfo {
+        ClassInfo {
+            minor,
+            parent_minor,
+            params: ClassParams {
+                rate: BWMIN,
+                ceil: BWMIN,
+                quantum: 1600,
+            },
+            bytes: 0,
+            packets: 0,
+            drops: 0,
+            qlen: 0,
+        }
+    }
+
+    #[test]
+    fn orphans_are_leaves_nobody_wants_and_never_the_fixed_classes() {
+        let listed: Vec<ClassInfo> = [(1, 0), (0x10, 1), (0x20, 1), (2, 0x10), (3, 0x20)]
+            .into_iter()
+            .chain([(0x100, 0x10), (0x101, 0x20), (0x1ff, 0x10)])
+            .map(|(m, p)| info(m, p))
+            .collect();
+        let wanted = [0x100, 0x101].into_iter().collect();
+        assert_eq!(orphans(&listed, &wanted), vec![0x1ff]);
+        assert_eq!(
+            orphans(&listed, &Default::default()),
+            vec![0x100, 0x101, 0x1ff]
+        );
+    }
+
+    #[test]
+    fn class_names_are_written_like_tc() {
+        assert_eq!(class_name(0x1a3), "1:1a3");
+        assert_eq!(class_name(0x10), "1:10");
     }
 }
 
@@ -293,6 +355,10 @@ impl Htb {
         socket.bind_auto().map_err(sock_err)?;
         socket.connect(&SocketAddr::new(0, 0)).map_err(sock_err)?;
         let _ = socket.set_ext_ack(true);
+        // Acknowledgements without a copy of each request: a batch's acks must fit the
+        // receive buffer until they are read.
+        socket.set_cap_ack(true).map_err(sock_err)?;
+        let _ = socket.set_rx_buf_sz(4 << 20);
         let clock = Psched::from_kernel().map_err(|e| sock_err(io::Error::other(e)))?;
         Ok(Self {
             iface: iface.to_owned(),
@@ -622,7 +688,9 @@ impl Htb {
     /// Sends the requests in as few `sendmsg` calls as fit the socket buffer, then reads one
     /// acknowledgement per request.
     fn send_batch(&mut self, batch: Vec<Request>) -> Result<()> {
-        const CHUNK: usize = 60 * 1024;
+        // About a hundred requests per sendmsg: the kernel queues one ack (~1 KiB of socket
+        // buffer) per request before we read them.
+        const CHUNK: usize = 16 * 1024;
         let mut first_error = None;
         let mut start = 0;
         while start < batch.len() {
