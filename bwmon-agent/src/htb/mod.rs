@@ -276,48 +276,6 @@ impl std::fmt::Debug for Htb {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn info(minor: u16, parent_minor: u16) -> ClassInfo {
-        ClassInfo {
-            minor,
-            parent_minor,
-            params: ClassParams {
-                rate: BWMIN,
-                ceil: BWMIN,
-                quantum: 1600,
-            },
-            bytes: 0,
-            packets: 0,
-            drops: 0,
-            qlen: 0,
-        }
-    }
-
-    #[test]
-    fn orphans_are_leaves_nobody_wants_and_never_the_fixed_classes() {
-        let listed: Vec<ClassInfo> = [(1, 0), (0x10, 1), (0x20, 1), (2, 0x10), (3, 0x20)]
-            .into_iter()
-            .chain([(0x100, 0x10), (0x101, 0x20), (0x1ff, 0x10)])
-            .map(|(m, p)| info(m, p))
-            .collect();
-        let wanted = [0x100, 0x101].into_iter().collect();
-        assert_eq!(orphans(&listed, &wanted), vec![0x1ff]);
-        assert_eq!(
-            orphans(&listed, &Default::default()),
-            vec![0x100, 0x101, 0x1ff]
-        );
-    }
-
-    #[test]
-    fn class_names_are_written_like_tc() {
-        assert_eq!(class_name(0x1a3), "1:1a3");
-        assert_eq!(class_name(0x10), "1:10");
-    }
-}
-
 fn handle(minor: u16) -> TcHandle {
     TcHandle {
         major: MAJOR,
@@ -792,5 +750,47 @@ impl Htb {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(minor: u16, parent_minor: u16) -> ClassInfo {
+        ClassInfo {
+            minor,
+            parent_minor,
+            params: ClassParams {
+                rate: BWMIN,
+                ceil: BWMIN,
+                quantum: 1600,
+            },
+            bytes: 0,
+            packets: 0,
+            drops: 0,
+            qlen: 0,
+        }
+    }
+
+    #[test]
+    fn orphans_are_leaves_nobody_wants_and_never_the_fixed_classes() {
+        let listed: Vec<ClassInfo> = [(1, 0), (0x10, 1), (0x20, 1), (2, 0x10), (3, 0x20)]
+            .into_iter()
+            .chain([(0x100, 0x10), (0x101, 0x20), (0x1ff, 0x10)])
+            .map(|(m, p)| info(m, p))
+            .collect();
+        let wanted = [0x100, 0x101].into_iter().collect();
+        assert_eq!(orphans(&listed, &wanted), vec![0x1ff]);
+        assert_eq!(
+            orphans(&listed, &Default::default()),
+            vec![0x100, 0x101, 0x1ff]
+        );
+    }
+
+    #[test]
+    fn class_names_are_written_like_tc() {
+        assert_eq!(class_name(0x1a3), "1:1a3");
+        assert_eq!(class_name(0x10), "1:10");
     }
 }
