@@ -8,4 +8,6 @@ pub mod class;
 pub mod datapath;
 pub mod htb;
 pub mod paths;
+pub mod policy;
+pub mod rspec;
 pub mod units;

@@ -1,0 +1,569 @@
+//! The budget policy: pure arithmetic on counters and time (no clock, no I/O), the seed's rules
+//! with its unit bugs fixed. General and exempt traffic are decided alike, independently.
+//!
+//! Every sync, for each slice and class: a **reset** when the period has elapsed since the
+//! slice's period start or a counter went backwards (new period, baseline = counter, ceilings
+//! back to the max rates, `emailed` cleared); otherwise an **update**: `used = counter −
+//! baseline`, and once `used ≥ thresh` the ceiling becomes `(max − used) × 8 / (period −
+//! elapsed)` bit/s, never below the min rate nor bwmin, never above the max rate. A slice
+//! capped in a period is noticed exactly once in that period, whichever class tripped.
+
+use crate::{
+    class::TrafficClass,
+    rspec::Attributes,
+    units::{BitsPerSec, Bytes, KBytes, KbitPerSec},
+};
+
+/// The smallest rate ever set (bwlimit's `bwmin`).
+pub const BWMIN: BitsPerSec = BitsPerSec(1000);
+/// The seed's default volume per period: 5.4 GiB.
+pub const DEFAULT_MAX_KBYTE: KBytes = KBytes(5_662_310);
+/// The seed's default exempt volume per period: 16.4 GiB.
+pub const DEFAULT_I2_MAX_KBYTE: KBytes = KBytes(17_196_646);
+
+/// Seconds since the Unix epoch.
+pub type UnixSecs = u64;
+
+/// The node's limits, from the config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Node {
+    /// Ceiling of all general traffic.
+    pub node_cap: BitsPerSec,
+    /// Ceiling of all exempt traffic.
+    pub exempt_max: BitsPerSec,
+    /// Length of a period in seconds.
+    pub period_secs: u64,
+}
+
+/// One class's resolved limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClassLimits {
+    /// Guaranteed rate (HTB rate).
+    pub min_rate: BitsPerSec,
+    /// Ceiling when not capped.
+    pub max_rate: BitsPerSec,
+    /// Volume per period.
+    pub max: Bytes,
+    /// Volume after which the ceiling is lowered.
+    pub thresh: Bytes,
+    /// HTB share (quantum = share × 1600).
+    pub share: u32,
+}
+
+/// A slice's resolved limits for both classes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Limits {
+    /// General traffic.
+    pub general: ClassLimits,
+    /// Exempt traffic.
+    pub exempt: ClassLimits,
+}
+
+impl Limits {
+    /// The limits of one class.
+    pub fn of(&self, class: TrafficClass) -> &ClassLimits {
+        match class {
+            TrafficClass::General => &self.general,
+            TrafficClass::Exempt => &self.exempt,
+        }
+    }
+
+    /// Resolves attributes (already merged with the config's defaults) against the node:
+    /// defaults of the seed, `net_min_rate` clamped to 25 % of the node cap, then
+    /// bwmin ≤ min ≤ max ≤ cap (exempt: ≤ exempt max); thresholds default to 80 % of the max
+    /// and never exceed it.
+    pub fn resolve(a: &Attributes, node: &Node) -> Limits {
+        let clamp_rates = |min: BitsPerSec, max: BitsPerSec, cap: BitsPerSec| {
+            let max = max.min(cap).max(BWMIN);
+            let min = min.max(BWMIN).min(max);
+            (min, max)
+        };
+        let quarter_cap = BitsPerSec(node.node_cap.0 / 4);
+        let (g_min, g_max) = clamp_rates(
+            a.min_rate
+                .map(KbitPerSec::bits)
+                .unwrap_or(BWMIN)
+                .min(quarter_cap),
+            a.max_rate.map(KbitPerSec::bits).unwrap_or(node.node_cap),
+            node.node_cap,
+        );
+        let (e_min, e_max) = clamp_rates(
+            a.i2_min_rate.map(KbitPerSec::bits).unwrap_or(BWMIN),
+            a.i2_max_rate
+                .map(KbitPerSec::bits)
+                .unwrap_or(node.exempt_max),
+            node.exempt_max,
+        );
+        let volume = |max: Option<KBytes>, thresh: Option<KBytes>, default: KBytes| {
+            let max = max.unwrap_or(default);
+            let thresh = thresh.unwrap_or(KBytes(max.0 / 5 * 4 + max.0 % 5 * 4 / 5));
+            (max.bytes(), thresh.min(max).bytes())
+        };
+        let (g_vol, g_thresh) = volume(a.max_kbyte, a.thresh_kbyte, DEFAULT_MAX_KBYTE);
+        let (e_vol, e_thresh) = volume(a.i2_max_kbyte, a.i2_thresh_kbyte, DEFAULT_I2_MAX_KBYTE);
+        Limits {
+            general: ClassLimits {
+                min_rate: g_min,
+                max_rate: g_max,
+                max: g_vol,
+                thresh: g_thresh,
+                share: a.share.unwrap_or(1),
+            },
+            exempt: ClassLimits {
+                min_rate: e_min,
+                max_rate: e_max,
+                max: e_vol,
+                thresh: e_thresh,
+                share: a.i2_share.unwrap_or(1),
+            },
+        }
+    }
+}
+
+/// A class's accounting within the current period.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClassRecord {
+    /// The counter's value at the start of the period.
+    pub baseline: u64,
+    /// The ceiling in force.
+    pub ceil: BitsPerSec,
+}
+
+/// A slice's accounting within the current period (persisted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Record {
+    /// When the period began.
+    pub period_start: UnixSecs,
+    /// General traffic.
+    pub general: ClassRecord,
+    /// Exempt traffic.
+    pub exempt: ClassRecord,
+    /// A notice was sent (or queued) for this period.
+    pub emailed: bool,
+}
+
+impl Record {
+    /// The record of one class.
+    pub fn of(&self, class: TrafficClass) -> &ClassRecord {
+        match class {
+            TrafficClass::General => &self.general,
+            TrafficClass::Exempt => &self.exempt,
+        }
+    }
+
+    fn of_mut(&mut self, class: TrafficClass) -> &mut ClassRecord {
+        match class {
+            TrafficClass::General => &mut self.general,
+            TrafficClass::Exempt => &mut self.exempt,
+        }
+    }
+
+    /// Bytes used in this period by `class`, given its counter.
+    pub fn used(&self, class: TrafficClass, counter: u64) -> Bytes {
+        Bytes(counter.saturating_sub(self.of(class).baseline))
+    }
+
+    /// Whether this record's period is over at `now`.
+    pub fn expired(&self, now: UnixSecs, period_secs: u64) -> bool {
+        now >= self.period_start.saturating_add(period_secs)
+    }
+}
+
+/// The counters of a slice's two classes (monotonic bytes charged).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// General bytes.
+    pub general: u64,
+    /// Exempt bytes.
+    pub exempt: u64,
+}
+
+impl Counters {
+    /// The counter of one class.
+    pub fn of(&self, class: TrafficClass) -> u64 {
+        match class {
+            TrafficClass::General => self.general,
+            TrafficClass::Exempt => self.exempt,
+        }
+    }
+}
+
+/// What the policy decided for one slice at one sync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// The record to keep.
+    pub record: Record,
+    /// A new period began.
+    pub reset: bool,
+    /// Send the slice its notice for this period now.
+    pub notify: bool,
+}
+
+/// Starts a slice's first period (a new slice, or one whose record expired).
+pub fn start(counters: Counters, limits: &Limits, now: UnixSecs) -> Record {
+    Record {
+        period_start: now,
+        general: ClassRecord {
+            baseline: counters.general,
+            ceil: limits.general.max_rate,
+        },
+        exempt: ClassRecord {
+            baseline: counters.exempt,
+            ceil: limits.exempt.max_rate,
+        },
+        emailed: false,
+    }
+}
+
+/// The ceiling for one class that has used `used` of its budget `elapsed` seconds into a
+/// period of `period_secs`.
+pub fn ceiling(limits: &ClassLimits, used: Bytes, elapsed: u64, period_secs: u64) -> BitsPerSec {
+    if used < limits.thresh {
+        return limits.max_rate;
+    }
+    let left = limits.max.0.saturating_sub(used.0);
+    // At least one second remains: no division by zero in the period's last second.
+    let remaining = period_secs.saturating_sub(elapsed).max(1);
+    let rate = u128::from(left) * 8 / u128::from(remaining);
+    let rate = BitsPerSec(u64::try_from(rate).unwrap_or(u64::MAX));
+    rate.min(limits.max_rate).max(limits.min_rate).max(BWMIN)
+}
+
+/// One sync's decision for a slice: reset or update, both classes, and whether to notify.
+pub fn decide(
+    record: &Record,
+    counters: Counters,
+    limits: &Limits,
+    now: UnixSecs,
+    period_secs: u64,
+) -> Decision {
+    let backwards = TrafficClass::ALL
+        .iter()
+        .any(|c| counters.of(*c) < record.of(*c).baseline);
+    if record.expired(now, period_secs) || backwards || now < record.period_start {
+        return Decision {
+            record: start(counters, limits, now),
+            reset: true,
+            notify: false,
+        };
+    }
+    let elapsed = now - record.period_start;
+    let mut next = *record;
+    let mut capped = false;
+    for class in TrafficClass::ALL {
+        let l = limits.of(class);
+        let ceil = ceiling(
+            l,
+            record.used(class, counters.of(class)),
+            elapsed,
+            period_secs,
+        );
+        next.of_mut(class).ceil = ceil;
+        capped |= ceil < l.max_rate;
+    }
+    let notify = capped && !record.emailed;
+    next.emailed |= notify;
+    Decision {
+        record: next,
+        reset: false,
+        notify,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const NODE: Node = Node {
+        node_cap: BitsPerSec(100_000_000),
+        exempt_max: BitsPerSec(1_000_000_000),
+        period_secs: 86_400,
+    };
+
+    fn limits(max_kbyte: u64) -> Limits {
+        Limits::resolve(
+            &Attributes {
+                max_kbyte: Some(KBytes(max_kbyte)),
+                i2_max_kbyte: Some(KBytes(max_kbyte)),
+                ..Default::default()
+            },
+            &NODE,
+        )
+    }
+
+    #[test]
+    fn defaults_are_the_seeds() {
+        let l = Limits::resolve(&Attributes::default(), &NODE);
+        assert_eq!(l.general.max, Bytes(5_662_310 * 1024));
+        assert_eq!(l.general.thresh, Bytes(4_529_848 * 1024));
+        assert_eq!(l.exempt.max, Bytes(17_196_646 * 1024));
+        assert_eq!(l.general.max_rate, NODE.node_cap);
+        assert_eq!(l.exempt.max_rate, NODE.exempt_max);
+        assert_eq!((l.general.min_rate, l.exempt.min_rate), (BWMIN, BWMIN));
+        assert_eq!((l.general.share, l.exempt.share), (1, 1));
+    }
+
+    #[test]
+    fn min_rate_is_clamped_to_a_quarter_of_the_node_cap() {
+        let a = Attributes {
+            min_rate: Some(KbitPerSec(90_000)),
+            ..Default::default()
+        };
+        assert_eq!(
+            Limits::resolve(&a, &NODE).general.min_rate,
+            BitsPerSec(25_000_000)
+        );
+    }
+
+    #[test]
+    fn rates_are_ordered_bwmin_min_max_cap() {
+        let a = Attributes {
+            min_rate: Some(KbitPerSec(0)),
+            max_rate: Some(KbitPerSec(500_000)),
+            i2_min_rate: Some(KbitPerSec(2_000_000)),
+            i2_max_rate: Some(KbitPerSec(0)),
+            ..Default::default()
+        };
+        let l = Limits::resolve(&a, &NODE);
+        assert_eq!(l.general.min_rate, BWMIN);
+        assert_eq!(
+            l.general.max_rate, NODE.node_cap,
+            "max above the cap is the cap"
+        );
+        assert_eq!(l.exempt.max_rate, BWMIN, "max 0 is bwmin");
+        assert_eq!(l.exempt.min_rate, BWMIN, "min never above max");
+    }
+
+    #[test]
+    fn threshold_never_exceeds_the_max() {
+        let a = Attributes {
+            max_kbyte: Some(KBytes(100)),
+            thresh_kbyte: Some(KBytes(500)),
+            ..Default::default()
+        };
+        assert_eq!(Limits::resolve(&a, &NODE).general.thresh, Bytes(100 * 1024));
+    }
+
+    #[test]
+    fn below_threshold_the_ceiling_is_the_max_rate() {
+        let l = limits(1000);
+        let r = start(Counters::default(), &l, 1000);
+        let d = decide(
+            &r,
+            Counters {
+                general: 1000,
+                exempt: 0,
+            },
+            &l,
+            2000,
+            NODE.period_secs,
+        );
+        assert_eq!(d.record.general.ceil, l.general.max_rate);
+        assert!(!d.notify && !d.reset);
+    }
+
+    #[test]
+    fn over_threshold_the_rest_of_the_budget_is_spread_over_the_rest_of_the_period() {
+        let l = limits(1_000_000); // 1,024,000,000 bytes, thresh 819,200,000
+        let r = start(Counters::default(), &l, 0);
+        let used = 900_000_000;
+        let d = decide(
+            &r,
+            Counters {
+                general: used,
+                exempt: 0,
+            },
+            &l,
+            43_200,
+            86_400,
+        );
+        let expect = (1_024_000_000u64 - used) * 8 / 43_200;
+        assert_eq!(d.record.general.ceil, BitsPerSec(expect));
+        assert_eq!(
+            d.record.exempt.ceil, l.exempt.max_rate,
+            "exempt is decided on its own"
+        );
+        assert!(d.notify && d.record.emailed);
+    }
+
+    #[test]
+    fn the_last_second_divides_by_one_not_zero() {
+        let l = limits(1000);
+        let r = start(Counters::default(), &l, 0);
+        let d = decide(
+            &r,
+            Counters {
+                general: 900_000,
+                exempt: 0,
+            },
+            &l,
+            86_399,
+            86_400,
+        );
+        assert_eq!(d.record.general.ceil, BitsPerSec((1_024_000 - 900_000) * 8));
+    }
+
+    #[test]
+    fn over_budget_the_ceiling_is_the_min_rate() {
+        let mut a = Attributes {
+            max_kbyte: Some(KBytes(10)),
+            min_rate: Some(KbitPerSec(64)),
+            ..Default::default()
+        };
+        a.i2_max_kbyte = Some(KBytes(10));
+        let l = Limits::resolve(&a, &NODE);
+        let r = start(Counters::default(), &l, 0);
+        let d = decide(
+            &r,
+            Counters {
+                general: 1 << 30,
+                exempt: 0,
+            },
+            &l,
+            10,
+            86_400,
+        );
+        assert_eq!(d.record.general.ceil, BitsPerSec(64_000));
+    }
+
+    #[test]
+    fn one_notice_per_period_even_when_both_classes_trip_at_once() {
+        let l = limits(10);
+        let r = start(Counters::default(), &l, 0);
+        let both = Counters {
+            general: 1 << 20,
+            exempt: 1 << 20,
+        };
+        let d1 = decide(&r, both, &l, 10, 100);
+        assert!(d1.notify);
+        let d2 = decide(&d1.record, both, &l, 20, 100);
+        assert!(!d2.notify, "already noticed this period");
+        // Next period: the record resets, and the next trip notifies again.
+        let d3 = decide(&d2.record, both, &l, 100, 100);
+        assert!(d3.reset && !d3.record.emailed);
+        assert_eq!(
+            d3.record.general.ceil, l.general.max_rate,
+            "reset restores max"
+        );
+        let d4 = decide(
+            &d3.record,
+            Counters {
+                general: both.general * 3,
+                exempt: both.exempt,
+            },
+            &l,
+            110,
+            100,
+        );
+        assert!(d4.notify);
+    }
+
+    #[test]
+    fn a_counter_going_backwards_starts_a_new_period() {
+        let l = limits(10);
+        let r = start(
+            Counters {
+                general: 5000,
+                exempt: 5000,
+            },
+            &l,
+            0,
+        );
+        let d = decide(
+            &r,
+            Counters {
+                general: 10,
+                exempt: 6000,
+            },
+            &l,
+            10,
+            100,
+        );
+        assert!(d.reset);
+        assert_eq!(d.record.period_start, 10);
+        assert_eq!(d.record.general.baseline, 10);
+    }
+
+    #[test]
+    fn a_clock_before_the_period_start_starts_a_new_period() {
+        let l = limits(10);
+        let r = start(Counters::default(), &l, 1000);
+        assert!(decide(&r, Counters::default(), &l, 500, 100).reset);
+    }
+
+    proptest! {
+        #[test]
+        fn ceiling_stays_within_min_and_max(
+            max_kbyte in 1u64..10_000_000,
+            min_kbit in 0u64..200_000,
+            max_kbit in 0u64..2_000_000,
+            used in 0u64..20_000_000_000,
+            elapsed in 0u64..200_000,
+            period in 1u64..200_000,
+        ) {
+            let a = Attributes {
+                max_kbyte: Some(KBytes(max_kbyte)),
+                min_rate: Some(KbitPerSec(min_kbit)),
+                max_rate: Some(KbitPerSec(max_kbit)),
+                ..Default::default()
+            };
+            let l = Limits::resolve(&a, &NODE);
+            let c = ceiling(&l.general, Bytes(used), elapsed, period);
+            prop_assert!(c >= l.general.min_rate.max(BWMIN));
+            prop_assert!(c <= l.general.max_rate);
+        }
+
+        #[test]
+        fn a_slice_sending_at_its_ceiling_never_exceeds_its_budget(
+            max_kbyte in 1_000u64..1_000_000,
+            period in 100u64..10_000,
+            interval in 1u64..50,
+        ) {
+            // Node fast enough that the formula, not the max rate, limits the slice; min rate
+            // at bwmin (a min rate above the fair share is allowed to overrun, by design).
+            let node = Node { node_cap: BitsPerSec(u64::MAX / 16), exempt_max: BitsPerSec(u64::MAX / 16), period_secs: period };
+            let a = Attributes { max_kbyte: Some(KBytes(max_kbyte)), ..Default::default() };
+            let l = Limits::resolve(&a, &node);
+            let budget = l.general.max.0;
+            let mut record = start(Counters::default(), &l, 0);
+            let mut counter = 0u64;
+            let mut now = 0;
+            while now + interval <= period {
+                let d = decide(&record, Counters { general: counter, exempt: 0 }, &l, now, period);
+                record = d.record;
+                // Send flat out at the ceiling for one interval (bwmin is 125 bytes/s of slack).
+                let ceil = record.general.ceil.0;
+                let sent = if ceil >= l.general.max_rate.0 {
+                    // Uncapped: the slice may send anything up to its threshold within this
+                    // interval; model the worst case that lands exactly at the threshold.
+                    l.general.thresh.0.saturating_sub(counter)
+                } else {
+                    ceil / 8 * interval
+                };
+                counter += sent;
+                now += interval;
+            }
+            // bwmin over the whole period is the only slack the formula leaves.
+            prop_assert!(counter <= budget + BWMIN.0 / 8 * period, "used {counter} of {budget}");
+        }
+
+        #[test]
+        fn reset_restores_the_max_rates(
+            g in 0u64..1u64 << 40, e in 0u64..1u64 << 40, start_at in 0u64..1_000_000, period in 1u64..100_000,
+        ) {
+            let l = limits(1000);
+            let mut r = start(Counters::default(), &l, start_at);
+            r.general.ceil = BWMIN;
+            r.exempt.ceil = BWMIN;
+            r.emailed = true;
+            let d = decide(&r, Counters { general: g, exempt: e }, &l, start_at + period, period);
+            prop_assert!(d.reset);
+            prop_assert_eq!(d.record.general.ceil, l.general.max_rate);
+            prop_assert_eq!(d.record.exempt.ceil, l.exempt.max_rate);
+            prop_assert!(!d.record.emailed);
+            prop_assert_eq!((d.record.general.baseline, d.record.exempt.baseline), (g, e));
+        }
+    }
+}

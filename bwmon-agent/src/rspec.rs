@@ -1,0 +1,156 @@
+//! Slice attributes (PlanetLab's rspec keys) as read from the config's `[defaults]` and the
+//! slices file, in the units PlanetLab used: rates in kbit/s, volumes in KBytes of 1024.
+
+use crate::units::{KBytes, KbitPerSec};
+
+/// The attribute keys, in the order they are documented.
+pub const KEYS: [&str; 10] = [
+    "net_min_rate",
+    "net_max_rate",
+    "net_i2_min_rate",
+    "net_i2_max_rate",
+    "net_max_kbyte",
+    "net_thresh_kbyte",
+    "net_i2_max_kbyte",
+    "net_i2_thresh_kbyte",
+    "net_share",
+    "net_i2_share",
+];
+
+/// Attributes given for a slice or as defaults; `None` where not given.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Attributes {
+    /// `net_min_rate`
+    pub min_rate: Option<KbitPerSec>,
+    /// `net_max_rate`
+    pub max_rate: Option<KbitPerSec>,
+    /// `net_i2_min_rate`
+    pub i2_min_rate: Option<KbitPerSec>,
+    /// `net_i2_max_rate`
+    pub i2_max_rate: Option<KbitPerSec>,
+    /// `net_max_kbyte`
+    pub max_kbyte: Option<KBytes>,
+    /// `net_thresh_kbyte`
+    pub thresh_kbyte: Option<KBytes>,
+    /// `net_i2_max_kbyte`
+    pub i2_max_kbyte: Option<KBytes>,
+    /// `net_i2_thresh_kbyte`
+    pub i2_thresh_kbyte: Option<KBytes>,
+    /// `net_share`
+    pub share: Option<u32>,
+    /// `net_i2_share`
+    pub i2_share: Option<u32>,
+}
+
+impl Attributes {
+    /// Sets `key` to `value`; `Err` names what is wrong with it.
+    ///
+    /// # Errors
+    /// An unknown key, or a value that is not a non-negative integer in range.
+    pub fn set(&mut self, key: &str, value: &toml::Value) -> Result<(), String> {
+        let n = match value {
+            toml::Value::Integer(n) if *n >= 0 => *n as u64,
+            toml::Value::Integer(n) => return Err(format!("must not be negative, got {n}")),
+            other => {
+                return Err(format!(
+                    "must be a whole number ({}), got {}",
+                    unit_of(key),
+                    other.type_str()
+                ));
+            }
+        };
+        let share = || {
+            u32::try_from(n)
+                .ok()
+                .filter(|s| (1..=10_000).contains(s))
+                .ok_or_else(|| format!("must be between 1 and 10000, got {n}"))
+        };
+        match key {
+            "net_min_rate" => self.min_rate = Some(KbitPerSec(n)),
+            "net_max_rate" => self.max_rate = Some(KbitPerSec(n)),
+            "net_i2_min_rate" => self.i2_min_rate = Some(KbitPerSec(n)),
+            "net_i2_max_rate" => self.i2_max_rate = Some(KbitPerSec(n)),
+            "net_max_kbyte" => self.max_kbyte = Some(KBytes(n)),
+            "net_thresh_kbyte" => self.thresh_kbyte = Some(KBytes(n)),
+            "net_i2_max_kbyte" => self.i2_max_kbyte = Some(KBytes(n)),
+            "net_i2_thresh_kbyte" => self.i2_thresh_kbyte = Some(KBytes(n)),
+            "net_share" => self.share = Some(share()?),
+            "net_i2_share" => self.i2_share = Some(share()?),
+            _ => {
+                return Err(format!(
+                    "unknown attribute; known ones are {}",
+                    KEYS.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// These attributes, with `base` filling what is not given here.
+    pub fn or(self, base: Attributes) -> Attributes {
+        Attributes {
+            min_rate: self.min_rate.or(base.min_rate),
+            max_rate: self.max_rate.or(base.max_rate),
+            i2_min_rate: self.i2_min_rate.or(base.i2_min_rate),
+            i2_max_rate: self.i2_max_rate.or(base.i2_max_rate),
+            max_kbyte: self.max_kbyte.or(base.max_kbyte),
+            thresh_kbyte: self.thresh_kbyte.or(base.thresh_kbyte),
+            i2_max_kbyte: self.i2_max_kbyte.or(base.i2_max_kbyte),
+            i2_thresh_kbyte: self.i2_thresh_kbyte.or(base.i2_thresh_kbyte),
+            share: self.share.or(base.share),
+            i2_share: self.i2_share.or(base.i2_share),
+        }
+    }
+}
+
+fn unit_of(key: &str) -> &'static str {
+    if key.ends_with("_rate") {
+        "kbit/s"
+    } else if key.ends_with("_kbyte") {
+        "KBytes of 1024 bytes"
+    } else {
+        "a share"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_sets_its_field_and_bad_values_say_why() {
+        let mut a = Attributes::default();
+        for (i, key) in KEYS.iter().enumerate() {
+            a.set(key, &toml::Value::Integer(i as i64 + 1)).unwrap();
+        }
+        assert_eq!(a.min_rate, Some(KbitPerSec(1)));
+        assert_eq!(a.i2_share, Some(10));
+        let e = a.set("net_max_rate", &toml::Value::String("1mbit".into()));
+        assert!(e.unwrap_err().contains("kbit/s"));
+        assert!(a.set("net_share", &toml::Value::Integer(0)).is_err());
+        assert!(a.set("net_max_kbyte", &toml::Value::Integer(-1)).is_err());
+        assert!(
+            a.set("net_bogus", &toml::Value::Integer(1))
+                .unwrap_err()
+                .contains("unknown")
+        );
+    }
+
+    #[test]
+    fn given_attributes_win_over_defaults() {
+        let mine = Attributes {
+            share: Some(3),
+            ..Default::default()
+        };
+        let base = Attributes {
+            share: Some(1),
+            max_kbyte: Some(KBytes(10)),
+            ..Default::default()
+        };
+        let merged = mine.or(base);
+        assert_eq!(
+            (merged.share, merged.max_kbyte),
+            (Some(3), Some(KBytes(10)))
+        );
+    }
+}
