@@ -5,9 +5,12 @@
 
 pub mod btf;
 pub mod class;
+pub mod config;
 pub mod datapath;
 pub mod htb;
+pub mod mailaddr;
 pub mod paths;
 pub mod policy;
 pub mod rspec;
+pub mod slices;
 pub mod units;

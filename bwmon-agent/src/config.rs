@@ -1,0 +1,723 @@
+//! The configuration file (TOML) → a typed, validated [`Config`]. Every problem is reported,
+//! each as `path:line: key: message`, not only the first.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use toml_edit::{ImDocument, Item, Value};
+
+use crate::{paths, rspec::Attributes, units::BitsPerSec};
+use bwmon_common::XidSource;
+
+/// How notices are delivered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// SMTP to `host:port`.
+    Smtp {
+        /// `host:port`
+        server: String,
+        /// Use STARTTLS.
+        starttls: bool,
+        /// Optional `(user, password)`.
+        credentials: Option<(String, String)>,
+    },
+    /// The local sendmail (no shell).
+    Sendmail,
+    /// Notices are logged, not sent.
+    None,
+}
+
+/// `[mail]`
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mail {
+    /// Delivery.
+    pub transport: Transport,
+    /// The envelope and header sender address.
+    pub from: String,
+    /// The support address (always a recipient).
+    pub support: String,
+    /// The slice's address, with `{slice}` replaced by its name.
+    pub slice_address: String,
+    /// The operator's name ("PlanetLab").
+    pub operator: String,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Interface whose egress is accounted.
+    pub interface: String,
+    /// Ceiling of all general traffic.
+    pub node_cap: BitsPerSec,
+    /// Ceiling of all exempt traffic.
+    pub exempt_max: BitsPerSec,
+    /// Budget period.
+    pub period: Duration,
+    /// Sync interval.
+    pub interval: Duration,
+    /// Slices file.
+    pub slices: PathBuf,
+    /// State file.
+    pub state: PathBuf,
+    /// Control socket.
+    pub socket: PathBuf,
+    /// Where a packet's xid comes from.
+    pub xid_source: XidSource,
+    /// Exempt destination prefixes.
+    pub exempt_prefixes: Vec<IpNet>,
+    /// Account, report and notify, never lower a ceiling.
+    pub dry_run: bool,
+    /// Replace a root qdisc bwmon did not create.
+    pub take_over_root_qdisc: bool,
+    /// Attribute defaults for every slice.
+    pub defaults: Attributes,
+    /// Notices.
+    pub mail: Mail,
+    /// Prometheus listen address, if any.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Kernel-side diagnostics through aya-log.
+    pub kernel_log: bool,
+}
+
+/// One problem in a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line.
+    pub line: usize,
+    /// The key, dotted ("mail.smtp").
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Everything wrong with a file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct FileErrors {
+    /// The file.
+    pub path: PathBuf,
+    /// The problems, in file order.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for FileErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(
+                f,
+                "{}:{}: {}: {}",
+                self.path.display(),
+                p.line,
+                p.key,
+                p.message
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Collects problems with their lines while a file is read.
+pub(crate) struct Collector<'a> {
+    text: &'a str,
+    pub(crate) problems: Vec<Problem>,
+}
+
+impl<'a> Collector<'a> {
+    pub(crate) fn new(text: &'a str) -> Self {
+        Self {
+            text,
+            problems: Vec::new(),
+        }
+    }
+
+    pub(crate) fn line_of(&self, span: Option<std::ops::Range<usize>>) -> usize {
+        span.map(|r| {
+            self.text[..r.start.min(self.text.len())]
+                .matches('\n')
+                .count()
+                + 1
+        })
+        .unwrap_or(1)
+    }
+
+    pub(crate) fn add(&mut self, item: Option<&Item>, key: &str, message: impl Into<String>) {
+        let line = self.line_of(item.and_then(Item::span));
+        self.problems.push(Problem {
+            line,
+            key: key.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    pub(crate) fn add_value(&mut self, value: &Value, key: &str, message: impl Into<String>) {
+        let line = self.line_of(value.span());
+        self.problems.push(Problem {
+            line,
+            key: key.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    pub(crate) fn finish(mut self, path: &Path) -> Result<(), FileErrors> {
+        if self.problems.is_empty() {
+            return Ok(());
+        }
+        self.problems.sort_by_key(|p| p.line);
+        Err(FileErrors {
+            path: path.to_owned(),
+            problems: self.problems,
+        })
+    }
+}
+
+/// Parses a TOML document, turning a syntax error into a located problem.
+pub(crate) fn parse_document(path: &Path, text: &str) -> Result<ImDocument<String>, FileErrors> {
+    ImDocument::parse(text.to_owned()).map_err(|e| {
+        let c = Collector::new(text);
+        FileErrors {
+            path: path.to_owned(),
+            problems: vec![Problem {
+                line: c.line_of(e.span()),
+                key: "(syntax)".into(),
+                message: e.message().to_owned(),
+            }],
+        }
+    })
+}
+
+/// Turns a TOML value into a toml::Value for the attribute parser.
+pub(crate) fn plain_value(v: &Value) -> toml::Value {
+    match v {
+        Value::Integer(i) => toml::Value::Integer(*i.value()),
+        Value::String(s) => toml::Value::String(s.value().clone()),
+        Value::Float(f) => toml::Value::Float(*f.value()),
+        Value::Boolean(b) => toml::Value::Boolean(*b.value()),
+        Value::Datetime(d) => toml::Value::Datetime(*d.value()),
+        Value::Array(a) => toml::Value::Array(a.iter().map(plain_value).collect()),
+        Value::InlineTable(t) => toml::Value::Table(
+            t.iter()
+                .map(|(k, v)| (k.to_owned(), plain_value(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// Parses "1d", "90s", "1.5h", "10m" or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult = match unit.trim() {
+        "" | "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        "d" => 86_400.0,
+        "w" => 7.0 * 86_400.0,
+        _ => f64::NAN,
+    };
+    let secs: f64 = num.parse().unwrap_or(f64::NAN) * mult;
+    if !secs.is_finite() || secs < 1.0 || secs > 366.0 * 86_400.0 {
+        return Err(format!(
+            "invalid duration '{text}', which should be a number of seconds of at least 1 with a unit s, m, h, d or w (e.g. '1d', '90s', '1.5h')"
+        ));
+    }
+    Ok(Duration::from_secs(secs.round() as u64))
+}
+
+fn rate(v: &Value) -> Result<BitsPerSec, String> {
+    match v {
+        Value::Integer(i) if *i.value() > 0 => Ok(BitsPerSec(*i.value() as u64)),
+        Value::String(s) => s
+            .value()
+            .parse::<BitsPerSec>()
+            .map_err(|e| e.to_string())
+            .and_then(|r| {
+                if r.0 == 0 {
+                    Err("must be above zero".into())
+                } else {
+                    Ok(r)
+                }
+            }),
+        _ => Err("must be a rate: bit/s as a number, or a string like \"100mbit\"".into()),
+    }
+}
+
+const KEYS: [&str; 16] = [
+    "interface",
+    "node_cap",
+    "exempt_max",
+    "period",
+    "interval",
+    "slices",
+    "state",
+    "socket",
+    "xid_source",
+    "exempt_prefixes",
+    "dry_run",
+    "take_over_root_qdisc",
+    "defaults",
+    "mail",
+    "metrics",
+    "kernel_log",
+];
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    ///
+    /// # Errors
+    /// The file cannot be read, or has problems (all of them are reported).
+    pub fn load(path: &Path) -> Result<Config, FileErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| FileErrors {
+            path: path.to_owned(),
+            problems: vec![Problem {
+                line: 0,
+                key: "(file)".into(),
+                message: format!("cannot read: {e}"),
+            }],
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates configuration text (as if read from `path`).
+    ///
+    /// # Errors
+    /// Every problem, located.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
+        let doc = parse_document(path, text)?;
+        let root = doc.as_table();
+        let mut c = Collector::new(text);
+        for (key, item) in root.iter() {
+            if !KEYS.contains(&key) {
+                c.add(
+                    Some(item),
+                    key,
+                    format!("unknown key; known keys are {}", KEYS.join(", ")),
+                );
+            }
+        }
+        let get = |k: &str| root.get(k);
+        let string = |c: &mut Collector, k: &str| -> Option<String> {
+            let item = get(k)?;
+            match item.as_str() {
+                Some(s) => Some(s.to_owned()),
+                None => {
+                    c.add(Some(item), k, "must be a string");
+                    None
+                }
+            }
+        };
+        let boolean = |c: &mut Collector, k: &str| -> bool {
+            match get(k) {
+                None => false,
+                Some(item) => item.as_bool().unwrap_or_else(|| {
+                    c.add(Some(item), k, "must be true or false");
+                    false
+                }),
+            }
+        };
+        let rate_of = |c: &mut Collector, k: &str, default: BitsPerSec| -> BitsPerSec {
+            match get(k) {
+                None => default,
+                Some(item) => match item.as_value().map(rate) {
+                    Some(Ok(r)) => r,
+                    Some(Err(e)) => {
+                        c.add(Some(item), k, e);
+                        default
+                    }
+                    None => {
+                        c.add(Some(item), k, "must be a rate");
+                        default
+                    }
+                },
+            }
+        };
+        let duration_of = |c: &mut Collector, k: &str, default: u64| -> Duration {
+            match get(k) {
+                None => Duration::from_secs(default),
+                Some(item) => {
+                    let parsed = match item.as_value() {
+                        Some(Value::Integer(i)) => parse_duration(&i.value().to_string()),
+                        Some(Value::String(s)) => parse_duration(s.value()),
+                        _ => Err("must be a duration like \"1d\" or \"90s\"".into()),
+                    };
+                    parsed.unwrap_or_else(|e| {
+                        c.add(Some(item), k, e);
+                        Duration::from_secs(default)
+                    })
+                }
+            }
+        };
+
+        let interface = match string(&mut c, "interface") {
+            Some(i) => {
+                if let Err(e) = crate::datapath::validate_interface_name(&i) {
+                    c.add(get("interface"), "interface", e.to_string());
+                }
+                i
+            }
+            None => {
+                if get("interface").is_none() {
+                    c.problems.push(Problem {
+                        line: 1,
+                        key: "interface".into(),
+                        message: "missing: the interface whose egress is accounted, e.g. interface = \"eth0\"".into(),
+                    });
+                }
+                String::new()
+            }
+        };
+        let gbit = BitsPerSec(1_000_000_000);
+        let node_cap = rate_of(&mut c, "node_cap", gbit);
+        let exempt_max = rate_of(&mut c, "exempt_max", gbit);
+        let period = duration_of(&mut c, "period", 86_400);
+        let interval = duration_of(&mut c, "interval", 10);
+        if interval > period {
+            c.add(
+                get("interval"),
+                "interval",
+                "must not be longer than the period",
+            );
+        }
+        let path_of = |c: &mut Collector, k: &str, default: &str| {
+            string(c, k)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(default))
+        };
+        let base = path.parent().unwrap_or(Path::new("/"));
+        let slices = base.join(path_of(&mut c, "slices", paths::SLICES));
+        let state = base.join(path_of(&mut c, "state", paths::STATE));
+        let socket = base.join(path_of(&mut c, "socket", paths::SOCKET));
+        let xid_source = match string(&mut c, "xid_source").as_deref() {
+            None | Some("uid") => XidSource::Uid,
+            Some("mark") => XidSource::Mark,
+            Some("source") => XidSource::Source,
+            Some(other) => {
+                c.add(
+                    get("xid_source"),
+                    "xid_source",
+                    format!("'{other}' is not one of \"uid\", \"mark\", \"source\""),
+                );
+                XidSource::Uid
+            }
+        };
+        let mut exempt_prefixes = Vec::new();
+        if let Some(item) = get("exempt_prefixes") {
+            match item.as_array() {
+                Some(arr) => {
+                    for v in arr.iter() {
+                        match v.as_str().map(str::parse::<IpNet>) {
+                            Some(Ok(net)) => exempt_prefixes.push(net.trunc()),
+                            Some(Err(_)) | None => c.add_value(
+                                v,
+                                "exempt_prefixes",
+                                format!("{v} is not a CIDR prefix like \"198.32.0.0/16\" or \"2001:db8::/32\"").replace('\n', " "),
+                            ),
+                        }
+                    }
+                }
+                None => c.add(
+                    Some(item),
+                    "exempt_prefixes",
+                    "must be a list of CIDR prefixes",
+                ),
+            }
+        }
+        let dry_run = boolean(&mut c, "dry_run");
+        let take_over_root_qdisc = boolean(&mut c, "take_over_root_qdisc");
+        let kernel_log = boolean(&mut c, "kernel_log");
+
+        let mut defaults = Attributes::default();
+        if let Some(item) = get("defaults") {
+            match item.as_table_like() {
+                Some(t) => {
+                    for (k, v) in t.iter() {
+                        let key = format!("defaults.{k}");
+                        match v.as_value() {
+                            Some(val) => {
+                                if let Err(e) = defaults.set(k, &plain_value(val)) {
+                                    c.add(Some(v), &key, e);
+                                }
+                            }
+                            None => c.add(Some(v), &key, "must be a value"),
+                        }
+                    }
+                }
+                None => c.add(
+                    Some(item),
+                    "defaults",
+                    "must be a table of slice attributes",
+                ),
+            }
+        }
+
+        let mail = parse_mail(&mut c, get("mail"));
+        let metrics_listen = match get("metrics").and_then(|m| m.as_table_like()) {
+            None => {
+                if let Some(item) = get("metrics") {
+                    c.add(Some(item), "metrics", "must be a table with `listen`");
+                }
+                None
+            }
+            Some(t) => {
+                for (k, v) in t.iter() {
+                    if k != "listen" {
+                        c.add(
+                            Some(v),
+                            &format!("metrics.{k}"),
+                            "unknown key; the only key is listen",
+                        );
+                    }
+                }
+                match t.get("listen") {
+                    None => None,
+                    Some(v) => match v.as_str().map(str::parse) {
+                        Some(Ok(addr)) => Some(addr),
+                        _ => {
+                            c.add(
+                                Some(v),
+                                "metrics.listen",
+                                "must be an address like \"127.0.0.1:9110\"",
+                            );
+                            None
+                        }
+                    },
+                }
+            }
+        };
+        c.finish(path)?;
+        Ok(Config {
+            path: path.to_owned(),
+            interface,
+            node_cap,
+            exempt_max,
+            period,
+            interval,
+            slices,
+            state,
+            socket,
+            xid_source,
+            exempt_prefixes,
+            dry_run,
+            take_over_root_qdisc,
+            defaults,
+            mail,
+            metrics_listen,
+            kernel_log,
+        })
+    }
+}
+
+fn parse_mail(c: &mut Collector, item: Option<&Item>) -> Mail {
+    let mut mail = Mail {
+        transport: Transport::None,
+        from: "bwmon@localhost".into(),
+        support: "root@localhost".into(),
+        slice_address: "{slice}@localhost".into(),
+        operator: "bwmon".into(),
+    };
+    let Some(item) = item else {
+        return mail;
+    };
+    let Some(t) = item.as_table_like() else {
+        c.add(Some(item), "mail", "must be a table");
+        return mail;
+    };
+    let mut transport = "none".to_owned();
+    let mut server = None;
+    let mut starttls = false;
+    let (mut user, mut password) = (None, None);
+    for (k, v) in t.iter() {
+        let key = format!("mail.{k}");
+        let s = v.as_str().map(str::to_owned);
+        match (k, s) {
+            ("transport", Some(s)) => transport = s,
+            ("smtp", Some(s)) => {
+                if s.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                    c.add(Some(v), &key, format!("'{s}' must be host:port"));
+                }
+                server = Some(s);
+            }
+            ("starttls", _) => match v.as_bool() {
+                Some(b) => starttls = b,
+                None => c.add(Some(v), &key, "must be true or false"),
+            },
+            ("user", Some(s)) => user = Some(s),
+            ("password", Some(s)) => password = Some(s),
+            ("from" | "support", Some(s)) => {
+                if let Err(e) = crate::mailaddr::validate(&s) {
+                    c.add(Some(v), &key, e);
+                }
+                if k == "from" {
+                    mail.from = s;
+                } else {
+                    mail.support = s;
+                }
+            }
+            ("slice_address", Some(s)) => {
+                if !s.contains("{slice}") {
+                    c.add(Some(v), &key, "must contain {slice}, e.g. \"{slice}@slices.example.org\"");
+                } else if let Err(e) = crate::mailaddr::validate(&s.replace("{slice}", "slice")) {
+                    c.add(Some(v), &key, e);
+                }
+                mail.slice_address = s;
+            }
+            ("operator", Some(s)) => {
+                if s.chars().any(|ch| ch.is_control()) || s.is_empty() || s.len() > 64 {
+                    c.add(Some(v), &key, "must be 1 to 64 characters without control characters");
+                }
+                mail.operator = s;
+            }
+            ("transport" | "smtp" | "user" | "password" | "from" | "support" | "slice_address" | "operator", None) => {
+                c.add(Some(v), &key, "must be a string");
+            }
+            _ => c.add(
+                Some(v),
+                &key,
+                "unknown key; known keys are transport, smtp, starttls, user, password, from, support, slice_address, operator",
+            ),
+        }
+    }
+    mail.transport = match transport.as_str() {
+        "none" => Transport::None,
+        "sendmail" => Transport::Sendmail,
+        "smtp" => match server {
+            Some(server) => Transport::Smtp {
+                server,
+                starttls,
+                credentials: user.zip(password),
+            },
+            None => {
+                c.add(
+                    t.get("transport"),
+                    "mail.transport",
+                    "\"smtp\" needs mail.smtp = \"host:port\"",
+                );
+                Transport::None
+            }
+        },
+        other => {
+            c.add(
+                t.get("transport"),
+                "mail.transport",
+                format!("'{other}' is not one of \"smtp\", \"sendmail\", \"none\""),
+            );
+            Transport::None
+        }
+    };
+    mail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, FileErrors> {
+        Config::parse(Path::new("/etc/bwmon/bwmon.toml"), text)
+    }
+
+    #[test]
+    fn only_the_interface_is_required() {
+        let c = parse("interface = \"eth0\"\n").unwrap();
+        assert_eq!(c.interface, "eth0");
+        assert_eq!(c.node_cap, BitsPerSec(1_000_000_000));
+        assert_eq!(c.period, Duration::from_secs(86_400));
+        assert_eq!(c.interval, Duration::from_secs(10));
+        assert_eq!(c.slices, PathBuf::from(paths::SLICES));
+        assert_eq!(c.xid_source, XidSource::Uid);
+        assert_eq!(c.mail.transport, Transport::None);
+        assert!(!c.dry_run);
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let c = parse(
+            r#"
+interface = "veth0"
+node_cap = "1.5mbit"
+exempt_max = 2000000
+period = "90s"
+interval = "1s"
+slices = "slices.toml"
+state = "/var/lib/x/state"
+socket = "/run/x.sock"
+xid_source = "mark"
+exempt_prefixes = ["198.32.0.0/16", "2001:db8::/32"]
+dry_run = true
+[defaults]
+net_max_kbyte = 100
+net_share = 2
+[mail]
+transport = "smtp"
+smtp = "127.0.0.1:2525"
+from = "bwmon@example.org"
+support = "support@example.org"
+slice_address = "{slice}@slices.example.org"
+operator = "ExampleLab"
+[metrics]
+listen = "127.0.0.1:9110"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.node_cap, BitsPerSec(1_500_000));
+        assert_eq!(c.exempt_max, BitsPerSec(2_000_000));
+        assert_eq!(c.period, Duration::from_secs(90));
+        assert_eq!(
+            c.slices,
+            PathBuf::from("/etc/bwmon/slices.toml"),
+            "relative to the config"
+        );
+        assert_eq!(c.xid_source, XidSource::Mark);
+        assert_eq!(c.exempt_prefixes.len(), 2);
+        assert!(c.dry_run);
+        assert_eq!(c.defaults.share, Some(2));
+        assert!(matches!(c.mail.transport, Transport::Smtp { .. }));
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9110".parse().unwrap()));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_file_line_and_key() {
+        let err = parse(
+            "node_cap = \"fast\"\nperiod = \"soon\"\nbogus = 1\nexempt_prefixes = [\"10.0.0.0/33\"]\n[defaults]\nnet_max_rate = \"1mbit\"\n",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for expect in [
+            "/etc/bwmon/bwmon.toml:1: node_cap: invalid rate 'fast'",
+            "/etc/bwmon/bwmon.toml:1: interface: missing",
+            "/etc/bwmon/bwmon.toml:2: period: invalid duration 'soon'",
+            "/etc/bwmon/bwmon.toml:3: bogus: unknown key",
+            "/etc/bwmon/bwmon.toml:4: exempt_prefixes:",
+            "/etc/bwmon/bwmon.toml:6: defaults.net_max_rate: must be a whole number (kbit/s)",
+        ] {
+            assert!(text.contains(expect), "missing {expect:?} in:\n{text}");
+        }
+        assert_eq!(err.problems.len(), 6, "{text}");
+    }
+
+    #[test]
+    fn syntax_errors_are_located() {
+        let err = parse("interface = \"eth0\"\nnode_cap = = 3\n").unwrap_err();
+        assert_eq!(err.problems[0].line, 2, "{err}");
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("40"), Ok(Duration::from_secs(40)));
+        for bad in ["", "0s", "1y", "-1d", "d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}
