@@ -6,6 +6,7 @@
 pub mod btf;
 pub mod class;
 pub mod config;
+pub mod control;
 pub mod datapath;
 pub mod htb;
 pub mod mailaddr;
@@ -13,4 +14,6 @@ pub mod paths;
 pub mod policy;
 pub mod rspec;
 pub mod slices;
+pub mod state;
+pub mod status;
 pub mod units;

@@ -102,7 +102,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<SliceSpec>, FileErrors> {
         for (i, t) in tables.iter().enumerate() {
             let at = format!("slice[{i}]");
             let table_line = c.line_of(t.span());
-            let mut problem =
+            let problem =
                 |c: &mut Collector, item: Option<&toml_edit::Item>, key: &str, msg: String| {
                     if item.is_some() {
                         c.add(item, &format!("{at}.{key}"), msg);

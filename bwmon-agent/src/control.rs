@@ -1,0 +1,263 @@
+//! The local control socket: a Unix socket (root only, mode 0600) serving the status report.
+//!
+//! Requests and replies are frames: a little-endian `u32` length, then a postcard body that
+//! starts with the protocol version. Unknown or malformed requests get an error reply and the
+//! daemon carries on.
+
+use std::{
+    io,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{UnixListener, UnixStream},
+    sync::watch,
+};
+use tracing::{debug, warn};
+
+use crate::status::StatusReport;
+
+/// The protocol version of this binary.
+pub const PROTOCOL: u16 = 1;
+/// The largest frame either side accepts.
+const MAX_FRAME: u32 = 16 << 20;
+
+/// A request.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Request {
+    /// [`PROTOCOL`] of the sender.
+    pub version: u16,
+    /// What is asked.
+    pub body: RequestBody,
+}
+
+/// What a request asks for.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum RequestBody {
+    /// The status report.
+    Status,
+}
+
+/// A reply.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Reply {
+    /// [`PROTOCOL`] of the daemon.
+    pub version: u16,
+    /// The answer.
+    pub body: ReplyBody,
+}
+
+/// The answer.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum ReplyBody {
+    /// The status report.
+    Status(StatusReport),
+    /// The request was not understood.
+    Error(String),
+}
+
+/// What went wrong talking to the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Could not connect or talk.
+    #[error("control socket {path}: {source} (is `bwmon run` running?)")]
+    Io {
+        /// The socket.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The daemon answered something unreadable, or an error.
+    #[error("control socket {path}: {what}")]
+    Protocol {
+        /// The socket.
+        path: PathBuf,
+        /// What.
+        what: String,
+    },
+}
+
+async fn read_frame(stream: &mut UnixStream) -> io::Result<Vec<u8>> {
+    let len = stream.read_u32_le().await?;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes is larger than {MAX_FRAME}"),
+        ));
+    }
+    let mut buf = vec![0u8; len as usize];
+    stream.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+async fn write_frame(stream: &mut UnixStream, body: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(body.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
+    stream.write_u32_le(len).await?;
+    stream.write_all(body).await?;
+    stream.flush().await
+}
+
+/// The answer to one request frame (pure: testable without a socket).
+pub fn answer(frame: &[u8], status: &StatusReport) -> Reply {
+    let body = match postcard::from_bytes::<Request>(frame) {
+        Ok(req) if req.version != PROTOCOL => ReplyBody::Error(format!(
+            "protocol version {} is not supported (this daemon speaks {PROTOCOL})",
+            req.version
+        )),
+        Ok(Request {
+            body: RequestBody::Status,
+            ..
+        }) => ReplyBody::Status(status.clone()),
+        Err(e) => ReplyBody::Error(format!("malformed request: {e}")),
+    };
+    Reply {
+        version: PROTOCOL,
+        body,
+    }
+}
+
+/// Binds the socket: removes a stale one, creates the directory, mode 0600.
+///
+/// # Errors
+/// The socket cannot be bound or its mode set.
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => debug!(path = %path.display(), "removed a stale control socket"),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves requests until `shutdown` flips.
+pub async fn serve(
+    listener: UnixListener,
+    status: watch::Receiver<Arc<StatusReport>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((mut stream, _)) => {
+                    let status = status.clone();
+                    tokio::spawn(async move {
+                        let served = tokio::time::timeout(Duration::from_secs(5), async {
+                            let frame = read_frame(&mut stream).await?;
+                            let reply = answer(&frame, &status.borrow());
+                            let bytes = postcard::to_stdvec(&reply).map_err(io::Error::other)?;
+                            write_frame(&mut stream, &bytes).await
+                        })
+                        .await;
+                        match served {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => debug!(error = %e, "control client"),
+                            Err(_) => debug!("control client timed out"),
+                        }
+                    });
+                }
+                Err(e) => warn!(error = %e, "accepting on the control socket"),
+            },
+        }
+    }
+}
+
+/// Asks the daemon at `path` for its status.
+///
+/// # Errors
+/// No daemon, or an unreadable or error reply.
+pub async fn status(path: &Path) -> Result<StatusReport, ControlError> {
+    let io_err = |source| ControlError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut stream = UnixStream::connect(path).await.map_err(io_err)?;
+    let req = postcard::to_stdvec(&Request {
+        version: PROTOCOL,
+        body: RequestBody::Status,
+    })
+    .map_err(|e| io_err(io::Error::other(e)))?;
+    write_frame(&mut stream, &req).await.map_err(io_err)?;
+    let frame = read_frame(&mut stream).await.map_err(io_err)?;
+    let reply: Reply = postcard::from_bytes(&frame).map_err(|e| ControlError::Protocol {
+        path: path.to_owned(),
+        what: format!("unreadable reply: {e}"),
+    })?;
+    match reply.body {
+        ReplyBody::Status(s) => Ok(s),
+        ReplyBody::Error(e) => Err(ControlError::Protocol {
+            path: path.to_owned(),
+            what: e,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_requests_are_answered_and_bad_ones_get_errors() {
+        let report = StatusReport {
+            now: 42,
+            ..Default::default()
+        };
+        let ok = postcard::to_stdvec(&Request {
+            version: PROTOCOL,
+            body: RequestBody::Status,
+        })
+        .unwrap();
+        assert_eq!(answer(&ok, &report).body, ReplyBody::Status(report.clone()));
+        let newer = postcard::to_stdvec(&Request {
+            version: PROTOCOL + 1,
+            body: RequestBody::Status,
+        })
+        .unwrap();
+        assert!(
+            matches!(answer(&newer, &report).body, ReplyBody::Error(e) if e.contains("not supported"))
+        );
+        for junk in [&b""[..], b"\xff\xff\xff", b"\x01\x09"] {
+            assert!(
+                matches!(answer(junk, &report).body, ReplyBody::Error(e) if e.contains("malformed"))
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_socket_is_private_and_serves_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/bwmon.sock");
+        let listener = bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let (_tx, rx) = watch::channel(Arc::new(StatusReport {
+            now: 7,
+            ..Default::default()
+        }));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let server = tokio::spawn(serve(listener, rx, stop_rx));
+        assert_eq!(status(&path).await.unwrap().now, 7);
+        // A client sending garbage gets an error reply; the server goes on.
+        let mut s = UnixStream::connect(&path).await.unwrap();
+        write_frame(&mut s, b"garbage").await.unwrap();
+        let reply: Reply = postcard::from_bytes(&read_frame(&mut s).await.unwrap()).unwrap();
+        assert!(matches!(reply.body, ReplyBody::Error(_)));
+        // An absurd length is refused without allocating it.
+        let mut s = UnixStream::connect(&path).await.unwrap();
+        s.write_u32_le(u32::MAX).await.unwrap();
+        assert_eq!(status(&path).await.unwrap().now, 7);
+        stop_tx.send(true).unwrap();
+        server.await.unwrap();
+    }
+}

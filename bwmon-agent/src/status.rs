@@ -1,0 +1,257 @@
+//! The status report the daemon serves: what `bwmon status` prints and `--json` emits, with the
+//! design's field names (more may be added, none renamed).
+
+use crate::units::{BitsPerSec, Bytes};
+
+/// One slice's line.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SliceStatus {
+    /// Name.
+    pub name: String,
+    /// xid.
+    pub xid: u32,
+    /// Start of its current period (Unix seconds).
+    pub period_start: u64,
+    /// General bytes used in the current period.
+    pub bytes: u64,
+    /// Exempt bytes used in the current period.
+    pub exempt_bytes: u64,
+    /// General ceiling in force, bit/s.
+    pub ceil_bps: u64,
+    /// Exempt ceiling in force, bit/s.
+    pub exempt_ceil_bps: u64,
+    /// General volume per period, KBytes.
+    pub max_kbyte: u64,
+    /// General threshold, KBytes.
+    pub thresh_kbyte: u64,
+    /// Exempt volume per period, KBytes.
+    pub i2_max_kbyte: u64,
+    /// Exempt threshold, KBytes.
+    pub i2_thresh_kbyte: u64,
+    /// General ceiling lowered.
+    pub capped: bool,
+    /// Exempt ceiling lowered.
+    pub exempt_capped: bool,
+    /// Noticed this period.
+    pub emailed: bool,
+    /// General max rate, bit/s (the ceiling when not capped).
+    pub max_rate_bps: u64,
+    /// Exempt max rate, bit/s.
+    pub i2_max_rate_bps: u64,
+    /// Bytes dropped by the qdisc this period is not tracked per period; total since load.
+    pub dropped_bytes: u64,
+    /// Average rate over the last sync interval, general, bit/s.
+    pub rate_bps: u64,
+    /// Average rate over the last sync interval, exempt, bit/s.
+    pub exempt_rate_bps: u64,
+}
+
+/// The whole report.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StatusReport {
+    /// When it was made (Unix seconds).
+    pub now: u64,
+    /// Length of a period, seconds.
+    pub period_secs: u64,
+    /// The interface.
+    pub interface: String,
+    /// Dry run: ceilings are computed but not applied.
+    pub dry_run: bool,
+    /// Slices: root, default, then by name.
+    pub slices: Vec<SliceStatus>,
+    /// Duration of the last sync, seconds.
+    pub last_sync_secs: f64,
+    /// Errors so far, by kind.
+    pub errors: Vec<(String, u64)>,
+}
+
+impl SliceStatus {
+    /// Percentage of the general budget used.
+    pub fn percent_used(&self) -> f64 {
+        pct(self.bytes, self.max_kbyte)
+    }
+
+    /// Percentage of the exempt budget used.
+    pub fn exempt_percent_used(&self) -> f64 {
+        pct(self.exempt_bytes, self.i2_max_kbyte)
+    }
+}
+
+fn pct(bytes: u64, max_kbyte: u64) -> f64 {
+    let max = max_kbyte.saturating_mul(1024);
+    if max == 0 {
+        0.0
+    } else {
+        bytes as f64 * 100.0 / max as f64
+    }
+}
+
+/// When, at `rate_bps`, `used` grows to `target` (seconds from now), if it does.
+fn eta(used: u64, target: u64, rate_bps: u64) -> Option<u64> {
+    if used >= target {
+        return Some(0);
+    }
+    let per_sec = rate_bps / 8;
+    (per_sec > 0).then(|| (target - used).div_ceil(per_sec))
+}
+
+fn human_secs(s: u64) -> String {
+    match s {
+        0 => "now".into(),
+        1..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{:.1}h", s as f64 / 3600.0),
+        _ => format!("{:.1}d", s as f64 / 86_400.0),
+    }
+}
+
+/// The aligned table `bwmon status` prints.
+pub fn table(report: &StatusReport) -> String {
+    let headers = [
+        "SLICE",
+        "XID",
+        "USED",
+        "%",
+        "CEIL",
+        "EXEMPT",
+        "%",
+        "CEIL",
+        "CAPPED",
+        "THRESH IN",
+        "BUDGET IN",
+    ];
+    let mut rows: Vec<[String; 11]> = Vec::new();
+    for s in &report.slices {
+        let capped = match (s.capped, s.exempt_capped) {
+            (true, true) => "both",
+            (true, false) => "general",
+            (false, true) => "exempt",
+            (false, false) => "-",
+        };
+        let forecast = |target_kbyte: u64| {
+            eta(s.bytes, target_kbyte.saturating_mul(1024), s.rate_bps)
+                .filter(|t| s.period_start + report.period_secs > report.now + t)
+                .map(human_secs)
+                .unwrap_or_else(|| "-".into())
+        };
+        rows.push([
+            s.name.clone(),
+            s.xid.to_string(),
+            Bytes(s.bytes).to_string(),
+            format!("{:.0}", s.percent_used()),
+            BitsPerSec(s.ceil_bps).to_string(),
+            Bytes(s.exempt_bytes).to_string(),
+            format!("{:.0}", s.exempt_percent_used()),
+            BitsPerSec(s.exempt_ceil_bps).to_string(),
+            capped.into(),
+            forecast(s.thresh_kbyte),
+            forecast(s.max_kbyte),
+        ]);
+    }
+    let mut widths = headers.map(str::len);
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r.iter()) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = format!(
+        "{} on {}{}, period {}\n",
+        "bwmon",
+        report.interface,
+        if report.dry_run { " (dry run)" } else { "" },
+        human_secs(report.period_secs)
+    );
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(widths.iter())
+            .enumerate()
+            .map(|(i, (c, w))| {
+                if i == 0 || i == 8 {
+                    format!("{c:<w$}")
+                } else {
+                    format!("{c:>w$}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    out.push_str(&line(headers.to_vec()));
+    out.push('\n');
+    for r in &rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slice(name: &str, bytes: u64, rate_bps: u64) -> SliceStatus {
+        SliceStatus {
+            name: name.into(),
+            xid: 1001,
+            period_start: 1000,
+            bytes,
+            exempt_bytes: 0,
+            ceil_bps: 1_500_000,
+            exempt_ceil_bps: 1_000_000_000,
+            max_kbyte: 1000,
+            thresh_kbyte: 800,
+            i2_max_kbyte: 1000,
+            i2_thresh_kbyte: 800,
+            capped: true,
+            exempt_capped: false,
+            emailed: true,
+            max_rate_bps: 100_000_000,
+            i2_max_rate_bps: 1_000_000_000,
+            dropped_bytes: 0,
+            rate_bps,
+            exempt_rate_bps: 0,
+        }
+    }
+
+    #[test]
+    fn the_table_is_aligned_with_human_units_and_a_forecast() {
+        let report = StatusReport {
+            now: 1100,
+            period_secs: 86_400,
+            interface: "eth0".into(),
+            slices: vec![
+                slice("alice", 512_000, 8_000),
+                slice("a-much-longer-name", 900_000, 0),
+            ],
+            ..Default::default()
+        };
+        let t = table(&report);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4, "{t}");
+        assert!(lines[2].starts_with("alice "), "{t}");
+        assert!(
+            lines[2].contains("512.0 KB")
+                && lines[2].contains("1.5mbit")
+                && lines[2].contains("general"),
+            "{t}"
+        );
+        // 50 % used; at 1000 bytes/s the threshold (819,200 bytes) is 308 s away.
+        assert!(lines[2].contains(" 50 ") && lines[2].contains("5m"), "{t}");
+        // Columns line up: numbers are right-aligned under their header.
+        let end = lines[1].find("CEIL").unwrap() + "CEIL".len();
+        assert_eq!(&lines[2][end - 7..end], "1.5mbit");
+        assert_eq!(&lines[3][end - 7..end], "1.5mbit");
+    }
+
+    #[test]
+    fn forecasts() {
+        assert_eq!(eta(0, 1000, 8000), Some(1));
+        assert_eq!(eta(2000, 1000, 8000), Some(0));
+        assert_eq!(eta(0, 1000, 0), None);
+        assert_eq!(human_secs(90), "90s");
+        assert_eq!(human_secs(3600), "60m");
+        assert_eq!(human_secs(86_400 * 3), "3.0d");
+    }
+}
