@@ -226,7 +226,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         _ => f64::NAN,
     };
     let secs: f64 = num.parse().unwrap_or(f64::NAN) * mult;
-    if !secs.is_finite() || secs < 1.0 || secs > 366.0 * 86_400.0 {
+    if !secs.is_finite() || !(1.0..=366.0 * 86_400.0).contains(&secs) {
         return Err(format!(
             "invalid duration '{text}', which should be a number of seconds of at least 1 with a unit s, m, h, d or w (e.g. '1d', '90s', '1.5h')"
         ));

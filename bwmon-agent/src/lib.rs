@@ -16,4 +16,5 @@ pub mod rspec;
 pub mod slices;
 pub mod state;
 pub mod status;
+pub mod sync;
 pub mod units;
