@@ -5,8 +5,10 @@
 
 pub mod btf;
 pub mod class;
+pub mod cli;
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod datapath;
 pub mod htb;
 pub mod mailaddr;

@@ -1,52 +1,28 @@
 //! The `bwmon` command.
-use std::{path::PathBuf, process::ExitCode};
+use std::{io::IsTerminal, process::ExitCode};
 
 use anyhow::Context as _;
 use bwmon_agent::{
-    datapath::{self, Datapath, DatapathOptions},
-    paths,
+    cli::{Cli, Command},
+    config::Config,
+    control, daemon, datapath,
+    htb::Htb,
+    paths, slices, status,
 };
-use clap::{Parser, Subcommand};
-
-/// Per-slice traffic accounting and bandwidth budgets with eBPF and HTB.
-#[derive(Parser, Debug)]
-#[command(version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Attach (or re-attach) the datapath to an interface and print its counters per xid.
-    Counters {
-        /// Interface whose egress is accounted, e.g. `eth0`.
-        #[arg(long)]
-        interface: String,
-        /// Root of the bpffs pins.
-        #[arg(long, default_value = paths::PIN_ROOT)]
-        pin_root: PathBuf,
-    },
-    /// Remove the datapath (programs and pins) of an interface.
-    Teardown {
-        /// Interface, e.g. `eth0`.
-        #[arg(long)]
-        interface: String,
-        /// Root of the bpffs pins.
-        #[arg(long, default_value = paths::PIN_ROOT)]
-        pin_root: PathBuf,
-    },
-}
+use clap::Parser;
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .or_else(|| cli.log_level.clone())
+        .unwrap_or_else(|| "info".into());
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .init();
-    match run(Cli::parse()) {
+    match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bwmon: {e:#}");
@@ -55,31 +31,64 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Counters {
-            interface,
-            pin_root,
-        } => {
-            let mut opts = DatapathOptions::new(interface);
-            opts.pin_root = pin_root;
-            let dp = Datapath::open(&opts).context("opening the datapath")?;
-            let snap = dp.snapshot().context("reading the counters")?;
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run { config } => {
+            let config = Config::load(&config)?;
+            runtime()?.block_on(daemon::run(config))
+        }
+        Command::Check { config } => {
+            let config = Config::load(&config)?;
+            let text = std::fs::read_to_string(&config.slices)
+                .with_context(|| format!("reading the slices file {}", config.slices.display()))?;
+            let slices = slices::parse(&config.slices, &text)?;
             println!(
-                "{:>10} {:>16} {:>12} {:>16} {:>12}",
-                "xid", "bytes", "packets", "exempt_bytes", "exempt_pkts"
+                "{}: ok; {}: {} slices",
+                config.path.display(),
+                config.slices.display(),
+                slices.len()
             );
-            for (xid, c) in &snap.offered {
-                println!(
-                    "{xid:>10} {:>16} {:>12} {:>16} {:>12}",
-                    c.general.bytes, c.general.packets, c.exempt.bytes, c.exempt.packets
-                );
+            Ok(())
+        }
+        Command::Status { json, config } => {
+            let socket = if config.exists() {
+                Config::load(&config)?.socket
+            } else {
+                paths::SOCKET.into()
+            };
+            let report = runtime()?.block_on(control::status(&socket))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", status::table(&report));
             }
             Ok(())
         }
         Command::Teardown {
-            interface,
-            pin_root,
-        } => datapath::teardown(&pin_root, &interface).context("teardown"),
+            config,
+            forget_state,
+        } => {
+            let config = Config::load(&config)?;
+            datapath::teardown(std::path::Path::new(paths::PIN_ROOT), &config.interface)?;
+            Htb::open(&config.interface)?.remove_tree()?;
+            if forget_state {
+                match std::fs::remove_file(&config.state) {
+                    Ok(()) => eprintln!("bwmon: removed {}", config.state.display()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(e).context(format!("removing {}", config.state.display()));
+                    }
+                }
+            }
+            Ok(())
+        }
     }
 }

@@ -8,6 +8,7 @@ use std::{
     collections::BTreeMap,
     fs,
     io::{self, Write},
+    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
 };
 
@@ -163,7 +164,13 @@ impl State {
             std::process::id()
         ));
         let result = (|| {
-            let mut f = fs::File::create(&tmp)?;
+            // Readable by root only: it names slices and their usage.
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
             f.write_all(&self.encode())?;
             f.sync_all()?;
             fs::rename(&tmp, path)?;

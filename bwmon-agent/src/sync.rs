@@ -157,6 +157,16 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
         self.slices = slices;
     }
 
+    /// Installs the HTB tree's fixed part (at start: a foreign root qdisc is an error then).
+    ///
+    /// # Errors
+    /// The tree cannot be installed.
+    pub fn install_tree(&mut self) -> anyhow::Result<bool> {
+        let spec = self.tree_spec();
+        self.tree
+            .ensure_tree(&spec, self.config.take_over_root_qdisc)
+    }
+
     /// The tree's fixed part for this config.
     pub fn tree_spec(&self) -> TreeSpec {
         TreeSpec {
@@ -323,6 +333,15 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
                 }
             }
         }
+
+        // Notices whose period is over are no use to anyone.
+        self.state.notices.retain(|n| {
+            let fresh = n.period_end > now;
+            if !fresh {
+                warn!(slice = %n.slice, xid = n.xid, "dropping a notice whose period is over");
+            }
+            fresh
+        });
 
         // Policy.
         let mut new_notices = 0;

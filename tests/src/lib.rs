@@ -224,6 +224,14 @@ impl Drop for Lab {
     fn drop(&mut self) {
         // Deleting one veth end removes both; deleting the namespace removes the rest.
         cmd_quiet("ip", &["link", "del", &self.host_if]);
+        // A daemon under test pins under the default root.
+        let daemon_pins = std::path::Path::new(bwmon_agent::paths::PIN_ROOT).join(&self.host_if);
+        if let Ok(files) = std::fs::read_dir(&daemon_pins) {
+            for f in files.flatten() {
+                let _ = std::fs::remove_file(f.path());
+            }
+            let _ = std::fs::remove_dir(&daemon_pins);
+        }
         cmd_quiet("ip", &["netns", "del", &self.netns]);
         if self.pin_root.exists() {
             if let Ok(dirs) = std::fs::read_dir(&self.pin_root) {
