@@ -44,6 +44,9 @@ pub struct SliceStatus {
     pub rate_bps: u64,
     /// Average rate over the last sync interval, exempt, bit/s.
     pub exempt_rate_bps: u64,
+    /// Its HTB leaves, as tc writes them ("1:100"); empty for the default pseudo-slice's
+    /// fixed classes.
+    pub classes: Vec<String>,
 }
 
 /// The whole report.
@@ -212,6 +215,7 @@ mod tests {
             dropped_bytes: 0,
             rate_bps,
             exempt_rate_bps: 0,
+            classes: vec![],
         }
     }
 

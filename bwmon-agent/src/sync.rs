@@ -417,7 +417,7 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
                 .map(|c| c.bytes)
                 .sum();
             let record = s.record;
-            rows.push(row(
+            let mut line = row(
                 &mut self.previous,
                 &l.name,
                 l.xid,
@@ -426,7 +426,9 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
                 &l.limits,
                 now,
                 dropped,
-            ));
+            );
+            line.classes = vec![htb::class_name(s.minors.0), htb::class_name(s.minors.1)];
+            rows.push(line);
         }
 
         // HTB: add what is missing, change what differs, remove orphans.
@@ -479,19 +481,21 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
             None => policy::start(default_counters, &default_limits, now),
         };
         self.state.default = Some(default_record);
-        rows.insert(
-            1.min(rows.len()),
-            row(
-                &mut self.previous,
-                DEFAULT_NAME,
-                u32::MAX,
-                &default_record,
-                default_counters,
-                &default_limits,
-                now,
-                0,
-            ),
+        let mut default_row = row(
+            &mut self.previous,
+            DEFAULT_NAME,
+            u32::MAX,
+            &default_record,
+            default_counters,
+            &default_limits,
+            now,
+            0,
         );
+        default_row.classes = vec![
+            htb::class_name(DEFAULT_GENERAL_MINOR as u16),
+            htb::class_name(DEFAULT_EXEMPT_MINOR as u16),
+        ];
+        rows.insert(1.min(rows.len()), default_row);
 
         let report = StatusReport {
             now,
@@ -558,6 +562,7 @@ fn row(
         dropped_bytes,
         rate_bps: rate,
         exempt_rate_bps: exempt_rate,
+        classes: Vec::new(),
     }
 }
 
