@@ -3,15 +3,19 @@
 //! share one shutdown signal.
 
 use std::{
-    sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::Context as _;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
-    sync::watch,
+    sync::{mpsc, watch},
 };
 use tracing::{info, warn};
 
@@ -20,8 +24,9 @@ use crate::{
     control,
     datapath::{Datapath, DatapathOptions},
     htb::Htb,
+    notify::{self, Mailer},
     slices::SlicesFile,
-    state::State,
+    state::{Notice, State},
     status::StatusReport,
     sync::Syncer,
 };
@@ -116,12 +121,48 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "bwmon running"
     );
 
+    // Notices go out from their own task: a slow or absent mail server never holds up a sync.
+    let mailer = Arc::new(Mailer::new(
+        &config.mail,
+        notify::hostname(),
+        config.period.as_secs(),
+    )?);
+    let (notice_tx, notice_rx) = mpsc::unbounded_channel::<Notice>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u32, u64)>();
+    let notify_errors = Arc::new(AtomicU64::new(0));
+    tokio::spawn(notifier(
+        mailer,
+        notice_rx,
+        done_tx,
+        notify_errors.clone(),
+        shutdown_rx.clone(),
+    ));
+    let mut handed: HashSet<(u32, u64)> = HashSet::new();
+    for n in &syncer.state.notices {
+        if handed.insert((n.xid, n.period_start)) {
+            let _ = notice_tx.send(n.clone());
+        }
+    }
+
     let mut carried = Some((syncer, slices_file));
     let state_path = config.state.clone();
     let mut force_reload = false;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            Some(key) = done_rx.recv() => {
+                // Forget a delivered notice at once, so a crash cannot send it twice.
+                let Some((mut s, file)) = carried.take() else { break };
+                let path = state_path.clone();
+                let s = tokio::task::spawn_blocking(move || {
+                    forget_delivered(&mut s, &HashSet::from([key]), &path);
+                    s
+                })
+                .await
+                .context("saving a delivered notice")?;
+                carried = Some((s, file));
+                continue;
+            }
             _ = hup.recv() => {
                 info!("SIGHUP: re-reading the slices file");
                 force_reload = true;
@@ -134,7 +175,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         };
         let force = std::mem::take(&mut force_reload);
         let path = state_path.clone();
-        let (s, file, report) = tokio::task::spawn_blocking(move || {
+        let mut delivered = HashSet::new();
+        while let Ok(key) = done_rx.try_recv() {
+            delivered.insert(key);
+        }
+        let (s, file, mut report, fresh) = tokio::task::spawn_blocking(move || {
+            let pending = s.state.notices.len();
+            s.state
+                .notices
+                .retain(|n| !delivered.contains(&(n.xid, n.period_start)));
+            let mut dirty = s.state.notices.len() != pending;
             match file.poll(force) {
                 Some(Ok(slices)) => {
                     info!(count = slices.len(), "slices file loaded");
@@ -147,26 +197,114 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 None => {}
             }
             let outcome = s.step(now());
-            if outcome.state_changed
-                && let Err(e) = s.state.save(&path)
-            {
+            dirty |= outcome.state_changed;
+            if dirty && let Err(e) = s.state.save(&path) {
                 *s.errors.entry("state").or_default() += 1;
                 warn!(error = %e, "saving the state; retrying next interval");
             }
-            (s, file, outcome.report)
+            let fresh: Vec<Notice> = s.state.notices.clone();
+            (s, file, outcome.report, fresh)
         })
         .await
         .context("sync task")?;
+        for n in fresh {
+            if handed.insert((n.xid, n.period_start)) {
+                let _ = notice_tx.send(n);
+            }
+        }
+        let failed = notify_errors.load(Ordering::Relaxed);
+        if failed > 0 {
+            report.errors.push(("notify".into(), failed));
+        }
         let _ = status_tx.send(Arc::new(report));
         carried = Some((s, file));
     }
     info!("stopping: saving the state; the datapath keeps counting");
     let _ = shutdown_tx.send(true);
-    if let Some((s, _)) = carried {
-        tokio::task::spawn_blocking(move || s.state.save(&state_path))
-            .await
-            .context("final save")??;
+    let mut delivered = HashSet::new();
+    while let Ok(key) = done_rx.try_recv() {
+        delivered.insert(key);
+    }
+    if let Some((mut s, _)) = carried {
+        tokio::task::spawn_blocking(move || {
+            forget_delivered(&mut s, &delivered, &state_path);
+            s.state.save(&state_path)
+        })
+        .await
+        .context("final save")??;
     }
     let _ = std::fs::remove_file(&config.socket);
     Ok(())
+}
+
+/// Drops delivered notices from the state and saves it when that changed anything.
+fn forget_delivered<K: crate::sync::Kernel, T: crate::sync::Tree>(
+    s: &mut Syncer<K, T>,
+    delivered: &HashSet<(u32, u64)>,
+    path: &std::path::Path,
+) {
+    let before = s.state.notices.len();
+    s.state
+        .notices
+        .retain(|n| !delivered.contains(&(n.xid, n.period_start)));
+    if s.state.notices.len() != before
+        && let Err(e) = s.state.save(path)
+    {
+        *s.errors.entry("state").or_default() += 1;
+        warn!(error = %e, "saving the state after a delivery");
+    }
+}
+
+/// Delivers notices, retrying with backoff; reports each delivered one as (xid, period start)
+/// so the sync loop drops it from the persisted state.
+async fn notifier(
+    mailer: Arc<Mailer>,
+    mut inbox: mpsc::UnboundedReceiver<Notice>,
+    done: mpsc::UnboundedSender<(u32, u64)>,
+    errors: Arc<AtomicU64>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut outbox: Vec<Notice> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            Some(n) = inbox.recv() => outbox.push(n),
+            _ = tick.tick() => {
+                let t = now();
+                outbox.retain(|n| n.period_end > t);
+                let mut delivered = Vec::new();
+                for n in outbox.iter_mut().filter(|n| n.next_attempt <= t) {
+                    let (m, msg) = (mailer.clone(), n.clone());
+                    let sent = tokio::time::timeout(
+                        Duration::from_secs(60),
+                        tokio::task::spawn_blocking(move || m.send(&msg, t)),
+                    )
+                    .await;
+                    match sent {
+                        Ok(Ok(Ok(()))) => {
+                            info!(slice = %n.slice, xid = n.xid, "notice delivered");
+                            delivered.push((n.xid, n.period_start));
+                        }
+                        other => {
+                            let why = match other {
+                                Ok(Ok(Err(e))) => e.to_string(),
+                                Ok(Err(e)) => e.to_string(),
+                                Err(_) => "timed out".into(),
+                                Ok(Ok(Ok(()))) => String::new(),
+                            };
+                            n.attempts += 1;
+                            n.next_attempt = t + notify::backoff(n.attempts);
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            warn!(slice = %n.slice, xid = n.xid, attempts = n.attempts, retry_in_s = n.next_attempt - t, error = %why, "notice not delivered; will retry");
+                        }
+                    }
+                }
+                outbox.retain(|n| !delivered.contains(&(n.xid, n.period_start)));
+                for key in delivered {
+                    let _ = done.send(key);
+                }
+            }
+        }
+    }
 }

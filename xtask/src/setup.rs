@@ -41,6 +41,10 @@ const PACKAGES: &[Package] = &[
         why: "traffic generator for the rate tests",
     },
     Package {
+        name: "python3-aiosmtpd",
+        why: "a real SMTP server on loopback for the notice tests",
+    },
+    Package {
         name: "util-linux",
         why: "`setpriv`: the demo sends traffic as tenant uids",
     },

@@ -1,0 +1,114 @@
+//! Notices by e-mail, received by a real SMTP server on loopback (aiosmtpd): once per slice
+//! and period, never lost across a mail outage or a restart, never blocking the sync loop.
+
+use std::{net::SocketAddr, time::Duration};
+
+use bwmon_tests::{Daemon, Lab, SmtpServer, free_port, send_udp_as};
+
+const ALICE: u32 = 4901;
+
+fn config(lab: &Lab, port: u16) -> String {
+    format!(
+        "period = \"300s\"\ninterval = \"1s\"\nexempt_prefixes = [\"{}\"]\n[defaults]\nnet_max_kbyte = 100\nnet_i2_max_kbyte = 100\n[mail]\ntransport = \"smtp\"\nsmtp = \"127.0.0.1:{port}\"\nfrom = \"bwmon@node.example.org\"\nsupport = \"support@example.org\"\nslice_address = \"{{slice}}@slices.example.org\"\noperator = \"ExampleLab\"\n",
+        lab.exempt_net_v4
+    )
+}
+
+fn slices() -> String {
+    format!("[[slice]]\nname = \"alice\"\nxid = {ALICE}\n")
+}
+
+/// Sends alice over her general budget (and her exempt one too when `exempt`).
+fn trip(lab: &Lab, exempt: bool) {
+    send_udp_as(ALICE, SocketAddr::new(lab.general_v4.into(), 9), 200, 1200);
+    if exempt {
+        send_udp_as(ALICE, SocketAddr::new(lab.exempt_v4.into(), 9), 200, 1200);
+    }
+}
+
+fn header<'a>(msg: &'a str, name: &str) -> &'a str {
+    msg.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap_or_else(|| panic!("no {name} header in\n{msg}"))
+}
+
+#[test]
+fn one_notice_with_the_seeds_headers_and_body_when_both_classes_trip() {
+    let lab = Lab::new();
+    let mut smtp = SmtpServer::new(free_port());
+    smtp.start();
+    let d = Daemon::start(&lab, &config(&lab, smtp.port), &slices());
+    trip(&lab, true);
+    let msgs = smtp.wait_for(1, 20);
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    std::thread::sleep(Duration::from_secs(3));
+    let msgs = smtp.messages();
+    assert_eq!(msgs.len(), 1, "exactly one notice: {msgs:?}");
+    let m = &msgs[0];
+    let host = bwmon_agent::notify::hostname();
+    assert_eq!(
+        header(m, "Subject"),
+        format!("ExampleLab capped bandwidth of slice alice on {host}")
+    );
+    assert_eq!(
+        header(m, "From"),
+        "\"ExampleLab Support\" <support@example.org>"
+    );
+    assert_eq!(
+        header(m, "To"),
+        "support@example.org, alice@slices.example.org"
+    );
+    let body = m
+        .split("\n\n")
+        .skip(1)
+        .collect::<Vec<_>>()
+        .join("\n\n")
+        .replace("\r\n", "\n");
+    for expect in [
+        "The slice alice has transmitted more than",
+        "to general destinations",
+        "to exempt destinations",
+        "of the slice to 102.4 KB per 5.0 minutes.",
+        &format!("{host} bwcap alice"),
+    ] {
+        assert!(body.contains(expect), "missing {expect:?} in\n{body}");
+    }
+    assert_eq!(d.slice("alice").unwrap()["emailed"], true);
+}
+
+#[test]
+fn a_mail_outage_delays_the_notice_and_loses_nothing() {
+    let lab = Lab::new();
+    let mut smtp = SmtpServer::new(free_port());
+    let d = Daemon::start(&lab, &config(&lab, smtp.port), &slices());
+    trip(&lab, false);
+    std::thread::sleep(Duration::from_secs(4));
+    // The sync loop went on while mail failed.
+    let s = d.status();
+    assert!(s["errors"].to_string().contains("notify"), "{s}");
+    assert_eq!(d.slice("alice").unwrap()["capped"], true);
+    smtp.start();
+    let msgs = smtp.wait_for(1, 40);
+    assert_eq!(msgs.len(), 1, "delivered once the server is back");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(smtp.messages().len(), 1, "and only once");
+}
+
+#[test]
+fn a_restart_between_trip_and_delivery_delivers_once() {
+    let lab = Lab::new();
+    let mut smtp = SmtpServer::new(free_port());
+    let mut d = Daemon::start(&lab, &config(&lab, smtp.port), &slices());
+    trip(&lab, false);
+    std::thread::sleep(Duration::from_secs(3));
+    d.stop(libc::SIGKILL);
+    smtp.start();
+    d.restart();
+    let msgs = smtp.wait_for(1, 20);
+    assert_eq!(msgs.len(), 1, "the pending notice survived the restart");
+    // Another restart neither re-sends nor forgets.
+    assert!(d.stop(libc::SIGTERM).success());
+    d.restart();
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(smtp.messages().len(), 1);
+}
