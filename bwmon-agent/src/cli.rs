@@ -42,6 +42,13 @@ pub enum Command {
         #[arg(long, short, value_name = "FILE", default_value = paths::CONFIG)]
         config: PathBuf,
     },
+    /// Write shell completions and the man page (used by `cargo xtask install`).
+    #[command(hide = true)]
+    Generate {
+        /// Directory to write `bwmon.bash`, `_bwmon`, `bwmon.fish` and `bwmon.1` into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Remove everything bwmon installed on the interface: programs, pins, HTB tree.
     Teardown {
         /// Configuration file (TOML).

@@ -106,7 +106,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (status_tx, status_rx) = watch::channel(Arc::new(StatusReport::default()));
     let listener = control::bind(&config.socket)
         .with_context(|| format!("control socket {}", config.socket.display()))?;
-    tokio::spawn(control::serve(listener, status_rx, shutdown_rx.clone()));
+    tokio::spawn(control::serve(
+        listener,
+        status_rx.clone(),
+        shutdown_rx.clone(),
+    ));
+    if let Some(addr) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("metrics listen address {addr}"))?;
+        info!(%addr, "serving Prometheus metrics");
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            status_rx,
+            shutdown_rx.clone(),
+        ));
+    }
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

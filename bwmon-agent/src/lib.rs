@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod htb;
 pub mod mailaddr;
+pub mod metrics;
 pub mod notify;
 pub mod paths;
 pub mod policy;

@@ -72,6 +72,23 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Generate { out } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let mut cmd = Cli::command();
+            for shell in [
+                clap_complete::Shell::Bash,
+                clap_complete::Shell::Zsh,
+                clap_complete::Shell::Fish,
+            ] {
+                clap_complete::generate_to(shell, &mut cmd, "bwmon", &out)
+                    .with_context(|| format!("writing {shell} completions"))?;
+            }
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cmd).render(&mut page)?;
+            std::fs::write(out.join("bwmon.1"), page).context("writing the man page")?;
+            Ok(())
+        }
         Command::Teardown {
             config,
             forget_state,

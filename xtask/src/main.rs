@@ -6,6 +6,8 @@
 
 mod bench;
 mod build;
+mod demo;
+mod install;
 mod setup;
 mod test;
 mod workspace;
@@ -31,6 +33,17 @@ enum Command {
         #[arg(long)]
         release: bool,
     },
+    /// See bwmon work: a throwaway lab, three tenants, live status until one is capped.
+    Demo,
+    /// Install the release binary, unit, config, completions and man page.
+    Install {
+        /// Installation prefix (bin/, share/ go below it).
+        #[arg(long, default_value = "/usr/local")]
+        prefix: std::path::PathBuf,
+        /// Root of the target file system (like DESTDIR), for packaging and tests.
+        #[arg(long, default_value = "/")]
+        root: std::path::PathBuf,
+    },
     /// Benchmarks (root): datapath cost from bpf_stats, side by side in one run.
     Bench,
     /// fmt, clippy, unit tests, then the root-only integration tests in network namespaces.
@@ -49,6 +62,10 @@ fn main() -> ExitCode {
         }
         Command::Test { filter } => setup::run().and_then(|tools| test::run(&tools, filter)),
         Command::Bench => setup::run().and_then(|tools| bench::run(&tools)),
+        Command::Demo => setup::run().and_then(|tools| demo::run_demo(&tools)),
+        Command::Install { prefix, root } => {
+            setup::run().and_then(|tools| install::run(&tools, &prefix, &root))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

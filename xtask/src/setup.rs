@@ -45,6 +45,10 @@ const PACKAGES: &[Package] = &[
         why: "a real SMTP server on loopback for the notice tests",
     },
     Package {
+        name: "systemd",
+        why: "`systemd-analyze verify` checks bwmon's unit file in the tests",
+    },
+    Package {
         name: "util-linux",
         why: "`setpriv`: the demo sends traffic as tenant uids",
     },

@@ -1,0 +1,168 @@
+//! Prometheus text exposition of the status report, served on `[metrics] listen`.
+//!
+//! `bwmon_slice_bytes_total` is the bytes of the current period (it resets at each period, as
+//! counters may); ceilings in bit/s; `bwmon_slice_capped` is 0 or 1.
+
+use std::{fmt::Write as _, sync::Arc, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+    sync::watch,
+};
+use tracing::{debug, warn};
+
+use crate::status::StatusReport;
+
+/// Escapes a label value (backslash, quote, newline).
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The exposition text for a report.
+pub fn render(r: &StatusReport) -> String {
+    let mut out = String::new();
+    out.push_str("# HELP bwmon_slice_bytes_total Bytes a slice sent in the current period, by traffic class.\n# TYPE bwmon_slice_bytes_total counter\n");
+    for s in &r.slices {
+        for (class, v) in [("general", s.bytes), ("exempt", s.exempt_bytes)] {
+            let _ = writeln!(
+                out,
+                "bwmon_slice_bytes_total{{slice=\"{}\",xid=\"{}\",class=\"{class}\"}} {v}",
+                label(&s.name),
+                s.xid
+            );
+        }
+    }
+    out.push_str("# HELP bwmon_slice_ceil_bits_per_second The HTB ceiling in force, by traffic class.\n# TYPE bwmon_slice_ceil_bits_per_second gauge\n");
+    for s in &r.slices {
+        for (class, v) in [("general", s.ceil_bps), ("exempt", s.exempt_ceil_bps)] {
+            let _ = writeln!(
+                out,
+                "bwmon_slice_ceil_bits_per_second{{slice=\"{}\",xid=\"{}\",class=\"{class}\"}} {v}",
+                label(&s.name),
+                s.xid
+            );
+        }
+    }
+    out.push_str("# HELP bwmon_slice_capped 1 when the slice's ceiling is lowered, by traffic class.\n# TYPE bwmon_slice_capped gauge\n");
+    for s in &r.slices {
+        for (class, v) in [("general", s.capped), ("exempt", s.exempt_capped)] {
+            let _ = writeln!(
+                out,
+                "bwmon_slice_capped{{slice=\"{}\",xid=\"{}\",class=\"{class}\"}} {}",
+                label(&s.name),
+                s.xid,
+                u8::from(v)
+            );
+        }
+    }
+    out.push_str("# HELP bwmon_sync_duration_seconds Duration of the last sync.\n# TYPE bwmon_sync_duration_seconds gauge\n");
+    let _ = writeln!(out, "bwmon_sync_duration_seconds {}", r.last_sync_secs);
+    out.push_str("# HELP bwmon_errors_total Errors since start, by kind.\n# TYPE bwmon_errors_total counter\n");
+    for kind in ["datapath", "htb", "slices", "state", "notify", "minors"] {
+        let v = r
+            .errors
+            .iter()
+            .find(|(k, _)| k == kind)
+            .map_or(0, |(_, v)| *v);
+        let _ = writeln!(out, "bwmon_errors_total{{kind=\"{kind}\"}} {v}");
+    }
+    out
+}
+
+/// Serves `GET /metrics` until `shutdown` flips.
+pub async fn serve(
+    listener: TcpListener,
+    status: watch::Receiver<Arc<StatusReport>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((mut stream, _)) => {
+                    let status = status.clone();
+                    tokio::spawn(async move {
+                        let served = tokio::time::timeout(Duration::from_secs(5), async {
+                            let mut buf = vec![0u8; 4096];
+                            let n = stream.read(&mut buf).await?;
+                            let request = String::from_utf8_lossy(&buf[..n]);
+                            let path = request.split_whitespace().nth(1).unwrap_or("");
+                            let (code, body) = if request.starts_with("GET ") && (path == "/metrics" || path == "/") {
+                                ("200 OK", render(&status.borrow()))
+                            } else {
+                                ("404 Not Found", "only GET /metrics\n".to_owned())
+                            };
+                            let head = format!(
+                                "HTTP/1.1 {code}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                body.len()
+                            );
+                            stream.write_all(head.as_bytes()).await?;
+                            stream.write_all(body.as_bytes()).await?;
+                            stream.shutdown().await
+                        })
+                        .await;
+                        if let Ok(Err(e)) = served {
+                            debug!(error = %e, "metrics client");
+                        }
+                    });
+                }
+                Err(e) => warn!(error = %e, "accepting a metrics connection"),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::SliceStatus;
+
+    #[test]
+    fn the_design_metric_names_with_escaped_labels() {
+        let r = StatusReport {
+            slices: vec![SliceStatus {
+                name: "a\"b".into(),
+                xid: 7,
+                period_start: 0,
+                bytes: 10,
+                exempt_bytes: 20,
+                ceil_bps: 1000,
+                exempt_ceil_bps: 2000,
+                max_kbyte: 0,
+                thresh_kbyte: 0,
+                i2_max_kbyte: 0,
+                i2_thresh_kbyte: 0,
+                capped: true,
+                exempt_capped: false,
+                emailed: false,
+                max_rate_bps: 0,
+                i2_max_rate_bps: 0,
+                dropped_bytes: 0,
+                rate_bps: 0,
+                exempt_rate_bps: 0,
+                classes: vec![],
+            }],
+            last_sync_secs: 0.25,
+            errors: vec![("htb".into(), 3)],
+            ..Default::default()
+        };
+        let text = render(&r);
+        for line in [
+            "bwmon_slice_bytes_total{slice=\"a\\\"b\",xid=\"7\",class=\"general\"} 10",
+            "bwmon_slice_bytes_total{slice=\"a\\\"b\",xid=\"7\",class=\"exempt\"} 20",
+            "bwmon_slice_ceil_bits_per_second{slice=\"a\\\"b\",xid=\"7\",class=\"exempt\"} 2000",
+            "bwmon_slice_capped{slice=\"a\\\"b\",xid=\"7\",class=\"general\"} 1",
+            "bwmon_sync_duration_seconds 0.25",
+            "bwmon_errors_total{kind=\"htb\"} 3",
+            "bwmon_errors_total{kind=\"notify\"} 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+}

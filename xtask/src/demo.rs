@@ -1,0 +1,277 @@
+//! `cargo xtask demo`: bwmon at work in a throwaway lab. A network namespace plays a remote
+//! host; three tenant uids send traffic through bwmon's interface; `bwmon status` is shown
+//! every two seconds until one tenant is visibly capped while the others are not. Everything
+//! is torn down at the end, also on Ctrl-C.
+
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    build::{self, Profile},
+    setup::Tools,
+    workspace,
+};
+
+const NETNS: &str = "bwmon-demo";
+const HOST_IF: &str = "bwdemo0";
+const PEER_IF: &str = "bwdemo1";
+/// (name, uid, destination, port, budget in KBytes)
+const TENANTS: [(&str, u32, &str, u16, u64); 3] = [
+    ("alice", 60001, "10.250.0.2", 5301, 12_000),
+    ("bob", 60002, "10.250.0.2", 5302, 2_000_000),
+    ("carol", 60003, "10.251.0.2", 5303, 12_000),
+];
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: i32) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+unsafe extern "C" {
+    fn signal(signum: i32, handler: extern "C" fn(i32)) -> usize;
+}
+
+/// Everything the demo created, removed on drop.
+struct Lab {
+    dir: PathBuf,
+    bwmon: PathBuf,
+    children: Vec<Child>,
+}
+
+fn quiet(program: &str, args: &[&str]) {
+    let _ = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .with_context(|| format!("starting {program}"))?;
+    if !status.success() {
+        bail!("{program} {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let config = self.dir.join("bwmon.toml");
+        if let Some(c) = config.to_str() {
+            quiet(
+                self.bwmon.to_str().unwrap_or("bwmon"),
+                &["teardown", "--config", c, "--forget-state"],
+            );
+        }
+        quiet("ip", &["link", "del", HOST_IF]);
+        quiet("ip", &["netns", "del", NETNS]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+        eprintln!("demo: lab removed");
+    }
+}
+
+fn build_lab() -> anyhow::Result<()> {
+    // Leftovers of an interrupted run.
+    quiet("ip", &["link", "del", HOST_IF]);
+    quiet("ip", &["netns", "del", NETNS]);
+    run("ip", &["netns", "add", NETNS])?;
+    run(
+        "ip",
+        &[
+            "link", "add", HOST_IF, "type", "veth", "peer", "name", PEER_IF, "netns", NETNS,
+        ],
+    )?;
+    run("ip", &["addr", "add", "10.250.0.1/24", "dev", HOST_IF])?;
+    run("ip", &["link", "set", HOST_IF, "up"])?;
+    for args in [
+        vec!["link", "set", "lo", "up"],
+        vec!["addr", "add", "10.250.0.2/24", "dev", PEER_IF],
+        vec!["addr", "add", "10.251.0.2/24", "dev", PEER_IF],
+        vec!["link", "set", PEER_IF, "up"],
+    ] {
+        let mut full = vec!["-n", NETNS];
+        full.extend(args);
+        run("ip", &full)?;
+    }
+    run(
+        "ip",
+        &[
+            "route",
+            "add",
+            "10.251.0.0/24",
+            "via",
+            "10.250.0.2",
+            "dev",
+            HOST_IF,
+        ],
+    )
+}
+
+fn write_files(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join("bwmon.toml"),
+        format!(
+            "# The demo's configuration: a 2-minute period, 1 s syncs, one exempt prefix.\ninterface = \"{HOST_IF}\"\nnode_cap = \"20mbit\"\nexempt_max = \"40mbit\"\nperiod = \"2m\"\ninterval = \"1s\"\nslices = \"slices.toml\"\nstate = \"state\"\nsocket = \"bwmon.sock\"\nexempt_prefixes = [\"10.251.0.0/24\"]\n"
+        ),
+    )?;
+    let mut slices = String::new();
+    for (name, uid, _, _, kbyte) in TENANTS {
+        slices.push_str(&format!(
+            "[[slice]]\nname = \"{name}\"\nxid = {uid}\nnet_max_kbyte = {kbyte}\n\n"
+        ));
+    }
+    std::fs::write(dir.join("slices.toml"), slices)?;
+    Ok(())
+}
+
+/// Which slices `bwmon status --json` shows as capped (general or exempt).
+fn capped(json: &str) -> HashSet<String> {
+    let mut current = String::new();
+    let mut out = HashSet::new();
+    for line in json.lines() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("\"name\": \"") {
+            current = rest.trim_end_matches(['"', ',']).to_owned();
+        } else if line.starts_with("\"capped\": true")
+            || line.starts_with("\"exempt_capped\": true")
+        {
+            out.insert(current.clone());
+        }
+    }
+    out
+}
+
+pub fn run_demo(tools: &Tools) -> anyhow::Result<()> {
+    if !workspace::is_root() {
+        bail!("the demo builds a network namespace and loads eBPF programs: run it as root");
+    }
+    build::all(tools, Profile::Debug)?;
+    // SAFETY: installing a handler that only stores to an atomic.
+    unsafe { signal(2, on_sigint) };
+    let dir = std::env::temp_dir().join("bwmon-demo");
+    let bwmon = workspace::root().join("target/debug/bwmon");
+    let mut lab = Lab {
+        dir: dir.clone(),
+        bwmon: bwmon.clone(),
+        children: Vec::new(),
+    };
+    build_lab()?;
+    write_files(&dir)?;
+    let config = dir.join("bwmon.toml");
+    let log = std::fs::File::create(dir.join("bwmon.log"))?;
+    eprintln!(
+        "demo: starting bwmon run --config {} (log in {})",
+        config.display(),
+        dir.join("bwmon.log").display()
+    );
+    lab.children.push(
+        Command::new(&bwmon)
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .stderr(log)
+            .spawn()
+            .context("starting bwmon")?,
+    );
+    for (_, _, _, port, _) in TENANTS {
+        lab.children.push(
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    NETNS,
+                    "iperf3",
+                    "-s",
+                    "-p",
+                    &port.to_string(),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting iperf3 -s")?,
+        );
+    }
+    thread::sleep(Duration::from_secs(2));
+    for (name, uid, dst, port, kbyte) in TENANTS {
+        let class = if dst.starts_with("10.251") {
+            "exempt"
+        } else {
+            "general"
+        };
+        eprintln!("demo: {name} (uid {uid}, budget {kbyte} KB) sends {class} traffic to {dst}");
+        lab.children.push(
+            Command::new("setpriv")
+                .args([
+                    "--reuid",
+                    &uid.to_string(),
+                    "--regid",
+                    &uid.to_string(),
+                    "--clear-groups",
+                ])
+                .args([
+                    "iperf3",
+                    "-c",
+                    dst,
+                    "-p",
+                    &port.to_string(),
+                    "-t",
+                    "100",
+                    "-b",
+                    "8M",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting iperf3 -c")?,
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut shown_capped = 0;
+    while Instant::now() < deadline && !INTERRUPTED.load(Ordering::SeqCst) {
+        thread::sleep(Duration::from_secs(2));
+        let table = Command::new(&bwmon)
+            .args(["status", "--config"])
+            .arg(&config)
+            .output()?;
+        print!("\n{}", String::from_utf8_lossy(&table.stdout));
+        let json = Command::new(&bwmon)
+            .args(["status", "--json", "--config"])
+            .arg(&config)
+            .output()?;
+        let capped = capped(&String::from_utf8_lossy(&json.stdout));
+        if capped.contains("alice") && !capped.contains("bob") && !capped.contains("carol") {
+            shown_capped += 1;
+            if shown_capped == 3 {
+                println!(
+                    "\ndemo: alice went over her general budget and is held to what is left of it until the period ends;\n      bob (large budget) and carol (exempt traffic, its own budget) run at full speed."
+                );
+                return Ok(());
+            }
+        }
+    }
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        eprintln!("demo: interrupted");
+        return Ok(());
+    }
+    bail!(
+        "alice was not capped within 90 s; see {}",
+        dir.join("bwmon.log").display()
+    )
+}

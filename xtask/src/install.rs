@@ -1,0 +1,102 @@
+//! `cargo xtask install [--prefix DIR] [--root DIR]`: the release binary, the systemd unit, a
+//! configuration and an example slices file (never overwriting existing ones), shell
+//! completions and the man page.
+
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::Context as _;
+
+use crate::{
+    build::{self, Profile},
+    setup::Tools,
+    workspace::{self, exec},
+};
+
+fn copy(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
+    if let Some(dir) = to.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    fs::copy(from, to)
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    fs::set_permissions(to, fs::Permissions::from_mode(mode))?;
+    eprintln!("xtask: installed {}", to.display());
+    Ok(())
+}
+
+fn write_new(to: &Path, contents: &str, mode: u32) -> anyhow::Result<()> {
+    if to.exists() {
+        eprintln!("xtask: kept the existing {}", to.display());
+        return Ok(());
+    }
+    if let Some(dir) = to.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    fs::write(to, contents).with_context(|| format!("writing {}", to.display()))?;
+    fs::set_permissions(to, fs::Permissions::from_mode(mode))?;
+    eprintln!("xtask: installed {}", to.display());
+    Ok(())
+}
+
+/// `root` joined with an absolute `path` (as DESTDIR does).
+fn under(root: &Path, path: &Path) -> PathBuf {
+    root.join(path.strip_prefix("/").unwrap_or(path))
+}
+
+pub fn run(tools: &Tools, prefix: &Path, root: &Path) -> anyhow::Result<()> {
+    build::all(tools, Profile::Release)?;
+    let ws = workspace::root();
+    let binary = ws.join("target/release/bwmon");
+    let bin = prefix.join("bin/bwmon");
+    copy(&binary, &under(root, &bin), 0o755)?;
+
+    let unit = fs::read_to_string(ws.join("bwmon-agent/systemd/bwmon.service"))?
+        .replace("/usr/local/bin/bwmon", &bin.display().to_string());
+    let unit_path = under(root, Path::new("/etc/systemd/system/bwmon.service"));
+    if let Some(dir) = unit_path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    fs::write(&unit_path, unit)?;
+    eprintln!("xtask: installed {}", unit_path.display());
+
+    let etc = ws.join("bwmon-agent/etc");
+    write_new(
+        &under(root, Path::new("/etc/bwmon/bwmon.toml")),
+        &fs::read_to_string(etc.join("bwmon.toml"))?,
+        0o600,
+    )?;
+    write_new(
+        &under(root, Path::new("/etc/bwmon/slices.toml")),
+        &fs::read_to_string(etc.join("slices.toml"))?,
+        0o644,
+    )?;
+
+    let generated = ws.join("target/release/generated");
+    exec(
+        Command::new(&binary)
+            .arg("generate")
+            .arg("--out")
+            .arg(&generated),
+    )?;
+    let share = prefix.join("share");
+    for (file, dest) in [
+        ("bwmon.bash", "bash-completion/completions/bwmon"),
+        ("_bwmon", "zsh/site-functions/_bwmon"),
+        ("bwmon.fish", "fish/vendor_completions.d/bwmon.fish"),
+        ("bwmon.1", "man/man1/bwmon.1"),
+    ] {
+        copy(
+            &generated.join(file),
+            &under(root, &share.join(dest)),
+            0o644,
+        )?;
+    }
+    eprintln!(
+        "xtask: done. Edit /etc/bwmon/bwmon.toml (interface, budgets), then: systemctl daemon-reload && systemctl enable --now bwmon"
+    );
+    Ok(())
+}
