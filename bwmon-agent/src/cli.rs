@@ -8,7 +8,7 @@ use crate::paths;
 
 /// Per-slice traffic accounting and bandwidth budgets with eBPF and HTB.
 #[derive(Parser, Debug)]
-#[command(version, about, propagate_version = true)]
+#[command(name = "bwmon", version, about, propagate_version = true)]
 pub struct Cli {
     /// Log level (error, warn, info, debug, trace); RUST_LOG wins when set.
     #[arg(long, global = true, value_name = "LEVEL")]
