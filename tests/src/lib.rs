@@ -747,6 +747,13 @@ impl Daemon {
         child.wait().unwrap()
     }
 
+    /// Sends `signal` without waiting.
+    pub fn signal(&self, signal: i32) {
+        let child = self.child.as_ref().expect("running");
+        // SAFETY: kill(2) on our child's pid.
+        unsafe { libc::kill(child.id() as i32, signal) };
+    }
+
     /// The daemon's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()

@@ -207,4 +207,11 @@ fn slices_come_and_go_orphans_vanish_and_a_broken_file_changes_nothing() {
     assert!(d.log().contains("slices file rejected"), "{}", d.log());
     let errors = d.status()["errors"].to_string();
     assert!(errors.contains("slices"), "{errors}");
+
+    // SIGHUP re-reads the file at once (here: a good one again).
+    d.write_slices(&format!("[[slice]]\nname = \"bob\"\nxid = {BOB}\n"));
+    d.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(d.log().contains("SIGHUP: re-reading the slices file"));
+    assert!(d.slice("alice").is_none());
 }

@@ -474,9 +474,16 @@ impl Datapath {
             .map_err(|e| self.map_err(names::DROP_CONTROL, e))
     }
 
-    fn write_control(&mut self, control: DropControl) -> Result<()> {
-        let (iface, name) = (self.iface.clone(), names::DROP_CONTROL);
-        let err = |source| DatapathError::Map {
+    /// A map to write to, and how to name its errors.
+    fn map_for_write(
+        &mut self,
+        name: &'static str,
+    ) -> Result<(
+        &mut Map,
+        impl Fn(aya::maps::MapError) -> DatapathError + use<>,
+    )> {
+        let iface = self.iface.clone();
+        let err = move |source| DatapathError::Map {
             iface: iface.clone(),
             map: name,
             source,
@@ -484,9 +491,14 @@ impl Datapath {
         let map = self
             .ebpf
             .map_mut(name)
-            .ok_or_else(|| missing(&iface, name))?;
-        let mut map: Array<&mut MapData, DropControl> = Array::try_from(map).map_err(err)?;
-        map.set(0, control, 0).map_err(err)
+            .ok_or_else(|| missing(&self.iface, name))?;
+        Ok((map, err))
+    }
+
+    fn write_control(&mut self, control: DropControl) -> Result<()> {
+        let (map, err) = self.map_for_write(names::DROP_CONTROL)?;
+        let mut map: Array<&mut MapData, DropControl> = Array::try_from(map).map_err(&err)?;
+        map.set(0, control, 0).map_err(&err)
     }
 
     /// Starts reading the kernel programs' diagnostics (off unless `kernel_log` was set) and
@@ -524,7 +536,7 @@ impl Datapath {
         };
         let prog: &mut SchedClassifier = program(&mut self.ebpf, &iface, names::CLASSIFIER)?
             .try_into()
-            .map_err(err)?;
+            .map_err(&err)?;
         let result = prog
             .test_run(TestRunOptions {
                 data_in: Some(frame),
@@ -533,7 +545,7 @@ impl Datapath {
                 ctx_out: Some(&mut ctx_out),
                 ..TestRunOptions::new()
             })
-            .map_err(err)?;
+            .map_err(&err)?;
         Ok(TestRunOutcome {
             verdict: result.return_value as i32,
             priority: u32::from_ne_bytes([ctx_out[32], ctx_out[33], ctx_out[34], ctx_out[35]]),
@@ -707,21 +719,12 @@ impl Datapath {
         name: &'static str,
         want: &HashMap<(K, u32), V>,
     ) -> Result<()> {
-        let iface = self.iface.clone();
-        let err = |source| DatapathError::Map {
-            iface: iface.clone(),
-            map: name,
-            source,
-        };
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or_else(|| missing(&iface, name))?;
-        let mut trie: LpmTrie<&mut MapData, K, V> = LpmTrie::try_from(map).map_err(err)?;
+        let (map, err) = self.map_for_write(name)?;
+        let mut trie: LpmTrie<&mut MapData, K, V> = LpmTrie::try_from(map).map_err(&err)?;
         for ((data, len), value) in want {
             let key = Key::new(*len, *data);
             if trie.get(&key, 0).ok().as_ref() != Some(value) {
-                trie.insert(&key, value, 0).map_err(err)?;
+                trie.insert(&key, value, 0).map_err(&err)?;
             }
         }
         let stale: Vec<Key<K>> = trie
@@ -730,7 +733,7 @@ impl Datapath {
             .filter(|k| !want.contains_key(&(k.data(), k.prefix_len())))
             .collect();
         for key in stale {
-            trie.remove(&key).map_err(err)?;
+            trie.remove(&key).map_err(&err)?;
         }
         Ok(())
     }
@@ -741,21 +744,12 @@ impl Datapath {
     /// # Errors
     /// A failed map update, naming the map.
     pub fn set_classes(&mut self, classes: &HashMap<u32, ClassIds>) -> Result<()> {
-        let iface = self.iface.clone();
-        let err = |e| DatapathError::Map {
-            iface: iface.clone(),
-            map: names::XID_CLASS,
-            source: e,
-        };
-        let map = self
-            .ebpf
-            .map_mut(names::XID_CLASS)
-            .ok_or_else(|| missing(&self.iface, names::XID_CLASS))?;
+        let (map, err) = self.map_for_write(names::XID_CLASS)?;
         let mut map: BpfHashMap<&mut MapData, u32, ClassIds> =
-            BpfHashMap::try_from(map).map_err(err)?;
+            BpfHashMap::try_from(map).map_err(&err)?;
         for (xid, ids) in classes {
             if map.get(xid, 0).ok().as_ref() != Some(ids) {
-                map.insert(xid, ids, 0).map_err(err)?;
+                map.insert(xid, ids, 0).map_err(&err)?;
             }
         }
         let stale: Vec<u32> = map
@@ -764,7 +758,7 @@ impl Datapath {
             .filter(|k| !classes.contains_key(k))
             .collect();
         for xid in stale {
-            map.remove(&xid).map_err(err)?;
+            map.remove(&xid).map_err(&err)?;
         }
         Ok(())
     }
