@@ -158,13 +158,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<SliceSpec>, FileErrors> {
             }
             let xid = match t.get("xid") {
                 Some(item) => match item.as_integer() {
-                    Some(x) if (1..=i64::from(u32::MAX)).contains(&x) => x as u32,
+                    Some(x) if (1..i64::from(u32::MAX)).contains(&x) => x as u32,
                     _ => {
                         problem(
                             &mut c,
                             Some(item),
                             "xid",
-                            "must be a whole number from 1 to 4294967295 (0 is the root slice)"
+                            "must be a whole number from 1 to 4294967294 (0 is the root slice; 4294967295 is (uid_t)-1, the default slice's line)"
                                 .into(),
                         );
                         continue;
