@@ -38,7 +38,7 @@ pub struct SliceStatus {
     pub max_rate_bps: u64,
     /// Exempt max rate, bit/s.
     pub i2_max_rate_bps: u64,
-    /// Bytes dropped by the qdisc this period is not tracked per period; total since load.
+    /// Bytes its leaves dropped before they left (qdisc full), since the datapath was loaded.
     pub dropped_bytes: u64,
     /// Average rate over the last sync interval, general, bit/s.
     pub rate_bps: u64,
