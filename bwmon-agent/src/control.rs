@@ -9,7 +9,6 @@ use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     sync::Arc,
-    time::Duration,
 };
 
 use tokio::{
@@ -17,7 +16,7 @@ use tokio::{
     net::{UnixListener, UnixStream},
     sync::watch,
 };
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::status::StatusReport;
 
@@ -144,33 +143,18 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
 pub async fn serve(
     listener: UnixListener,
     status: watch::Receiver<Arc<StatusReport>>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((mut stream, _)) => {
-                    let status = status.clone();
-                    tokio::spawn(async move {
-                        let served = tokio::time::timeout(Duration::from_secs(5), async {
-                            let frame = read_frame(&mut stream).await?;
-                            let reply = answer(&frame, &status.borrow());
-                            let bytes = postcard::to_stdvec(&reply).map_err(io::Error::other)?;
-                            write_frame(&mut stream, &bytes).await
-                        })
-                        .await;
-                        match served {
-                            Ok(Ok(())) => {}
-                            Ok(Err(e)) => debug!(error = %e, "control client"),
-                            Err(_) => debug!("control client timed out"),
-                        }
-                    });
-                }
-                Err(e) => warn!(error = %e, "accepting on the control socket"),
-            },
+    let handle = move |mut stream: UnixStream| {
+        let status = status.clone();
+        async move {
+            let frame = read_frame(&mut stream).await?;
+            let reply = answer(&frame, &status.borrow());
+            let bytes = postcard::to_stdvec(&reply).map_err(io::Error::other)?;
+            write_frame(&mut stream, &bytes).await
         }
-    }
+    };
+    crate::connections::serve(listener, "control", handle, shutdown).await;
 }
 
 /// Asks the daemon at `path` for its status.

@@ -7,6 +7,7 @@ pub mod btf;
 pub mod class;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod control;
 pub mod daemon;
 pub mod datapath;

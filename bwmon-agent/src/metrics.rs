@@ -3,14 +3,13 @@
 //! `bwmon_slice_bytes_total` is the bytes of the current period (it resets at each period, as
 //! counters may); ceilings in bit/s; `bwmon_slice_capped` is 0 or 1.
 
-use std::{fmt::Write as _, sync::Arc, time::Duration};
+use std::{fmt::Write as _, sync::Arc};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
+    net::{TcpListener, TcpStream},
     sync::watch,
 };
-use tracing::{debug, warn};
 
 use crate::status::StatusReport;
 
@@ -76,43 +75,31 @@ pub fn render(r: &StatusReport) -> String {
 pub async fn serve(
     listener: TcpListener,
     status: watch::Receiver<Arc<StatusReport>>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((mut stream, _)) => {
-                    let status = status.clone();
-                    tokio::spawn(async move {
-                        let served = tokio::time::timeout(Duration::from_secs(5), async {
-                            let mut buf = vec![0u8; 4096];
-                            let n = stream.read(&mut buf).await?;
-                            let request = String::from_utf8_lossy(&buf[..n]);
-                            let path = request.split_whitespace().nth(1).unwrap_or("");
-                            let (code, body) = if request.starts_with("GET ") && (path == "/metrics" || path == "/") {
-                                ("200 OK", render(&status.borrow()))
-                            } else {
-                                ("404 Not Found", "only GET /metrics\n".to_owned())
-                            };
-                            let head = format!(
-                                "HTTP/1.1 {code}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                                body.len()
-                            );
-                            stream.write_all(head.as_bytes()).await?;
-                            stream.write_all(body.as_bytes()).await?;
-                            stream.shutdown().await
-                        })
-                        .await;
-                        if let Ok(Err(e)) = served {
-                            debug!(error = %e, "metrics client");
-                        }
-                    });
-                }
-                Err(e) => warn!(error = %e, "accepting a metrics connection"),
-            },
+    let handle = move |mut stream: TcpStream| {
+        let status = status.clone();
+        async move {
+            let mut buf = vec![0u8; 4096];
+            let n = stream.read(&mut buf).await?;
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let path = request.split_whitespace().nth(1).unwrap_or("");
+            let (code, body) = if request.starts_with("GET ") && (path == "/metrics" || path == "/")
+            {
+                ("200 OK", render(&status.borrow()))
+            } else {
+                ("404 Not Found", "only GET /metrics\n".to_owned())
+            };
+            let head = format!(
+                "HTTP/1.1 {code}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            stream.write_all(head.as_bytes()).await?;
+            stream.write_all(body.as_bytes()).await?;
+            stream.shutdown().await
         }
-    }
+    };
+    crate::connections::serve(listener, "metrics", handle, shutdown).await;
 }
 
 #[cfg(test)]
