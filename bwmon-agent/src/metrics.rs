@@ -11,7 +11,7 @@ use tokio::{
     sync::watch,
 };
 
-use crate::status::StatusReport;
+use crate::status::{SliceStatus, StatusReport};
 
 /// Escapes a label value (backslash, quote, newline).
 fn label(v: &str) -> String {
@@ -20,41 +20,50 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Per-slice metrics, one sample per traffic class: name, help, type, and the values
+/// (general, exempt) of a status line.
+type PerClass = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&SliceStatus) -> [u64; 2],
+);
+
+const PER_CLASS: [PerClass; 3] = [
+    (
+        "bwmon_slice_bytes_total",
+        "Bytes a slice sent in the current period, by traffic class.",
+        "counter",
+        |s| [s.bytes, s.exempt_bytes],
+    ),
+    (
+        "bwmon_slice_ceil_bits_per_second",
+        "The HTB ceiling in force, by traffic class.",
+        "gauge",
+        |s| [s.ceil_bps, s.exempt_ceil_bps],
+    ),
+    (
+        "bwmon_slice_capped",
+        "1 when the slice's ceiling is lowered, by traffic class.",
+        "gauge",
+        |s| [u64::from(s.capped), u64::from(s.exempt_capped)],
+    ),
+];
+
 /// The exposition text for a report.
 pub fn render(r: &StatusReport) -> String {
     let mut out = String::new();
-    out.push_str("# HELP bwmon_slice_bytes_total Bytes a slice sent in the current period, by traffic class.\n# TYPE bwmon_slice_bytes_total counter\n");
-    for s in &r.slices {
-        for (class, v) in [("general", s.bytes), ("exempt", s.exempt_bytes)] {
-            let _ = writeln!(
-                out,
-                "bwmon_slice_bytes_total{{slice=\"{}\",xid=\"{}\",class=\"{class}\"}} {v}",
-                label(&s.name),
-                s.xid
-            );
-        }
-    }
-    out.push_str("# HELP bwmon_slice_ceil_bits_per_second The HTB ceiling in force, by traffic class.\n# TYPE bwmon_slice_ceil_bits_per_second gauge\n");
-    for s in &r.slices {
-        for (class, v) in [("general", s.ceil_bps), ("exempt", s.exempt_ceil_bps)] {
-            let _ = writeln!(
-                out,
-                "bwmon_slice_ceil_bits_per_second{{slice=\"{}\",xid=\"{}\",class=\"{class}\"}} {v}",
-                label(&s.name),
-                s.xid
-            );
-        }
-    }
-    out.push_str("# HELP bwmon_slice_capped 1 when the slice's ceiling is lowered, by traffic class.\n# TYPE bwmon_slice_capped gauge\n");
-    for s in &r.slices {
-        for (class, v) in [("general", s.capped), ("exempt", s.exempt_capped)] {
-            let _ = writeln!(
-                out,
-                "bwmon_slice_capped{{slice=\"{}\",xid=\"{}\",class=\"{class}\"}} {}",
-                label(&s.name),
-                s.xid,
-                u8::from(v)
-            );
+    for (name, help, kind, values) in PER_CLASS {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for s in &r.slices {
+            for (class, v) in ["general", "exempt"].into_iter().zip(values(s)) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{slice=\"{}\",xid=\"{}\",class=\"{class}\"}} {v}",
+                    label(&s.name),
+                    s.xid
+                );
+            }
         }
     }
     out.push_str("# HELP bwmon_sync_duration_seconds Duration of the last sync.\n# TYPE bwmon_sync_duration_seconds gauge\n");
@@ -105,7 +114,6 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::SliceStatus;
 
     #[test]
     fn the_design_metric_names_with_escaped_labels() {
