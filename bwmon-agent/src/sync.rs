@@ -863,4 +863,46 @@ mod tests {
         assert_eq!(row(&o, "alice").period_start, 1000);
         assert_eq!(row(&o, "alice").bytes, 100 * 1024);
     }
+
+    /// Benchmark (cargo xtask bench): one sync's own cost with 10,000 slices, kernel and tree
+    /// faked (their real costs are measured by the datapath and HTB benchmarks).
+    #[test]
+    #[ignore = "benchmark: cargo xtask bench"]
+    fn bench_sync_step_with_10k_slices() {
+        let slices: Vec<SliceSpec> = (0..10_000)
+            .map(|i| slice(&format!("s{i}"), 10_000 + i))
+            .collect();
+        let mut s = syncer(slices);
+        for i in 0..10_000 {
+            send(&mut s.kernel, 10_000 + i, 1000);
+        }
+        let t = std::time::Instant::now();
+        s.step(1000);
+        let first = t.elapsed();
+        for i in 0..10_000 {
+            send(&mut s.kernel, 10_000 + i, 1 << 20);
+        }
+        let t = std::time::Instant::now();
+        let o = s.step(1001);
+        let steady = t.elapsed();
+        assert!(o.new_notices > 0);
+        let t = std::time::Instant::now();
+        s.step(1002);
+        let idle = t.elapsed();
+        let bytes = s.state.encode().len();
+        println!("sync step, 10,000 slices (fake kernel and tree):");
+        println!(
+            "  first (all new):            {:8.2} ms",
+            first.as_secs_f64() * 1e3
+        );
+        println!(
+            "  all capped at once:         {:8.2} ms",
+            steady.as_secs_f64() * 1e3
+        );
+        println!(
+            "  nothing changed:            {:8.2} ms",
+            idle.as_secs_f64() * 1e3
+        );
+        println!("  state file: {bytes} bytes");
+    }
 }

@@ -13,6 +13,17 @@ pub fn run(tools: &Tools) -> anyhow::Result<()> {
         bail!("the benchmarks load eBPF programs and build network namespaces: run as root");
     }
     let object = build::ebpf(tools)?;
+    workspace::exec(build::host_cargo(&object).args([
+        "test",
+        "--release",
+        "--package",
+        "bwmon-agent",
+        "--lib",
+        "--",
+        "--ignored",
+        "--nocapture",
+        "bench_",
+    ]))?;
     for bench in BENCHES {
         workspace::exec(build::host_cargo(&object).args([
             "test",
