@@ -162,9 +162,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut carried = Some((syncer, slices_file));
     let state_path = config.state.clone();
     let mut force_reload = false;
+    // A changed slices file is acted on within a second, not at the next interval.
+    let mut watch_tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            _ = watch_tick.tick() => {
+                if !carried.as_ref().is_some_and(|(_, file)| file.changed()) {
+                    continue;
+                }
+                info!("the slices file changed; syncing now");
+            }
             Some(key) = done_rx.recv() => {
                 // Forget a delivered notice at once, so a crash cannot send it twice.
                 let Some((mut s, file)) = carried.take() else { break };

@@ -281,14 +281,23 @@ impl SlicesFile {
         &self.path
     }
 
+    fn stamp(&self) -> Option<(i64, i64, u64, u64)> {
+        std::fs::metadata(&self.path)
+            .ok()
+            .map(|m| (m.mtime(), m.mtime_nsec(), m.len(), m.ino()))
+    }
+
+    /// Whether the file changed since it was last read (a cheap `stat`).
+    pub fn changed(&self) -> bool {
+        self.stamp() != self.seen
+    }
+
     /// The file's contents when it changed since the last call (or `force`), else `None`.
     ///
     /// # Errors
     /// The file cannot be read, or has problems (the caller keeps the last good slices).
     pub fn poll(&mut self, force: bool) -> Option<Result<Vec<SliceSpec>, FileErrors>> {
-        let stamp = std::fs::metadata(&self.path)
-            .ok()
-            .map(|m| (m.mtime(), m.mtime_nsec(), m.len(), m.ino()));
+        let stamp = self.stamp();
         if !force && self.seen.is_some() && stamp == self.seen {
             return None;
         }
@@ -409,6 +418,7 @@ sources = ["nope"]
         std::fs::write(&path, "[[slice]]\nname = \"a\"\nxid = 5\n").unwrap();
         let mut f = SlicesFile::new(path.clone());
         assert_eq!(f.poll(false).unwrap().unwrap().len(), 1);
+        assert!(!f.changed());
         assert!(f.poll(false).is_none());
         assert!(f.poll(true).is_some(), "SIGHUP forces a read");
         std::fs::write(
@@ -416,6 +426,7 @@ sources = ["nope"]
             "[[slice]]\nname = \"a\"\nxid = 5\n[[slice]]\nname = \"b\"\nxid = 6\n",
         )
         .unwrap();
+        assert!(f.changed());
         assert_eq!(f.poll(false).unwrap().unwrap().len(), 2);
     }
 }
