@@ -109,8 +109,17 @@ impl Lab {
             lab_no,
         };
         let ns = lab.netns.as_str();
-        let (a, b) = (lab.host_if.as_str(), lab.peer_if.as_str());
         cmd("ip", &["netns", "add", ns]);
+        lab.recreate_veth();
+        lab
+    }
+
+    /// Creates the veth pair, its addresses and routes (again, after `ip link del`).
+    pub fn recreate_veth(&self) {
+        let lab = self;
+        let ns = lab.netns.as_str();
+        let (a, b) = (lab.host_if.as_str(), lab.peer_if.as_str());
+        let lab_no = lab.lab_no;
         cmd(
             "ip",
             &[
@@ -157,7 +166,6 @@ impl Lab {
                 a,
             ],
         );
-        lab
     }
 
     /// Runs `f` on a thread that lives in the lab's namespace; sockets it opens belong there.

@@ -180,3 +180,18 @@ fn teardown_of_a_tcx_datapath_stops_counting_and_removes_pins() {
     send_udp_as(UID_B, SocketAddr::new(lab.general_v4.into(), 9), 3, 10);
     assert_eq!(dp.snapshot().unwrap().offered[&UID_B].general.packets, 3);
 }
+
+#[test]
+fn a_re_created_interface_is_attached_again() {
+    let lab = Lab::new();
+    drop(open(&lab));
+    // The interface goes away and comes back under the same name: the pinned link is dead.
+    bwmon_tests::cmd("ip", &["link", "del", &lab.host_if]);
+    lab.recreate_veth();
+    let dp = open(&lab);
+    let wire = send_udp_as(UID_A, SocketAddr::new(lab.general_v4.into(), 9), 7, 100);
+    assert_eq!(
+        dp.snapshot().unwrap().offered[&UID_A].general.bytes,
+        7 * wire
+    );
+}

@@ -921,40 +921,60 @@ fn attach(prog: &mut SchedClassifier, iface: &str, pin_dir: &Path, mode: AttachM
         return attach_clsact(prog, iface).map_err(attach_err);
     }
     let link_pin = pin_dir.join(LINK_PIN);
-    match PinnedLink::from_pin(&link_pin) {
-        Ok(pinned) => {
-            // Make before break: the new program replaces the old one inside the same link.
-            let link: SchedClassifierLink = FdLink::from(pinned)
-                .try_into()
-                .map_err(|e: aya::programs::links::LinkError| attach_err(Box::new(e)))?;
-            let id = prog
-                .attach_to_link(link)
-                .map_err(|e| attach_err(Box::new(e)))?;
-            // Closing our fd leaves the pinned link (and the new program in it) in place.
-            drop(prog.take_link(id).map_err(|e| attach_err(Box::new(e)))?);
-            info!(iface, pin = %link_pin.display(), "replaced the classifier in the pinned TCX link");
-            Ok(())
-        }
-        Err(e) => {
-            debug!(iface, error = %e, "no pinned TCX link; attaching anew");
-            let id = prog
-                .attach_with_options(
+    if let Ok(pinned) = PinnedLink::from_pin(&link_pin) {
+        // Make before break: the new program replaces the old one inside the same link.
+        let link: SchedClassifierLink = FdLink::from(pinned)
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| attach_err(Box::new(e)))?;
+        match prog.attach_to_link(link) {
+            Ok(id) => {
+                // Closing our fd leaves the pinned link (and the new program in it) in place.
+                drop(prog.take_link(id).map_err(|e| attach_err(Box::new(e)))?);
+                if tcx_attached(prog, iface) {
+                    info!(iface, pin = %link_pin.display(), "replaced the classifier in the pinned TCX link");
+                    return Ok(());
+                }
+                warn!(
                     iface,
-                    TcAttachType::Egress,
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
-                )
-                .map_err(|e| attach_err(Box::new(e)))?;
-            let link = prog.take_link(id).map_err(|e| attach_err(Box::new(e)))?;
-            let fd_link: FdLink = link
-                .try_into()
-                .map_err(|e: aya::programs::links::LinkError| attach_err(Box::new(e)))?;
-            fd_link
-                .pin(&link_pin)
-                .map_err(|e| attach_err(Box::new(e)))?;
-            info!(iface, pin = %link_pin.display(), "attached the classifier (TCX) and pinned its link");
-            Ok(())
+                    "the pinned TCX link no longer reaches the interface (re-created?); attaching anew"
+                );
+            }
+            Err(e) => {
+                warn!(iface, error = %e, "replacing the classifier in the pinned TCX link failed; attaching anew")
+            }
+        }
+        if let Err(e) = fs::remove_file(&link_pin)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            return Err(attach_err(Box::new(e)));
         }
     }
+    debug!(iface, "no usable pinned TCX link; attaching anew");
+    let id = prog
+        .attach_with_options(
+            iface,
+            TcAttachType::Egress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(|e| attach_err(Box::new(e)))?;
+    let link = prog.take_link(id).map_err(|e| attach_err(Box::new(e)))?;
+    let fd_link: FdLink = link
+        .try_into()
+        .map_err(|e: aya::programs::links::LinkError| attach_err(Box::new(e)))?;
+    fd_link
+        .pin(&link_pin)
+        .map_err(|e| attach_err(Box::new(e)))?;
+    info!(iface, pin = %link_pin.display(), "attached the classifier (TCX) and pinned its link");
+    Ok(())
+}
+
+/// Whether `prog` is among the programs attached to the interface's TCX egress.
+fn tcx_attached(prog: &SchedClassifier, iface: &str) -> bool {
+    let Ok(ours) = prog.info().map(|i| i.id()) else {
+        return false;
+    };
+    SchedClassifier::query_tcx(iface, TcAttachType::Egress)
+        .is_ok_and(|(_, progs)| progs.iter().any(|p| p.id() == ours))
 }
 
 fn attach_clsact(
