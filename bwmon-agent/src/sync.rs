@@ -26,6 +26,8 @@ use crate::{
 
 /// The counters and maps in the kernel.
 pub trait Kernel {
+    /// Attaches again if the interface was re-created; returns whether it had to.
+    fn ensure_attached(&mut self) -> anyhow::Result<bool>;
     /// All counters.
     fn snapshot(&mut self) -> anyhow::Result<Snapshot>;
     /// xid → class ids.
@@ -47,6 +49,9 @@ pub trait Tree {
 }
 
 impl Kernel for Datapath {
+    fn ensure_attached(&mut self) -> anyhow::Result<bool> {
+        Ok(Datapath::ensure_attached(self)?)
+    }
     fn snapshot(&mut self) -> anyhow::Result<Snapshot> {
         Ok(Datapath::snapshot(self)?)
     }
@@ -223,6 +228,9 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
             }
             Ok(false) => {}
             Err(e) => self.error("htb", "installing the HTB tree", &e),
+        }
+        if let Err(e) = self.kernel.ensure_attached() {
+            self.error("datapath", "checking the classifier's attachment", &e);
         }
         if !self.exempt_pushed {
             match self.kernel.set_exempt(&self.config.exempt_prefixes) {
@@ -593,6 +601,9 @@ mod tests {
     }
 
     impl Kernel for FakeKernel {
+        fn ensure_attached(&mut self) -> anyhow::Result<bool> {
+            Ok(false)
+        }
         fn snapshot(&mut self) -> anyhow::Result<Snapshot> {
             if self.fail_snapshot {
                 anyhow::bail!("map read failed");

@@ -260,6 +260,7 @@ pub struct Datapath {
     ebpf: Ebpf,
     iface: String,
     pin_dir: PathBuf,
+    mode: AttachMode,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -398,6 +399,7 @@ impl Datapath {
             ebpf,
             iface,
             pin_dir,
+            mode: opts.attach_mode,
         };
         dp.attach_drop(settings.generation, device)?;
         Ok(dp)
@@ -499,6 +501,47 @@ impl Datapath {
         let (map, err) = self.map_for_write(names::DROP_CONTROL)?;
         let mut map: Array<&mut MapData, DropControl> = Array::try_from(map).map_err(&err)?;
         map.set(0, control, 0).map_err(&err)
+    }
+
+    /// Re-attaches the classifier when it no longer reaches the interface (the interface was
+    /// deleted and created again), and points drop counting at the new device. Returns
+    /// whether it had to.
+    ///
+    /// # Errors
+    /// The interface is missing, or attaching fails.
+    pub fn ensure_attached(&mut self) -> Result<bool> {
+        let iface = self.iface.clone();
+        let uses_tcx = match self.mode {
+            AttachMode::Tcx => true,
+            AttachMode::Clsact => false,
+            AttachMode::Auto => aya::util::KernelVersion::current()
+                .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0)),
+        };
+        let prog: &mut SchedClassifier = program(&mut self.ebpf, &iface, names::CLASSIFIER)?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| DatapathError::Load {
+                iface: iface.clone(),
+                source: Box::new(e),
+            })?;
+        if !uses_tcx || tcx_attached(prog, &iface) {
+            return Ok(false);
+        }
+        let device = Device::lookup(&iface).map_err(|e| DatapathError::Attach {
+            iface: iface.clone(),
+            source: Box::new(e),
+        })?;
+        warn!(
+            iface,
+            "the classifier no longer reaches the interface (re-created?); attaching again"
+        );
+        attach(prog, &iface, &self.pin_dir, self.mode)?;
+        let control = self.read_control()?;
+        self.write_control(DropControl {
+            generation: control.generation,
+            ifindex: device.ifindex,
+            netns_inum: device.netns_inum,
+        })?;
+        Ok(true)
     }
 
     /// Starts reading the kernel programs' diagnostics (off unless `kernel_log` was set) and
