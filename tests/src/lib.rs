@@ -648,9 +648,32 @@ impl Lab {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start iperf3 -s (cargo xtask setup installs it)");
-        // Give it time to listen.
-        thread::sleep(Duration::from_millis(300));
-        Iperf3Server { child }
+        // Ready when the namespace shows a listening socket on the port (a probe connection
+        // would use up the one test `-1` serves).
+        let hex_port = format!(":{port:04X} ");
+        for _ in 0..100 {
+            let tables = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &self.netns,
+                    "cat",
+                    "/proc/net/tcp",
+                    "/proc/net/tcp6",
+                ])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            // Column 4 is the state; 0A is LISTEN.
+            if tables
+                .lines()
+                .any(|l| l.contains(&hex_port) && l.split_whitespace().nth(3) == Some("0A"))
+            {
+                return Iperf3Server { child };
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("iperf3 -s did not listen on port {port} in {}", self.netns);
     }
 }
 
