@@ -648,6 +648,8 @@ impl Lab {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start iperf3 -s (cargo xtask setup installs it)");
+        // Killed and reaped on drop, also if it never comes up.
+        let server = Iperf3Server { child };
         // Ready when the namespace shows a listening socket on the port (a probe connection
         // would use up the one test `-1` serves).
         let hex_port = format!(":{port:04X} ");
@@ -669,7 +671,7 @@ impl Lab {
                 .lines()
                 .any(|l| l.contains(&hex_port) && l.split_whitespace().nth(3) == Some("0A"))
             {
-                return Iperf3Server { child };
+                return server;
             }
             thread::sleep(Duration::from_millis(50));
         }
