@@ -505,11 +505,17 @@ pub mod frames {
         f.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
         f.extend_from_slice(&src.octets());
         f.extend_from_slice(&dst.octets());
-        f.extend_from_slice(&[0x30, 0x39, 0, 9]);
-        f.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
-        f.extend_from_slice(&[0, 0]);
-        f.extend(std::iter::repeat_n(0x5a, payload));
+        f.extend(udp(payload));
         f
+    }
+
+    /// A UDP header (port 12345 → 9, no checksum) and `payload` bytes.
+    fn udp(payload: usize) -> Vec<u8> {
+        let mut u = vec![0x30, 0x39, 0, 9];
+        u.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
+        u.extend_from_slice(&[0, 0]);
+        u.extend(std::iter::repeat_n(0x5a, payload));
+        u
     }
 
     /// An IPv6 UDP frame with `payload` bytes.
@@ -520,10 +526,7 @@ pub mod frames {
         f.extend_from_slice(&[17, 64]);
         f.extend_from_slice(&src.octets());
         f.extend_from_slice(&dst.octets());
-        f.extend_from_slice(&[0x30, 0x39, 0, 9]);
-        f.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
-        f.extend_from_slice(&[0, 0]);
-        f.extend(std::iter::repeat_n(0x5a, payload));
+        f.extend(udp(payload));
         f
     }
 

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use bwmon_tests::{Daemon, Lab, bwmon_bin, free_port, send_udp_as};
+use bwmon_tests::{Daemon, Lab, bwmon_bin, cmd, free_port, send_udp_as};
 
 fn workspace() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
@@ -85,15 +85,13 @@ fn install_puts_everything_in_place_and_keeps_an_existing_config() {
     let unit = std::fs::read_to_string(r("etc/systemd/system/bwmon.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/local/bin/bwmon run --config /etc/bwmon/bwmon.toml"));
     // The installed example configuration is valid.
-    let out = Command::new(r("usr/local/bin/bwmon"))
-        .args(["check", "--config"])
-        .arg(r("etc/bwmon/bwmon.toml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    cmd(
+        r("usr/local/bin/bwmon").to_str().unwrap(),
+        &[
+            "check",
+            "--config",
+            r("etc/bwmon/bwmon.toml").to_str().unwrap(),
+        ],
     );
     // A second install keeps the operator's edits.
     std::fs::write(r("etc/bwmon/bwmon.toml"), "interface = \"mine0\"\n").unwrap();
