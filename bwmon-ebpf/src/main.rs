@@ -118,26 +118,47 @@ fn load_net<T: Default>(ctx: &TcContext, offset: u32) -> Option<T> {
 }
 
 #[inline(always)]
-fn addrs(ctx: &TcContext) -> Addrs {
+fn addrs(ctx: &TcContext, s: &Settings) -> Addrs {
     // SAFETY: reading a field of the context the kernel handed us.
     let proto = u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16);
-    match proto {
-        ETH_P_IP => match (load_net::<[u8; 4]>(ctx, 12), load_net::<[u8; 4]>(ctx, 16)) {
-            (Some(src), Some(dst)) => Addrs::V4 { src, dst },
-            _ => Addrs::NotIp,
-        },
-        ETH_P_IPV6 => match (load_net::<[u8; 16]>(ctx, 8), load_net::<[u8; 16]>(ctx, 24)) {
-            (Some(src), Some(dst)) => Addrs::V6 { src, dst },
-            _ => Addrs::NotIp,
-        },
-        _ => Addrs::NotIp,
+    let (expected, parsed) = match proto {
+        ETH_P_IP => (
+            4,
+            match (load_net::<[u8; 4]>(ctx, 12), load_net::<[u8; 4]>(ctx, 16)) {
+                (Some(src), Some(dst)) => Addrs::V4 { src, dst },
+                _ => Addrs::NotIp,
+            },
+        ),
+        ETH_P_IPV6 => (
+            6,
+            match (load_net::<[u8; 16]>(ctx, 8), load_net::<[u8; 16]>(ctx, 24)) {
+                (Some(src), Some(dst)) => Addrs::V6 { src, dst },
+                _ => Addrs::NotIp,
+            },
+        ),
+        _ => return Addrs::NotIp,
+    };
+    // An IP ethertype whose header is cut short or carries another version: charged as
+    // general traffic of its xid, and said in the kernel log.
+    let version = load_net::<u8>(ctx, 0).map(|b| b >> 4);
+    if matches!(parsed, Addrs::NotIp) || version != Some(expected) {
+        diag(
+            ctx,
+            s,
+            Diag::UnexpectedPacket {
+                proto,
+                version: version.unwrap_or(0),
+            },
+        );
+        return Addrs::NotIp;
     }
+    parsed
 }
 
 #[inline(always)]
 fn classify(ctx: &TcContext) {
     let s = settings();
-    let addrs = addrs(ctx);
+    let addrs = addrs(ctx, &s);
     let xid = match XidSource::from_u32(s.xid_source) {
         Some(XidSource::Mark) => unsafe { (*ctx.skb.skb).mark },
         Some(XidSource::Source) => match &addrs {
@@ -175,7 +196,7 @@ fn classify(ctx: &TcContext) {
     let counters = match counters {
         Some(p) => p,
         None => {
-            diag_map_full(ctx, &s, xid);
+            diag(ctx, &s, Diag::MapFull { xid });
             match OFFERED_OVERFLOW.get_ptr_mut(0) {
                 Some(p) => p,
                 None => return,
@@ -243,8 +264,17 @@ unsafe fn count_drop(skb: *const u8) -> Option<()> {
     Some(())
 }
 
+/// Something worth telling the operator about.
+enum Diag {
+    /// The per-xid map is full; the packet went to the overflow slot.
+    MapFull { xid: u32 },
+    /// An IP ethertype with an unreadable header or another IP version.
+    UnexpectedPacket { proto: u16, version: u8 },
+}
+
+/// Logs `d` through aya-log when diagnostics are on, at most once a second per CPU.
 #[inline(always)]
-fn diag_map_full(ctx: &TcContext, s: &Settings, xid: u32) {
+fn diag(ctx: &TcContext, s: &Settings, d: Diag) {
     if s.log_enabled == 0 {
         return;
     }
@@ -259,10 +289,18 @@ fn diag_map_full(ctx: &TcContext, s: &Settings, xid: u32) {
         return;
     }
     *last = now;
-    warn!(
-        ctx,
-        "bwmon: xid map full, xid {} counted in the overflow slot", xid
-    );
+    match d {
+        Diag::MapFull { xid } => warn!(
+            ctx,
+            "bwmon: xid map full, xid {} counted in the overflow slot", xid
+        ),
+        Diag::UnexpectedPacket { proto, version } => warn!(
+            ctx,
+            "bwmon: unexpected packet: ethertype {:x} with IP version {}, counted as general",
+            proto,
+            version
+        ),
+    }
 }
 
 #[cfg(not(test))]

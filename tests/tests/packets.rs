@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use bwmon_agent::datapath::{Datapath, DatapathOptions};
 use bwmon_common::{ClassIds, XidSource, tc_handle};
-use bwmon_tests::{Lab, frames};
+use bwmon_tests::{CapturedLog, Lab, frames};
 
 const XID: u32 = 7;
 const GENERAL: u32 = tc_handle(1, 0x200);
@@ -20,6 +20,7 @@ fn datapath(lab: &Lab) -> Datapath {
     let mut opts = DatapathOptions::new(lab.host_if.clone());
     opts.pin_root = lab.pin_root.clone();
     opts.xid_source = XidSource::Mark;
+    opts.kernel_log = true;
     let mut dp = Datapath::open(&opts).unwrap();
     dp.set_classes(&HashMap::from([(
         XID,
@@ -125,4 +126,32 @@ fn unknown_xids_go_to_the_default_class_and_are_still_counted() {
     assert_eq!(out.priority, ClassIds::DEFAULT.general);
     let c = dp.snapshot().unwrap().offered[&999];
     assert_eq!((c.general.packets, c.exempt.packets), (1, 1));
+}
+
+#[test]
+fn an_ip_ethertype_with_another_version_is_charged_as_general_and_logged() {
+    let lab = Lab::new();
+    let mut dp = datapath(&lab);
+    let log = CapturedLog::default();
+    let mut reader = dp.kernel_logger(log.clone()).unwrap();
+    let mut frame = frames::udp_v4("10.0.0.1".parse().unwrap(), lab.exempt_v4, 40);
+    frame[14] = 0x65; // "version 6" inside an IPv4 ethertype
+    let out = dp.test_run_classifier(&frame, XID).unwrap();
+    assert_eq!(
+        (out.verdict, out.priority),
+        (NEXT, GENERAL),
+        "not trusted as exempt"
+    );
+    assert_eq!(
+        dp.snapshot().unwrap().offered[&XID].general.bytes,
+        frame.len() as u64
+    );
+    reader.flush();
+    let lines = log.lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("unexpected packet: ethertype 800 with IP version 6")),
+        "{lines:?}"
+    );
 }

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use bwmon_agent::datapath::{Datapath, DatapathOptions};
 use bwmon_common::{MAX_XIDS, ROOT_XID, XidSource};
-use bwmon_tests::{Lab, cmd, send_udp_marked, set_mark};
+use bwmon_tests::{CapturedLog, Lab, cmd, send_udp_marked, set_mark};
 
 fn open(lab: &Lab, source: XidSource) -> Datapath {
     let mut opts = DatapathOptions::new(lab.host_if.clone());
@@ -114,20 +114,6 @@ fn source_mode_charges_the_tenant_owning_the_source_prefix() {
     );
 }
 
-/// Keeps the kernel's log lines for the test to look at.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
-
-impl log::Log for Captured {
-    fn enabled(&self, _: &log::Metadata) -> bool {
-        true
-    }
-    fn log(&self, record: &log::Record) {
-        self.0.lock().unwrap().push(record.args().to_string());
-    }
-    fn flush(&self) {}
-}
-
 #[test]
 fn xids_beyond_capacity_are_counted_in_the_overflow_slot() {
     let lab = Lab::new();
@@ -136,7 +122,7 @@ fn xids_beyond_capacity_are_counted_in_the_overflow_slot() {
     opts.xid_source = XidSource::Mark;
     opts.kernel_log = true;
     let mut dp = Datapath::open(&opts).unwrap();
-    let captured = Captured::default();
+    let captured = CapturedLog::default();
     let mut kernel_log = dp.kernel_logger(captured.clone()).unwrap();
     let dst = SocketAddr::new(lab.general_v4.into(), 9);
     let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
@@ -168,7 +154,7 @@ fn xids_beyond_capacity_are_counted_in_the_overflow_slot() {
 
     // The kernel said so, at most once a second per CPU.
     kernel_log.flush();
-    let lines = captured.0.lock().unwrap().clone();
+    let lines = captured.lines();
     assert!(
         lines.iter().any(|l| l.contains("overflow slot")),
         "kernel log: {lines:?}"
