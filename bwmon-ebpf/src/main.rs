@@ -101,16 +101,17 @@ enum Addrs {
     NotIp,
 }
 
+/// Copies the first `N` bytes of the network header into a buffer (one helper call).
 #[inline(always)]
-fn load_net<T: Default>(ctx: &TcContext, offset: u32) -> Option<T> {
-    let mut out = T::default();
-    // SAFETY: the helper writes at most size_of::<T>() bytes into `out`.
+fn net_header<const N: usize>(ctx: &TcContext) -> Option<[u8; N]> {
+    let mut out = [0u8; N];
+    // SAFETY: the helper writes at most N bytes into `out`.
     let ret = unsafe {
         bpf_skb_load_bytes_relative(
             ctx.skb.skb as *const _,
-            offset,
-            &mut out as *mut T as *mut _,
-            core::mem::size_of::<T>() as u32,
+            0,
+            out.as_mut_ptr() as *mut _,
+            N as u32,
             BPF_HDR_START_NET,
         )
     };
@@ -121,38 +122,34 @@ fn load_net<T: Default>(ctx: &TcContext, offset: u32) -> Option<T> {
 fn addrs(ctx: &TcContext, s: &Settings) -> Addrs {
     // SAFETY: reading a field of the context the kernel handed us.
     let proto = u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16);
-    let (expected, parsed) = match proto {
-        ETH_P_IP => (
-            4,
-            match (load_net::<[u8; 4]>(ctx, 12), load_net::<[u8; 4]>(ctx, 16)) {
-                (Some(src), Some(dst)) => Addrs::V4 { src, dst },
-                _ => Addrs::NotIp,
-            },
-        ),
-        ETH_P_IPV6 => (
-            6,
-            match (load_net::<[u8; 16]>(ctx, 8), load_net::<[u8; 16]>(ctx, 24)) {
-                (Some(src), Some(dst)) => Addrs::V6 { src, dst },
-                _ => Addrs::NotIp,
-            },
-        ),
-        _ => return Addrs::NotIp,
-    };
-    // An IP ethertype whose header is cut short or carries another version: charged as
+    // An IP ethertype whose header is cut short or carries another version is charged as
     // general traffic of its xid, and said in the kernel log.
-    let version = load_net::<u8>(ctx, 0).map(|b| b >> 4);
-    if matches!(parsed, Addrs::NotIp) || version != Some(expected) {
-        diag(
-            ctx,
-            s,
-            Diag::UnexpectedPacket {
-                proto,
-                version: version.unwrap_or(0),
+    let unexpected = |version: u8| {
+        diag(ctx, s, Diag::UnexpectedPacket { proto, version });
+        Addrs::NotIp
+    };
+    match proto {
+        ETH_P_IP => match net_header::<20>(ctx) {
+            Some(h) if h[0] >> 4 == 4 => Addrs::V4 {
+                src: [h[12], h[13], h[14], h[15]],
+                dst: [h[16], h[17], h[18], h[19]],
             },
-        );
-        return Addrs::NotIp;
+            Some(h) => unexpected(h[0] >> 4),
+            None => unexpected(0),
+        },
+        ETH_P_IPV6 => match net_header::<40>(ctx) {
+            Some(h) if h[0] >> 4 == 6 => {
+                let mut src = [0u8; 16];
+                let mut dst = [0u8; 16];
+                src.copy_from_slice(&h[8..24]);
+                dst.copy_from_slice(&h[24..40]);
+                Addrs::V6 { src, dst }
+            }
+            Some(h) => unexpected(h[0] >> 4),
+            None => unexpected(0),
+        },
+        _ => Addrs::NotIp,
     }
-    parsed
 }
 
 #[inline(always)]
