@@ -168,6 +168,13 @@ impl Lab {
         );
     }
 
+    /// Datapath options for this lab: its host interface, its own pin root.
+    pub fn datapath_options(&self) -> bwmon_agent::datapath::DatapathOptions {
+        let mut opts = bwmon_agent::datapath::DatapathOptions::new(self.host_if.clone());
+        opts.pin_root = self.pin_root.clone();
+        opts
+    }
+
     /// Runs `f` on a thread that lives in the lab's namespace; sockets it opens belong there.
     pub fn spawn_in_ns<T: Send + 'static>(
         &self,

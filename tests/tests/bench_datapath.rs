@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
-use bwmon_agent::datapath::{Datapath, DatapathOptions, ProgramStats};
+use bwmon_agent::datapath::{Datapath, ProgramStats};
 use bwmon_common::{ClassIds, tc_handle};
 use bwmon_tests::{Lab, cmd, send_udp_as};
 use ipnet::IpNet;
@@ -35,9 +35,7 @@ fn measure(lab: &Lab, dp: &Datapath) -> f64 {
 fn classifier_cost_with_10k_slices_and_10k_prefixes() {
     cmd("sysctl", &["-qw", "kernel.bpf_stats_enabled=1"]);
     let lab = Lab::new();
-    let mut opts = DatapathOptions::new(lab.host_if.clone());
-    opts.pin_root = lab.pin_root.clone();
-    let mut dp = Datapath::open(&opts).unwrap();
+    let mut dp = Datapath::open(&lab.datapath_options()).unwrap();
     let empty = measure(&lab, &dp);
 
     let classes: HashMap<u32, ClassIds> = (0..10_000u32)

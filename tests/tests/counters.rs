@@ -2,7 +2,7 @@
 
 use std::{collections::HashMap, net::SocketAddr};
 
-use bwmon_agent::datapath::{Datapath, DatapathOptions};
+use bwmon_agent::datapath::Datapath;
 use bwmon_tests::{Lab, send_tcp_as, send_udp_as};
 
 const UID_A: u32 = 4101;
@@ -10,9 +10,7 @@ const UID_B: u32 = 4102;
 const UID_C: u32 = 4103;
 
 fn open(lab: &Lab) -> Datapath {
-    let mut opts = DatapathOptions::new(lab.host_if.clone());
-    opts.pin_root = lab.pin_root.clone();
-    Datapath::open(&opts).expect("open the datapath")
+    Datapath::open(&lab.datapath_options()).expect("open the datapath")
 }
 
 #[test]
@@ -108,8 +106,7 @@ fn tcp_bytes_per_uid_match_the_interface() {
 fn clsact_attachment_counts_is_replaced_in_place_and_torn_down() {
     use bwmon_agent::datapath::{AttachMode, teardown};
     let lab = Lab::new();
-    let mut opts = DatapathOptions::new(lab.host_if.clone());
-    opts.pin_root = lab.pin_root.clone();
+    let mut opts = lab.datapath_options();
     opts.attach_mode = AttachMode::Clsact;
     let dst = SocketAddr::new(lab.general_v4.into(), 9);
     let filters = || {

@@ -3,15 +3,13 @@
 
 use std::{collections::HashMap, net::SocketAddr};
 
-use bwmon_agent::datapath::{Datapath, DatapathOptions, Snapshot};
+use bwmon_agent::datapath::{Datapath, Snapshot};
 use bwmon_common::{ClassIds, HTB_MAJOR, tc_handle};
 use bwmon_tests::{Lab, send_tcp_as, send_udp_as};
 use ipnet::IpNet;
 
 fn open(lab: &Lab, classes: &[(u32, u16, u16)]) -> Datapath {
-    let mut opts = DatapathOptions::new(lab.host_if.clone());
-    opts.pin_root = lab.pin_root.clone();
-    let mut dp = Datapath::open(&opts).expect("open the datapath");
+    let mut dp = Datapath::open(&lab.datapath_options()).expect("open the datapath");
     let map: HashMap<u32, ClassIds> = classes
         .iter()
         .map(|(xid, g, e)| {

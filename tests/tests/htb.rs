@@ -184,7 +184,7 @@ fn a_foreign_root_qdisc_is_refused_unless_taken_over() {
 fn a_lowered_slice_is_held_to_its_ceiling_and_others_are_not() {
     use std::{collections::HashMap, net::IpAddr};
 
-    use bwmon_agent::datapath::{Datapath, DatapathOptions};
+    use bwmon_agent::datapath::Datapath;
     use bwmon_common::{ClassIds, tc_handle};
     use bwmon_tests::iperf3_as;
 
@@ -207,9 +207,7 @@ fn a_lowered_slice_is_held_to_its_ceiling_and_others_are_not() {
         ]
     };
     htb.apply(&leaves(full)).unwrap();
-    let mut opts = DatapathOptions::new(lab.host_if.clone());
-    opts.pin_root = lab.pin_root.clone();
-    let mut dp = Datapath::open(&opts).unwrap();
+    let mut dp = Datapath::open(&lab.datapath_options()).unwrap();
     let ids = |g: u32, e: u32| ClassIds {
         general: tc_handle(1, g),
         exempt: tc_handle(1, e),

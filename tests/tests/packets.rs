@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use bwmon_agent::datapath::{Datapath, DatapathOptions};
+use bwmon_agent::datapath::Datapath;
 use bwmon_common::{ClassIds, XidSource, tc_handle};
 use bwmon_tests::{CapturedLog, Lab, frames};
 
@@ -17,8 +17,7 @@ const EXEMPT: u32 = tc_handle(1, 0x201);
 const NEXT: i32 = -1;
 
 fn datapath(lab: &Lab) -> Datapath {
-    let mut opts = DatapathOptions::new(lab.host_if.clone());
-    opts.pin_root = lab.pin_root.clone();
+    let mut opts = lab.datapath_options();
     opts.xid_source = XidSource::Mark;
     opts.kernel_log = true;
     let mut dp = Datapath::open(&opts).unwrap();

@@ -3,13 +3,12 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use bwmon_agent::datapath::{Datapath, DatapathOptions};
+use bwmon_agent::datapath::Datapath;
 use bwmon_common::{MAX_XIDS, ROOT_XID, XidSource};
 use bwmon_tests::{CapturedLog, Lab, cmd, send_udp_marked, set_mark};
 
 fn open(lab: &Lab, source: XidSource) -> Datapath {
-    let mut opts = DatapathOptions::new(lab.host_if.clone());
-    opts.pin_root = lab.pin_root.clone();
+    let mut opts = lab.datapath_options();
     opts.xid_source = source;
     Datapath::open(&opts).unwrap()
 }
@@ -117,8 +116,7 @@ fn source_mode_charges_the_tenant_owning_the_source_prefix() {
 #[test]
 fn xids_beyond_capacity_are_counted_in_the_overflow_slot() {
     let lab = Lab::new();
-    let mut opts = DatapathOptions::new(lab.host_if.clone());
-    opts.pin_root = lab.pin_root.clone();
+    let mut opts = lab.datapath_options();
     opts.xid_source = XidSource::Mark;
     opts.kernel_log = true;
     let mut dp = Datapath::open(&opts).unwrap();
