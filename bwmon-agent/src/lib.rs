@@ -12,6 +12,7 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod htb;
+pub mod interface;
 pub mod mailaddr;
 pub mod metrics;
 pub mod notify;

@@ -895,13 +895,7 @@ struct Device {
 
 impl Device {
     fn lookup(iface: &str) -> io::Result<Device> {
-        let name = CString::new(iface).map_err(io::Error::other)?;
-        // SAFETY: valid NUL-terminated name.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if ifindex == 0 {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(e.kind(), format!("interface {iface}: {e}")));
-        }
+        let ifindex = crate::interface::index(iface)?;
         let netns_inum = fs::metadata("/proc/self/ns/net")?.ino() as u32;
         Ok(Device {
             ifindex,

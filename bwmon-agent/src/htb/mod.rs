@@ -20,7 +20,7 @@
 pub mod minors;
 pub mod options;
 
-use std::{collections::HashMap, ffi::CString, io};
+use std::{collections::HashMap, io};
 
 use bwmon_common::{DEFAULT_EXEMPT_MINOR, DEFAULT_GENERAL_MINOR, HTB_MAJOR};
 use netlink_packet_core::{
@@ -63,7 +63,7 @@ pub fn parent_minor(class: TrafficClass) -> u16 {
 #[derive(Debug, thiserror::Error)]
 pub enum HtbError {
     /// The interface does not exist.
-    #[error("interface {iface}: {source}")]
+    #[error("looking up interface {iface} for its HTB tree")]
     Interface {
         /// Interface.
         iface: String,
@@ -332,18 +332,10 @@ impl Htb {
     }
 
     fn ifindex(&self) -> Result<i32> {
-        let name = CString::new(self.iface.as_str()).map_err(|e| HtbError::Interface {
+        let index = crate::interface::index(&self.iface).map_err(|source| HtbError::Interface {
             iface: self.iface.clone(),
-            source: io::Error::other(e),
+            source,
         })?;
-        // SAFETY: valid NUL-terminated name.
-        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if index == 0 {
-            return Err(HtbError::Interface {
-                iface: self.iface.clone(),
-                source: io::Error::last_os_error(),
-            });
-        }
         Ok(index as i32)
     }
 
