@@ -16,7 +16,7 @@ use crate::{
     class::TrafficClass,
     config::Config,
     datapath::{Datapath, Snapshot},
-    htb::{self, ClassInfo, ClassParams, Htb, Leaf, Op, TreeSpec, minors::Minors},
+    htb::{self, ClassInfo, ClassParams, Htb, Installed, Leaf, Op, TreeSpec, minors::Minors},
     policy::{self, Counters, Limits, Node, Record, UnixSecs},
     rspec::Attributes,
     slices::{DEFAULT_NAME, ROOT_NAME, SliceSpec},
@@ -40,8 +40,8 @@ pub trait Kernel {
 
 /// The HTB tree.
 pub trait Tree {
-    /// Installs the fixed part; returns whether it was (re)created.
-    fn ensure_tree(&mut self, spec: &TreeSpec, take_over: bool) -> anyhow::Result<bool>;
+    /// Installs the fixed part; says whether it was (re)created and lists the classes.
+    fn ensure_tree(&mut self, spec: &TreeSpec, take_over: bool) -> anyhow::Result<Installed>;
     /// Every class with rates and counters.
     fn list(&mut self) -> anyhow::Result<Vec<ClassInfo>>;
     /// Changes.
@@ -67,7 +67,7 @@ impl Kernel for Datapath {
 }
 
 impl Tree for Htb {
-    fn ensure_tree(&mut self, spec: &TreeSpec, take_over: bool) -> anyhow::Result<bool> {
+    fn ensure_tree(&mut self, spec: &TreeSpec, take_over: bool) -> anyhow::Result<Installed> {
         Ok(Htb::ensure_tree(self, spec, take_over)?)
     }
     fn list(&mut self) -> anyhow::Result<Vec<ClassInfo>> {
@@ -170,6 +170,7 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
         let spec = self.tree_spec();
         self.tree
             .ensure_tree(&spec, self.config.take_over_root_qdisc)
+            .map(|installed| installed.created)
     }
 
     /// The tree's fixed part for this config.
@@ -219,16 +220,22 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
         let period = self.node.period_secs;
 
         let spec = self.tree_spec();
-        match self
+        // The listing made while checking the tree serves the whole sync.
+        let installed = match self
             .tree
             .ensure_tree(&spec, self.config.take_over_root_qdisc)
         {
-            Ok(true) => {
-                info!(iface = %self.config.interface, "HTB tree (re)built; adding every slice")
+            Ok(installed) => {
+                if installed.created {
+                    info!(iface = %self.config.interface, "HTB tree (re)built; adding every slice");
+                }
+                Some(installed.classes)
             }
-            Ok(false) => {}
-            Err(e) => self.error("htb", "installing the HTB tree", &e),
-        }
+            Err(e) => {
+                self.error("htb", "installing the HTB tree", &e);
+                None
+            }
+        };
         if let Err(e) = self.kernel.ensure_attached() {
             self.error("datapath", "checking the classifier's attachment", &e);
         }
@@ -440,19 +447,23 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
         }
 
         // HTB: add what is missing, change what differs, remove orphans.
-        let listed = match self.tree.list() {
-            Ok(l) => l,
-            Err(e) => {
-                self.error("htb", "listing classes", &e);
-                Vec::new()
-            }
+        let listed = match installed {
+            Some(classes) => classes,
+            None => match self.tree.list() {
+                Ok(l) => l,
+                Err(e) => {
+                    self.error("htb", "listing classes", &e);
+                    Vec::new()
+                }
+            },
         };
         let by_minor: HashMap<u16, &ClassInfo> = listed.iter().map(|c| (c.minor, c)).collect();
         let mut ops: Vec<Op> = leaves
             .iter()
             .filter(|leaf| {
                 by_minor.get(&leaf.minor).is_none_or(|c| {
-                    c.params != leaf.params || c.parent_minor != htb::parent_minor(leaf.class)
+                    !c.params.same_in_kernel(&leaf.params)
+                        || c.parent_minor != htb::parent_minor(leaf.class)
                 })
             })
             .map(|leaf| Op::Upsert(*leaf))
@@ -633,8 +644,11 @@ mod tests {
     }
 
     impl Tree for FakeTree {
-        fn ensure_tree(&mut self, _: &TreeSpec, _: bool) -> anyhow::Result<bool> {
-            Ok(false)
+        fn ensure_tree(&mut self, _: &TreeSpec, _: bool) -> anyhow::Result<Installed> {
+            Ok(Installed {
+                created: false,
+                classes: self.classes.values().copied().collect(),
+            })
         }
         fn list(&mut self) -> anyhow::Result<Vec<ClassInfo>> {
             Ok(self.classes.values().copied().collect())

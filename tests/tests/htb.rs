@@ -30,10 +30,32 @@ fn installed_tree_reads_back_through_tc() {
     let lab = Lab::new();
     let mut htb = Htb::open(&lab.host_if).unwrap();
     assert!(
-        htb.ensure_tree(&SPEC, false).unwrap(),
+        htb.ensure_tree(&SPEC, false).unwrap().created,
         "first install creates the qdisc"
     );
-    assert!(!htb.ensure_tree(&SPEC, false).unwrap(), "idempotent");
+    let again = htb.ensure_tree(&SPEC, false).unwrap();
+    assert!(!again.created, "idempotent");
+    assert_eq!(again.classes.len(), 5, "the fixed classes, listed");
+    // What the kernel reports equals what bwmon asked for, so a later call writes nothing.
+    for leaf in SPEC.default_leaves() {
+        let c = again
+            .classes
+            .iter()
+            .find(|c| c.minor == leaf.minor)
+            .unwrap();
+        assert!(c.params.same_in_kernel(&leaf.params), "{c:?} vs {leaf:?}");
+    }
+    for (minor, ceil) in [
+        (GENERAL_MINOR, SPEC.node_cap),
+        (EXEMPT_MINOR, SPEC.exempt_max),
+    ] {
+        let c = again.classes.iter().find(|c| c.minor == minor).unwrap();
+        assert_eq!(
+            (c.params.rate, c.params.ceil, c.params.quantum),
+            (BitsPerSec(1000), ceil, 1600),
+            "{c:?}"
+        );
+    }
     htb.apply(&[
         Op::Upsert(leaf(0x100, TrafficClass::General, 8_000, 50_000_000, 1600)),
         Op::Upsert(leaf(
@@ -150,7 +172,7 @@ fn tree_deleted_behind_its_back_is_rebuilt() {
     let mut htb = Htb::open(&lab.host_if).unwrap();
     htb.ensure_tree(&SPEC, false).unwrap();
     lab.tc(&["qdisc", "del", "dev", "{dev}", "root"]);
-    assert!(htb.ensure_tree(&SPEC, false).unwrap(), "rebuilt");
+    assert!(htb.ensure_tree(&SPEC, false).unwrap().created, "rebuilt");
     assert!(
         lab.tc_classes()
             .contains_key(&(1, u32::from(GENERAL_MINOR)))
@@ -175,7 +197,7 @@ fn a_foreign_root_qdisc_is_refused_unless_taken_over() {
     let q = lab.tc(&["qdisc", "show", "dev", "{dev}"]);
     assert!(String::from_utf8_lossy(&q.stdout).contains("htb 5:"));
     // Taken over on request.
-    assert!(htb.ensure_tree(&SPEC, true).unwrap());
+    assert!(htb.ensure_tree(&SPEC, true).unwrap().created);
     let q = lab.tc(&["qdisc", "show", "dev", "{dev}"]);
     assert!(String::from_utf8_lossy(&q.stdout).contains("htb 1:"));
 }

@@ -244,6 +244,15 @@ pub fn orphans(listed: &[ClassInfo], wanted: &std::collections::HashSet<u16>) ->
     out
 }
 
+/// The outcome of [`Htb::ensure_tree`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Installed {
+    /// The root qdisc was (re)created: every slice's leaves must be added again.
+    pub created: bool,
+    /// The tree's classes after the call, with rates and counters.
+    pub classes: Vec<ClassInfo>,
+}
+
 /// What sits at the root of the interface's egress.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Root {
@@ -395,6 +404,12 @@ impl Htb {
     /// # Errors
     /// Netlink failures.
     pub fn root(&mut self) -> Result<Root> {
+        Ok(self.root_and_classes()?.0)
+    }
+
+    /// What is at the root, with the classes of bwmon's tree when it is an HTB `1:` (listed
+    /// once, for the check and for the caller).
+    fn root_and_classes(&mut self) -> Result<(Root, Vec<ClassInfo>)> {
         let ifindex = self.ifindex()?;
         let msg = self.tc_message(ifindex, TcHandle::UNSPEC, TcHandle::UNSPEC);
         let req = self.request(NLM_F_DUMP, RouteNetlinkMessage::GetQueueDiscipline(msg));
@@ -403,7 +418,7 @@ impl Htb {
             .into_iter()
             .find(|m| m.header.index == ifindex && m.header.parent == TcHandle::ROOT);
         let Some(root) = root else {
-            return Ok(Root::Default);
+            return Ok((Root::Default, Vec::new()));
         };
         let kind = root
             .attributes
@@ -414,7 +429,7 @@ impl Htb {
             })
             .unwrap_or_default();
         if root.header.handle.major == 0 {
-            return Ok(Root::Default);
+            return Ok((Root::Default, Vec::new()));
         }
         if kind == "htb"
             && root.header.handle
@@ -430,24 +445,26 @@ impl Htb {
                     .any(|c| c.minor == minor && c.parent_minor == parent)
             };
             if has(TOP_MINOR, 0) && has(GENERAL_MINOR, TOP_MINOR) && has(EXEMPT_MINOR, TOP_MINOR) {
-                return Ok(Root::Ours);
+                return Ok((Root::Ours, classes));
             }
         }
-        Ok(Root::Foreign {
+        let foreign = Root::Foreign {
             kind,
             handle: format!("{:x}:", root.header.handle.major),
-        })
+        };
+        Ok((foreign, Vec::new()))
     }
 
     /// Makes sure bwmon's tree is installed: the root qdisc, `1:1`, `1:10`, `1:20` and the
-    /// default leaves, with `spec`'s rates. Idempotent. Returns whether the qdisc had to be
-    /// (re)created, in which case every slice's leaves are gone and must be added again.
+    /// default leaves, with `spec`'s rates; only what is missing or different is written.
+    /// Returns whether the qdisc had to be (re)created (then every slice's leaves are gone and
+    /// must be added again) and the tree's classes as they are now.
     ///
     /// # Errors
     /// A foreign root qdisc (unless `take_over`), or a kernel refusal.
-    pub fn ensure_tree(&mut self, spec: &TreeSpec, take_over: bool) -> Result<bool> {
+    pub fn ensure_tree(&mut self, spec: &TreeSpec, take_over: bool) -> Result<Installed> {
         let ifindex = self.ifindex()?;
-        let root = self.root()?;
+        let (root, classes) = self.root_and_classes()?;
         let mut batch = Vec::new();
         let created = match root {
             Root::Ours => false,
@@ -482,22 +499,29 @@ impl Htb {
                 true
             }
         };
-        for (minor, parent, params) in spec.inner_classes() {
-            batch.push(self.class_request(ifindex, minor, parent, &params));
+        let fixed = spec.inner_classes().into_iter().chain(
+            spec.default_leaves()
+                .map(|l| (l.minor, parent_minor(l.class), l.params)),
+        );
+        for (minor, parent, params) in fixed {
+            let current = classes.iter().find(|c| c.minor == minor);
+            if !current
+                .is_some_and(|c| c.parent_minor == parent && c.params.same_in_kernel(&params))
+            {
+                batch.push(self.class_request(ifindex, minor, parent, &params));
+            }
         }
-        for leaf in spec.default_leaves() {
-            batch.push(self.class_request(
-                ifindex,
-                leaf.minor,
-                parent_minor(leaf.class),
-                &leaf.params,
-            ));
+        if batch.is_empty() {
+            return Ok(Installed { created, classes });
         }
         self.send_batch(batch)?;
         if created {
             info!(iface = %self.iface, "installed bwmon's HTB tree");
         }
-        Ok(created)
+        Ok(Installed {
+            created,
+            classes: self.list()?,
+        })
     }
 
     /// Carries out `ops` in one batch. Every operation is attempted; the first failure is

@@ -118,6 +118,16 @@ pub struct ClassParams {
     pub quantum: u32,
 }
 
+impl ClassParams {
+    /// Equal as the kernel stores them: HTB keeps rates in whole bytes per second, so two
+    /// rates that differ below 8 bit/s are the same class (and need no change).
+    pub fn same_in_kernel(&self, other: &ClassParams) -> bool {
+        self.rate.bytes_per_sec() == other.rate.bytes_per_sec()
+            && self.ceil.bytes_per_sec() == other.ceil.bytes_per_sec()
+            && self.quantum == other.quantum
+    }
+}
+
 /// The `TCA_OPTIONS` attributes of an HTB class: `(type, payload)` pairs.
 pub fn class_options(p: &ClassParams, clock: &Psched) -> Vec<(u16, Vec<u8>)> {
     let buffer = clock.xmittime(p.rate, clock.default_burst(p.rate));
@@ -253,6 +263,18 @@ mod tests {
             }
             assert_eq!(parse_class_options(&parse_nested(&nested)), Some(params));
         }
+    }
+
+    #[test]
+    fn params_compare_at_the_kernels_precision() {
+        let p = |rate, ceil, quantum| ClassParams {
+            rate: BitsPerSec(rate),
+            ceil: BitsPerSec(ceil),
+            quantum,
+        };
+        assert!(p(1000, 1_823_457, 1600).same_in_kernel(&p(1000, 1_823_456, 1600)));
+        assert!(!p(1000, 1_823_464, 1600).same_in_kernel(&p(1000, 1_823_456, 1600)));
+        assert!(!p(1000, 8000, 1600).same_in_kernel(&p(1000, 8000, 3200)));
     }
 
     #[test]
