@@ -277,7 +277,7 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
             }
             let minors = match self.state.slices.get(&l.xid) {
                 Some(old) => Some(old.minors),
-                None => self.minors.allocate().zip(self.minors.allocate()),
+                None => self.minors.allocate_pair(),
             };
             let Some(minors) = minors else {
                 *self.errors.entry("minors").or_default() += 1;

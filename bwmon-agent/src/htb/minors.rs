@@ -50,6 +50,15 @@ impl Minors {
         Some(m)
     }
 
+    /// Two minors (a slice's general and exempt leaves), or none at all: a slice never holds
+    /// half a pair.
+    pub fn allocate_pair(&mut self) -> Option<(u16, u16)> {
+        if self.available() < 2 {
+            return None;
+        }
+        Some((self.allocate()?, self.allocate()?))
+    }
+
     /// Gives `minor` back.
     pub fn release(&mut self, minor: u16) {
         if minor >= FIRST_LEAF_MINOR && u32::from(minor) < self.next {
@@ -86,6 +95,16 @@ mod tests {
         m.release(0x1234);
         assert_eq!(m.allocate(), Some(0x1234));
         assert_eq!(m.allocate(), None);
+    }
+
+    #[test]
+    fn the_last_single_minor_is_not_handed_out_as_half_a_pair() {
+        let mut m = Minors::with_assigned(FIRST_LEAF_MINOR..0xffff);
+        assert_eq!(m.available(), 1);
+        assert_eq!(m.allocate_pair(), None);
+        assert_eq!(m.available(), 1, "nothing consumed");
+        m.release(0x200);
+        assert_eq!(m.allocate_pair(), Some((0x200, 0xffff)));
     }
 
     #[test]
