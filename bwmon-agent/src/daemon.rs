@@ -154,7 +154,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
     let mut handed: HashSet<(u32, u64)> = HashSet::new();
     for n in &syncer.state.notices {
-        if handed.insert((n.xid, n.period_start)) {
+        if handed.insert(n.key()) {
             let _ = notice_tx.send(n.clone());
         }
     }
@@ -203,11 +203,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             delivered.insert(key);
         }
         let (s, file, mut report, fresh) = tokio::task::spawn_blocking(move || {
-            let pending = s.state.notices.len();
-            s.state
-                .notices
-                .retain(|n| !delivered.contains(&(n.xid, n.period_start)));
-            let mut dirty = s.state.notices.len() != pending;
+            let mut dirty = s.state.forget_notices(&delivered);
             match file.poll(force) {
                 Some(Ok(slices)) => {
                     info!(count = slices.len(), "slices file loaded");
@@ -231,7 +227,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("sync task")?;
         for n in fresh {
-            if handed.insert((n.xid, n.period_start)) {
+            if handed.insert(n.key()) {
                 let _ = notice_tx.send(n);
             }
         }
@@ -266,11 +262,7 @@ fn forget_delivered<K: crate::sync::Kernel, T: crate::sync::Tree>(
     delivered: &HashSet<(u32, u64)>,
     path: &std::path::Path,
 ) {
-    let before = s.state.notices.len();
-    s.state
-        .notices
-        .retain(|n| !delivered.contains(&(n.xid, n.period_start)));
-    if s.state.notices.len() != before
+    if s.state.forget_notices(delivered)
         && let Err(e) = s.state.save(path)
     {
         *s.errors.entry("state").or_default() += 1;
@@ -307,7 +299,7 @@ async fn notifier(
                     match sent {
                         Ok(Ok(Ok(()))) => {
                             info!(slice = %n.slice, xid = n.xid, "notice delivered");
-                            delivered.push((n.xid, n.period_start));
+                            delivered.push(n.key());
                         }
                         other => {
                             let why = match other {
@@ -323,7 +315,7 @@ async fn notifier(
                         }
                     }
                 }
-                outbox.retain(|n| !delivered.contains(&(n.xid, n.period_start)));
+                outbox.retain(|n| !delivered.contains(&n.key()));
                 for key in delivered {
                     let _ = done.send(key);
                 }

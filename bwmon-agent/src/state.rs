@@ -43,6 +43,13 @@ pub struct Notice {
     pub next_attempt: UnixSecs,
 }
 
+impl Notice {
+    /// What identifies a notice: one per slice and period.
+    pub fn key(&self) -> (u32, UnixSecs) {
+        (self.xid, self.period_start)
+    }
+}
+
 /// One slice's persisted accounting.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SliceState {
@@ -102,6 +109,16 @@ pub enum StateError {
 }
 
 impl State {
+    /// Drops the notices whose keys are in `delivered`; says whether any was dropped.
+    pub fn forget_notices(
+        &mut self,
+        delivered: &std::collections::HashSet<(u32, UnixSecs)>,
+    ) -> bool {
+        let before = self.notices.len();
+        self.notices.retain(|n| !delivered.contains(&n.key()));
+        self.notices.len() != before
+    }
+
     /// Reads the state at `path`; a missing file is a first start (empty state).
     ///
     /// # Errors
