@@ -16,7 +16,7 @@ pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
     /// The file could not be read.
-    #[error("reading kernel BTF {path}: {source}")]
+    #[error("reading kernel BTF {path}")]
     Read {
         /// The file.
         path: String,

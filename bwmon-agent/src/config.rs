@@ -2,15 +2,19 @@
 //! each as `path:line: key: message`, not only the first.
 
 use std::{
-    fmt,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use ipnet::IpNet;
-use toml_edit::{ImDocument, Item, Value};
+use toml_edit::{Item, Value};
 
-use crate::{paths, rspec::Attributes, units::BitsPerSec};
+use crate::{
+    paths,
+    problems::{Collector, FileErrors, Problem, parse_document, plain_value},
+    rspec::Attributes,
+    units::{BitsPerSec, parse_duration},
+};
 use bwmon_common::XidSource;
 
 /// How notices are delivered.
@@ -83,155 +87,6 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Kernel-side diagnostics through aya-log.
     pub kernel_log: bool,
-}
-
-/// One problem in a file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    /// 1-based line.
-    pub line: usize,
-    /// The key, dotted ("mail.smtp").
-    pub key: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-/// Everything wrong with a file.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub struct FileErrors {
-    /// The file.
-    pub path: PathBuf,
-    /// The problems, in file order.
-    pub problems: Vec<Problem>,
-}
-
-impl fmt::Display for FileErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.problems.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(
-                f,
-                "{}:{}: {}: {}",
-                self.path.display(),
-                p.line,
-                p.key,
-                p.message
-            )?;
-        }
-        Ok(())
-    }
-}
-
-/// Collects problems with their lines while a file is read.
-pub(crate) struct Collector<'a> {
-    text: &'a str,
-    pub(crate) problems: Vec<Problem>,
-}
-
-impl<'a> Collector<'a> {
-    pub(crate) fn new(text: &'a str) -> Self {
-        Self {
-            text,
-            problems: Vec::new(),
-        }
-    }
-
-    pub(crate) fn line_of(&self, span: Option<std::ops::Range<usize>>) -> usize {
-        span.map(|r| {
-            self.text[..r.start.min(self.text.len())]
-                .matches('\n')
-                .count()
-                + 1
-        })
-        .unwrap_or(1)
-    }
-
-    pub(crate) fn add(&mut self, item: Option<&Item>, key: &str, message: impl Into<String>) {
-        let line = self.line_of(item.and_then(Item::span));
-        self.problems.push(Problem {
-            line,
-            key: key.to_owned(),
-            message: message.into(),
-        });
-    }
-
-    pub(crate) fn add_value(&mut self, value: &Value, key: &str, message: impl Into<String>) {
-        let line = self.line_of(value.span());
-        self.problems.push(Problem {
-            line,
-            key: key.to_owned(),
-            message: message.into(),
-        });
-    }
-
-    pub(crate) fn finish(mut self, path: &Path) -> Result<(), FileErrors> {
-        if self.problems.is_empty() {
-            return Ok(());
-        }
-        self.problems.sort_by_key(|p| p.line);
-        Err(FileErrors {
-            path: path.to_owned(),
-            problems: self.problems,
-        })
-    }
-}
-
-/// Parses a TOML document, turning a syntax error into a located problem.
-pub(crate) fn parse_document(path: &Path, text: &str) -> Result<ImDocument<String>, FileErrors> {
-    ImDocument::parse(text.to_owned()).map_err(|e| {
-        let c = Collector::new(text);
-        FileErrors {
-            path: path.to_owned(),
-            problems: vec![Problem {
-                line: c.line_of(e.span()),
-                key: "(syntax)".into(),
-                message: e.message().to_owned(),
-            }],
-        }
-    })
-}
-
-/// Turns a TOML value into a toml::Value for the attribute parser.
-pub(crate) fn plain_value(v: &Value) -> toml::Value {
-    match v {
-        Value::Integer(i) => toml::Value::Integer(*i.value()),
-        Value::String(s) => toml::Value::String(s.value().clone()),
-        Value::Float(f) => toml::Value::Float(*f.value()),
-        Value::Boolean(b) => toml::Value::Boolean(*b.value()),
-        Value::Datetime(d) => toml::Value::Datetime(*d.value()),
-        Value::Array(a) => toml::Value::Array(a.iter().map(plain_value).collect()),
-        Value::InlineTable(t) => toml::Value::Table(
-            t.iter()
-                .map(|(k, v)| (k.to_owned(), plain_value(v)))
-                .collect(),
-        ),
-    }
-}
-
-/// Parses "1d", "90s", "1.5h", "10m" or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let mult = match unit.trim() {
-        "" | "s" => 1.0,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        "d" => 86_400.0,
-        "w" => 7.0 * 86_400.0,
-        _ => f64::NAN,
-    };
-    let secs: f64 = num.parse().unwrap_or(f64::NAN) * mult;
-    if !secs.is_finite() || !(1.0..=366.0 * 86_400.0).contains(&secs) {
-        return Err(format!(
-            "invalid duration '{text}', which should be a number of seconds of at least 1 with a unit s, m, h, d or w (e.g. '1d', '90s', '1.5h')"
-        ));
-    }
-    Ok(Duration::from_secs(secs.round() as u64))
 }
 
 fn rate(v: &Value) -> Result<BitsPerSec, String> {
@@ -360,7 +215,7 @@ impl Config {
 
         let interface = match string(&mut c, "interface") {
             Some(i) => {
-                if let Err(e) = crate::datapath::validate_interface_name(&i) {
+                if let Err(e) = crate::interface::validate_name(&i) {
                     c.add(get("interface"), "interface", e.to_string());
                 }
                 i
@@ -708,16 +563,5 @@ listen = "127.0.0.1:9110"
     fn syntax_errors_are_located() {
         let err = parse("interface = \"eth0\"\nnode_cap = = 3\n").unwrap_err();
         assert_eq!(err.problems[0].line, 2, "{err}");
-    }
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("40"), Ok(Duration::from_secs(40)));
-        for bad in ["", "0s", "1y", "-1d", "d"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
     }
 }

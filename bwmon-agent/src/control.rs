@@ -63,7 +63,7 @@ pub enum ReplyBody {
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// Could not connect or talk.
-    #[error("control socket {path}: {source} (is `bwmon run` running?)")]
+    #[error("control socket {path} (is `bwmon run` running?)")]
     Io {
         /// The socket.
         path: PathBuf,

@@ -1,6 +1,7 @@
-//! `bwmon run`: the async edges around the synchronous sync loop. Blocking bpf and netlink
-//! work runs in `spawn_blocking`; signals, the interval, the control socket and the kernel log
-//! share one shutdown signal.
+//! `bwmon run`: the async edges around the synchronous sync loop. The syncer (and with it the
+//! state) lives in one worker thread and is reached only through its command channel; signals,
+//! the interval, the control socket, the metrics endpoint, notices and the kernel log share one
+//! shutdown signal.
 
 use std::{
     collections::HashSet,
@@ -23,10 +24,11 @@ use crate::{
     config::Config,
     control,
     datapath::{Datapath, DatapathOptions},
+    error_kind::ErrorKind,
     htb::Htb,
     notify::{self, Mailer},
-    slices::SlicesFile,
-    state::{Notice, State},
+    slices::{SliceSpec, SlicesFile},
+    state::{Notice, NoticeKey, State, StateFile},
     status::StatusReport,
     sync::Syncer,
 };
@@ -40,7 +42,7 @@ fn now() -> u64 {
 
 /// Reads the slices file at start: a missing file means no slices yet; a bad one stops the
 /// start (there is no last good file to keep in force).
-fn initial_slices(file: &mut SlicesFile) -> anyhow::Result<Vec<crate::slices::SliceSpec>> {
+fn initial_slices(file: &mut SlicesFile) -> anyhow::Result<Vec<SliceSpec>> {
     if !file.path().exists() {
         warn!(path = %file.path().display(), "no slices file: only root and default are accounted until it appears");
         let _ = file.poll(true);
@@ -51,6 +53,77 @@ fn initial_slices(file: &mut SlicesFile) -> anyhow::Result<Vec<crate::slices::Sl
         Some(Err(e)) => Err(anyhow::Error::new(e).context("the slices file has problems")),
         None => Ok(Vec::new()),
     }
+}
+
+/// What the daemon asks of the sync worker.
+enum Command {
+    /// Sync now; re-read the slices file first when `reload` (else only when it changed).
+    Sync { reload: bool },
+    /// Sync now if the slices file changed (a cheap `stat`).
+    SyncIfSlicesChanged,
+    /// A notice was delivered: forget it.
+    Delivered(NoticeKey),
+}
+
+/// The sync worker's outputs.
+struct Outlets {
+    status: watch::Sender<Arc<StatusReport>>,
+    notices: mpsc::UnboundedSender<Notice>,
+    notify_errors: Arc<AtomicU64>,
+}
+
+/// The one owner of the syncer and the slices file: runs commands until the channel closes,
+/// then saves the state.
+fn sync_worker(
+    mut syncer: Syncer<Datapath, Htb>,
+    mut slices: SlicesFile,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    out: Outlets,
+) {
+    // Notices left undelivered by an earlier run are handed over once.
+    for n in &syncer.state().notices {
+        let _ = out.notices.send(n.clone());
+    }
+    while let Some(command) = commands.blocking_recv() {
+        let reload = match command {
+            Command::Delivered(key) => {
+                // Forgotten (and saved) at once, so a crash cannot send it twice.
+                syncer.forget_notices(&HashSet::from([key]));
+                continue;
+            }
+            Command::Sync { reload } => reload,
+            Command::SyncIfSlicesChanged => {
+                if !slices.changed() {
+                    continue;
+                }
+                info!("the slices file changed; syncing now");
+                false
+            }
+        };
+        match slices.poll(reload) {
+            Some(Ok(list)) => {
+                info!(count = list.len(), "slices file loaded");
+                syncer.set_slices(list);
+            }
+            Some(Err(e)) => {
+                syncer.count_error(ErrorKind::Slices);
+                warn!(error = %e, "slices file rejected; the last good one stays in force");
+            }
+            None => {}
+        }
+        let outcome = syncer.step(now());
+        for n in outcome.new_notices {
+            let _ = out.notices.send(n);
+        }
+        let mut report = outcome.report;
+        let failed = out.notify_errors.load(Ordering::Relaxed);
+        if failed > 0 {
+            report.errors.insert(ErrorKind::Notify, failed);
+        }
+        let _ = out.status.send(Arc::new(report));
+    }
+    info!("stopping: saving the state; the datapath keeps counting");
+    syncer.persist();
 }
 
 /// Runs the daemon until SIGTERM or SIGINT; then finishes the current sync, persists, and
@@ -75,8 +148,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let logger = datapath.kernel_logger(log::logger())?;
         let mut shutdown = shutdown_rx.clone();
         // SAFETY: the logger owns the ring buffer's fd and keeps it open while registered.
-        let fd = unsafe { AsyncFd::register(logger) }
-            .map_err(|e| anyhow::anyhow!("polling the kernel log: {e}"))?;
+        let fd = unsafe { AsyncFd::register(logger) }.context("polling the kernel log")?;
         tokio::spawn(async move {
             let mut fd = fd;
             loop {
@@ -97,7 +169,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         });
     }
     let htb = Htb::open(&config.interface)?;
-    let mut syncer = Syncer::new(config.clone(), datapath, htb, state, slices);
+    let state_file = StateFile::new(config.state.clone());
+    let mut syncer = Syncer::new(config.clone(), datapath, htb, state_file, state, slices);
     // The tree is installed before anything else, so a foreign root qdisc stops the start.
     let syncer = tokio::task::spawn_blocking(move || syncer.install_tree().map(|_| syncer))
         .await
@@ -143,7 +216,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.period.as_secs(),
     )?);
     let (notice_tx, notice_rx) = mpsc::unbounded_channel::<Notice>();
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u32, u64)>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<NoticeKey>();
     let notify_errors = Arc::new(AtomicU64::new(0));
     tokio::spawn(notifier(
         mailer,
@@ -152,122 +225,48 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         notify_errors.clone(),
         shutdown_rx.clone(),
     ));
-    let mut handed: HashSet<(u32, u64)> = HashSet::new();
-    for n in &syncer.state.notices {
-        if handed.insert(n.key()) {
-            let _ = notice_tx.send(n.clone());
-        }
-    }
 
-    let mut carried = Some((syncer, slices_file));
-    let state_path = config.state.clone();
-    let mut force_reload = false;
+    let (command_tx, command_rx) = mpsc::unbounded_channel();
+    let outlets = Outlets {
+        status: status_tx,
+        notices: notice_tx,
+        notify_errors,
+    };
+    let worker = std::thread::Builder::new()
+        .name("bwmon-sync".into())
+        .spawn(move || sync_worker(syncer, slices_file, command_rx, outlets))
+        .context("starting the sync worker")?;
+
     // A changed slices file is acted on within a second, not at the next interval.
     let mut watch_tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = watch_tick.tick() => {
-                if !carried.as_ref().is_some_and(|(_, file)| file.changed()) {
-                    continue;
-                }
-                info!("the slices file changed; syncing now");
-            }
-            Some(key) = done_rx.recv() => {
-                // Forget a delivered notice at once, so a crash cannot send it twice.
-                let Some((mut s, file)) = carried.take() else { break };
-                let path = state_path.clone();
-                let s = tokio::task::spawn_blocking(move || {
-                    forget_delivered(&mut s, &HashSet::from([key]), &path);
-                    s
-                })
-                .await
-                .context("saving a delivered notice")?;
-                carried = Some((s, file));
-                continue;
-            }
+        let command = tokio::select! {
+            _ = ticker.tick() => Command::Sync { reload: false },
+            _ = watch_tick.tick() => Command::SyncIfSlicesChanged,
+            Some(key) = done_rx.recv() => Command::Delivered(key),
             _ = hup.recv() => {
                 info!("SIGHUP: re-reading the slices file");
-                force_reload = true;
+                Command::Sync { reload: true }
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
-        }
-        let Some((mut s, mut file)) = carried.take() else {
-            break;
         };
-        let force = std::mem::take(&mut force_reload);
-        let path = state_path.clone();
-        let mut delivered = HashSet::new();
-        while let Ok(key) = done_rx.try_recv() {
-            delivered.insert(key);
+        if command_tx.send(command).is_err() {
+            break;
         }
-        let (s, file, mut report, fresh) = tokio::task::spawn_blocking(move || {
-            let mut dirty = s.state.forget_notices(&delivered);
-            match file.poll(force) {
-                Some(Ok(slices)) => {
-                    info!(count = slices.len(), "slices file loaded");
-                    s.set_slices(slices);
-                }
-                Some(Err(e)) => {
-                    *s.errors.entry("slices").or_default() += 1;
-                    warn!(error = %e, "slices file rejected; the last good one stays in force");
-                }
-                None => {}
-            }
-            let outcome = s.step(now());
-            dirty |= outcome.state_changed;
-            if dirty && let Err(e) = s.state.save(&path) {
-                *s.errors.entry("state").or_default() += 1;
-                warn!(error = %e, "saving the state; retrying next interval");
-            }
-            let fresh: Vec<Notice> = s.state.notices.clone();
-            (s, file, outcome.report, fresh)
-        })
-        .await
-        .context("sync task")?;
-        for n in fresh {
-            if handed.insert(n.key()) {
-                let _ = notice_tx.send(n);
-            }
-        }
-        let failed = notify_errors.load(Ordering::Relaxed);
-        if failed > 0 {
-            report.errors.push(("notify".into(), failed));
-        }
-        let _ = status_tx.send(Arc::new(report));
-        carried = Some((s, file));
     }
-    info!("stopping: saving the state; the datapath keeps counting");
     let _ = shutdown_tx.send(true);
-    let mut delivered = HashSet::new();
+    // Deliveries confirmed before the shutdown are forgotten before the final save.
     while let Ok(key) = done_rx.try_recv() {
-        delivered.insert(key);
+        let _ = command_tx.send(Command::Delivered(key));
     }
-    if let Some((mut s, _)) = carried {
-        tokio::task::spawn_blocking(move || {
-            forget_delivered(&mut s, &delivered, &state_path);
-            s.state.save(&state_path)
-        })
+    drop(command_tx);
+    tokio::task::spawn_blocking(move || worker.join())
         .await
-        .context("final save")??;
-    }
+        .context("waiting for the sync worker")?
+        .map_err(|_| anyhow::anyhow!("the sync worker panicked"))?;
     let _ = std::fs::remove_file(&config.socket);
     Ok(())
-}
-
-/// Drops delivered notices from the state and saves it when that changed anything.
-fn forget_delivered<K: crate::sync::Kernel, T: crate::sync::Tree>(
-    s: &mut Syncer<K, T>,
-    delivered: &HashSet<(u32, u64)>,
-    path: &std::path::Path,
-) {
-    if s.state.forget_notices(delivered)
-        && let Err(e) = s.state.save(path)
-    {
-        *s.errors.entry("state").or_default() += 1;
-        warn!(error = %e, "saving the state after a delivery");
-    }
 }
 
 /// Delivers notices, retrying with backoff; reports each delivered one as (xid, period start)
@@ -275,7 +274,7 @@ fn forget_delivered<K: crate::sync::Kernel, T: crate::sync::Tree>(
 async fn notifier(
     mailer: Arc<Mailer>,
     mut inbox: mpsc::UnboundedReceiver<Notice>,
-    done: mpsc::UnboundedSender<(u32, u64)>,
+    done: mpsc::UnboundedSender<NoticeKey>,
     errors: Arc<AtomicU64>,
     mut shutdown: watch::Receiver<bool>,
 ) {

@@ -11,7 +11,11 @@ use tokio::{
     sync::watch,
 };
 
-use crate::status::{SliceStatus, StatusReport};
+use crate::{
+    class::PerClass,
+    error_kind::ErrorKind,
+    status::{SliceStatus, StatusReport},
+};
 
 /// Escapes a label value (backslash, quote, newline).
 fn label(v: &str) -> String {
@@ -22,31 +26,40 @@ fn label(v: &str) -> String {
 
 /// Per-slice metrics, one sample per traffic class: name, help, type, and the values
 /// (general, exempt) of a status line.
-type PerClass = (
+type ClassMetric = (
     &'static str,
     &'static str,
     &'static str,
-    fn(&SliceStatus) -> [u64; 2],
+    fn(&SliceStatus) -> PerClass<u64>,
 );
 
-const PER_CLASS: [PerClass; 3] = [
+const PER_CLASS: [ClassMetric; 3] = [
     (
         "bwmon_slice_bytes_total",
         "Bytes a slice sent in the current period, by traffic class.",
         "counter",
-        |s| [s.bytes, s.exempt_bytes],
+        |s| PerClass {
+            general: s.bytes,
+            exempt: s.exempt_bytes,
+        },
     ),
     (
         "bwmon_slice_ceil_bits_per_second",
         "The HTB ceiling in force, by traffic class.",
         "gauge",
-        |s| [s.ceil_bps, s.exempt_ceil_bps],
+        |s| PerClass {
+            general: s.ceil_bps,
+            exempt: s.exempt_ceil_bps,
+        },
     ),
     (
         "bwmon_slice_capped",
         "1 when the slice's ceiling is lowered, by traffic class.",
         "gauge",
-        |s| [u64::from(s.capped), u64::from(s.exempt_capped)],
+        |s| PerClass {
+            general: u64::from(s.capped),
+            exempt: u64::from(s.exempt_capped),
+        },
     ),
 ];
 
@@ -56,12 +69,13 @@ pub fn render(r: &StatusReport) -> String {
     for (name, help, kind, values) in PER_CLASS {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for s in &r.slices {
-            for (class, v) in ["general", "exempt"].into_iter().zip(values(s)) {
+            for (class, v) in values(s).iter() {
                 let _ = writeln!(
                     out,
-                    "{name}{{slice=\"{}\",xid=\"{}\",class=\"{class}\"}} {v}",
+                    "{name}{{slice=\"{}\",xid=\"{}\",class=\"{}\"}} {v}",
                     label(&s.name),
-                    s.xid
+                    s.xid,
+                    class.name()
                 );
             }
         }
@@ -69,13 +83,9 @@ pub fn render(r: &StatusReport) -> String {
     out.push_str("# HELP bwmon_sync_duration_seconds Duration of the last sync.\n# TYPE bwmon_sync_duration_seconds gauge\n");
     let _ = writeln!(out, "bwmon_sync_duration_seconds {}", r.last_sync_secs);
     out.push_str("# HELP bwmon_errors_total Errors since start, by kind.\n# TYPE bwmon_errors_total counter\n");
-    for kind in ["datapath", "htb", "slices", "state", "notify", "minors"] {
-        let v = r
-            .errors
-            .iter()
-            .find(|(k, _)| k == kind)
-            .map_or(0, |(_, v)| *v);
-        let _ = writeln!(out, "bwmon_errors_total{{kind=\"{kind}\"}} {v}");
+    for kind in ErrorKind::ALL {
+        let v = r.errors.get(&kind).copied().unwrap_or(0);
+        let _ = writeln!(out, "bwmon_errors_total{{kind=\"{}\"}} {v}", kind.name());
     }
     out
 }
@@ -141,7 +151,7 @@ mod tests {
                 classes: vec![],
             }],
             last_sync_secs: 0.25,
-            errors: vec![("htb".into(), 3)],
+            errors: [(ErrorKind::Htb, 3)].into(),
             ..Default::default()
         };
         let text = render(&r);

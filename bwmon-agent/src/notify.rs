@@ -15,7 +15,7 @@ use crate::{
     class::TrafficClass,
     config::{Mail, Transport},
     slices::ROOT_NAME,
-    state::Notice,
+    state::{CappedClass, Notice},
     units::Bytes,
 };
 
@@ -95,7 +95,13 @@ pub fn subject(operator: &str, slice: &str, host: &str) -> String {
 /// The body: one paragraph per capped class, then the seed's footer.
 pub fn body(n: &Notice, host: &str, period_secs: u64, now: u64) -> String {
     let mut out = String::new();
-    for (class, used, ceil, limit) in &n.capped {
+    for CappedClass {
+        class,
+        used,
+        ceil,
+        budget: limit,
+    } in &n.capped
+    {
         let words = match class {
             TrafficClass::General => "general",
             TrafficClass::Exempt => "exempt",
@@ -278,18 +284,18 @@ mod tests {
             period_start: 1_700_000_000,
             period_end: 1_700_086_400,
             capped: vec![
-                (
-                    TrafficClass::General,
-                    Bytes(5_400_000_000),
-                    BitsPerSec(1_500_000),
-                    Bytes(5_798_205_440),
-                ),
-                (
-                    TrafficClass::Exempt,
-                    Bytes(17_000_000_000),
-                    BitsPerSec(8_000),
-                    Bytes(17_609_365_504),
-                ),
+                CappedClass {
+                    class: TrafficClass::General,
+                    used: Bytes(5_400_000_000),
+                    ceil: BitsPerSec(1_500_000),
+                    budget: Bytes(5_798_205_440),
+                },
+                CappedClass {
+                    class: TrafficClass::Exempt,
+                    used: Bytes(17_000_000_000),
+                    ceil: BitsPerSec(8_000),
+                    budget: Bytes(17_609_365_504),
+                },
             ],
             decided_at: 1_700_040_000,
             attempts: 0,

@@ -9,13 +9,11 @@
 //! capped in a period is noticed exactly once in that period, whichever class tripped.
 
 use crate::{
-    class::TrafficClass,
+    class::{PerClass, TrafficClass},
     rspec::Attributes,
-    units::{BitsPerSec, Bytes, KBytes, KbitPerSec},
+    units::{BWMIN, BitsPerSec, Bytes, KBytes, KbitPerSec},
 };
 
-/// The smallest rate ever set (bwlimit's `bwmin`).
-pub const BWMIN: BitsPerSec = BitsPerSec(1000);
 /// The seed's default volume per period: 5.4 GiB.
 pub const DEFAULT_MAX_KBYTE: KBytes = KBytes(5_662_310);
 /// The seed's default exempt volume per period: 16.4 GiB.
@@ -46,28 +44,14 @@ pub struct ClassLimits {
     pub max: Bytes,
     /// Volume after which the ceiling is lowered.
     pub thresh: Bytes,
-    /// HTB share (quantum = share × 1600).
+    /// HTB share (the leaf's quantum is proportional to it).
     pub share: u32,
 }
 
 /// A slice's resolved limits for both classes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Limits {
-    /// General traffic.
-    pub general: ClassLimits,
-    /// Exempt traffic.
-    pub exempt: ClassLimits,
-}
+pub type Limits = PerClass<ClassLimits>;
 
 impl Limits {
-    /// The limits of one class.
-    pub fn of(&self, class: TrafficClass) -> &ClassLimits {
-        match class {
-            TrafficClass::General => &self.general,
-            TrafficClass::Exempt => &self.exempt,
-        }
-    }
-
     /// Resolves attributes (already merged with the config's defaults) against the node:
     /// defaults of the seed, `net_min_rate` clamped to 25 % of the node cap, then
     /// bwmin ≤ min ≤ max ≤ cap (exempt: ≤ exempt max); thresholds default to 80 % of the max
@@ -101,7 +85,7 @@ impl Limits {
         };
         let (g_vol, g_thresh) = volume(a.max_kbyte, a.thresh_kbyte, DEFAULT_MAX_KBYTE);
         let (e_vol, e_thresh) = volume(a.i2_max_kbyte, a.i2_thresh_kbyte, DEFAULT_I2_MAX_KBYTE);
-        Limits {
+        PerClass {
             general: ClassLimits {
                 min_rate: g_min,
                 max_rate: g_max,
@@ -134,58 +118,40 @@ pub struct ClassRecord {
 pub struct Record {
     /// When the period began.
     pub period_start: UnixSecs,
-    /// General traffic.
-    pub general: ClassRecord,
-    /// Exempt traffic.
-    pub exempt: ClassRecord,
+    /// Per traffic class.
+    pub classes: PerClass<ClassRecord>,
     /// A notice was sent (or queued) for this period.
     pub emailed: bool,
 }
 
 impl Record {
-    /// The record of one class.
-    pub fn of(&self, class: TrafficClass) -> &ClassRecord {
-        match class {
-            TrafficClass::General => &self.general,
-            TrafficClass::Exempt => &self.exempt,
-        }
-    }
-
-    fn of_mut(&mut self, class: TrafficClass) -> &mut ClassRecord {
-        match class {
-            TrafficClass::General => &mut self.general,
-            TrafficClass::Exempt => &mut self.exempt,
-        }
-    }
-
     /// Bytes used in this period by `class`, given its counter.
     pub fn used(&self, class: TrafficClass, counter: u64) -> Bytes {
-        Bytes(counter.saturating_sub(self.of(class).baseline))
+        Bytes(counter.saturating_sub(self.classes.of(class).baseline))
     }
 
     /// Whether this record's period is over at `now`.
     pub fn expired(&self, now: UnixSecs, period_secs: u64) -> bool {
         now >= self.period_start.saturating_add(period_secs)
     }
+
+    /// Whether `class`'s ceiling is below its max rate.
+    pub fn capped(&self, class: TrafficClass, limits: &Limits) -> bool {
+        self.classes.of(class).ceil < limits.of(class).max_rate
+    }
 }
 
 /// The counters of a slice's two classes (monotonic bytes charged).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    /// General bytes.
-    pub general: u64,
-    /// Exempt bytes.
-    pub exempt: u64,
-}
+pub type Counters = PerClass<u64>;
 
-impl Counters {
-    /// The counter of one class.
-    pub fn of(&self, class: TrafficClass) -> u64 {
-        match class {
-            TrafficClass::General => self.general,
-            TrafficClass::Exempt => self.exempt,
-        }
-    }
+/// Whether the policy may lower a slice's ceilings. Root and the default pseudo-slice are
+/// accounted and shown, never capped: that is an input of the decision, not undone after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Capping {
+    /// The seed's rules: capped past the threshold, noticed once per period.
+    Policy,
+    /// Ceilings stay at the max rates; never noticed.
+    Never,
 }
 
 /// What the policy decided for one slice at one sync.
@@ -203,14 +169,10 @@ pub struct Decision {
 pub fn start(counters: Counters, limits: &Limits, now: UnixSecs) -> Record {
     Record {
         period_start: now,
-        general: ClassRecord {
-            baseline: counters.general,
-            ceil: limits.general.max_rate,
-        },
-        exempt: ClassRecord {
-            baseline: counters.exempt,
-            ceil: limits.exempt.max_rate,
-        },
+        classes: PerClass::from_fn(|c| ClassRecord {
+            baseline: *counters.of(c),
+            ceil: limits.of(c).max_rate,
+        }),
         emailed: false,
     }
 }
@@ -236,10 +198,11 @@ pub fn decide(
     limits: &Limits,
     now: UnixSecs,
     period_secs: u64,
+    capping: Capping,
 ) -> Decision {
     let backwards = TrafficClass::ALL
         .iter()
-        .any(|c| counters.of(*c) < record.of(*c).baseline);
+        .any(|c| counters.of(*c) < &record.classes.of(*c).baseline);
     if record.expired(now, period_secs) || backwards || now < record.period_start {
         return Decision {
             record: start(counters, limits, now),
@@ -249,18 +212,19 @@ pub fn decide(
     }
     let elapsed = now - record.period_start;
     let mut next = *record;
-    let mut capped = false;
     for class in TrafficClass::ALL {
         let l = limits.of(class);
-        let ceil = ceiling(
-            l,
-            record.used(class, counters.of(class)),
-            elapsed,
-            period_secs,
-        );
-        next.of_mut(class).ceil = ceil;
-        capped |= ceil < l.max_rate;
+        next.classes.of_mut(class).ceil = match capping {
+            Capping::Policy => ceiling(
+                l,
+                record.used(class, *counters.of(class)),
+                elapsed,
+                period_secs,
+            ),
+            Capping::Never => l.max_rate,
+        };
     }
+    let capped = TrafficClass::ALL.iter().any(|c| next.capped(*c, limits));
     let notify = capped && !record.emailed;
     next.emailed |= notify;
     Decision {
@@ -359,8 +323,9 @@ mod tests {
             &l,
             2000,
             NODE.period_secs,
+            Capping::Policy,
         );
-        assert_eq!(d.record.general.ceil, l.general.max_rate);
+        assert_eq!(d.record.classes.general.ceil, l.general.max_rate);
         assert!(!d.notify && !d.reset);
     }
 
@@ -378,11 +343,12 @@ mod tests {
             &l,
             43_200,
             86_400,
+            Capping::Policy,
         );
         let expect = (1_024_000_000u64 - used) * 8 / 43_200;
-        assert_eq!(d.record.general.ceil, BitsPerSec(expect));
+        assert_eq!(d.record.classes.general.ceil, BitsPerSec(expect));
         assert_eq!(
-            d.record.exempt.ceil, l.exempt.max_rate,
+            d.record.classes.exempt.ceil, l.exempt.max_rate,
             "exempt is decided on its own"
         );
         assert!(d.notify && d.record.emailed);
@@ -401,8 +367,12 @@ mod tests {
             &l,
             86_399,
             86_400,
+            Capping::Policy,
         );
-        assert_eq!(d.record.general.ceil, BitsPerSec((1_024_000 - 900_000) * 8));
+        assert_eq!(
+            d.record.classes.general.ceil,
+            BitsPerSec((1_024_000 - 900_000) * 8)
+        );
     }
 
     #[test]
@@ -424,8 +394,9 @@ mod tests {
             &l,
             10,
             86_400,
+            Capping::Policy,
         );
-        assert_eq!(d.record.general.ceil, BitsPerSec(64_000));
+        assert_eq!(d.record.classes.general.ceil, BitsPerSec(64_000));
     }
 
     #[test]
@@ -436,15 +407,15 @@ mod tests {
             general: 1 << 20,
             exempt: 1 << 20,
         };
-        let d1 = decide(&r, both, &l, 10, 100);
+        let d1 = decide(&r, both, &l, 10, 100, Capping::Policy);
         assert!(d1.notify);
-        let d2 = decide(&d1.record, both, &l, 20, 100);
+        let d2 = decide(&d1.record, both, &l, 20, 100, Capping::Policy);
         assert!(!d2.notify, "already noticed this period");
         // Next period: the record resets, and the next trip notifies again.
-        let d3 = decide(&d2.record, both, &l, 100, 100);
+        let d3 = decide(&d2.record, both, &l, 100, 100, Capping::Policy);
         assert!(d3.reset && !d3.record.emailed);
         assert_eq!(
-            d3.record.general.ceil, l.general.max_rate,
+            d3.record.classes.general.ceil, l.general.max_rate,
             "reset restores max"
         );
         let d4 = decide(
@@ -456,6 +427,7 @@ mod tests {
             &l,
             110,
             100,
+            Capping::Policy,
         );
         assert!(d4.notify);
     }
@@ -480,17 +452,18 @@ mod tests {
             &l,
             10,
             100,
+            Capping::Policy,
         );
         assert!(d.reset);
         assert_eq!(d.record.period_start, 10);
-        assert_eq!(d.record.general.baseline, 10);
+        assert_eq!(d.record.classes.general.baseline, 10);
     }
 
     #[test]
     fn a_clock_before_the_period_start_starts_a_new_period() {
         let l = limits(10);
         let r = start(Counters::default(), &l, 1000);
-        assert!(decide(&r, Counters::default(), &l, 500, 100).reset);
+        assert!(decide(&r, Counters::default(), &l, 500, 100, Capping::Policy).reset);
     }
 
     proptest! {
@@ -531,10 +504,10 @@ mod tests {
             let mut counter = 0u64;
             let mut now = 0;
             while now + interval <= period {
-                let d = decide(&record, Counters { general: counter, exempt: 0 }, &l, now, period);
+                let d = decide(&record, Counters { general: counter, exempt: 0 }, &l, now, period, Capping::Policy);
                 record = d.record;
                 // Send flat out at the ceiling for one interval (bwmin is 125 bytes/s of slack).
-                let ceil = record.general.ceil.0;
+                let ceil = record.classes.general.ceil.0;
                 let sent = if ceil >= l.general.max_rate.0 {
                     // Uncapped: the slice may send anything up to its threshold within this
                     // interval; model the worst case that lands exactly at the threshold.
@@ -555,15 +528,15 @@ mod tests {
         ) {
             let l = limits(1000);
             let mut r = start(Counters::default(), &l, start_at);
-            r.general.ceil = BWMIN;
-            r.exempt.ceil = BWMIN;
+            r.classes.general.ceil = BWMIN;
+            r.classes.exempt.ceil = BWMIN;
             r.emailed = true;
-            let d = decide(&r, Counters { general: g, exempt: e }, &l, start_at + period, period);
+            let d = decide(&r, Counters { general: g, exempt: e }, &l, start_at + period, period, Capping::Policy);
             prop_assert!(d.reset);
-            prop_assert_eq!(d.record.general.ceil, l.general.max_rate);
-            prop_assert_eq!(d.record.exempt.ceil, l.exempt.max_rate);
+            prop_assert_eq!(d.record.classes.general.ceil, l.general.max_rate);
+            prop_assert_eq!(d.record.classes.exempt.ceil, l.exempt.max_rate);
             prop_assert!(!d.record.emailed);
-            prop_assert_eq!((d.record.general.baseline, d.record.exempt.baseline), (g, e));
+            prop_assert_eq!((d.record.classes.general.baseline, d.record.classes.exempt.baseline), (g, e));
         }
     }
 }

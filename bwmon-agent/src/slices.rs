@@ -21,7 +21,7 @@ use std::{
 use ipnet::IpNet;
 
 use crate::{
-    config::{Collector, FileErrors, Problem, parse_document, plain_value},
+    problems::{Collector, FileErrors, Problem, parse_document, plain_value},
     rspec::Attributes,
 };
 

@@ -13,7 +13,8 @@ use std::{
 };
 
 use crate::{
-    class::TrafficClass,
+    class::{PerClass, TrafficClass},
+    htb::Minor,
     policy::{Record, UnixSecs},
     units::{BitsPerSec, Bytes},
 };
@@ -33,8 +34,8 @@ pub struct Notice {
     pub period_start: UnixSecs,
     /// When the period ends (the notice is stale after).
     pub period_end: UnixSecs,
-    /// Per class that is capped: bytes used, the new ceiling, the period's limit.
-    pub capped: Vec<(TrafficClass, Bytes, BitsPerSec, Bytes)>,
+    /// Every class that is capped.
+    pub capped: Vec<CappedClass>,
     /// When the policy decided it.
     pub decided_at: UnixSecs,
     /// Delivery attempts so far.
@@ -43,10 +44,35 @@ pub struct Notice {
     pub next_attempt: UnixSecs,
 }
 
+/// One capped class of a notice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CappedClass {
+    /// The class.
+    pub class: TrafficClass,
+    /// Bytes used in the period when it was capped.
+    pub used: Bytes,
+    /// The new ceiling.
+    pub ceil: BitsPerSec,
+    /// The period's budget.
+    pub budget: Bytes,
+}
+
+/// What identifies a notice: one per slice and period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NoticeKey {
+    /// The slice's xid.
+    pub xid: u32,
+    /// The start of the period it belongs to.
+    pub period_start: UnixSecs,
+}
+
 impl Notice {
-    /// What identifies a notice: one per slice and period.
-    pub fn key(&self) -> (u32, UnixSecs) {
-        (self.xid, self.period_start)
+    /// What identifies this notice.
+    pub fn key(&self) -> NoticeKey {
+        NoticeKey {
+            xid: self.xid,
+            period_start: self.period_start,
+        }
     }
 }
 
@@ -57,8 +83,8 @@ pub struct SliceState {
     pub name: String,
     /// The policy's record for the current period.
     pub record: Record,
-    /// Leaf minors: general, exempt.
-    pub minors: (u16, u16),
+    /// Its leaves' minors.
+    pub minors: PerClass<Minor>,
     /// The slice left the slices file; kept until its period ends.
     pub departed: bool,
 }
@@ -78,7 +104,7 @@ pub struct State {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// I/O on the file.
-    #[error("state file {path}: {source}")]
+    #[error("state file {path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -110,10 +136,7 @@ pub enum StateError {
 
 impl State {
     /// Drops the notices whose keys are in `delivered`; says whether any was dropped.
-    pub fn forget_notices(
-        &mut self,
-        delivered: &std::collections::HashSet<(u32, UnixSecs)>,
-    ) -> bool {
+    pub fn forget_notices(&mut self, delivered: &std::collections::HashSet<NoticeKey>) -> bool {
         let before = self.notices.len();
         self.notices.retain(|n| !delivered.contains(&n.key()));
         self.notices.len() != before
@@ -200,6 +223,43 @@ impl State {
     }
 }
 
+/// Where the state is saved, and whether the copy in memory is newer than the file. A failed
+/// save leaves it dirty, so the next [`StateFile::save_if_dirty`] tries again.
+#[derive(Debug)]
+pub struct StateFile {
+    path: PathBuf,
+    dirty: bool,
+}
+
+impl StateFile {
+    /// The state file at `path`, taken to hold what is in memory.
+    pub fn new(path: PathBuf) -> Self {
+        Self { path, dirty: false }
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The state in memory changed.
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
+    /// Saves `state` when it changed since the last successful save.
+    ///
+    /// # Errors
+    /// The save failed: the old file is intact and the next call tries again.
+    pub fn save_if_dirty(&mut self, state: &State) -> Result<(), StateError> {
+        if self.dirty {
+            state.save(&self.path)?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,14 +273,19 @@ mod tests {
                 name: "alice".into(),
                 record: Record {
                     period_start: 1_700_000_000,
-                    general: ClassRecord {
-                        baseline: 123,
-                        ceil: BitsPerSec(1_000_000),
+                    classes: PerClass {
+                        general: ClassRecord {
+                            baseline: 123,
+                            ceil: BitsPerSec(1_000_000),
+                        },
+                        exempt: ClassRecord::default(),
                     },
-                    exempt: ClassRecord::default(),
                     emailed: true,
                 },
-                minors: (0x100, 0x101),
+                minors: PerClass {
+                    general: Minor(0x100),
+                    exempt: Minor(0x101),
+                },
                 departed: false,
             },
         );
@@ -229,7 +294,12 @@ mod tests {
             xid: 1001,
             period_start: 1_700_000_000,
             period_end: 1_700_086_400,
-            capped: vec![(TrafficClass::General, Bytes(5), BitsPerSec(1000), Bytes(10))],
+            capped: vec![CappedClass {
+                class: TrafficClass::General,
+                used: Bytes(5),
+                ceil: BitsPerSec(1000),
+                budget: Bytes(10),
+            }],
             decided_at: 1_700_000_100,
             attempts: 0,
             next_attempt: 0,

@@ -1,7 +1,10 @@
 //! The status report the daemon serves: what `bwmon status` prints and `--json` emits, with the
 //! design's field names (more may be added, none renamed).
 
-use crate::units::{BitsPerSec, Bytes};
+use crate::{
+    error_kind::ErrorCounts,
+    units::{BitsPerSec, Bytes},
+};
 
 /// One slice's line.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -65,7 +68,7 @@ pub struct StatusReport {
     /// Duration of the last sync, seconds.
     pub last_sync_secs: f64,
     /// Errors so far, by kind.
-    pub errors: Vec<(String, u64)>,
+    pub errors: ErrorCounts,
 }
 
 impl SliceStatus {

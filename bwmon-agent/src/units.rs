@@ -85,6 +85,9 @@ impl KbitPerSec {
     }
 }
 
+/// The smallest rate bwmon ever sets (bwlimit's `bwmin`).
+pub const BWMIN: BitsPerSec = BitsPerSec(1000);
+
 impl BitsPerSec {
     /// In bytes per second, rounded down (what tc's rate specs carry).
     pub const fn bytes_per_sec(self) -> u64 {
@@ -192,6 +195,34 @@ impl fmt::Display for Bytes {
     }
 }
 
+/// Parses "1d", "90s", "1.5h", "10m" or a bare number of seconds (at least one second, at
+/// most 366 days).
+///
+/// # Errors
+/// Anything else, quoting the text and the expected form.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult = match unit.trim() {
+        "" | "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        "d" => 86_400.0,
+        "w" => 7.0 * 86_400.0,
+        _ => f64::NAN,
+    };
+    let secs: f64 = num.parse().unwrap_or(f64::NAN) * mult;
+    if !secs.is_finite() || !(1.0..=366.0 * 86_400.0).contains(&secs) {
+        return Err(format!(
+            "invalid duration '{text}', which should be a number of seconds of at least 1 with a unit s, m, h, d or w (e.g. '1d', '90s', '1.5h')"
+        ));
+    }
+    Ok(std::time::Duration::from_secs(secs.round() as u64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,5 +286,25 @@ mod tests {
         assert_eq!(KBytes(5_662_310).bytes(), Bytes(5_798_205_440));
         assert_eq!(KbitPerSec(1500).bits(), BitsPerSec(1_500_000));
         assert_eq!(KBytes(u64::MAX).bytes(), Bytes(u64::MAX));
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(
+            parse_duration("1d"),
+            Ok(std::time::Duration::from_secs(86_400))
+        );
+        assert_eq!(
+            parse_duration("90s"),
+            Ok(std::time::Duration::from_secs(90))
+        );
+        assert_eq!(
+            parse_duration("1.5h"),
+            Ok(std::time::Duration::from_secs(5400))
+        );
+        assert_eq!(parse_duration("40"), Ok(std::time::Duration::from_secs(40)));
+        for bad in ["", "0s", "1y", "-1d", "d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -6,7 +6,7 @@ use std::{io::Write, time::Instant};
 
 use bwmon_agent::{
     class::TrafficClass,
-    htb::{ClassParams, Htb, Leaf, Op, TreeSpec},
+    htb::{ClassParams, Htb, Leaf, Minor, Op, TreeSpec},
     units::BitsPerSec,
 };
 use bwmon_tests::{Lab, cmd};
@@ -22,7 +22,7 @@ fn leaves(ceil: u64) -> Vec<Op> {
         .flat_map(|i| {
             TrafficClass::ALL.map(|class| {
                 Op::Upsert(Leaf {
-                    minor: 0x100 + 2 * i + u16::from(class == TrafficClass::Exempt),
+                    minor: Minor(0x100 + 2 * i + u16::from(class == TrafficClass::Exempt)),
                     class,
                     params: ClassParams {
                         rate: BitsPerSec(1000),
@@ -84,7 +84,7 @@ fn install_and_change_10k_slices_vs_tc_batch() {
     assert!(
         listed
             .iter()
-            .filter(|c| c.minor >= 0x100)
+            .filter(|c| c.minor >= Minor(0x100))
             .all(|c| c.params.ceil == BitsPerSec(1_000_000))
     );
     let t = Instant::now();

@@ -3,7 +3,11 @@
 
 use std::{collections::HashMap, net::SocketAddr};
 
-use bwmon_agent::datapath::{Datapath, Snapshot};
+use bwmon_agent::{
+    class::PerClass,
+    datapath::{Datapath, Snapshot},
+    htb::Minor,
+};
 use bwmon_common::{ClassIds, HTB_MAJOR, tc_handle};
 use bwmon_tests::{Lab, send_tcp_as, send_udp_as};
 use ipnet::IpNet;
@@ -33,12 +37,16 @@ fn open(lab: &Lab, classes: &[(u32, u16, u16)]) -> Datapath {
 
 /// Bytes charged to `xid` in its class with `minor` (its general or exempt leaf).
 fn charged(s: &Snapshot, xid: u32, general: u16, exempt: u16, minor: u16) -> u64 {
-    let ids = ClassIds {
-        general: tc_handle(HTB_MAJOR, u32::from(general)),
-        exempt: tc_handle(HTB_MAJOR, u32::from(exempt)),
+    let leaves = PerClass {
+        general: Minor(general),
+        exempt: Minor(exempt),
     };
-    let (g, e) = s.charged(xid, ids);
-    if minor == general { g.bytes } else { e.bytes }
+    let c = s.charged(xid, leaves);
+    if minor == general {
+        c.general.bytes
+    } else {
+        c.exempt.bytes
+    }
 }
 
 /// `ours` is within 0.5 % of `htb`.
@@ -142,7 +150,8 @@ fn udp_flood_into_a_1mbit_class_is_charged_only_what_leaves() {
         );
         let ours = charged(&snap, xid, minor, minor + 1, minor);
         assert_eq!(
-            snap.dropped[&minor].packets, htb.drops,
+            snap.dropped[&Minor(minor)].packets,
+            htb.drops,
             "drops seen vs HTB's"
         );
         assert_close(&format!("class 1:{minor:x}"), ours, htb.bytes);

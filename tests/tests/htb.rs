@@ -3,7 +3,10 @@
 
 use bwmon_agent::{
     class::TrafficClass,
-    htb::{ClassParams, EXEMPT_MINOR, GENERAL_MINOR, Htb, HtbError, Leaf, Op, TOP_MINOR, TreeSpec},
+    htb::{
+        ClassParams, Htb, HtbError, Leaf, Minor, Op, TreeSpec,
+        tree::{EXEMPT_PARENT, GENERAL_PARENT, TOP},
+    },
     units::BitsPerSec,
 };
 use bwmon_tests::{Lab, parse_tc_rate};
@@ -15,7 +18,7 @@ const SPEC: TreeSpec = TreeSpec {
 
 fn leaf(minor: u16, class: TrafficClass, rate: u64, ceil: u64, quantum: u32) -> Leaf {
     Leaf {
-        minor,
+        minor: Minor(minor),
         class,
         params: ClassParams {
             rate: BitsPerSec(rate),
@@ -46,8 +49,8 @@ fn installed_tree_reads_back_through_tc() {
         assert!(c.params.same_in_kernel(&leaf.params), "{c:?} vs {leaf:?}");
     }
     for (minor, ceil) in [
-        (GENERAL_MINOR, SPEC.node_cap),
-        (EXEMPT_MINOR, SPEC.exempt_max),
+        (GENERAL_PARENT, SPEC.node_cap),
+        (EXEMPT_PARENT, SPEC.exempt_max),
     ] {
         let c = again.classes.iter().find(|c| c.minor == minor).unwrap();
         assert_eq!(
@@ -81,21 +84,21 @@ fn installed_tree_reads_back_through_tc() {
         }
     };
     // tc prints quanta of leaves only.
-    expect(u32::from(GENERAL_MINOR), (1, 1), "1Kbit", "100Mbit", 0);
-    expect(u32::from(EXEMPT_MINOR), (1, 1), "1Kbit", "1Gbit", 0);
+    expect(u32::from(GENERAL_PARENT.0), (1, 1), "1Kbit", "100Mbit", 0);
+    expect(u32::from(EXEMPT_PARENT.0), (1, 1), "1Kbit", "1Gbit", 0);
     expect(2, (1, 0x10), "1Kbit", "100Mbit", 1600);
     expect(3, (1, 0x20), "1Kbit", "1Gbit", 1600);
     expect(0x100, (1, 0x10), "8Kbit", "50Mbit", 1600);
     expect(0x101, (1, 0x20), "1Kbit", "1Gbit", 3200);
     assert!(
-        classes[&(1, u32::from(TOP_MINOR))].parent.is_none(),
+        classes[&(1, u32::from(TOP.0))].parent.is_none(),
         "1:1 is under the qdisc"
     );
 
     // The same through our own listing.
     let listed = htb.list().unwrap();
-    let l = listed.iter().find(|c| c.minor == 0x101).unwrap();
-    assert_eq!(l.parent_minor, EXEMPT_MINOR);
+    let l = listed.iter().find(|c| c.minor == Minor(0x101)).unwrap();
+    assert_eq!(l.parent, Some(EXEMPT_PARENT));
     assert_eq!(l.params.quantum, 3200);
     assert_eq!(l.params.ceil, BitsPerSec(1_000_000_000));
 }
@@ -118,13 +121,13 @@ fn rates_above_32_bits_round_trip() {
     );
     htb.apply(&[Op::Upsert(big)]).unwrap();
     let listed = htb.list().unwrap();
-    let got = listed.iter().find(|c| c.minor == 0x120).unwrap();
+    let got = listed.iter().find(|c| c.minor == Minor(0x120)).unwrap();
     assert_eq!(got.params, big.params);
     let classes = lab.tc_classes();
     assert_eq!(classes[&(1, 0x120)].ceil, 40_000_000_000);
     assert_eq!(classes[&(1, 0x120)].rate, 36_000_000_000);
     assert_eq!(
-        classes[&(1, u32::from(GENERAL_MINOR))].ceil,
+        classes[&(1, u32::from(GENERAL_PARENT.0))].ceil,
         100_000_000_000
     );
 }
@@ -151,16 +154,16 @@ fn ceiling_changes_in_place_and_orphans_are_removed() {
     assert_eq!(
         listed
             .iter()
-            .find(|c| c.minor == 0x130)
+            .find(|c| c.minor == Minor(0x130))
             .unwrap()
             .params
             .ceil,
         BitsPerSec(1_000_000)
     );
-    htb.apply(&[Op::Remove(0x131)]).unwrap();
+    htb.apply(&[Op::Remove(Minor(0x131))]).unwrap();
     assert!(!lab.tc_classes().contains_key(&(1, 0x131)));
     // Errors name the operation and the class.
-    let err = htb.apply(&[Op::Remove(0x131)]).unwrap_err();
+    let err = htb.apply(&[Op::Remove(Minor(0x131))]).unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, HtbError::Kernel { .. }), "{err:?}");
     assert!(text.contains("delete class 1:131"), "{text}");
@@ -175,7 +178,7 @@ fn tree_deleted_behind_its_back_is_rebuilt() {
     assert!(htb.ensure_tree(&SPEC, false).unwrap().created, "rebuilt");
     assert!(
         lab.tc_classes()
-            .contains_key(&(1, u32::from(GENERAL_MINOR)))
+            .contains_key(&(1, u32::from(GENERAL_PARENT.0)))
     );
 }
 
@@ -276,7 +279,7 @@ fn a_lowered_slice_is_held_to_its_ceiling_and_others_are_not() {
         .list()
         .unwrap()
         .into_iter()
-        .find(|c| c.minor == 0x100)
+        .find(|c| c.minor == Minor(0x100))
         .unwrap();
 
     // Raised back: full speed, and the class's counters went on from where they were.
@@ -290,7 +293,7 @@ fn a_lowered_slice_is_held_to_its_ceiling_and_others_are_not() {
         .list()
         .unwrap()
         .into_iter()
-        .find(|c| c.minor == 0x100)
+        .find(|c| c.minor == Minor(0x100))
         .unwrap();
     assert!(
         after.bytes > before.bytes && before.bytes > 0,

@@ -11,7 +11,11 @@ use std::{
     time::Duration,
 };
 
-use bwmon_agent::datapath::{Datapath, DatapathOptions};
+use bwmon_agent::{
+    class::PerClass,
+    datapath::{Datapath, DatapathOptions},
+    htb::Minor,
+};
 use bwmon_common::{ClassIds, tc_handle};
 use bwmon_tests::{Lab, send_tcp_until};
 
@@ -109,11 +113,11 @@ fn agent_killed_and_restarted_under_traffic_loses_and_doubles_nothing() {
     let snap = dp.snapshot().unwrap();
     let classes = lab.tc_classes();
     let htb = classes[&(1, u32::from(MINOR))].bytes;
-    let ids = ClassIds {
-        general: tc_handle(1, u32::from(MINOR)),
-        exempt: tc_handle(1, u32::from(MINOR) + 1),
+    let leaves = PerClass {
+        general: Minor(MINOR),
+        exempt: Minor(MINOR + 1),
     };
-    let charged = snap.charged(UID, ids).0.bytes;
+    let charged = snap.charged(UID, leaves).general.bytes;
     eprintln!("sent {sent} payload bytes; charged {charged}, HTB class {htb}");
     assert!(charged >= sent, "charged {charged} < payload {sent}");
     assert_eq!(charged, htb, "charged vs the slice's HTB class");

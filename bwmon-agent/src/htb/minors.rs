@@ -3,7 +3,10 @@
 
 use std::collections::BTreeSet;
 
-use super::FIRST_LEAF_MINOR;
+use super::tree::{FIRST_LEAF_MINOR, Minor};
+use crate::class::PerClass;
+
+const FIRST: u16 = FIRST_LEAF_MINOR.0;
 
 /// The minors in use, and which are free.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,47 +25,51 @@ impl Default for Minors {
 
 impl Minors {
     /// An allocator that knows `assigned` minors are taken.
-    pub fn with_assigned(assigned: impl IntoIterator<Item = u16>) -> Self {
+    pub fn with_assigned(assigned: impl IntoIterator<Item = Minor>) -> Self {
         let used: BTreeSet<u16> = assigned
             .into_iter()
-            .filter(|m| *m >= FIRST_LEAF_MINOR)
+            .map(|m| m.0)
+            .filter(|m| *m >= FIRST)
             .collect();
         let next = used
             .last()
             .map(|m| u32::from(*m) + 1)
-            .unwrap_or(u32::from(FIRST_LEAF_MINOR));
-        let freed = (FIRST_LEAF_MINOR..next.min(0x1_0000) as u16)
+            .unwrap_or(u32::from(FIRST));
+        let freed = (FIRST..next.min(0x1_0000) as u16)
             .filter(|m| !used.contains(m))
             .collect();
         Self { next, freed }
     }
 
     /// The lowest free minor, or `None` when all 65,280 are taken.
-    pub fn allocate(&mut self) -> Option<u16> {
+    pub fn allocate(&mut self) -> Option<Minor> {
         if let Some(m) = self.freed.pop_first() {
-            return Some(m);
+            return Some(Minor(m));
         }
         if self.next > 0xffff {
             return None;
         }
         let m = self.next as u16;
         self.next += 1;
-        Some(m)
+        Some(Minor(m))
     }
 
     /// Two minors (a slice's general and exempt leaves), or none at all: a slice never holds
     /// half a pair.
-    pub fn allocate_pair(&mut self) -> Option<(u16, u16)> {
+    pub fn allocate_pair(&mut self) -> Option<PerClass<Minor>> {
         if self.available() < 2 {
             return None;
         }
-        Some((self.allocate()?, self.allocate()?))
+        Some(PerClass {
+            general: self.allocate()?,
+            exempt: self.allocate()?,
+        })
     }
 
     /// Gives `minor` back.
-    pub fn release(&mut self, minor: u16) {
-        if minor >= FIRST_LEAF_MINOR && u32::from(minor) < self.next {
-            self.freed.insert(minor);
+    pub fn release(&mut self, minor: Minor) {
+        if minor.0 >= FIRST && u32::from(minor.0) < self.next {
+            self.freed.insert(minor.0);
         }
     }
 
@@ -75,6 +82,10 @@ impl Minors {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn minors(range: impl IntoIterator<Item = u16>) -> impl Iterator<Item = Minor> {
+        range.into_iter().map(Minor)
+    }
 
     #[test]
     fn thirty_thousand_slices_fit_with_two_leaves_each() {
@@ -90,30 +101,36 @@ mod tests {
 
     #[test]
     fn exhaustion_is_reported_not_wrapped() {
-        let mut m = Minors::with_assigned(FIRST_LEAF_MINOR..=0xffff);
+        let mut m = Minors::with_assigned(minors(FIRST..=0xffff));
         assert_eq!(m.allocate(), None);
-        m.release(0x1234);
-        assert_eq!(m.allocate(), Some(0x1234));
+        m.release(Minor(0x1234));
+        assert_eq!(m.allocate(), Some(Minor(0x1234)));
         assert_eq!(m.allocate(), None);
     }
 
     #[test]
     fn the_last_single_minor_is_not_handed_out_as_half_a_pair() {
-        let mut m = Minors::with_assigned(FIRST_LEAF_MINOR..0xffff);
+        let mut m = Minors::with_assigned(minors(FIRST..0xffff));
         assert_eq!(m.available(), 1);
         assert_eq!(m.allocate_pair(), None);
         assert_eq!(m.available(), 1, "nothing consumed");
-        m.release(0x200);
-        assert_eq!(m.allocate_pair(), Some((0x200, 0xffff)));
+        m.release(Minor(0x200));
+        assert_eq!(
+            m.allocate_pair(),
+            Some(PerClass {
+                general: Minor(0x200),
+                exempt: Minor(0xffff)
+            })
+        );
     }
 
     #[test]
     fn restart_keeps_assignments_and_reuses_gaps() {
-        let mut m = Minors::with_assigned([0x100, 0x101, 0x105, 0x2, 0x10]);
-        let got: Vec<u16> = (0..5).map(|_| m.allocate().unwrap()).collect();
+        let mut m = Minors::with_assigned(minors([0x100, 0x101, 0x105, 0x2, 0x10]));
+        let got: Vec<u16> = (0..5).map(|_| m.allocate().unwrap().0).collect();
         assert_eq!(got, vec![0x102, 0x103, 0x104, 0x106, 0x107]);
-        m.release(0x100);
-        m.release(0x5); // not a leaf minor: ignored
-        assert_eq!(m.allocate(), Some(0x100));
+        m.release(Minor(0x100));
+        m.release(Minor(0x5)); // not a leaf minor: ignored
+        assert_eq!(m.allocate(), Some(Minor(0x100)));
     }
 }

@@ -1,0 +1,204 @@
+//! Attaching the classifier to the interface's egress: TCX with a pinned link where the
+//! kernel has it (6.6+), a clsact direct-action filter with a fixed priority and handle
+//! otherwise, so a restarted agent finds and replaces its own program in place.
+
+use std::{fs, io, path::Path};
+
+use aya::programs::{
+    LinkOrder, SchedClassifier, TcAttachType,
+    links::{FdLink, PinnedLink},
+    tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
+};
+use bwmon_common::{DropControl, names};
+use tracing::{debug, info, warn};
+
+use super::{AttachCause, Datapath, DatapathError, drops::Device, error::Result, pins::LINK_PIN};
+
+/// Priority and handle of our filter when attached through clsact (kernels without TCX); fixed
+/// so a restarted agent finds and replaces it.
+const CLSACT_PRIORITY: u16 = 0xb3a0;
+const CLSACT_HANDLE: TcHandle = TcHandle::new(0, 0xb3a0);
+
+/// How to attach the classifier.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttachMode {
+    /// TCX where the kernel has it (6.6+), clsact otherwise.
+    #[default]
+    Auto,
+    /// Always TCX.
+    Tcx,
+    /// Always a clsact direct-action filter.
+    Clsact,
+}
+
+impl AttachMode {
+    /// Whether this mode means TCX on the running kernel.
+    fn uses_tcx(self) -> bool {
+        match self {
+            AttachMode::Tcx => true,
+            AttachMode::Clsact => false,
+            AttachMode::Auto => aya::util::KernelVersion::current()
+                .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0)),
+        }
+    }
+}
+
+fn attach_err(iface: &str) -> impl Fn(AttachCause) -> DatapathError + '_ {
+    move |source| DatapathError::Attach {
+        iface: iface.to_owned(),
+        program: names::CLASSIFIER,
+        source,
+    }
+}
+
+/// Attaches `prog` to `iface`'s egress in `mode`, replacing our earlier program in place.
+pub(super) fn attach(
+    prog: &mut SchedClassifier,
+    iface: &str,
+    pin_dir: &Path,
+    mode: AttachMode,
+) -> Result<()> {
+    let err = attach_err(iface);
+    if !mode.uses_tcx() {
+        return attach_clsact(prog, iface).map_err(&err);
+    }
+    let link_pin = pin_dir.join(LINK_PIN);
+    if let Ok(pinned) = PinnedLink::from_pin(&link_pin) {
+        // Make before break: the new program replaces the old one inside the same link.
+        let link: SchedClassifierLink = FdLink::from(pinned)
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| err(e.into()))?;
+        match prog.attach_to_link(link) {
+            Ok(id) => {
+                // Closing our fd leaves the pinned link (and the new program in it) in place.
+                drop(prog.take_link(id).map_err(|e| err(e.into()))?);
+                if tcx_attached(prog, iface) {
+                    info!(iface, pin = %link_pin.display(), "replaced the classifier in the pinned TCX link");
+                    return Ok(());
+                }
+                warn!(
+                    iface,
+                    "the pinned TCX link no longer reaches the interface (re-created?); attaching anew"
+                );
+            }
+            Err(e) => {
+                warn!(iface, error = %e, "replacing the classifier in the pinned TCX link failed; attaching anew")
+            }
+        }
+        if let Err(e) = fs::remove_file(&link_pin)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            return Err(err(e.into()));
+        }
+    }
+    debug!(iface, "no usable pinned TCX link; attaching anew");
+    let id = prog
+        .attach_with_options(
+            iface,
+            TcAttachType::Egress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(|e| err(e.into()))?;
+    let link = prog.take_link(id).map_err(|e| err(e.into()))?;
+    let fd_link: FdLink = link
+        .try_into()
+        .map_err(|e: aya::programs::links::LinkError| err(e.into()))?;
+    fd_link.pin(&link_pin).map_err(|e| err(e.into()))?;
+    info!(iface, pin = %link_pin.display(), "attached the classifier (TCX) and pinned its link");
+    Ok(())
+}
+
+/// Whether `prog` is among the programs attached to the interface's TCX egress.
+fn tcx_attached(prog: &SchedClassifier, iface: &str) -> bool {
+    let Ok(ours) = prog.info().map(|i| i.id()) else {
+        return false;
+    };
+    SchedClassifier::query_tcx(iface, TcAttachType::Egress)
+        .is_ok_and(|(_, progs)| progs.iter().any(|p| p.id() == ours))
+}
+
+fn attach_clsact(prog: &mut SchedClassifier, iface: &str) -> Result<(), AttachCause> {
+    if let Err(e) = aya::programs::tc::qdisc_add_clsact(iface) {
+        // EEXIST: clsact is already there (ours from a previous run, or another tool's); both fine.
+        let exists = matches!(&e, aya::programs::tc::TcError::NetlinkError(n)
+            if n.raw_os_error() == Some(libc::EEXIST));
+        if !exists {
+            return Err(e.into());
+        }
+    }
+    let existing = SchedClassifierLink::attached(
+        iface,
+        TcAttachType::Egress,
+        CLSACT_PRIORITY,
+        CLSACT_HANDLE,
+        None,
+    )?;
+    let id = match prog.attach_to_link(existing) {
+        Ok(id) => {
+            info!(iface, "replaced the classifier's clsact filter in place");
+            id
+        }
+        Err(e) => {
+            debug!(iface, error = %e, "no clsact filter of ours; adding one");
+            prog.attach_with_options(
+                iface,
+                TcAttachType::Egress,
+                TcAttachOptions::Netlink(NlOptions {
+                    priority: CLSACT_PRIORITY,
+                    handle: CLSACT_HANDLE,
+                    classid: None,
+                }),
+            )?
+        }
+    };
+    let link = prog.take_link(id)?;
+    // The filter outlives the process; teardown removes it.
+    std::mem::forget(link);
+    Ok(())
+}
+
+/// Removes our clsact filter from `iface`, when there is one; absent filters and interfaces
+/// are fine.
+pub(super) fn detach_clsact(iface: &str) {
+    if let Ok(link) = SchedClassifierLink::attached(
+        iface,
+        TcAttachType::Egress,
+        CLSACT_PRIORITY,
+        CLSACT_HANDLE,
+        None,
+    ) {
+        // Dropping a netlink link detaches the filter.
+        drop(link);
+    }
+}
+
+impl Datapath {
+    /// Re-attaches the classifier when it no longer reaches the interface (the interface was
+    /// deleted and created again), and points drop counting at the new device. Returns
+    /// whether it had to.
+    ///
+    /// # Errors
+    /// The interface is missing, or attaching fails.
+    pub fn ensure_attached(&mut self) -> Result<bool> {
+        let iface = self.iface.clone();
+        let mode = self.mode;
+        let pin_dir = self.pin_dir.clone();
+        let prog = self.classifier()?;
+        if !mode.uses_tcx() || tcx_attached(prog, &iface) {
+            return Ok(false);
+        }
+        let device = Device::lookup(&iface)?;
+        warn!(
+            iface,
+            "the classifier no longer reaches the interface (re-created?); attaching again"
+        );
+        attach(prog, &iface, &pin_dir, mode)?;
+        let control = self.read_control()?;
+        self.write_control(DropControl {
+            generation: control.generation,
+            ifindex: device.ifindex,
+            netns_inum: device.netns_inum,
+        })?;
+        Ok(true)
+    }
+}

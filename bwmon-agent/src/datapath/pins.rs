@@ -1,0 +1,158 @@
+//! What bwmon pins under bpffs, and how a pin directory is made, checked and removed.
+
+use std::{
+    ffi::CString,
+    fs, io,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+};
+
+use aya::{Ebpf, maps::Map};
+use bwmon_common::names;
+use tracing::{info, warn};
+
+use super::{
+    DatapathError,
+    attach::{self},
+    error::Result,
+};
+use crate::paths;
+
+/// Maps that outlive the agent (pinned). The rest (log gate, globals) are per load.
+const PINNED_MAPS: [&str; 9] = [
+    names::OFFERED,
+    names::OFFERED_OVERFLOW,
+    names::DROPPED,
+    names::DROP_CONTROL,
+    names::XID_CLASS,
+    names::EXEMPT_V4,
+    names::EXEMPT_V6,
+    names::SOURCE_V4,
+    names::SOURCE_V6,
+];
+
+/// Pinned TCX link of the classifier, inside an interface's pin directory.
+pub const LINK_PIN: &str = "link_egress";
+/// Pinned link of the drop program.
+pub const DROP_LINK_PIN: &str = "link_drop";
+
+/// Makes the pin directory of `iface` under `pin_root`.
+pub(super) fn make_dir(pin_root: &Path, iface: &str) -> Result<PathBuf> {
+    let pin_dir = paths::pin_dir(pin_root, iface);
+    fs::create_dir_all(&pin_dir).map_err(|source| DatapathError::PinDir {
+        path: pin_dir.clone(),
+        source,
+    })?;
+    Ok(pin_dir)
+}
+
+/// Every pinned map's name and pin path.
+pub(super) fn map_paths(pin_dir: &Path) -> Vec<(&'static str, PathBuf)> {
+    PINNED_MAPS
+        .iter()
+        .map(|name| (*name, pin_dir.join(name)))
+        .collect()
+}
+
+/// Mounts bpffs at [`paths::BPFFS`] when nothing is mounted there (no systemd does it for us on
+/// minimal hosts), as bpfman and Cilium do.
+///
+/// # Errors
+/// The mount point cannot be checked, or mounting fails.
+pub fn ensure_bpffs() -> Result<()> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let path = Path::new(paths::BPFFS);
+    let err = |source| DatapathError::Bpffs {
+        path: path.to_owned(),
+        source,
+    };
+    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(|e| err(e.into()))?;
+    // SAFETY: statfs on a valid NUL-terminated path into a zeroed struct it fills in.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call.
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut st) } != 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    if st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    info!(path = %path.display(), "bpffs is not mounted; mounting it");
+    let fstype = c"bpf";
+    // SAFETY: all pointers are valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            c_path.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Refuses a pinned map left by a binary with another layout (it would be read as garbage).
+pub(super) fn check_map(ebpf: &Ebpf, name: &str, path: &Path) -> Result<()> {
+    let Some(map) = ebpf.map(name) else {
+        return Ok(());
+    };
+    let (Ok(pinned), Some(obj)) = (aya::maps::MapInfo::from_pin(path), layout(map)) else {
+        return Ok(());
+    };
+    let found = (pinned.key_size(), pinned.value_size(), pinned.max_entries());
+    for (what, found, expected) in [
+        ("key size", found.0, obj.0),
+        ("value size", found.1, obj.1),
+        ("max entries", found.2, obj.2),
+    ] {
+        if found != expected {
+            return Err(DatapathError::PinnedMapMismatch {
+                path: path.to_owned(),
+                what: format!("{what} {found} != {expected}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Key size, value size and capacity of a loaded map.
+fn layout(map: &Map) -> Option<(u32, u32, u32)> {
+    let info = super::snapshot::map_data(map)?.info().ok()?;
+    Some((info.key_size(), info.value_size(), info.max_entries()))
+}
+
+/// Removes what [`super::Datapath::open`] installed for `interface`: the attachment and the
+/// pins.
+///
+/// # Errors
+/// A pin or filter that exists but cannot be removed.
+pub fn teardown(pin_root: &Path, interface: &str) -> Result<()> {
+    crate::interface::validate_name(interface)?;
+    let pin_dir = paths::pin_dir(pin_root, interface);
+    let err = |path: &Path, source| DatapathError::Teardown {
+        iface: interface.to_owned(),
+        path: path.to_owned(),
+        source,
+    };
+    attach::detach_clsact(interface);
+    match fs::read_dir(&pin_dir) {
+        Ok(entries) => {
+            for entry in entries {
+                let entry = entry.map_err(|e| err(&pin_dir, e))?;
+                let path = entry.path();
+                // Unpinning the TCX link drops the last reference: the kernel detaches it.
+                fs::remove_file(&path).map_err(|e| err(&path, e))?;
+            }
+            fs::remove_dir(&pin_dir).map_err(|e| err(&pin_dir, e))?;
+            info!(iface = interface, pin_dir = %pin_dir.display(), "datapath removed");
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            warn!(iface = interface, pin_dir = %pin_dir.display(), "no datapath pins to remove");
+        }
+        Err(e) => return Err(err(&pin_dir, e)),
+    }
+    Ok(())
+}

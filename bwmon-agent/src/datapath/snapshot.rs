@@ -1,0 +1,126 @@
+//! Reading every counter at one instant: offered bytes per xid, the overflow slot, and bytes
+//! dropped per HTB minor, summed over CPUs with batch lookups where the kernel has them.
+
+use std::collections::BTreeMap;
+
+use aya::maps::{Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use bwmon_common::{Counter, XidCounters, names};
+
+use super::{Datapath, batch, error::Result};
+use crate::{class::PerClass, htb::Minor};
+
+/// Kernel counters at one instant.
+///
+/// A slice is charged, per traffic class, what its xid offered minus what its class dropped:
+/// see [`Snapshot::charged`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Bytes offered at the egress hook per xid (summed over CPUs), monotonic.
+    pub offered: BTreeMap<u32, XidCounters>,
+    /// Bytes of xids that found no room in the per-xid map.
+    pub offered_overflow: XidCounters,
+    /// Bytes dropped before leaving, per HTB minor of bwmon's `1:` tree (classes without drops
+    /// are left out), monotonic.
+    pub dropped: BTreeMap<Minor, Counter>,
+}
+
+impl Snapshot {
+    /// What `xid`, whose leaves are `leaves`, is charged: offered at the egress hook minus
+    /// dropped before leaving, per traffic class.
+    pub fn charged(&self, xid: u32, leaves: PerClass<Minor>) -> PerClass<Counter> {
+        let offered = self.offered.get(&xid).copied().unwrap_or_default();
+        let offered = PerClass {
+            general: offered.general,
+            exempt: offered.exempt,
+        };
+        offered.map(|class, c| c.saturating_sub(self.dropped_at(*leaves.of(class))))
+    }
+
+    /// Bytes and packets the leaf `minor` dropped.
+    pub fn dropped_at(&self, minor: Minor) -> Counter {
+        self.dropped.get(&minor).copied().unwrap_or_default()
+    }
+}
+
+/// The map's data, for the raw batch lookup.
+pub(super) fn map_data(map: &Map) -> Option<&MapData> {
+    match map {
+        Map::PerCpuHashMap(m)
+        | Map::PerCpuArray(m)
+        | Map::HashMap(m)
+        | Map::Array(m)
+        | Map::LpmTrie(m) => Some(m),
+        _ => None,
+    }
+}
+
+fn sum<V: aya::Pod + Default>(values: &PerCpuValues<V>, fold: impl Fn(V, V) -> V) -> V {
+    values.iter().fold(V::default(), |acc, v| fold(acc, *v))
+}
+
+impl Datapath {
+    /// Reads every counter, summed over CPUs, with batch lookups where the kernel has them.
+    ///
+    /// # Errors
+    /// A failed map read, naming the map.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| self.batch_err(names::OFFERED, e))?;
+        let mut out = Snapshot::default();
+
+        let map = self.map(names::OFFERED)?;
+        let offered = match map_data(map) {
+            Some(data) => {
+                batch::per_cpu_entries::<u32, XidCounters>(data.fd(), nr_cpus, XidCounters::merged)
+                    .map_err(|e| self.batch_err(names::OFFERED, e))?
+            }
+            None => None,
+        };
+        match offered {
+            Some(entries) => out.offered.extend(entries),
+            None => {
+                let err = |e| self.map_err(names::OFFERED, e);
+                let map: PerCpuHashMap<&MapData, u32, XidCounters> =
+                    PerCpuHashMap::try_from(map).map_err(err)?;
+                for entry in map.iter() {
+                    let (xid, values) = entry.map_err(err)?;
+                    out.offered.insert(xid, sum(&values, XidCounters::merged));
+                }
+            }
+        }
+
+        let err = |e| self.map_err(names::OFFERED_OVERFLOW, e);
+        let overflow: PerCpuArray<&MapData, XidCounters> =
+            PerCpuArray::try_from(self.map(names::OFFERED_OVERFLOW)?).map_err(err)?;
+        out.offered_overflow = sum(&overflow.get(&0, 0).map_err(err)?, XidCounters::merged);
+
+        let map = self.map(names::DROPPED)?;
+        let dropped = match map_data(map) {
+            Some(data) => {
+                batch::per_cpu_entries::<u32, Counter>(data.fd(), nr_cpus, Counter::merged)
+                    .map_err(|e| self.batch_err(names::DROPPED, e))?
+            }
+            None => None,
+        };
+        let dropped = match dropped {
+            Some(entries) => entries,
+            None => {
+                let err = |e| self.map_err(names::DROPPED, e);
+                let map: PerCpuArray<&MapData, Counter> =
+                    PerCpuArray::try_from(map).map_err(err)?;
+                let mut entries = Vec::new();
+                for minor in 0..bwmon_common::MAX_MINORS {
+                    let values = map.get(&minor, 0).map_err(err)?;
+                    entries.push((minor, sum(&values, Counter::merged)));
+                }
+                entries
+            }
+        };
+        out.dropped.extend(
+            dropped
+                .into_iter()
+                .filter(|(_, c)| c.packets != 0)
+                .filter_map(|(minor, c)| Some((Minor(u16::try_from(minor).ok()?), c))),
+        );
+        Ok(out)
+    }
+}

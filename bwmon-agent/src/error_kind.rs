@@ -1,0 +1,51 @@
+//! What kind of thing failed, for `bwmon_errors_total{kind}` and the status report's error
+//! counts: one list that the sync, the daemon, metrics and status all use.
+
+use std::collections::BTreeMap;
+
+/// A kind of failure the daemon counts and retries.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorKind {
+    /// The eBPF programs or maps.
+    Datapath,
+    /// The HTB tree.
+    Htb,
+    /// The slices file.
+    Slices,
+    /// Saving the state.
+    State,
+    /// Delivering a notice.
+    Notify,
+    /// No HTB minors left for a slice.
+    Minors,
+}
+
+impl ErrorKind {
+    /// Every kind, in the order metrics list them.
+    pub const ALL: [ErrorKind; 6] = [
+        ErrorKind::Datapath,
+        ErrorKind::Htb,
+        ErrorKind::Slices,
+        ErrorKind::State,
+        ErrorKind::Notify,
+        ErrorKind::Minors,
+    ];
+
+    /// The label value: "datapath", "htb", …
+    pub const fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Datapath => "datapath",
+            ErrorKind::Htb => "htb",
+            ErrorKind::Slices => "slices",
+            ErrorKind::State => "state",
+            ErrorKind::Notify => "notify",
+            ErrorKind::Minors => "minors",
+        }
+    }
+}
+
+/// Errors counted by kind since start.
+pub type ErrorCounts = BTreeMap<ErrorKind, u64>;

@@ -1,0 +1,310 @@
+//! bwmon's HTB tree as data: class ids, the fixed classes, leaves, the changes to make, and
+//! the classes that belong to nobody. Pure: no netlink here (that is [`super::Htb`]).
+
+use std::{collections::HashSet, fmt};
+
+use bwmon_common::{DEFAULT_EXEMPT_MINOR, DEFAULT_GENERAL_MINOR, HTB_MAJOR, tc_handle};
+use netlink_packet_route::tc::TcHandle;
+
+use super::ClassParams;
+use crate::{
+    class::{PerClass, TrafficClass},
+    units::{BWMIN, BitsPerSec},
+};
+
+/// A class's minor under bwmon's qdisc `1:`; the class is `1:<minor>` (hex, as tc writes it).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct Minor(pub u16);
+
+/// The qdisc's major, `1:`.
+pub const MAJOR: u16 = HTB_MAJOR as u16;
+/// `1:1`, the class under the root that carries everything.
+pub const TOP: Minor = Minor(0x1);
+/// `1:10`, the parent of general leaves.
+pub const GENERAL_PARENT: Minor = Minor(0x10);
+/// `1:20`, the parent of exempt leaves.
+pub const EXEMPT_PARENT: Minor = Minor(0x20);
+/// The default leaves (xids without a slice): `1:2` general, `1:3` exempt.
+pub const DEFAULT_LEAVES: PerClass<Minor> = PerClass {
+    general: Minor(DEFAULT_GENERAL_MINOR as u16),
+    exempt: Minor(DEFAULT_EXEMPT_MINOR as u16),
+};
+/// The first minor a slice's leaf may have.
+pub const FIRST_LEAF_MINOR: Minor = Minor(0x100);
+/// bwlimit's quantum per share, in bytes: a leaf's quantum is its share times this.
+pub const QUANTUM_PER_SHARE: u32 = 1600;
+
+impl Minor {
+    /// The kernel's handle of the class.
+    pub fn handle(self) -> TcHandle {
+        TcHandle {
+            major: MAJOR,
+            minor: self.0,
+        }
+    }
+
+    /// The class id as `skb->priority` carries it (`major << 16 | minor`).
+    pub fn class_id(self) -> u32 {
+        tc_handle(HTB_MAJOR, u32::from(self.0))
+    }
+
+    /// The minor of a class id of bwmon's tree; `None` for another major.
+    pub fn from_class_id(id: u32) -> Option<Minor> {
+        (id >> 16 == HTB_MAJOR).then_some(Minor(id as u16))
+    }
+
+    /// The parent of a traffic class's leaves.
+    pub fn parent_of(class: TrafficClass) -> Minor {
+        match class {
+            TrafficClass::General => GENERAL_PARENT,
+            TrafficClass::Exempt => EXEMPT_PARENT,
+        }
+    }
+}
+
+impl fmt::Display for Minor {
+    /// As tc writes the class: "1:1a3".
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{MAJOR:x}:{:x}", self.0)
+    }
+}
+
+/// The class ids of a pair of leaves, as the classifier's xid → class map holds them.
+pub fn class_ids(leaves: PerClass<Minor>) -> bwmon_common::ClassIds {
+    bwmon_common::ClassIds {
+        general: leaves.general.class_id(),
+        exempt: leaves.exempt.class_id(),
+    }
+}
+
+impl ClassParams {
+    /// A class's parameters with `shares` × [`QUANTUM_PER_SHARE`] as its quantum.
+    pub fn with_shares(rate: BitsPerSec, ceil: BitsPerSec, shares: u32) -> Self {
+        ClassParams {
+            rate,
+            ceil,
+            quantum: shares.saturating_mul(QUANTUM_PER_SHARE),
+        }
+    }
+}
+
+/// Rates of the tree's fixed classes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TreeSpec {
+    /// Ceiling of all general traffic (`node_cap`).
+    pub node_cap: BitsPerSec,
+    /// Ceiling of all exempt traffic, and the rate of `1:1` (`exempt_max`).
+    pub exempt_max: BitsPerSec,
+}
+
+/// A class to have in the tree: its minor, its parent's and its parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FixedClass {
+    /// The class.
+    pub minor: Minor,
+    /// Its parent; `None` directly under the qdisc.
+    pub parent: Option<Minor>,
+    /// Rate, ceil and quantum.
+    pub params: ClassParams,
+}
+
+impl TreeSpec {
+    /// The ceiling of each traffic class's parent.
+    pub fn ceilings(&self) -> PerClass<BitsPerSec> {
+        PerClass {
+            general: self.node_cap,
+            exempt: self.exempt_max,
+        }
+    }
+
+    /// The fixed classes, parents first: `1:1`, `1:10`, `1:20`, then the default leaves.
+    pub fn fixed_classes(&self) -> Vec<FixedClass> {
+        let top = self.exempt_max.max(self.node_cap);
+        let mut out = vec![FixedClass {
+            minor: TOP,
+            parent: None,
+            params: ClassParams::with_shares(top, top, 1),
+        }];
+        for (class, ceil) in self.ceilings().iter() {
+            out.push(FixedClass {
+                minor: Minor::parent_of(class),
+                parent: Some(TOP),
+                params: ClassParams::with_shares(BWMIN, *ceil, 1),
+            });
+        }
+        out.extend(self.default_leaves().map(|l| FixedClass {
+            minor: l.minor,
+            parent: Some(Minor::parent_of(l.class)),
+            params: l.params,
+        }));
+        out
+    }
+
+    /// The default leaves (xids without a slice): min rate, full ceiling.
+    pub fn default_leaves(&self) -> [Leaf; 2] {
+        let ceilings = self.ceilings();
+        TrafficClass::ALL.map(|class| Leaf {
+            minor: *DEFAULT_LEAVES.of(class),
+            class,
+            params: ClassParams::with_shares(BWMIN, *ceilings.of(class), 1),
+        })
+    }
+}
+
+/// One leaf class: a slice's (or the default's) traffic of one class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leaf {
+    /// Its minor under `1:`.
+    pub minor: Minor,
+    /// General (under `1:10`) or exempt (under `1:20`).
+    pub class: TrafficClass,
+    /// Rate, ceil and quantum.
+    pub params: ClassParams,
+}
+
+/// A change to the tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Create the leaf, or change it in place (counters and queue kept).
+    Upsert(Leaf),
+    /// Delete the class with this minor.
+    Remove(Minor),
+}
+
+/// A class as the kernel reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClassInfo {
+    /// Minor under `1:`.
+    pub minor: Minor,
+    /// Its parent; `None` for a class directly under the qdisc.
+    pub parent: Option<Minor>,
+    /// Rate, ceil, quantum.
+    pub params: ClassParams,
+    /// Bytes sent.
+    pub bytes: u64,
+    /// Packets sent (GSO segments, as HTB counts them).
+    pub packets: u64,
+    /// Packets dropped.
+    pub drops: u64,
+    /// Packets queued now.
+    pub qlen: u32,
+}
+
+impl ClassInfo {
+    /// Whether the kernel's class already is `leaf` (at the kernel's precision).
+    pub fn is(&self, leaf: &Leaf) -> bool {
+        self.minor == leaf.minor
+            && self.parent == Some(Minor::parent_of(leaf.class))
+            && self.params.same_in_kernel(&leaf.params)
+    }
+}
+
+/// The leaves in `listed` that are in bwmon's tree but in neither `wanted` nor the fixed
+/// classes: classes that belong to no slice, to be removed.
+pub fn orphans(listed: &[ClassInfo], wanted: &HashSet<Minor>) -> Vec<Minor> {
+    let fixed = [
+        TOP,
+        GENERAL_PARENT,
+        EXEMPT_PARENT,
+        DEFAULT_LEAVES.general,
+        DEFAULT_LEAVES.exempt,
+    ];
+    let mut out: Vec<Minor> = listed
+        .iter()
+        .map(|c| c.minor)
+        .filter(|m| !fixed.contains(m) && !wanted.contains(m))
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// The outcome of [`super::Htb::ensure_tree`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Installed {
+    /// The root qdisc was (re)created: every slice's leaves must be added again.
+    pub created: bool,
+    /// The tree's classes after the call, with rates and counters.
+    pub classes: Vec<ClassInfo>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(minor: u16, parent: u16) -> ClassInfo {
+        ClassInfo {
+            minor: Minor(minor),
+            parent: (parent != 0).then_some(Minor(parent)),
+            params: ClassParams::with_shares(BWMIN, BWMIN, 1),
+            bytes: 0,
+            packets: 0,
+            drops: 0,
+            qlen: 0,
+        }
+    }
+
+    #[test]
+    fn orphans_are_leaves_nobody_wants_and_never_the_fixed_classes() {
+        let listed: Vec<ClassInfo> = [(1, 0), (0x10, 1), (0x20, 1), (2, 0x10), (3, 0x20)]
+            .into_iter()
+            .chain([(0x100, 0x10), (0x101, 0x20), (0x1ff, 0x10)])
+            .map(|(m, p)| info(m, p))
+            .collect();
+        let wanted = [Minor(0x100), Minor(0x101)].into_iter().collect();
+        assert_eq!(orphans(&listed, &wanted), vec![Minor(0x1ff)]);
+        assert_eq!(
+            orphans(&listed, &Default::default()),
+            vec![Minor(0x100), Minor(0x101), Minor(0x1ff)]
+        );
+    }
+
+    #[test]
+    fn class_names_are_written_like_tc() {
+        assert_eq!(Minor(0x1a3).to_string(), "1:1a3");
+        assert_eq!(Minor(0x10).to_string(), "1:10");
+    }
+
+    #[test]
+    fn class_ids_round_trip_and_other_majors_are_not_ours() {
+        assert_eq!(Minor(0x1a3).class_id(), 0x1_01a3);
+        assert_eq!(Minor::from_class_id(0x1_01a3), Some(Minor(0x1a3)));
+        assert_eq!(Minor::from_class_id(0x2_01a3), None);
+    }
+
+    #[test]
+    fn the_fixed_classes_are_the_documented_tree() {
+        let spec = TreeSpec {
+            node_cap: BitsPerSec(100_000_000),
+            exempt_max: BitsPerSec(1_000_000_000),
+        };
+        let fixed = spec.fixed_classes();
+        let shape: Vec<(Minor, Option<Minor>, BitsPerSec)> = fixed
+            .iter()
+            .map(|f| (f.minor, f.parent, f.params.ceil))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (TOP, None, spec.exempt_max),
+                (GENERAL_PARENT, Some(TOP), spec.node_cap),
+                (EXEMPT_PARENT, Some(TOP), spec.exempt_max),
+                (Minor(2), Some(GENERAL_PARENT), spec.node_cap),
+                (Minor(3), Some(EXEMPT_PARENT), spec.exempt_max),
+            ]
+        );
+        assert!(fixed.iter().all(|f| f.params.quantum == QUANTUM_PER_SHARE));
+    }
+}

@@ -1,0 +1,90 @@
+//! The two seams through which a sync reaches the kernel: the datapath's maps and counters,
+//! and the HTB tree. The daemon uses the real ones; unit tests use fakes.
+
+use std::collections::HashMap;
+
+use bwmon_common::ClassIds;
+use ipnet::IpNet;
+
+use crate::{
+    datapath::{Datapath, DatapathError, Snapshot},
+    htb::{ClassInfo, Htb, HtbError, Installed, Op, TreeSpec},
+};
+
+/// The counters and maps in the kernel.
+pub trait Kernel {
+    /// Attaches again if the interface was re-created; returns whether it had to.
+    ///
+    /// # Errors
+    /// The interface is missing, or attaching fails.
+    fn ensure_attached(&mut self) -> Result<bool, DatapathError>;
+    /// All counters.
+    ///
+    /// # Errors
+    /// A map cannot be read.
+    fn snapshot(&mut self) -> Result<Snapshot, DatapathError>;
+    /// xid → class ids.
+    ///
+    /// # Errors
+    /// A map update fails.
+    fn set_classes(&mut self, classes: &HashMap<u32, ClassIds>) -> Result<(), DatapathError>;
+    /// Exempt prefixes.
+    ///
+    /// # Errors
+    /// A map update fails.
+    fn set_exempt(&mut self, prefixes: &[IpNet]) -> Result<(), DatapathError>;
+    /// Source prefixes → xid.
+    ///
+    /// # Errors
+    /// A map update fails.
+    fn set_sources(&mut self, sources: &[(IpNet, u32)]) -> Result<(), DatapathError>;
+}
+
+/// The HTB tree.
+pub trait Tree {
+    /// Installs the fixed part; says whether it was (re)created and lists the classes.
+    ///
+    /// # Errors
+    /// A foreign root qdisc (unless `take_over`), or a kernel refusal.
+    fn ensure_tree(&mut self, spec: &TreeSpec, take_over: bool) -> Result<Installed, HtbError>;
+    /// Every class with rates and counters.
+    ///
+    /// # Errors
+    /// Netlink failures.
+    fn list(&mut self) -> Result<Vec<ClassInfo>, HtbError>;
+    /// Carries out `ops`.
+    ///
+    /// # Errors
+    /// A kernel refusal, naming the operation and class.
+    fn apply(&mut self, ops: &[Op]) -> Result<(), HtbError>;
+}
+
+impl Kernel for Datapath {
+    fn ensure_attached(&mut self) -> Result<bool, DatapathError> {
+        Datapath::ensure_attached(self)
+    }
+    fn snapshot(&mut self) -> Result<Snapshot, DatapathError> {
+        Datapath::snapshot(self)
+    }
+    fn set_classes(&mut self, classes: &HashMap<u32, ClassIds>) -> Result<(), DatapathError> {
+        Datapath::set_classes(self, classes)
+    }
+    fn set_exempt(&mut self, prefixes: &[IpNet]) -> Result<(), DatapathError> {
+        Datapath::set_exempt(self, prefixes)
+    }
+    fn set_sources(&mut self, sources: &[(IpNet, u32)]) -> Result<(), DatapathError> {
+        Datapath::set_sources(self, sources)
+    }
+}
+
+impl Tree for Htb {
+    fn ensure_tree(&mut self, spec: &TreeSpec, take_over: bool) -> Result<Installed, HtbError> {
+        Htb::ensure_tree(self, spec, take_over)
+    }
+    fn list(&mut self) -> Result<Vec<ClassInfo>, HtbError> {
+        Htb::list(self)
+    }
+    fn apply(&mut self, ops: &[Op]) -> Result<(), HtbError> {
+        Htb::apply(self, ops)
+    }
+}

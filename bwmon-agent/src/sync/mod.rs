@@ -1,0 +1,727 @@
+//! One sync, in three steps: **observe** (the tree, the attachment, the counters, the clock —
+//! one snapshot), **plan** (pure, in [`plan`]: records, leaves, steering, notices, report),
+//! **act** (carry the plan out on the kernel and the tree, then persist). This is the one place
+//! that wires the modules together; the kernel is reached through the two small traits of
+//! [`kernel`], so the logic is tested without root (and for real in `tests/`).
+
+pub mod kernel;
+pub mod plan;
+
+use std::collections::{HashMap, HashSet};
+
+use bwmon_common::{ClassIds, ROOT_XID, XidSource};
+use ipnet::IpNet;
+use tracing::{info, warn};
+
+pub use kernel::{Kernel, Tree};
+use plan::{Event, LiveSlice, Memory, Observation, Plan, Settings};
+
+use crate::{
+    config::Config,
+    error_kind::{ErrorCounts, ErrorKind},
+    htb::{ClassInfo, TreeSpec, minors::Minors},
+    policy::{Capping, Limits, Node, UnixSecs},
+    rspec::Attributes,
+    slices::{ROOT_NAME, SliceSpec},
+    state::{Notice, NoticeKey, State, StateFile},
+    status::StatusReport,
+};
+
+/// The root slice's share (bwlimit gave it 5).
+const ROOT_SHARE: u32 = 5;
+
+/// What one sync produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The status to serve.
+    pub report: StatusReport,
+    /// The state changed.
+    pub state_changed: bool,
+    /// Notices decided in this sync (also queued in the state), to deliver.
+    pub new_notices: Vec<Notice>,
+}
+
+/// What was last written to the kernel's maps, so unchanged maps are not rewritten.
+#[derive(Debug, Default)]
+struct Pushed {
+    classes: Option<HashMap<u32, ClassIds>>,
+    sources: Option<Vec<(IpNet, u32)>>,
+    exempt: bool,
+}
+
+/// The sync loop's memory between syncs: the one owner of the state.
+pub struct Syncer<K, T> {
+    config: Config,
+    node: Node,
+    kernel: K,
+    tree: T,
+    state: State,
+    file: StateFile,
+    minors: Minors,
+    memory: Memory,
+    slices: Vec<SliceSpec>,
+    pushed: Pushed,
+    errors: ErrorCounts,
+    last_report: StatusReport,
+}
+
+impl<K: Kernel, T: Tree> Syncer<K, T> {
+    /// A syncer starting from `state` (as loaded from `file`) with the slices of the last good
+    /// slices file.
+    pub fn new(
+        config: Config,
+        kernel: K,
+        tree: T,
+        file: StateFile,
+        state: State,
+        slices: Vec<SliceSpec>,
+    ) -> Self {
+        let minors = Minors::with_assigned(
+            state
+                .slices
+                .values()
+                .flat_map(|s| [s.minors.general, s.minors.exempt]),
+        );
+        let node = Node {
+            node_cap: config.node_cap,
+            exempt_max: config.exempt_max,
+            period_secs: config.period.as_secs(),
+        };
+        Self {
+            config,
+            node,
+            kernel,
+            tree,
+            state,
+            file,
+            minors,
+            memory: Memory::default(),
+            slices,
+            pushed: Pushed::default(),
+            errors: ErrorCounts::new(),
+            last_report: StatusReport::default(),
+        }
+    }
+
+    /// The persisted accounting.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Replaces the slices (a good new slices file).
+    pub fn set_slices(&mut self, slices: Vec<SliceSpec>) {
+        self.slices = slices;
+    }
+
+    /// Counts a failure of `kind` that was handled elsewhere (the slices file, delivery).
+    pub fn count_error(&mut self, kind: ErrorKind) {
+        *self.errors.entry(kind).or_default() += 1;
+    }
+
+    /// Drops delivered notices from the state and saves it.
+    pub fn forget_notices(&mut self, delivered: &HashSet<NoticeKey>) {
+        if self.state.forget_notices(delivered) {
+            self.file.mark_dirty();
+            self.persist();
+        }
+    }
+
+    /// Saves the state when it changed since the last good save; a failure is counted and
+    /// retried at the next call.
+    pub fn persist(&mut self) {
+        if let Err(e) = self.file.save_if_dirty(&self.state) {
+            self.error(ErrorKind::State, "saving the state", &e);
+        }
+    }
+
+    /// Installs the HTB tree's fixed part (at start: a foreign root qdisc is an error then).
+    ///
+    /// # Errors
+    /// The tree cannot be installed.
+    pub fn install_tree(&mut self) -> Result<bool, crate::htb::HtbError> {
+        let spec = self.tree_spec();
+        self.tree
+            .ensure_tree(&spec, self.config.take_over_root_qdisc)
+            .map(|installed| installed.created)
+    }
+
+    /// The tree's fixed part for this config.
+    pub fn tree_spec(&self) -> TreeSpec {
+        TreeSpec {
+            node_cap: self.config.node_cap,
+            exempt_max: self.config.exempt_max,
+        }
+    }
+
+    fn error(&mut self, kind: ErrorKind, what: &str, e: &(dyn std::error::Error + 'static)) {
+        self.count_error(kind);
+        let mut why = e.to_string();
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            why.push_str(": ");
+            why.push_str(&c.to_string());
+            cause = c.source();
+        }
+        warn!(kind = kind.name(), error = %why, "{what}; retrying next interval");
+    }
+
+    /// Root and the slices of the file, with their limits resolved.
+    fn live(&self) -> Vec<LiveSlice> {
+        let root_attrs = Attributes {
+            share: Some(ROOT_SHARE),
+            i2_share: Some(ROOT_SHARE),
+            ..Default::default()
+        }
+        .or(self.config.defaults);
+        let mut live = vec![LiveSlice {
+            name: ROOT_NAME.into(),
+            xid: ROOT_XID,
+            limits: Limits::resolve(&root_attrs, &self.node),
+            capping: Capping::Never,
+            sources: Vec::new(),
+        }];
+        live.extend(self.slices.iter().map(|s| LiveSlice {
+            name: s.name.clone(),
+            xid: s.xid,
+            limits: Limits::resolve(&s.attrs.or(self.config.defaults), &self.node),
+            capping: Capping::Policy,
+            sources: s.sources.clone(),
+        }));
+        live
+    }
+
+    fn settings(&self) -> Settings {
+        Settings {
+            period_secs: self.node.period_secs,
+            dry_run: self.config.dry_run,
+            tree: self.tree_spec(),
+            default_limits: Limits::resolve(&self.config.defaults, &self.node),
+            source_prefixes: self.config.xid_source == XidSource::Source,
+        }
+    }
+
+    /// One sync at `now` (seconds since the epoch): observe, plan, act. Failing steps are
+    /// logged, counted, and retried next time; one bad slice never stops the others.
+    pub fn step(&mut self, now: UnixSecs) -> Outcome {
+        let started = std::time::Instant::now();
+        let Some(obs) = self.observe(now) else {
+            return Outcome {
+                report: self.last_report.clone(),
+                state_changed: false,
+                new_notices: Vec::new(),
+            };
+        };
+        let plan = plan::plan(
+            &self.state,
+            &self.minors,
+            &self.memory,
+            &self.live(),
+            &obs,
+            &self.settings(),
+        );
+        self.act(plan, now, started)
+    }
+
+    /// The tree (installed if it vanished), the attachment, the counters. `None` when the
+    /// counters cannot be read: nothing can be planned without them.
+    fn observe(&mut self, now: UnixSecs) -> Option<Observation> {
+        let spec = self.tree_spec();
+        // The listing made while checking the tree serves the whole sync.
+        let listed = match self
+            .tree
+            .ensure_tree(&spec, self.config.take_over_root_qdisc)
+        {
+            Ok(installed) => {
+                if installed.created {
+                    info!(iface = %self.config.interface, "HTB tree (re)built; adding every slice");
+                }
+                installed.classes
+            }
+            Err(e) => {
+                self.error(ErrorKind::Htb, "installing the HTB tree", &e);
+                self.list_tree()
+            }
+        };
+        if let Err(e) = self.kernel.ensure_attached() {
+            self.error(
+                ErrorKind::Datapath,
+                "checking the classifier's attachment",
+                &e,
+            );
+        }
+        match self.kernel.snapshot() {
+            Ok(snapshot) => Some(Observation {
+                now,
+                snapshot,
+                listed,
+            }),
+            Err(e) => {
+                self.error(ErrorKind::Datapath, "reading the counters", &e);
+                None
+            }
+        }
+    }
+
+    fn list_tree(&mut self) -> Vec<ClassInfo> {
+        match self.tree.list() {
+            Ok(l) => l,
+            Err(e) => {
+                self.error(ErrorKind::Htb, "listing classes", &e);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Carries `plan` out: the log, the maps, the tree; then persists and reports.
+    fn act(&mut self, plan: Plan, now: UnixSecs, started: std::time::Instant) -> Outcome {
+        for event in &plan.events {
+            self.log(event);
+        }
+        if !self.pushed.exempt {
+            match self.kernel.set_exempt(&self.config.exempt_prefixes) {
+                Ok(()) => self.pushed.exempt = true,
+                Err(e) => self.error(ErrorKind::Datapath, "loading the exempt prefixes", &e),
+            }
+        }
+        if self.pushed.classes.as_ref() != Some(&plan.steering) {
+            match self.kernel.set_classes(&plan.steering) {
+                Ok(()) => self.pushed.classes = Some(plan.steering),
+                Err(e) => self.error(ErrorKind::Datapath, "updating xid classes", &e),
+            }
+        }
+        if let Some(sources) = plan.sources
+            && self.pushed.sources.as_ref() != Some(&sources)
+        {
+            match self.kernel.set_sources(&sources) {
+                Ok(()) => self.pushed.sources = Some(sources),
+                Err(e) => self.error(ErrorKind::Datapath, "updating source prefixes", &e),
+            }
+        }
+        if !plan.tree_ops.is_empty()
+            && let Err(e) = self.tree.apply(&plan.tree_ops)
+        {
+            self.error(ErrorKind::Htb, "applying class changes", &e);
+        }
+
+        let state_changed = plan.state != self.state;
+        self.state = plan.state;
+        self.minors = plan.minors;
+        self.memory = plan.memory;
+        if state_changed {
+            self.file.mark_dirty();
+        }
+        self.persist();
+
+        let report = StatusReport {
+            now,
+            period_secs: self.node.period_secs,
+            interface: self.config.interface.clone(),
+            dry_run: self.config.dry_run,
+            slices: plan.rows,
+            last_sync_secs: started.elapsed().as_secs_f64(),
+            errors: self.errors.clone(),
+        };
+        self.last_report = report.clone();
+        Outcome {
+            report,
+            state_changed,
+            new_notices: plan.new_notices,
+        }
+    }
+
+    fn log(&mut self, event: &Event) {
+        match event {
+            Event::NewSlice { slice, xid } => {
+                info!(slice, xid, "new slice: its period starts now")
+            }
+            Event::Returned { slice, xid } => {
+                info!(slice, xid, "slice is back within its period: continuing it")
+            }
+            Event::Departed { slice, xid } => {
+                info!(
+                    slice,
+                    xid, "slice left; keeping its record until its period ends"
+                )
+            }
+            Event::Forgotten { slice, xid } => {
+                info!(slice, xid, "departed slice's period ended; forgotten")
+            }
+            Event::NoMinors { slice, xid } => {
+                self.count_error(ErrorKind::Minors);
+                warn!(slice, xid, "no HTB minors left for this slice");
+            }
+            Event::StaleNotice { slice, xid } => {
+                warn!(slice, xid, "dropping a notice whose period is over")
+            }
+            Event::NewPeriod { slice, xid } => {
+                info!(slice, xid, "new period: limits back to the max rates")
+            }
+            Event::Capped { slice, xid, capped } => {
+                info!(slice, xid, class = capped.class.name(), used = %capped.used, ceil = %capped.ceil, "capped; notice queued")
+            }
+            Event::Orphan(minor) => {
+                info!(class = %minor, "removing a class that belongs to no slice")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, path::Path};
+
+    use bwmon_common::{Counter, XidCounters};
+
+    use super::*;
+    use crate::{
+        class::{PerClass, TrafficClass},
+        datapath::{DatapathError, Snapshot},
+        htb::{ClassParams, HtbError, Installed, Leaf, Minor, Op, tree},
+        status::SliceStatus,
+        units::{BitsPerSec, KBytes},
+    };
+
+    /// A kernel whose counters the test sets.
+    #[derive(Default)]
+    struct FakeKernel {
+        offered: BTreeMap<u32, XidCounters>,
+        classes: HashMap<u32, ClassIds>,
+        fail_snapshot: bool,
+    }
+
+    impl Kernel for FakeKernel {
+        fn ensure_attached(&mut self) -> Result<bool, DatapathError> {
+            Ok(false)
+        }
+        fn snapshot(&mut self) -> Result<Snapshot, DatapathError> {
+            if self.fail_snapshot {
+                return Err(DatapathError::MissingProgram { program: "fake" });
+            }
+            Ok(Snapshot {
+                offered: self.offered.clone(),
+                ..Default::default()
+            })
+        }
+        fn set_classes(&mut self, classes: &HashMap<u32, ClassIds>) -> Result<(), DatapathError> {
+            self.classes = classes.clone();
+            Ok(())
+        }
+        fn set_exempt(&mut self, _: &[IpNet]) -> Result<(), DatapathError> {
+            Ok(())
+        }
+        fn set_sources(&mut self, _: &[(IpNet, u32)]) -> Result<(), DatapathError> {
+            Ok(())
+        }
+    }
+
+    /// An HTB tree in memory.
+    #[derive(Default)]
+    struct FakeTree {
+        classes: BTreeMap<Minor, ClassInfo>,
+        applied: Vec<Op>,
+    }
+
+    impl Tree for FakeTree {
+        fn ensure_tree(&mut self, _: &TreeSpec, _: bool) -> Result<Installed, HtbError> {
+            Ok(Installed {
+                created: false,
+                classes: self.classes.values().copied().collect(),
+            })
+        }
+        fn list(&mut self) -> Result<Vec<ClassInfo>, HtbError> {
+            Ok(self.classes.values().copied().collect())
+        }
+        fn apply(&mut self, ops: &[Op]) -> Result<(), HtbError> {
+            for op in ops {
+                self.applied.push(*op);
+                match op {
+                    Op::Upsert(l) => {
+                        self.classes.insert(
+                            l.minor,
+                            ClassInfo {
+                                minor: l.minor,
+                                parent: Some(Minor::parent_of(l.class)),
+                                params: l.params,
+                                bytes: 0,
+                                packets: 0,
+                                drops: 0,
+                                qlen: 0,
+                            },
+                        );
+                    }
+                    Op::Remove(m) => {
+                        self.classes.remove(m);
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn config() -> Config {
+        let mut c = Config::parse(
+            Path::new("/etc/bwmon/bwmon.toml"),
+            "interface = \"eth0\"\nperiod = \"100s\"\ninterval = \"1s\"\nnode_cap = \"100mbit\"\n",
+        )
+        .unwrap();
+        c.defaults.max_kbyte = Some(KBytes(1000));
+        c
+    }
+
+    fn slice(name: &str, xid: u32) -> SliceSpec {
+        SliceSpec {
+            name: name.into(),
+            xid,
+            sources: vec![],
+            attrs: Attributes::default(),
+        }
+    }
+
+    fn send(k: &mut FakeKernel, xid: u32, bytes: u64) {
+        let c = k.offered.entry(xid).or_default();
+        c.general = Counter {
+            bytes: c.general.bytes + bytes,
+            packets: c.general.packets + 1,
+        };
+    }
+
+    /// A state file in a directory of its own, removed with the test's process.
+    fn state_file() -> StateFile {
+        let dir = tempfile::tempdir().unwrap().keep();
+        StateFile::new(dir.join("state"))
+    }
+
+    fn syncer(slices: Vec<SliceSpec>) -> Syncer<FakeKernel, FakeTree> {
+        Syncer::new(
+            config(),
+            FakeKernel::default(),
+            FakeTree::default(),
+            state_file(),
+            State::default(),
+            slices,
+        )
+    }
+
+    fn ids(leaves: PerClass<Minor>) -> ClassIds {
+        tree::class_ids(leaves)
+    }
+
+    fn row<'a>(o: &'a Outcome, name: &str) -> &'a SliceStatus {
+        o.report.slices.iter().find(|s| s.name == name).unwrap()
+    }
+
+    #[test]
+    fn new_slices_get_leaves_and_steering_and_start_a_period() {
+        let mut s = syncer(vec![slice("alice", 1001)]);
+        send(&mut s.kernel, 1001, 5000); // before bwmon knew it: not charged
+        let o = s.step(1000);
+        assert!(o.state_changed);
+        let alice = &s.state.slices[&1001];
+        assert_eq!(alice.record.period_start, 1000);
+        assert_eq!(alice.record.classes.general.baseline, 5000);
+        assert_eq!(s.kernel.classes[&1001], ids(alice.minors));
+        assert!(
+            s.tree.classes.contains_key(&alice.minors.general)
+                && s.tree.classes.contains_key(&alice.minors.exempt)
+        );
+        assert_eq!(row(&o, "alice").bytes, 0);
+        assert_eq!(o.report.slices[0].name, "root");
+        assert_eq!(o.report.slices[1].name, "default");
+    }
+
+    #[test]
+    fn a_slice_over_its_threshold_is_capped_and_noticed_once() {
+        let mut s = syncer(vec![slice("alice", 1001)]);
+        s.step(1000);
+        send(&mut s.kernel, 1001, 900 * 1024);
+        let o = s.step(1050);
+        let alice = row(&o, "alice");
+        assert!(alice.capped && alice.emailed);
+        let expect = (1000 - 900) * 1024 * 8 / 50;
+        assert_eq!(alice.ceil_bps, expect);
+        let leaf = s.tree.classes[&s.state.slices[&1001].minors.general];
+        assert_eq!(
+            leaf.params.ceil,
+            BitsPerSec(expect),
+            "the lowered ceiling is applied"
+        );
+        assert_eq!(o.new_notices.len(), 1);
+        assert_eq!(s.state.notices.len(), 1);
+        let o = s.step(1051);
+        assert_eq!(o.new_notices.len(), 0, "once per period");
+        // Next period: back to the max rate.
+        let o = s.step(1100);
+        assert!(!row(&o, "alice").capped);
+        assert_eq!(
+            s.tree.classes[&s.state.slices[&1001].minors.general]
+                .params
+                .ceil,
+            BitsPerSec(100_000_000)
+        );
+    }
+
+    #[test]
+    fn an_unchanged_ceiling_is_not_touched() {
+        let mut s = syncer(vec![slice("alice", 1001)]);
+        s.step(1000);
+        let applied = s.tree.applied.len();
+        s.step(1001);
+        assert_eq!(s.tree.applied.len(), applied, "nothing to change");
+    }
+
+    #[test]
+    fn dry_run_accounts_and_notices_but_never_lowers_a_ceiling() {
+        let mut s = syncer(vec![slice("alice", 1001)]);
+        s.config.dry_run = true;
+        s.step(1000);
+        send(&mut s.kernel, 1001, 2000 * 1024);
+        let o = s.step(1010);
+        assert!(row(&o, "alice").capped && o.new_notices.len() == 1);
+        assert_eq!(
+            s.tree.classes[&s.state.slices[&1001].minors.general]
+                .params
+                .ceil,
+            BitsPerSec(100_000_000)
+        );
+    }
+
+    #[test]
+    fn root_is_accounted_and_never_capped() {
+        let mut s = syncer(vec![]);
+        s.step(1000);
+        send(&mut s.kernel, ROOT_XID, 1 << 30);
+        let o = s.step(1010);
+        let root = row(&o, "root");
+        assert_eq!(root.bytes, 1 << 30);
+        assert!(!root.capped && o.new_notices.is_empty());
+        let leaf = s.tree.classes[&s.state.slices[&ROOT_XID].minors.general];
+        assert_eq!(leaf.params.quantum, 5 * 1600, "root has five shares");
+    }
+
+    #[test]
+    fn a_slice_that_leaves_and_returns_within_its_period_continues_it() {
+        let mut s = syncer(vec![slice("alice", 1001)]);
+        s.step(1000);
+        send(&mut s.kernel, 1001, 850 * 1024);
+        s.step(1010);
+        let minors = s.state.slices[&1001].minors;
+        s.set_slices(vec![]);
+        s.step(1020);
+        assert!(s.state.slices[&1001].departed);
+        assert!(
+            !s.tree.classes.contains_key(&minors.general),
+            "its classes are removed"
+        );
+        assert!(
+            !s.kernel.classes.contains_key(&1001),
+            "its traffic goes to default"
+        );
+        s.set_slices(vec![slice("alice", 1001)]);
+        let o = s.step(1030);
+        let alice = row(&o, "alice");
+        assert_eq!(alice.period_start, 1000, "no fresh budget");
+        assert!(alice.capped, "still over its threshold");
+        assert_eq!(s.state.slices[&1001].minors, minors);
+        // Gone for good once its period ends.
+        s.set_slices(vec![]);
+        s.step(1040);
+        s.step(1100);
+        assert!(!s.state.slices.contains_key(&1001));
+    }
+
+    #[test]
+    fn orphan_classes_are_removed() {
+        let mut s = syncer(vec![]);
+        s.step(1000);
+        s.tree
+            .apply(&[Op::Upsert(Leaf {
+                minor: Minor(0x4444),
+                class: TrafficClass::General,
+                params: ClassParams {
+                    rate: BitsPerSec(1000),
+                    ceil: BitsPerSec(1000),
+                    quantum: 1600,
+                },
+            })])
+            .unwrap();
+        s.step(1001);
+        assert!(!s.tree.classes.contains_key(&Minor(0x4444)));
+    }
+
+    #[test]
+    fn a_failing_step_is_counted_and_the_next_one_recovers() {
+        let mut s = syncer(vec![slice("alice", 1001)]);
+        s.kernel.fail_snapshot = true;
+        let o = s.step(1000);
+        assert!(!o.state_changed);
+        assert_eq!(s.errors[&ErrorKind::Datapath], 1);
+        s.kernel.fail_snapshot = false;
+        assert!(s.step(1001).state_changed);
+    }
+
+    #[test]
+    fn restart_from_persisted_state_continues_every_period() {
+        let mut s = syncer(vec![slice("alice", 1001)]);
+        s.step(1000);
+        send(&mut s.kernel, 1001, 100 * 1024);
+        s.step(1010);
+        let state = s.state.clone();
+        let kernel = FakeKernel {
+            offered: s.kernel.offered.clone(),
+            ..Default::default()
+        };
+        let mut again = Syncer::new(
+            config(),
+            kernel,
+            FakeTree::default(),
+            state_file(),
+            state,
+            vec![slice("alice", 1001)],
+        );
+        let o = again.step(1020);
+        assert_eq!(row(&o, "alice").period_start, 1000);
+        assert_eq!(row(&o, "alice").bytes, 100 * 1024);
+    }
+
+    /// Benchmark (cargo xtask bench): one sync's own cost with 10,000 slices, kernel and tree
+    /// faked (their real costs are measured by the datapath and HTB benchmarks).
+    #[test]
+    #[ignore = "benchmark: cargo xtask bench"]
+    fn bench_sync_step_with_10k_slices() {
+        let slices: Vec<SliceSpec> = (0..10_000)
+            .map(|i| slice(&format!("s{i}"), 10_000 + i))
+            .collect();
+        let mut s = syncer(slices);
+        for i in 0..10_000 {
+            send(&mut s.kernel, 10_000 + i, 1000);
+        }
+        let t = std::time::Instant::now();
+        s.step(1000);
+        let first = t.elapsed();
+        for i in 0..10_000 {
+            send(&mut s.kernel, 10_000 + i, 1 << 20);
+        }
+        let t = std::time::Instant::now();
+        let o = s.step(1001);
+        let steady = t.elapsed();
+        assert!(!o.new_notices.is_empty());
+        let t = std::time::Instant::now();
+        s.step(1002);
+        let idle = t.elapsed();
+        let bytes = s.state.encode().len();
+        println!("sync step, 10,000 slices (fake kernel and tree):");
+        println!(
+            "  first (all new):            {:8.2} ms",
+            first.as_secs_f64() * 1e3
+        );
+        println!(
+            "  all capped at once:         {:8.2} ms",
+            steady.as_secs_f64() * 1e3
+        );
+        println!(
+            "  nothing changed:            {:8.2} ms",
+            idle.as_secs_f64() * 1e3
+        );
+        println!("  state file: {bytes} bytes");
+    }
+}

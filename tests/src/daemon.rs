@@ -1,0 +1,129 @@
+//! The built `bwmon` binary run as a daemon in a lab, with its log and status.
+
+use std::{path::PathBuf, process::Command, thread, time::Duration};
+
+use crate::*;
+
+/// A `bwmon run` under test, with its files in a temporary directory. Stopped on drop.
+pub struct Daemon {
+    /// Directory holding config, slices, state, socket and log.
+    pub dir: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl Daemon {
+    /// Writes `config` (without `interface`, which is the lab's) and `slices`, then starts.
+    pub fn start(lab: &Lab, config: &str, slices: &str) -> Daemon {
+        let dir = std::env::temp_dir().join(format!("bwmon-daemon-{}", lab.host_if));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("bwmon.toml"),
+            format!(
+                "interface = \"{}\"\nslices = \"slices.toml\"\nstate = \"state\"\nsocket = \"bwmon.sock\"\n{config}",
+                lab.host_if
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.join("slices.toml"), slices).unwrap();
+        let mut d = Daemon { dir, child: None };
+        d.restart();
+        d
+    }
+
+    /// Starts the daemon again (after a kill).
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("log"))
+            .unwrap();
+        let child = Command::new(bwmon_bin())
+            .args(["run", "--config"])
+            .arg(self.dir.join("bwmon.toml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bwmon_bin().display()));
+        self.child = Some(child);
+        // Ready when the first status is served.
+        for _ in 0..100 {
+            if let Some(s) = self.try_status()
+                && !s["slices"].as_array().is_none_or(|a| a.is_empty())
+            {
+                return;
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!("bwmon run exited ({status}):\n{}", self.log());
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        panic!("bwmon run did not serve status:\n{}", self.log());
+    }
+
+    /// Sends `signal` and waits for the process; returns its exit status.
+    pub fn stop(&mut self, signal: i32) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: kill(2) on our child's pid.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        child.wait().unwrap()
+    }
+
+    /// Sends `signal` without waiting.
+    pub fn signal(&self, signal: i32) {
+        let child = self.child.as_ref().expect("running");
+        // SAFETY: kill(2) on our child's pid.
+        unsafe { libc::kill(child.id() as i32, signal) };
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+
+    /// Replaces the slices file.
+    pub fn write_slices(&self, slices: &str) {
+        std::fs::write(self.dir.join("slices.toml"), slices).unwrap();
+    }
+
+    fn try_status(&self) -> Option<serde_json::Value> {
+        let out = Command::new(bwmon_bin())
+            .args(["status", "--json", "--config"])
+            .arg(self.dir.join("bwmon.toml"))
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())?
+    }
+
+    /// `bwmon status --json`.
+    pub fn status(&self) -> serde_json::Value {
+        self.try_status()
+            .unwrap_or_else(|| panic!("bwmon status failed:\n{}", self.log()))
+    }
+
+    /// One slice of `bwmon status --json`.
+    pub fn slice(&self, name: &str) -> Option<serde_json::Value> {
+        self.status()["slices"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our child's pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+        if thread::panicking() {
+            eprintln!("--- bwmon log ---\n{}", self.log());
+        }
+    }
+}
