@@ -1,6 +1,10 @@
 //! bwmon's agent: per-slice traffic accounting and bandwidth budgets on a shared Linux host.
 //!
 //! One module per concern; the daemon loop (`sync`) is the only place that wires them together.
+//!
+//! **The seed**, wherever these docs say so, is PlanetLab's node manager bandwidth monitor:
+//! `bwmon.py` with `bwlimit.py` doing the HTB work, as of its 2007 change. bwmon keeps its
+//! policy, attributes and notices, and none of its unit bugs, limits or lost counters.
 #![deny(missing_docs)]
 
 pub mod btf;

@@ -30,6 +30,15 @@ pub enum NotifyError {
         /// Why.
         why: String,
     },
+    /// The SMTP relay could not be set up.
+    #[error("setting up the SMTP relay {server}")]
+    Setup {
+        /// `host:port` from the config.
+        server: String,
+        /// Cause.
+        #[source]
+        source: lettre::transport::smtp::Error,
+    },
     /// The transport refused or failed.
     #[error("sending the notice for slice {slice} via {via}: {why}")]
     Send {
@@ -172,10 +181,9 @@ impl Mailer {
                 let (h, port) = server.rsplit_once(':').unwrap_or((server, "25"));
                 let port: u16 = port.parse().unwrap_or(25);
                 let builder = if *starttls {
-                    SmtpTransport::starttls_relay(h).map_err(|e| NotifyError::Send {
-                        slice: String::new(),
-                        via: format!("smtp {server}"),
-                        why: e.to_string(),
+                    SmtpTransport::starttls_relay(h).map_err(|source| NotifyError::Setup {
+                        server: server.clone(),
+                        source,
                     })?
                 } else {
                     SmtpTransport::builder_dangerous(h)

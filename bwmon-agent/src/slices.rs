@@ -56,6 +56,7 @@ pub fn valid_name(name: &str) -> bool {
 /// The uid of local user `name`, from the passwd database (as bwlimit did).
 pub fn uid_of(name: &str) -> Option<u32> {
     let c_name = CString::new(name).ok()?;
+    // SAFETY: passwd is plain C data; all-zero is a valid value for getpwnam_r to fill in.
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut buf = vec![0u8; 16 * 1024];
     let mut result: *mut libc::passwd = std::ptr::null_mut();

@@ -157,6 +157,8 @@ fn classify(ctx: &TcContext) {
     let s = settings();
     let addrs = addrs(ctx, &s);
     let xid = match XidSource::from_u32(s.xid_source) {
+        // SAFETY: the context's `__sk_buff` is valid for the program's run; the verifier
+        // checks the field access.
         Some(XidSource::Mark) => unsafe { (*ctx.skb.skb).mark },
         Some(XidSource::Source) => match &addrs {
             Addrs::V4 { src, .. } => SOURCE_V4.get(Key::new(32, *src)).copied(),
@@ -222,12 +224,20 @@ pub fn bwmon_drop(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// Reads a `T` at `base + offset` of kernel memory.
+///
+/// # Safety
+/// `base` must point into a kernel object; a bad read fails instead of faulting.
 #[inline(always)]
 unsafe fn read<T>(base: *const u8, offset: u32) -> Option<T> {
     // SAFETY: probe reads fault safely.
     unsafe { bpf_probe_read_kernel(base.add(offset as usize) as *const T).ok() }
 }
 
+/// Counts a dropped `skb` against its HTB leaf when the reason is one of the qdisc's.
+///
+/// # Safety
+/// `skb` must be the tracepoint's `struct sk_buff` pointer.
 #[inline(always)]
 unsafe fn count_drop(skb: *const u8) -> Option<()> {
     let s = settings();

@@ -36,6 +36,7 @@ extern "C" fn on_sigint(_: i32) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
+// SAFETY: libc's signal(2) with its C signature.
 unsafe extern "C" {
     fn signal(signum: i32, handler: extern "C" fn(i32)) -> usize;
 }

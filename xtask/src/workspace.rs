@@ -46,6 +46,7 @@ pub fn is_root() -> bool {
     unsafe { geteuid() == 0 }
 }
 
+// SAFETY: libc's geteuid(2) with its C signature.
 unsafe extern "C" {
     fn geteuid() -> u32;
 }

@@ -14,7 +14,7 @@ use ipnet::IpNet;
 use tracing::{info, warn};
 
 pub use kernel::{Kernel, Tree};
-use plan::{Event, LiveSlice, Memory, Observation, Plan, Settings};
+use plan::{Event, LiveSlice, Memory, Observation, Plan, Settings, Who};
 
 use crate::{
     config::Config,
@@ -331,33 +331,33 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
 
     fn log(&mut self, event: &Event) {
         match event {
-            Event::NewSlice { slice, xid } => {
+            Event::NewSlice(Who { slice, xid }) => {
                 info!(slice, xid, "new slice: its period starts now")
             }
-            Event::Returned { slice, xid } => {
+            Event::Returned(Who { slice, xid }) => {
                 info!(slice, xid, "slice is back within its period: continuing it")
             }
-            Event::Departed { slice, xid } => {
+            Event::Departed(Who { slice, xid }) => {
                 info!(
                     slice,
                     xid, "slice left; keeping its record until its period ends"
                 )
             }
-            Event::Forgotten { slice, xid } => {
+            Event::Forgotten(Who { slice, xid }) => {
                 info!(slice, xid, "departed slice's period ended; forgotten")
             }
-            Event::NoMinors { slice, xid } => {
+            Event::NoMinors(Who { slice, xid }) => {
                 self.count_error(ErrorKind::Minors);
                 warn!(slice, xid, "no HTB minors left for this slice");
             }
-            Event::StaleNotice { slice, xid } => {
+            Event::StaleNotice(Who { slice, xid }) => {
                 warn!(slice, xid, "dropping a notice whose period is over")
             }
-            Event::NewPeriod { slice, xid } => {
+            Event::NewPeriod(Who { slice, xid }) => {
                 info!(slice, xid, "new period: limits back to the max rates")
             }
-            Event::Capped { slice, xid, capped } => {
-                info!(slice, xid, class = capped.class.name(), used = %capped.used, ceil = %capped.ceil, "capped; notice queued")
+            Event::Capped(Who { slice, xid }, c) => {
+                info!(slice, xid, class = c.class.name(), used = %c.used, ceil = %c.ceil, "capped; notice queued")
             }
             Event::Orphan(minor) => {
                 info!(class = %minor, "removing a class that belongs to no slice")

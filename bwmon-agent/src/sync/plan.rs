@@ -74,67 +74,43 @@ pub struct Memory {
     pub previous: HashMap<u32, (Counters, UnixSecs)>,
 }
 
+/// The slice an event is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Who {
+    /// Its name.
+    pub slice: String,
+    /// Its xid.
+    pub xid: u32,
+}
+
+impl Who {
+    fn of(slice: &str, xid: u32) -> Who {
+        Who {
+            slice: slice.to_owned(),
+            xid,
+        }
+    }
+}
+
 /// Something the log should say.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// A slice seen for the first time (or after its record expired): its period starts.
-    NewSlice {
-        /// Name.
-        slice: String,
-        /// xid.
-        xid: u32,
-    },
+    NewSlice(Who),
     /// A departed slice came back within its period and continues it.
-    Returned {
-        /// Name.
-        slice: String,
-        /// xid.
-        xid: u32,
-    },
+    Returned(Who),
     /// A slice left the slices file; its record stays until its period ends.
-    Departed {
-        /// Name.
-        slice: String,
-        /// xid.
-        xid: u32,
-    },
+    Departed(Who),
     /// A departed slice's period ended: forgotten, minors freed.
-    Forgotten {
-        /// Name.
-        slice: String,
-        /// xid.
-        xid: u32,
-    },
+    Forgotten(Who),
     /// No minors are left for a slice's leaves.
-    NoMinors {
-        /// Name.
-        slice: String,
-        /// xid.
-        xid: u32,
-    },
+    NoMinors(Who),
     /// A queued notice whose period is over was dropped.
-    StaleNotice {
-        /// Name.
-        slice: String,
-        /// xid.
-        xid: u32,
-    },
+    StaleNotice(Who),
     /// A slice's new period began: limits back to the max rates.
-    NewPeriod {
-        /// Name.
-        slice: String,
-        /// xid.
-        xid: u32,
-    },
-    /// A slice was capped and a notice queued.
-    Capped {
-        /// Name.
-        slice: String,
-        /// xid.
-        xid: u32,
-        /// The class and its numbers.
-        capped: CappedClass,
-    },
+    NewPeriod(Who),
+    /// A slice was capped (the class and its numbers) and a notice queued.
+    Capped(Who, CappedClass),
     /// A class of the tree belongs to no slice and is removed.
     Orphan(Minor),
 }
@@ -186,14 +162,14 @@ pub fn plan(
 
     // Membership: new slices start a period; returning ones continue theirs.
     for l in live {
-        let (slice, xid) = (l.name.clone(), l.xid);
+        let xid = l.xid;
         if let Some(s) = next.slices.get_mut(&xid)
             && s.name == l.name
             && !s.record.expired(now, period)
         {
             if s.departed {
                 s.departed = false;
-                events.push(Event::Returned { slice, xid });
+                events.push(Event::Returned(Who::of(&l.name, xid)));
             }
             continue;
         }
@@ -202,18 +178,15 @@ pub fn plan(
             None => minors.allocate_pair(),
         };
         let Some(leaves) = leaves else {
-            events.push(Event::NoMinors { slice, xid });
+            events.push(Event::NoMinors(Who::of(&l.name, xid)));
             continue;
         };
         let record = policy::start(charged(snap, xid, leaves), &l.limits, now);
-        events.push(Event::NewSlice {
-            slice: slice.clone(),
-            xid,
-        });
+        events.push(Event::NewSlice(Who::of(&l.name, xid)));
         next.slices.insert(
             xid,
             SliceState {
-                name: slice,
+                name: l.name.clone(),
                 record,
                 minors: leaves,
                 departed: false,
@@ -227,20 +200,17 @@ pub fn plan(
         if live_xids.contains(xid) {
             return true;
         }
-        let (slice, xid) = (s.name.clone(), *xid);
+        let who = Who::of(&s.name, *xid);
         if !s.departed {
             s.departed = true;
-            events.push(Event::Departed {
-                slice: slice.clone(),
-                xid,
-            });
+            events.push(Event::Departed(who.clone()));
         }
         if !s.record.expired(now, period) {
             return true;
         }
         minors.release(s.minors.general);
         minors.release(s.minors.exempt);
-        events.push(Event::Forgotten { slice, xid });
+        events.push(Event::Forgotten(who));
         false
     });
 
@@ -262,10 +232,7 @@ pub fn plan(
     next.notices.retain(|n| {
         let fresh = n.period_end > now;
         if !fresh {
-            events.push(Event::StaleNotice {
-                slice: n.slice.clone(),
-                xid: n.xid,
-            });
+            events.push(Event::StaleNotice(Who::of(&n.slice, n.xid)));
         }
         fresh
     });
@@ -282,10 +249,7 @@ pub fn plan(
         let d = policy::decide(&s.record, counters, &l.limits, now, period, l.capping);
         s.record = d.record;
         if d.reset {
-            events.push(Event::NewPeriod {
-                slice: l.name.clone(),
-                xid: l.xid,
-            });
+            events.push(Event::NewPeriod(Who::of(&l.name, l.xid)));
         }
         if d.notify {
             let capped: Vec<CappedClass> = TrafficClass::ALL
@@ -298,11 +262,11 @@ pub fn plan(
                     budget: l.limits.of(class).max,
                 })
                 .collect();
-            events.extend(capped.iter().map(|c| Event::Capped {
-                slice: l.name.clone(),
-                xid: l.xid,
-                capped: *c,
-            }));
+            events.extend(
+                capped
+                    .iter()
+                    .map(|c| Event::Capped(Who::of(&l.name, l.xid), *c)),
+            );
             let notice = Notice {
                 slice: l.name.clone(),
                 xid: l.xid,
@@ -438,5 +402,305 @@ fn row(
         rate_bps: rate.general,
         exempt_rate_bps: rate.exempt,
         classes: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bwmon_common::{Counter, ROOT_XID};
+
+    use super::*;
+    use crate::{
+        policy::Node,
+        rspec::Attributes,
+        units::{BitsPerSec, KBytes},
+    };
+
+    const NODE: Node = Node {
+        node_cap: BitsPerSec(100_000_000),
+        exempt_max: BitsPerSec(1_000_000_000),
+        period_secs: 100,
+    };
+
+    fn limits() -> Limits {
+        Limits::resolve(
+            &Attributes {
+                max_kbyte: Some(KBytes(1000)),
+                ..Default::default()
+            },
+            &NODE,
+        )
+    }
+
+    fn settings(dry_run: bool) -> Settings {
+        Settings {
+            period_secs: NODE.period_secs,
+            dry_run,
+            tree: TreeSpec {
+                node_cap: NODE.node_cap,
+                exempt_max: NODE.exempt_max,
+            },
+            default_limits: limits(),
+            source_prefixes: false,
+        }
+    }
+
+    fn slice(name: &str, xid: u32) -> LiveSlice {
+        LiveSlice {
+            name: name.into(),
+            xid,
+            limits: limits(),
+            capping: Capping::Policy,
+            sources: Vec::new(),
+        }
+    }
+
+    fn root() -> LiveSlice {
+        LiveSlice {
+            capping: Capping::Never,
+            ..slice("root", ROOT_XID)
+        }
+    }
+
+    /// A world the tests drive: what bwmon remembers, the kernel's counters and tree.
+    struct World {
+        state: State,
+        minors: Minors,
+        memory: Memory,
+        obs: Observation,
+        settings: Settings,
+    }
+
+    impl World {
+        fn new(dry_run: bool) -> World {
+            World {
+                state: State::default(),
+                minors: Minors::default(),
+                memory: Memory::default(),
+                obs: Observation::default(),
+                settings: settings(dry_run),
+            }
+        }
+
+        fn send(&mut self, xid: u32, bytes: u64) {
+            let c = self.obs.snapshot.offered.entry(xid).or_default();
+            c.general.bytes += bytes;
+            c.general.packets += 1;
+        }
+
+        /// Plans at `now`, then carries the plan out the way `act` does on a perfect tree.
+        fn sync(&mut self, live: &[LiveSlice], now: UnixSecs) -> Plan {
+            self.obs.now = now;
+            let p = plan(
+                &self.state,
+                &self.minors,
+                &self.memory,
+                live,
+                &self.obs,
+                &self.settings,
+            );
+            for op in &p.tree_ops {
+                match op {
+                    Op::Upsert(l) => {
+                        self.obs.listed.retain(|c| c.minor != l.minor);
+                        self.obs.listed.push(ClassInfo {
+                            minor: l.minor,
+                            parent: Some(Minor::parent_of(l.class)),
+                            params: l.params,
+                            bytes: 0,
+                            packets: 0,
+                            drops: 0,
+                            qlen: 0,
+                        });
+                    }
+                    Op::Remove(m) => self.obs.listed.retain(|c| c.minor != *m),
+                }
+            }
+            self.state = p.state.clone();
+            self.minors = p.minors.clone();
+            self.memory = p.memory.clone();
+            p
+        }
+
+        fn leaf(&self, xid: u32) -> &ClassInfo {
+            let m = self.state.slices[&xid].minors.general;
+            self.obs.listed.iter().find(|c| c.minor == m).unwrap()
+        }
+    }
+
+    fn line<'a>(p: &'a Plan, name: &str) -> &'a SliceStatus {
+        p.rows.iter().find(|r| r.name == name).unwrap()
+    }
+
+    #[test]
+    fn a_new_slice_gets_two_leaves_steering_and_a_period_from_its_current_counter() {
+        let mut w = World::new(false);
+        w.send(1001, 5000);
+        let p = w.sync(&[root(), slice("alice", 1001)], 1000);
+        let alice = &p.state.slices[&1001];
+        assert_eq!(alice.record.period_start, 1000);
+        assert_eq!(alice.record.classes.general.baseline, 5000);
+        assert_eq!(p.steering[&1001], tree::class_ids(alice.minors));
+        let upserts = p
+            .tree_ops
+            .iter()
+            .filter(|o| matches!(o, Op::Upsert(_)))
+            .count();
+        assert_eq!(upserts, 4, "two leaves for root, two for alice");
+        assert!(p.events.contains(&Event::NewSlice(Who::of("alice", 1001))));
+        let names: Vec<&str> = p.rows.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["root", "default", "alice"]);
+    }
+
+    #[test]
+    fn an_unchanged_ceiling_plans_no_write() {
+        let mut w = World::new(false);
+        let live = [root(), slice("alice", 1001)];
+        w.sync(&live, 1000);
+        w.send(1001, 1000);
+        let p = w.sync(&live, 1001);
+        assert!(p.tree_ops.is_empty(), "{:?}", p.tree_ops);
+    }
+
+    #[test]
+    fn a_slice_over_its_threshold_gets_a_lower_leaf_and_one_notice() {
+        let mut w = World::new(false);
+        let live = [root(), slice("alice", 1001)];
+        w.sync(&live, 1000);
+        w.send(1001, 900 * 1024);
+        let p = w.sync(&live, 1050);
+        let expect = BitsPerSec((1000 - 900) * 1024 * 8 / 50);
+        assert_eq!(w.leaf(1001).params.ceil, expect);
+        assert_eq!(p.new_notices.len(), 1);
+        assert_eq!(p.new_notices[0].capped[0].ceil, expect);
+        assert!(line(&p, "alice").capped);
+        let p = w.sync(&live, 1051);
+        assert!(p.new_notices.is_empty(), "one notice per period");
+    }
+
+    #[test]
+    fn root_and_default_are_accounted_and_never_capped() {
+        let mut w = World::new(false);
+        let live = [root()];
+        w.sync(&live, 1000);
+        w.send(ROOT_XID, 1 << 30);
+        let default_leaf = DEFAULT_LEAVES.general;
+        w.obs.listed.push(ClassInfo {
+            minor: default_leaf,
+            parent: Some(Minor::parent_of(TrafficClass::General)),
+            params: ClassParams::with_shares(BitsPerSec(1000), NODE.node_cap, 1),
+            bytes: 1 << 30,
+            packets: 1,
+            drops: 0,
+            qlen: 0,
+        });
+        let p = w.sync(&live, 1010);
+        let (root_line, default_line) = (line(&p, "root"), line(&p, "default"));
+        assert_eq!(root_line.bytes, 1 << 30);
+        assert_eq!(default_line.bytes, 1 << 30);
+        assert!(!root_line.capped && !default_line.capped && !default_line.emailed);
+        assert!(p.new_notices.is_empty());
+        assert_eq!(w.leaf(ROOT_XID).params.ceil, NODE.node_cap);
+        assert_eq!(w.leaf(ROOT_XID).params.quantum, 1600);
+    }
+
+    #[test]
+    fn dry_run_reports_and_notices_the_cap_but_plans_the_max_rate() {
+        let mut w = World::new(true);
+        let live = [root(), slice("alice", 1001)];
+        w.sync(&live, 1000);
+        w.send(1001, 2000 * 1024);
+        let p = w.sync(&live, 1010);
+        assert!(line(&p, "alice").capped);
+        assert_eq!(p.new_notices.len(), 1);
+        assert_eq!(w.leaf(1001).params.ceil, NODE.node_cap);
+    }
+
+    #[test]
+    fn a_slice_that_leaves_and_returns_within_its_period_continues_it() {
+        let mut w = World::new(false);
+        let with = [root(), slice("alice", 1001)];
+        let without = [root()];
+        w.sync(&with, 1000);
+        w.send(1001, 850 * 1024);
+        w.sync(&with, 1010);
+        let minors = w.state.slices[&1001].minors;
+        let p = w.sync(&without, 1020);
+        assert!(p.state.slices[&1001].departed);
+        assert!(
+            !p.steering.contains_key(&1001),
+            "its traffic goes to default"
+        );
+        assert!(p.tree_ops.contains(&Op::Remove(minors.general)));
+        assert!(p.events.contains(&Event::Orphan(minors.general)));
+        let p = w.sync(&with, 1030);
+        assert!(p.events.contains(&Event::Returned(Who::of("alice", 1001))));
+        assert_eq!(line(&p, "alice").period_start, 1000, "no fresh budget");
+        assert!(line(&p, "alice").capped);
+        assert_eq!(p.state.slices[&1001].minors, minors);
+        w.sync(&without, 1040);
+        let p = w.sync(&without, 1100);
+        assert!(
+            !p.state.slices.contains_key(&1001),
+            "forgotten at period end"
+        );
+        assert!(p.events.contains(&Event::Forgotten(Who::of("alice", 1001))));
+        assert_eq!(p.minors.available(), Minors::default().available() - 2);
+    }
+
+    #[test]
+    fn classes_nobody_owns_are_removed_and_the_fixed_ones_kept() {
+        let mut w = World::new(false);
+        w.sync(&[root()], 1000);
+        w.obs.listed.push(ClassInfo {
+            minor: Minor(0x4444),
+            parent: Some(tree::GENERAL_PARENT),
+            params: ClassParams::with_shares(BitsPerSec(1000), BitsPerSec(1000), 1),
+            bytes: 0,
+            packets: 0,
+            drops: 0,
+            qlen: 0,
+        });
+        for f in w.settings.tree.fixed_classes() {
+            w.obs.listed.push(ClassInfo {
+                minor: f.minor,
+                parent: f.parent,
+                params: f.params,
+                bytes: 0,
+                packets: 0,
+                drops: 0,
+                qlen: 0,
+            });
+        }
+        let p = w.sync(&[root()], 1001);
+        assert_eq!(p.tree_ops, [Op::Remove(Minor(0x4444))]);
+    }
+
+    #[test]
+    fn drops_are_charged_back_to_the_slice_whose_leaf_dropped_them() {
+        let mut w = World::new(false);
+        let live = [root(), slice("alice", 1001)];
+        w.sync(&live, 1000);
+        w.send(1001, 10_000);
+        let leaf = w.state.slices[&1001].minors.general;
+        w.obs.snapshot.dropped.insert(
+            leaf,
+            Counter {
+                bytes: 4000,
+                packets: 3,
+            },
+        );
+        let p = w.sync(&live, 1001);
+        assert_eq!(line(&p, "alice").bytes, 6000);
+        assert_eq!(line(&p, "alice").dropped_bytes, 4000);
+    }
+
+    #[test]
+    fn no_minors_left_is_an_event_and_the_slice_goes_to_default() {
+        let mut w = World::new(false);
+        w.minors = Minors::with_assigned((0x100..=0xffff).map(Minor));
+        let p = w.sync(&[slice("alice", 1001)], 1000);
+        assert!(p.events.contains(&Event::NoMinors(Who::of("alice", 1001))));
+        assert!(p.steering.is_empty());
     }
 }
