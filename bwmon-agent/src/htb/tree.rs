@@ -204,6 +204,24 @@ pub struct ClassInfo {
 }
 
 impl ClassInfo {
+    /// A class as the kernel lists it right after it was created: no counters yet.
+    pub fn created(minor: Minor, parent: Option<Minor>, params: ClassParams) -> ClassInfo {
+        ClassInfo {
+            minor,
+            parent,
+            params,
+            bytes: 0,
+            packets: 0,
+            drops: 0,
+            qlen: 0,
+        }
+    }
+
+    /// The class `leaf` creates.
+    pub fn of_leaf(leaf: &Leaf) -> ClassInfo {
+        ClassInfo::created(leaf.minor, Some(Minor::parent_of(leaf.class)), leaf.params)
+    }
+
     /// Whether the kernel's class already is `leaf` (at the kernel's precision).
     pub fn is(&self, leaf: &Leaf) -> bool {
         self.minor == leaf.minor

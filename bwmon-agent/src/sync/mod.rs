@@ -436,18 +436,7 @@ mod tests {
                 self.applied.push(*op);
                 match op {
                     Op::Upsert(l) => {
-                        self.classes.insert(
-                            l.minor,
-                            ClassInfo {
-                                minor: l.minor,
-                                parent: Some(Minor::parent_of(l.class)),
-                                params: l.params,
-                                bytes: 0,
-                                packets: 0,
-                                drops: 0,
-                                qlen: 0,
-                            },
-                        );
+                        self.classes.insert(l.minor, ClassInfo::of_leaf(l));
                     }
                     Op::Remove(m) => {
                         self.classes.remove(m);

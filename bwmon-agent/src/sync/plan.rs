@@ -503,15 +503,7 @@ mod tests {
                 match op {
                     Op::Upsert(l) => {
                         self.obs.listed.retain(|c| c.minor != l.minor);
-                        self.obs.listed.push(ClassInfo {
-                            minor: l.minor,
-                            parent: Some(Minor::parent_of(l.class)),
-                            params: l.params,
-                            bytes: 0,
-                            packets: 0,
-                            drops: 0,
-                            qlen: 0,
-                        });
+                        self.obs.listed.push(ClassInfo::of_leaf(l));
                     }
                     Op::Remove(m) => self.obs.listed.retain(|c| c.minor != *m),
                 }
@@ -652,25 +644,15 @@ mod tests {
     fn classes_nobody_owns_are_removed_and_the_fixed_ones_kept() {
         let mut w = World::new(false);
         w.sync(&[root()], 1000);
-        w.obs.listed.push(ClassInfo {
-            minor: Minor(0x4444),
-            parent: Some(tree::GENERAL_PARENT),
-            params: ClassParams::with_shares(BitsPerSec(1000), BitsPerSec(1000), 1),
-            bytes: 0,
-            packets: 0,
-            drops: 0,
-            qlen: 0,
-        });
+        w.obs.listed.push(ClassInfo::created(
+            Minor(0x4444),
+            Some(tree::GENERAL_PARENT),
+            ClassParams::with_shares(BitsPerSec(1000), BitsPerSec(1000), 1),
+        ));
         for f in w.settings.tree.fixed_classes() {
-            w.obs.listed.push(ClassInfo {
-                minor: f.minor,
-                parent: f.parent,
-                params: f.params,
-                bytes: 0,
-                packets: 0,
-                drops: 0,
-                qlen: 0,
-            });
+            w.obs
+                .listed
+                .push(ClassInfo::created(f.minor, f.parent, f.params));
         }
         let p = w.sync(&[root()], 1001);
         assert_eq!(p.tree_ops, [Op::Remove(Minor(0x4444))]);
