@@ -26,6 +26,10 @@ pub enum Command {
         /// Configuration file (TOML), e.g. /etc/bwmon/bwmon.toml.
         #[arg(long, short, value_name = "FILE", default_value = paths::CONFIG)]
         config: PathBuf,
+        /// Start with every budget afresh: move the state files aside (`<state>.discarded-<time>`)
+        /// instead of loading them. Only for when no generation of the state loads.
+        #[arg(long)]
+        fresh_state: bool,
     },
     /// Validate the configuration and slices files; exit non-zero naming file, line and key.
     Check {

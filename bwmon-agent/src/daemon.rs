@@ -70,6 +70,8 @@ struct Outlets {
     status: watch::Sender<Arc<StatusReport>>,
     notices: mpsc::UnboundedSender<Notice>,
     notify_errors: Arc<AtomicU64>,
+    /// Said at start, shown in every report.
+    warnings: Vec<String>,
 }
 
 /// The one owner of the syncer and the slices file: runs commands until the channel closes,
@@ -120,6 +122,7 @@ fn sync_worker(
         if failed > 0 {
             report.errors.insert(ErrorKind::Notify, failed);
         }
+        report.warnings.extend(out.warnings.iter().cloned());
         let _ = out.status.send(Arc::new(report));
     }
     info!("stopping: saving the state; the datapath keeps counting");
@@ -132,8 +135,29 @@ fn sync_worker(
 /// # Errors
 /// Anything that prevents starting: bad config or slices file, unreadable state, no
 /// datapath, a foreign root qdisc.
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    let state = State::load(&config.state)?;
+pub async fn run(config: Config, fresh_state: bool) -> anyhow::Result<()> {
+    if fresh_state {
+        for moved in State::discard(&config.state)? {
+            warn!(to = %moved.display(), "--fresh-state: the state was moved aside; every budget starts afresh");
+        }
+    }
+    let loaded = State::load(&config.state)?;
+    let mut warnings = Vec::new();
+    for s in &loaded.set_aside {
+        let w = format!(
+            "state file {} was damaged ({}) and moved to {}; loaded {}",
+            s.from.display(),
+            s.why,
+            s.to.display(),
+            loaded
+                .from
+                .as_ref()
+                .map_or("nothing".into(), |p| p.display().to_string())
+        );
+        warn!("{w}");
+        warnings.push(w);
+    }
+    let state = loaded.state;
     let mut slices_file = SlicesFile::new(config.slices.clone());
     let slices = initial_slices(&mut slices_file)?;
 
@@ -231,6 +255,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         status: status_tx,
         notices: notice_tx,
         notify_errors,
+        warnings,
     };
     let worker = std::thread::Builder::new()
         .name("bwmon-sync".into())

@@ -41,9 +41,12 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run { config } => {
+        Command::Run {
+            config,
+            fresh_state,
+        } => {
             let config = Config::load(&config)?;
-            runtime()?.block_on(daemon::run(config))
+            runtime()?.block_on(daemon::run(config, fresh_state))
         }
         Command::Check { config } => {
             let config = Config::load(&config)?;

@@ -1,13 +1,18 @@
 //! The budget policy: pure arithmetic on counters and time (no clock, no I/O), the seed's rules
 //! with its unit bugs fixed. General and exempt traffic are decided alike, independently.
 //!
-//! Every sync, for each slice and class: a **reset** when the period has elapsed since the
-//! slice's period start or a counter went backwards (new period, baseline = counter, ceilings
-//! back to the max rates, `emailed` cleared); otherwise an **update**: `used = counter −
-//! baseline`, and once `used ≥ thresh` the ceiling becomes `(max − used) × 8 / (period −
-//! elapsed)` bit/s, never below the min rate nor bwmin, never above the max rate. A slice
-//! capped in a period is noticed exactly once in that period, whichever class tripped.
-
+//! Every sync, for each slice and class: usage is **carried** — the record keeps what the
+//! slice used this period and the last counter seen, and adds `counter − last` when the counter
+//! grew. When the kernel's counters restarted from zero (reboot, lost pins, teardown: the
+//! caller knows, see [`Record::restarted`]) all of the counter is new; a reboot loses at most
+//! what was sent since the last sync. A counter a little below the last one without a restart
+//! is a packet charged at one sync and dropped before the next: nothing is added until the
+//! counter passes the last value again. Only the end of the
+//! period is a **reset** (new period, `used = 0`, ceilings back to the max rates, `emailed`
+//! cleared); a clock earlier than the period start holds the period, it never resets it.
+//! Otherwise an **update**: once `used ≥ thresh` the ceiling becomes `(max − used) × 8 /
+//! (period − elapsed)` bit/s, never below the min rate nor bwmin, never above the max rate. A
+//! slice capped in a period is noticed exactly once in that period, whichever class tripped.
 use crate::{
     class::{PerClass, TrafficClass},
     rspec::Attributes,
@@ -107,10 +112,28 @@ impl Limits {
 /// A class's accounting within the current period.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ClassRecord {
-    /// The counter's value at the start of the period.
-    pub baseline: u64,
+    /// Bytes charged in this period so far.
+    pub used: Bytes,
+    /// The counter's value at the last sync.
+    pub last: u64,
     /// The ceiling in force.
     pub ceil: BitsPerSec,
+}
+
+impl ClassRecord {
+    /// The record with `counter` carried into it: what the counter grew by since the last
+    /// sync is added. A counter below the last one (a packet charged, then dropped) adds
+    /// nothing and leaves `last`, so those bytes are not charged twice.
+    pub fn carried(self, counter: u64) -> ClassRecord {
+        if counter < self.last {
+            return self;
+        }
+        ClassRecord {
+            used: Bytes(self.used.0.saturating_add(counter - self.last)),
+            last: counter,
+            ceil: self.ceil,
+        }
+    }
 }
 
 /// A slice's accounting within the current period (persisted).
@@ -125,14 +148,23 @@ pub struct Record {
 }
 
 impl Record {
-    /// Bytes used in this period by `class`, given its counter.
-    pub fn used(&self, class: TrafficClass, counter: u64) -> Bytes {
-        Bytes(counter.saturating_sub(self.classes.of(class).baseline))
+    /// Bytes used in this period by `class` (as of the sync that made this record).
+    pub fn used(&self, class: TrafficClass) -> Bytes {
+        self.classes.of(class).used
     }
 
     /// Whether this record's period is over at `now`.
     pub fn expired(&self, now: UnixSecs, period_secs: u64) -> bool {
         now >= self.period_start.saturating_add(period_secs)
+    }
+
+    /// The record after the kernel's counters restarted from zero: everything they count from
+    /// now on is new to this period.
+    pub fn restarted(mut self) -> Record {
+        for class in TrafficClass::ALL {
+            self.classes.of_mut(class).last = 0;
+        }
+        self
     }
 
     /// Whether `class`'s ceiling is below its max rate.
@@ -161,6 +193,8 @@ pub struct Decision {
     pub record: Record,
     /// A new period began.
     pub reset: bool,
+    /// The clock is earlier than the period's start: the period is held, not reset.
+    pub clock_behind: bool,
     /// Send the slice its notice for this period now.
     pub notify: bool,
 }
@@ -170,7 +204,8 @@ pub fn start(counters: Counters, limits: &Limits, now: UnixSecs) -> Record {
     Record {
         period_start: now,
         classes: PerClass::from_fn(|c| ClassRecord {
-            baseline: *counters.of(c),
+            used: Bytes(0),
+            last: *counters.of(c),
             ceil: limits.of(c).max_rate,
         }),
         emailed: false,
@@ -200,29 +235,26 @@ pub fn decide(
     period_secs: u64,
     capping: Capping,
 ) -> Decision {
-    let backwards = TrafficClass::ALL
-        .iter()
-        .any(|c| counters.of(*c) < &record.classes.of(*c).baseline);
-    if record.expired(now, period_secs) || backwards || now < record.period_start {
+    if record.expired(now, period_secs) {
         return Decision {
             record: start(counters, limits, now),
             reset: true,
+            clock_behind: false,
             notify: false,
         };
     }
-    let elapsed = now - record.period_start;
+    // A clock behind the period start holds the period: no time has elapsed in it.
+    let clock_behind = now < record.period_start;
+    let elapsed = now.saturating_sub(record.period_start);
     let mut next = *record;
     for class in TrafficClass::ALL {
         let l = limits.of(class);
-        next.classes.of_mut(class).ceil = match capping {
-            Capping::Policy => ceiling(
-                l,
-                record.used(class, *counters.of(class)),
-                elapsed,
-                period_secs,
-            ),
+        let r = record.classes.of(class).carried(*counters.of(class));
+        let ceil = match capping {
+            Capping::Policy => ceiling(l, r.used, elapsed, period_secs),
             Capping::Never => l.max_rate,
         };
+        *next.classes.of_mut(class) = ClassRecord { ceil, ..r };
     }
     let capped = TrafficClass::ALL.iter().any(|c| next.capped(*c, limits));
     let notify = capped && !record.emailed;
@@ -230,6 +262,7 @@ pub fn decide(
     Decision {
         record: next,
         reset: false,
+        clock_behind,
         notify,
     }
 }
@@ -433,8 +466,32 @@ mod tests {
     }
 
     #[test]
-    fn a_counter_going_backwards_starts_a_new_period() {
-        let l = limits(10);
+    fn a_counter_a_little_below_the_last_adds_nothing_until_it_passes_it() {
+        let l = limits(10_000);
+        let r = start(Counters::default(), &l, 0);
+        let at = |r: &Record, general: u64, now: u64| {
+            decide(
+                r,
+                Counters { general, exempt: 0 },
+                &l,
+                now,
+                100,
+                Capping::Policy,
+            )
+        };
+        let d = at(&r, 5000, 1);
+        let d = at(&d.record, 4800, 2);
+        assert!(!d.reset);
+        assert_eq!(d.record.used(TrafficClass::General), Bytes(5000));
+        let d = at(&d.record, 5100, 3);
+        assert_eq!(d.record.used(TrafficClass::General), Bytes(5100));
+    }
+
+    #[test]
+    fn counters_that_restarted_are_carried_not_a_new_period() {
+        // The kernel's counters restarted (reboot, lost pins): 5000 and 1000 were used, the
+        // counters now read 10 and 7000.
+        let l = limits(10_000);
         let r = start(
             Counters {
                 general: 5000,
@@ -443,27 +500,57 @@ mod tests {
             &l,
             0,
         );
-        let d = decide(
+        let mid = decide(
             &r,
             Counters {
-                general: 10,
+                general: 10_000,
                 exempt: 6000,
+            },
+            &l,
+            5,
+            100,
+            Capping::Policy,
+        );
+        let d = decide(
+            &mid.record.restarted(),
+            Counters {
+                general: 10,
+                exempt: 7000,
             },
             &l,
             10,
             100,
             Capping::Policy,
         );
-        assert!(d.reset);
-        assert_eq!(d.record.period_start, 10);
-        assert_eq!(d.record.classes.general.baseline, 10);
+        assert!(!d.reset);
+        assert_eq!(d.record.period_start, 0);
+        assert_eq!(d.record.used(TrafficClass::General), Bytes(5000 + 10));
+        assert_eq!(d.record.used(TrafficClass::Exempt), Bytes(1000 + 7000));
+        assert_eq!(d.record.classes.general.last, 10);
     }
 
     #[test]
-    fn a_clock_before_the_period_start_starts_a_new_period() {
+    fn a_clock_before_the_period_start_holds_the_period_and_its_usage() {
         let l = limits(10);
         let r = start(Counters::default(), &l, 1000);
-        assert!(decide(&r, Counters::default(), &l, 500, 100, Capping::Policy).reset);
+        let d = decide(
+            &r,
+            Counters {
+                general: 9 * 1024,
+                exempt: 0,
+            },
+            &l,
+            500,
+            100,
+            Capping::Policy,
+        );
+        assert!(!d.reset && d.clock_behind);
+        assert_eq!(d.record.period_start, 1000);
+        assert_eq!(d.record.used(TrafficClass::General), Bytes(9 * 1024));
+        assert!(
+            d.record.capped(TrafficClass::General, &l),
+            "over its threshold"
+        );
     }
 
     proptest! {
@@ -523,6 +610,33 @@ mod tests {
         }
 
         #[test]
+        fn used_never_decreases_within_a_period(
+            readings in proptest::collection::vec((0u64..1u64 << 40, any::<bool>()), 1..40),
+            clock in proptest::collection::vec(0u64..200, 1..40),
+        ) {
+            // Counters that grow, or restart from zero (`true`), at times that may jump back
+            // before the period start, never past its end.
+            let l = limits(1000);
+            let mut record = start(Counters::default(), &l, 1000);
+            let mut counter = 0u64;
+            for (i, (step, restart)) in readings.iter().enumerate() {
+                let before = (record.used(TrafficClass::General), record.period_start);
+                if *restart {
+                    counter = step % 1000;
+                    record = record.restarted();
+                } else {
+                    counter = counter.saturating_add(*step);
+                }
+                let now = 900 + clock[i % clock.len()];
+                let d = decide(&record, Counters { general: counter, exempt: 0 }, &l, now, 86_400, Capping::Policy);
+                prop_assert!(!d.reset);
+                prop_assert_eq!(d.record.period_start, before.1);
+                prop_assert!(d.record.used(TrafficClass::General) >= before.0);
+                record = d.record;
+            }
+        }
+
+        #[test]
         fn reset_restores_the_max_rates(
             g in 0u64..1u64 << 40, e in 0u64..1u64 << 40, start_at in 0u64..1_000_000, period in 1u64..100_000,
         ) {
@@ -536,7 +650,8 @@ mod tests {
             prop_assert_eq!(d.record.classes.general.ceil, l.general.max_rate);
             prop_assert_eq!(d.record.classes.exempt.ceil, l.exempt.max_rate);
             prop_assert!(!d.record.emailed);
-            prop_assert_eq!((d.record.classes.general.baseline, d.record.classes.exempt.baseline), (g, e));
+            prop_assert_eq!((d.record.classes.general.last, d.record.classes.exempt.last), (g, e));
+            prop_assert_eq!(d.record.used(TrafficClass::General), Bytes(0));
         }
     }
 }

@@ -69,6 +69,9 @@ pub struct StatusReport {
     pub last_sync_secs: f64,
     /// Errors so far, by kind.
     pub errors: ErrorCounts,
+    /// What an operator should know (a damaged state file set aside, …).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 impl SliceStatus {
@@ -184,6 +187,9 @@ pub fn table(report: &StatusReport) -> String {
             .trim_end()
             .to_owned()
     };
+    for w in &report.warnings {
+        out.push_str(&format!("warning: {w}\n"));
+    }
     out.push_str(&line(headers.to_vec()));
     out.push('\n');
     for r in &rows {

@@ -126,6 +126,13 @@ pub enum DatapathError {
         #[source]
         source: aya_log::Error,
     },
+    /// This boot's id could not be read.
+    #[error("reading /proc/sys/kernel/random/boot_id")]
+    BootId {
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
     /// A map operation failed.
     #[error("map {map} on {iface}")]
     Map {

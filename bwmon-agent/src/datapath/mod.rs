@@ -45,6 +45,9 @@ use crate::{btf::Btf, paths};
 /// The eBPF object built by `cargo xtask build`; empty when the agent was built without it.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bwmon.bpf.o"));
 
+/// Changes at every boot: counters from another boot restarted from zero.
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
 /// The kernel tracepoint of dropped packets.
 const DROP_TRACEPOINT: &str = "kfree_skb";
 
@@ -100,6 +103,8 @@ pub struct ProgramStats {
 /// The loaded, attached datapath of one interface.
 pub struct Datapath {
     ebpf: Ebpf,
+    /// This boot's id (`/proc/sys/kernel/random/boot_id`), part of the counters' epoch.
+    boot_id: String,
     iface: String,
     pin_dir: PathBuf,
     mode: AttachMode,
@@ -156,8 +161,13 @@ impl Datapath {
             pins::check_map(&ebpf, name, path)?;
         }
 
+        let boot_id = std::fs::read_to_string(BOOT_ID)
+            .map_err(|source| DatapathError::BootId { source })?
+            .trim()
+            .to_owned();
         let mut dp = Self {
             ebpf,
+            boot_id,
             iface,
             pin_dir,
             mode: opts.attach_mode,

@@ -22,6 +22,9 @@ pub struct Snapshot {
     /// Bytes dropped before leaving, per HTB minor of bwmon's `1:` tree (classes without drops
     /// are left out), monotonic.
     pub dropped: BTreeMap<Minor, Counter>,
+    /// Which instance of the counters these are: it changes when they restart from zero (a
+    /// reboot, or maps re-created after their pins were lost), never otherwise.
+    pub epoch: u64,
 }
 
 impl Snapshot {
@@ -34,6 +37,25 @@ impl Snapshot {
             exempt: offered.exempt,
         };
         offered.map(|class, c| c.saturating_sub(self.dropped_at(*leaves.of(class))))
+    }
+
+    /// The bytes `xid` is charged when its leaves' drops count from `drop_base` on: the drop
+    /// counters a reused minor had when the slice got it belong to its previous owner.
+    pub fn charged_bytes(
+        &self,
+        xid: u32,
+        leaves: PerClass<Minor>,
+        drop_base: PerClass<u64>,
+    ) -> PerClass<u64> {
+        let offered = self.offered.get(&xid).copied().unwrap_or_default();
+        let offered = PerClass {
+            general: offered.general.bytes,
+            exempt: offered.exempt.bytes,
+        };
+        offered.map(|class, bytes| {
+            let dropped = self.dropped_at(*leaves.of(class)).bytes;
+            bytes.saturating_sub(dropped.saturating_sub(*drop_base.of(class)))
+        })
     }
 
     /// Bytes and packets the leaf `minor` dropped.
@@ -59,40 +81,35 @@ fn sum<V: aya::Pod + Default>(values: &PerCpuValues<V>, fold: impl Fn(V, V) -> V
 }
 
 impl Datapath {
+    /// The counters' instance: this boot and the kernel ids of the counter maps (ids are
+    /// unique within a boot, and restart after one).
+    fn counters_epoch(&self) -> Result<u64> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.boot_id.hash(&mut h);
+        for name in [names::OFFERED, names::DROPPED] {
+            let id = map_data(self.map(name)?)
+                .and_then(|m| m.info().ok())
+                .map(|i| i.id());
+            id.hash(&mut h);
+        }
+        Ok(h.finish())
+    }
+
     /// Reads every counter, summed over CPUs, with batch lookups where the kernel has them.
     ///
     /// # Errors
     /// A failed map read, naming the map.
     pub fn snapshot(&self) -> Result<Snapshot> {
         let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| self.batch_err(names::OFFERED, e))?;
-        let mut out = Snapshot::default();
-
-        let map = self.map(names::OFFERED)?;
-        let offered = match map_data(map) {
-            Some(data) => {
-                batch::per_cpu_entries::<u32, XidCounters>(data.fd(), nr_cpus, XidCounters::merged)
-                    .map_err(|e| self.batch_err(names::OFFERED, e))?
-            }
-            None => None,
+        let mut out = Snapshot {
+            epoch: self.counters_epoch()?,
+            ..Snapshot::default()
         };
-        match offered {
-            Some(entries) => out.offered.extend(entries),
-            None => {
-                let err = |e| self.map_err(names::OFFERED, e);
-                let map: PerCpuHashMap<&MapData, u32, XidCounters> =
-                    PerCpuHashMap::try_from(map).map_err(err)?;
-                for entry in map.iter() {
-                    let (xid, values) = entry.map_err(err)?;
-                    out.offered.insert(xid, sum(&values, XidCounters::merged));
-                }
-            }
-        }
 
-        let err = |e| self.map_err(names::OFFERED_OVERFLOW, e);
-        let overflow: PerCpuArray<&MapData, XidCounters> =
-            PerCpuArray::try_from(self.map(names::OFFERED_OVERFLOW)?).map_err(err)?;
-        out.offered_overflow = sum(&overflow.get(&0, 0).map_err(err)?, XidCounters::merged);
-
+        // Drops first: every dropped packet was offered before it was dropped, so offered
+        // bytes read afterwards include it and `offered − dropped` never dips between syncs
+        // (a dip would read as the kernel's counters restarting).
         let map = self.map(names::DROPPED)?;
         let dropped = match map_data(map) {
             Some(data) => {
@@ -121,6 +138,32 @@ impl Datapath {
                 .filter(|(_, c)| c.packets != 0)
                 .filter_map(|(minor, c)| Some((Minor(u16::try_from(minor).ok()?), c))),
         );
+        let map = self.map(names::OFFERED)?;
+        let offered = match map_data(map) {
+            Some(data) => {
+                batch::per_cpu_entries::<u32, XidCounters>(data.fd(), nr_cpus, XidCounters::merged)
+                    .map_err(|e| self.batch_err(names::OFFERED, e))?
+            }
+            None => None,
+        };
+        match offered {
+            Some(entries) => out.offered.extend(entries),
+            None => {
+                let err = |e| self.map_err(names::OFFERED, e);
+                let map: PerCpuHashMap<&MapData, u32, XidCounters> =
+                    PerCpuHashMap::try_from(map).map_err(err)?;
+                for entry in map.iter() {
+                    let (xid, values) = entry.map_err(err)?;
+                    out.offered.insert(xid, sum(&values, XidCounters::merged));
+                }
+            }
+        }
+
+        let err = |e| self.map_err(names::OFFERED_OVERFLOW, e);
+        let overflow: PerCpuArray<&MapData, XidCounters> =
+            PerCpuArray::try_from(self.map(names::OFFERED_OVERFLOW)?).map_err(err)?;
+        out.offered_overflow = sum(&overflow.get(&0, 0).map_err(err)?, XidCounters::merged);
+
         Ok(out)
     }
 }

@@ -63,6 +63,10 @@ pub struct Syncer<K, T> {
     pushed: Pushed,
     errors: ErrorCounts,
     last_report: StatusReport,
+    /// The clock was behind a period start at the last sync (said once, not every sync).
+    clock_behind: bool,
+    /// The tree was (re)created since the last observation: its counters restarted.
+    tree_created: bool,
 }
 
 impl<K: Kernel, T: Tree> Syncer<K, T> {
@@ -100,6 +104,8 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
             pushed: Pushed::default(),
             errors: ErrorCounts::new(),
             last_report: StatusReport::default(),
+            clock_behind: false,
+            tree_created: false,
         }
     }
 
@@ -140,9 +146,12 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
     /// The tree cannot be installed.
     pub fn install_tree(&mut self) -> Result<bool, crate::htb::HtbError> {
         let spec = self.tree_spec();
-        self.tree
-            .ensure_tree(&spec, self.config.take_over_root_qdisc)
-            .map(|installed| installed.created)
+        let created = self
+            .tree
+            .ensure_tree(&spec, self.config.take_over_root_qdisc)?
+            .created;
+        self.tree_created |= created;
+        Ok(created)
     }
 
     /// The tree's fixed part for this config.
@@ -232,6 +241,7 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
             .ensure_tree(&spec, self.config.take_over_root_qdisc)
         {
             Ok(installed) => {
+                self.tree_created |= installed.created;
                 if installed.created {
                     info!(iface = %self.config.interface, "HTB tree (re)built; adding every slice");
                 }
@@ -254,6 +264,7 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
                 now,
                 snapshot,
                 listed,
+                tree_created: std::mem::take(&mut self.tree_created),
             }),
             Err(e) => {
                 self.error(ErrorKind::Datapath, "reading the counters", &e);
@@ -276,6 +287,17 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
     fn act(&mut self, plan: Plan, now: UnixSecs, started: std::time::Instant) -> Outcome {
         for event in &plan.events {
             self.log(event);
+        }
+        if plan.clock_behind != self.clock_behind {
+            if plan.clock_behind {
+                warn!(
+                    now,
+                    "the clock is earlier than slices' period starts; holding their periods and usage until it catches up"
+                );
+            } else {
+                info!(now, "the clock caught up with the period starts");
+            }
+            self.clock_behind = plan.clock_behind;
         }
         if !self.pushed.exempt {
             match self.kernel.set_exempt(&self.config.exempt_prefixes) {
@@ -320,6 +342,7 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
             slices: plan.rows,
             last_sync_secs: started.elapsed().as_secs_f64(),
             errors: self.errors.clone(),
+            warnings: Vec::new(),
         };
         self.last_report = report.clone();
         Outcome {
@@ -359,6 +382,9 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
             Event::Capped(Who { slice, xid }, c) => {
                 info!(slice, xid, class = c.class.name(), used = %c.used, ceil = %c.ceil, "capped; notice queued")
             }
+            Event::CountersRestarted => warn!(
+                "the kernel's counters restarted from zero (reboot, or pins removed): usage is carried on; bytes sent since the last sync before that are lost"
+            ),
             Event::Orphan(minor) => {
                 info!(class = %minor, "removing a class that belongs to no slice")
             }
@@ -507,7 +533,7 @@ mod tests {
         assert!(o.state_changed);
         let alice = &s.state.slices[&1001];
         assert_eq!(alice.record.period_start, 1000);
-        assert_eq!(alice.record.classes.general.baseline, 5000);
+        assert_eq!(alice.record.classes.general.last, 5000);
         assert_eq!(s.kernel.classes[&1001], ids(alice.minors));
         assert!(
             s.tree.classes.contains_key(&alice.minors.general)

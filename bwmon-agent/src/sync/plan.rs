@@ -65,6 +65,8 @@ pub struct Observation {
     pub snapshot: Snapshot,
     /// The tree's classes with their counters.
     pub listed: Vec<ClassInfo>,
+    /// The tree was (re)created since the last sync: its counters restarted from zero.
+    pub tree_created: bool,
 }
 
 /// What bwmon remembers between syncs, besides the persisted state.
@@ -113,6 +115,8 @@ pub enum Event {
     Capped(Who, CappedClass),
     /// A class of the tree belongs to no slice and is removed.
     Orphan(Minor),
+    /// The kernel's counters restarted from zero (reboot, lost pins): usage is carried.
+    CountersRestarted,
 }
 
 /// Everything one sync will do.
@@ -136,11 +140,13 @@ pub struct Plan {
     pub rows: Vec<SliceStatus>,
     /// What to log.
     pub events: Vec<Event>,
+    /// The clock is earlier than a slice's period start (periods held).
+    pub clock_behind: bool,
 }
 
-/// A slice's charged counters: bytes it offered minus bytes its leaves dropped.
-fn charged(snap: &Snapshot, xid: u32, leaves: PerClass<Minor>) -> Counters {
-    snap.charged(xid, leaves).map(|_, c| c.bytes)
+/// The drop counters of `leaves` now: where a slice that gets them starts counting drops.
+fn drops_now(snap: &Snapshot, leaves: PerClass<Minor>) -> PerClass<u64> {
+    leaves.map(|_, m| snap.dropped_at(m).bytes)
 }
 
 /// Plans one sync.
@@ -159,6 +165,16 @@ pub fn plan(
     let mut minors = minors.clone();
     let mut memory = memory.clone();
     let mut events = Vec::new();
+
+    // Counters that restarted from zero: every record counts from zero on, drops too.
+    if next.counters_epoch.is_some_and(|e| e != snap.epoch) {
+        events.push(Event::CountersRestarted);
+        for s in next.slices.values_mut() {
+            s.record = s.record.restarted();
+            s.drop_base = PerClass::default();
+        }
+    }
+    next.counters_epoch = Some(snap.epoch);
 
     // Membership: new slices start a period; returning ones continue theirs.
     for l in live {
@@ -181,7 +197,8 @@ pub fn plan(
             events.push(Event::NoMinors(Who::of(&l.name, xid)));
             continue;
         };
-        let record = policy::start(charged(snap, xid, leaves), &l.limits, now);
+        let drop_base = drops_now(snap, leaves);
+        let record = policy::start(snap.charged_bytes(xid, leaves, drop_base), &l.limits, now);
         events.push(Event::NewSlice(Who::of(&l.name, xid)));
         next.slices.insert(
             xid,
@@ -189,6 +206,7 @@ pub fn plan(
                 name: l.name.clone(),
                 record,
                 minors: leaves,
+                drop_base,
                 departed: false,
             },
         );
@@ -239,15 +257,22 @@ pub fn plan(
 
     // Policy, leaves and report lines.
     let mut new_notices = Vec::new();
+    let mut clock_behind = false;
     let mut rows = Vec::new();
     let mut leaves = Vec::new();
     for l in live {
         let Some(s) = next.slices.get_mut(&l.xid) else {
             continue;
         };
-        let counters = charged(snap, l.xid, s.minors);
+        // Drop counters below the base restarted with the kernel's state: count from zero.
+        let drops = drops_now(snap, s.minors);
+        s.drop_base = s
+            .drop_base
+            .map(|c, base| if *drops.of(c) < base { 0 } else { base });
+        let counters = snap.charged_bytes(l.xid, s.minors, s.drop_base);
         let d = policy::decide(&s.record, counters, &l.limits, now, period, l.capping);
         s.record = d.record;
+        clock_behind |= d.clock_behind;
         if d.reset {
             events.push(Event::NewPeriod(Who::of(&l.name, l.xid)));
         }
@@ -257,7 +282,7 @@ pub fn plan(
                 .filter(|c| d.record.capped(*c, &l.limits))
                 .map(|class| CappedClass {
                     class,
-                    used: d.record.used(class, *counters.of(class)),
+                    used: d.record.used(class),
                     ceil: d.record.classes.of(class).ceil,
                     budget: l.limits.of(class).max,
                 })
@@ -294,11 +319,8 @@ pub fn plan(
                 params: ClassParams::with_shares(lim.min_rate, ceil, lim.share),
             });
         }
-        let dropped = s
-            .minors
-            .iter()
-            .map(|(_, m)| snap.dropped_at(*m).bytes)
-            .sum();
+        let dropped = drops.general.saturating_sub(s.drop_base.general)
+            + drops.exempt.saturating_sub(s.drop_base.exempt);
         let mut line = row(
             &mut memory,
             &l.name,
@@ -331,6 +353,7 @@ pub fn plan(
     let limits = &settings.default_limits;
     let default_record = match state.default {
         Some(r) => {
+            let r = if obs.tree_created { r.restarted() } else { r };
             let mut d = policy::decide(&r, default_counters, limits, now, period, Capping::Never);
             d.record.emailed = false;
             d.record
@@ -360,6 +383,7 @@ pub fn plan(
         new_notices,
         rows,
         events,
+        clock_behind,
     }
 }
 
@@ -380,7 +404,7 @@ fn row(
         _ => PerClass::default(),
     };
     let kb = |b: Bytes| b.0 / 1024;
-    let used = PerClass::from_fn(|c| r.used(c, *counters.of(c)).0);
+    let used = PerClass::from_fn(|c| r.used(c).0);
     SliceStatus {
         name: name.to_owned(),
         xid,
@@ -531,7 +555,8 @@ mod tests {
         let p = w.sync(&[root(), slice("alice", 1001)], 1000);
         let alice = &p.state.slices[&1001];
         assert_eq!(alice.record.period_start, 1000);
-        assert_eq!(alice.record.classes.general.baseline, 5000);
+        assert_eq!(alice.record.classes.general.last, 5000);
+        assert_eq!(alice.record.used(TrafficClass::General), Bytes(0));
         assert_eq!(p.steering[&1001], tree::class_ids(alice.minors));
         let upserts = p
             .tree_ops
@@ -684,5 +709,88 @@ mod tests {
         let p = w.sync(&[slice("alice", 1001)], 1000);
         assert!(p.events.contains(&Event::NoMinors(Who::of("alice", 1001))));
         assert!(p.steering.is_empty());
+    }
+
+    #[test]
+    fn a_new_slice_on_a_reused_minor_is_charged_exactly_what_it_sent() {
+        let mut w = World::new(false);
+        let bob = [root(), slice("bob", 1002)];
+        w.sync(&bob, 1000);
+        w.send(1002, 50_000);
+        let leaves = w.state.slices[&1002].minors;
+        // bob's leaf dropped 30,000 of them.
+        w.obs.snapshot.dropped.insert(
+            leaves.general,
+            Counter {
+                bytes: 30_000,
+                packets: 20,
+            },
+        );
+        w.sync(&bob, 1010);
+        assert_eq!(line(&w.sync(&bob, 1011), "bob").bytes, 20_000);
+        // bob leaves and is forgotten at his period's end; carol gets his minors.
+        w.sync(&[root()], 1020);
+        w.sync(&[root()], 1100);
+        let carol = [root(), slice("carol", 1003)];
+        w.sync(&carol, 1101);
+        assert_eq!(w.state.slices[&1003].minors, leaves, "bob's minors reused");
+        w.send(1003, 12_345);
+        let p = w.sync(&carol, 1102);
+        assert_eq!(line(&p, "carol").bytes, 12_345, "bob's drops are not hers");
+        assert_eq!(line(&p, "carol").dropped_bytes, 0);
+        // Her own drops are subtracted: of 1,000 more bytes, 345 were dropped.
+        w.send(1003, 1000);
+        w.obs.snapshot.dropped.insert(
+            leaves.general,
+            Counter {
+                bytes: 30_000 + 345,
+                packets: 21,
+            },
+        );
+        let p = w.sync(&carol, 1103);
+        assert_eq!(line(&p, "carol").bytes, 13_000);
+    }
+
+    #[test]
+    fn counters_lost_with_the_kernel_state_carry_usage_instead_of_a_fresh_budget() {
+        let mut w = World::new(false);
+        let live = [root(), slice("alice", 1001)];
+        w.sync(&live, 1000);
+        w.send(1001, 700 * 1024);
+        w.sync(&live, 1010);
+        // Reboot: the kernel's counters start again from zero (a new epoch), the tree is new.
+        w.obs.snapshot = Snapshot {
+            epoch: 1,
+            ..Snapshot::default()
+        };
+        w.obs.listed.clear();
+        w.obs.tree_created = true;
+        w.send(1001, 200 * 1024);
+        let p = w.sync(&live, 1020);
+        let alice = line(&p, "alice");
+        assert_eq!(alice.period_start, 1000, "same period");
+        assert_eq!(alice.bytes, 900 * 1024, "700 KiB before, 200 KiB after");
+        assert!(alice.capped, "900 KiB is over the 800 KiB threshold");
+        assert!(
+            !p.events.iter().any(|e| matches!(e, Event::NewPeriod(_))),
+            "{:?}",
+            p.events
+        );
+        assert!(p.events.contains(&Event::CountersRestarted));
+    }
+
+    #[test]
+    fn a_clock_behind_the_period_start_holds_every_period() {
+        let mut w = World::new(false);
+        let live = [root(), slice("alice", 1001)];
+        w.sync(&live, 100_000);
+        w.send(1001, 900 * 1024);
+        let p = w.sync(&live, 50_000);
+        assert!(p.clock_behind);
+        assert_eq!(line(&p, "alice").period_start, 100_000);
+        assert_eq!(line(&p, "alice").bytes, 900 * 1024);
+        let p = w.sync(&live, 100_001);
+        assert!(!p.clock_behind);
+        assert_eq!(line(&p, "alice").period_start, 100_000);
     }
 }

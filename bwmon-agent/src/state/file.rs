@@ -1,0 +1,650 @@
+//! The state on disk. Postcard behind a magic, a CRC-32 of everything after it, and a
+//! version; written atomically (temporary file, fsync, rename, fsync of the directory), and in
+//! two generations: before a new `state` replaces the old one, the old one becomes
+//! `state.prev`. At start the newest generation that loads wins; a damaged one is moved aside
+//! with a timestamp and said in the log and in status. Only when none loads does the daemon
+//! refuse to start, naming the file and `bwmon run --fresh-state`: budgets are never silently
+//! started afresh. A failed save leaves the files as they were and is retried.
+
+use std::{
+    collections::BTreeMap,
+    ffi::OsString,
+    fs,
+    io::{self, Write},
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use super::{Notice, SliceState, State};
+use crate::{
+    class::PerClass,
+    htb::Minor,
+    policy::{ClassRecord, Record, UnixSecs},
+    units::{BitsPerSec, Bytes},
+};
+
+/// Files of this format: magic, CRC-32 (LE) of the rest, version (LE), postcard.
+const MAGIC: &[u8; 8] = b"BWMONSC\x02";
+/// The first format: magic, version 1, postcard, no checksum (read to migrate it).
+const MAGIC_V1: &[u8; 8] = b"BWMONST\x01";
+/// The format version this binary writes.
+pub const VERSION: u16 = 2;
+
+/// Why the state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// I/O on the file.
+    #[error("state file {path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Not a bwmon state file, or damaged.
+    #[error("state file {path} is damaged: {why}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// Written by a newer bwmon.
+    #[error(
+        "state file {path} was written by a newer bwmon (format {found}, this one reads up to {VERSION}); refusing to start"
+    )]
+    Newer {
+        /// The file.
+        path: PathBuf,
+        /// Its version.
+        found: u16,
+    },
+    /// Neither generation loads.
+    #[error(
+        "no generation of the state file {path} loads ({why}); refusing to start with every budget reset. To start afresh on purpose: bwmon run --fresh-state"
+    )]
+    NoGoodGeneration {
+        /// The state file.
+        path: PathBuf,
+        /// What is wrong with each generation.
+        why: String,
+    },
+}
+
+/// A damaged generation moved out of the way at start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetAside {
+    /// Where it was.
+    pub from: PathBuf,
+    /// Where it is now.
+    pub to: PathBuf,
+    /// What was wrong with it.
+    pub why: String,
+}
+
+/// The state as loaded at start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Loaded {
+    /// The state (empty at a first start).
+    pub state: State,
+    /// The file it came from; `None` at a first start.
+    pub from: Option<PathBuf>,
+    /// Damaged generations moved aside.
+    pub set_aside: Vec<SetAside>,
+}
+
+/// The previous generation of the state file at `path`: `<path>.prev`.
+pub fn previous(path: &Path) -> PathBuf {
+    with_suffix(path, ".prev")
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = OsString::from(path.as_os_str());
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+fn unix_now() -> UnixSecs {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl State {
+    /// Reads the one file at `path`; a missing file is `Ok(None)`.
+    ///
+    /// # Errors
+    /// Unreadable, damaged, or newer files.
+    pub fn read(path: &Path) -> Result<Option<State>, StateError> {
+        match fs::read(path) {
+            Ok(bytes) => Self::decode(path, &bytes).map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StateError::Io {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Reads the state at `path`, falling back to its previous generation; a damaged
+    /// generation is moved aside (`<path>.damaged-<unix time>`). No file at all is a first
+    /// start.
+    ///
+    /// # Errors
+    /// No generation loads; a file cannot be read or moved; a newer format.
+    pub fn load(path: &Path) -> Result<Loaded, StateError> {
+        let prev = previous(path);
+        let mut damaged: Vec<(PathBuf, String)> = Vec::new();
+        let mut found = None;
+        for candidate in [path, prev.as_path()] {
+            match Self::read(candidate) {
+                Ok(Some(state)) => {
+                    found = Some((state, candidate.to_owned()));
+                    break;
+                }
+                Ok(None) => {}
+                Err(StateError::Corrupt { why, .. }) => damaged.push((candidate.to_owned(), why)),
+                Err(e) => return Err(e),
+            }
+        }
+        let Some((state, from)) = found else {
+            if damaged.is_empty() {
+                return Ok(Loaded::default());
+            }
+            let why = damaged
+                .iter()
+                .map(|(p, why)| format!("{}: {why}", p.display()))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(StateError::NoGoodGeneration {
+                path: path.to_owned(),
+                why,
+            });
+        };
+        let stamp = unix_now();
+        let mut set_aside = Vec::new();
+        for (file, why) in damaged {
+            let to = with_suffix(&file, &format!(".damaged-{stamp}"));
+            fs::rename(&file, &to).map_err(|source| StateError::Io {
+                path: file.clone(),
+                source,
+            })?;
+            set_aside.push(SetAside {
+                from: file,
+                to,
+                why,
+            });
+        }
+        Ok(Loaded {
+            state,
+            from: Some(from),
+            set_aside,
+        })
+    }
+
+    /// Moves every generation at `path` aside (`<path>.discarded-<unix time>`), for a start
+    /// afresh on purpose. Returns where they went.
+    ///
+    /// # Errors
+    /// A file that exists and cannot be moved.
+    pub fn discard(path: &Path) -> Result<Vec<PathBuf>, StateError> {
+        let stamp = unix_now();
+        let mut moved = Vec::new();
+        for file in [path.to_owned(), previous(path)] {
+            let to = with_suffix(&file, &format!(".discarded-{stamp}"));
+            match fs::rename(&file, &to) {
+                Ok(()) => moved.push(to),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(StateError::Io { path: file, source }),
+            }
+        }
+        Ok(moved)
+    }
+
+    fn decode(path: &Path, bytes: &[u8]) -> Result<State, StateError> {
+        let corrupt = |why: String| StateError::Corrupt {
+            path: path.to_owned(),
+            why,
+        };
+        if let Some(rest) = bytes.strip_prefix(MAGIC_V1) {
+            if rest.get(..2) != Some(&1u16.to_le_bytes()[..]) {
+                return Err(corrupt("a first-format header with another version".into()));
+            }
+            let old: v1::State =
+                postcard::from_bytes(&rest[2..]).map_err(|e| corrupt(e.to_string()))?;
+            return Ok(old.into());
+        }
+        let Some(rest) = bytes.strip_prefix(MAGIC) else {
+            return Err(corrupt("no bwmon state header".into()));
+        };
+        if rest.len() < 6 {
+            return Err(corrupt("cut short".into()));
+        }
+        let (crc, body) = rest.split_at(4);
+        let crc = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+        if crc32fast::hash(body) != crc {
+            return Err(corrupt("checksum mismatch".into()));
+        }
+        let version = u16::from_le_bytes([body[0], body[1]]);
+        if version > VERSION {
+            return Err(StateError::Newer {
+                path: path.to_owned(),
+                found: version,
+            });
+        }
+        if version < VERSION {
+            return Err(corrupt(format!("unknown version {version}")));
+        }
+        postcard::from_bytes(&body[2..]).map_err(|e| corrupt(e.to_string()))
+    }
+
+    /// The encoded file contents.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut body = VERSION.to_le_bytes().to_vec();
+        // Serializing plain data into a Vec cannot fail.
+        body.extend(postcard::to_stdvec(self).unwrap_or_default());
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        out.extend(body);
+        out
+    }
+
+    /// Writes the state atomically, keeping the file it replaces as `<path>.prev`: a reader
+    /// (or a crash) sees the old generations or the new ones, never half a file.
+    ///
+    /// # Errors
+    /// Any I/O failure (a full or read-only disk); the files are then as they were.
+    pub fn save(&self, path: &Path) -> Result<(), StateError> {
+        let err = |source| StateError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(dir).map_err(err)?;
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
+        let pid = std::process::id();
+        let tmp = dir.join(format!(".{name}.tmp-{pid}"));
+        let prev_tmp = dir.join(format!(".{name}.prev-tmp-{pid}"));
+        let result = (|| {
+            // Readable by root only: it names slices and their usage.
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&self.encode())?;
+            f.sync_all()?;
+            // The current file becomes the previous generation (a hard link costs no space);
+            // a crash between the renames leaves `.prev` alone, which loads.
+            match fs::hard_link(path, &prev_tmp) {
+                Ok(()) => fs::rename(&prev_tmp, previous(path))?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            fs::rename(&tmp, path)?;
+            fs::File::open(dir)?.sync_all()
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+            let _ = fs::remove_file(&prev_tmp);
+        }
+        result.map_err(err)
+    }
+}
+
+/// Where the state is saved, and whether the copy in memory is newer than the file. A failed
+/// save leaves it dirty, so the next [`StateFile::save_if_dirty`] tries again.
+#[derive(Debug)]
+pub struct StateFile {
+    path: PathBuf,
+    dirty: bool,
+}
+
+impl StateFile {
+    /// The state file at `path`, taken to hold what is in memory.
+    pub fn new(path: PathBuf) -> Self {
+        Self { path, dirty: false }
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The state in memory changed.
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
+    /// Saves `state` when it changed since the last successful save.
+    ///
+    /// # Errors
+    /// The save failed: the old files are intact and the next call tries again.
+    pub fn save_if_dirty(&mut self, state: &State) -> Result<(), StateError> {
+        if self.dirty {
+            state.save(&self.path)?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+}
+
+/// The first format, read to migrate it: a record kept the counter at the period's start.
+mod v1 {
+    use super::*;
+
+    #[derive(serde::Deserialize)]
+    pub struct ClassRecordV1 {
+        baseline: u64,
+        ceil: BitsPerSec,
+    }
+
+    #[derive(serde::Deserialize)]
+    pub struct RecordV1 {
+        period_start: UnixSecs,
+        classes: PerClass<ClassRecordV1>,
+        emailed: bool,
+    }
+
+    #[derive(serde::Deserialize)]
+    pub struct SliceStateV1 {
+        name: String,
+        record: RecordV1,
+        minors: PerClass<Minor>,
+        departed: bool,
+    }
+
+    #[derive(serde::Deserialize)]
+    pub struct State {
+        slices: BTreeMap<u32, SliceStateV1>,
+        default: Option<RecordV1>,
+        notices: Vec<Notice>,
+    }
+
+    impl From<RecordV1> for Record {
+        /// Nothing used yet, last counter = the period's start: the next sync adds
+        /// `counter − baseline`, which is what the period used.
+        fn from(r: RecordV1) -> Record {
+            Record {
+                period_start: r.period_start,
+                classes: r.classes.map(|_, c| ClassRecord {
+                    used: Bytes(0),
+                    last: c.baseline,
+                    ceil: c.ceil,
+                }),
+                emailed: r.emailed,
+            }
+        }
+    }
+
+    impl From<State> for super::State {
+        fn from(s: State) -> super::State {
+            super::State {
+                slices: s
+                    .slices
+                    .into_iter()
+                    .map(|(xid, s)| {
+                        let slice = SliceState {
+                            name: s.name,
+                            record: s.record.into(),
+                            minors: s.minors,
+                            drop_base: PerClass::default(),
+                            departed: s.departed,
+                        };
+                        (xid, slice)
+                    })
+                    .collect(),
+                default: s.default.map(Record::from),
+                notices: s.notices,
+                // Unknown: the counters the first format saw are taken to go on.
+                counters_epoch: None,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        class::TrafficClass,
+        state::{CappedClass, Notice},
+    };
+
+    fn sample() -> State {
+        let mut s = State::default();
+        s.slices.insert(
+            1001,
+            SliceState {
+                name: "alice".into(),
+                record: Record {
+                    period_start: 1_700_000_000,
+                    classes: PerClass {
+                        general: ClassRecord {
+                            used: Bytes(4000),
+                            last: 123,
+                            ceil: BitsPerSec(1_000_000),
+                        },
+                        exempt: ClassRecord::default(),
+                    },
+                    emailed: true,
+                },
+                minors: PerClass {
+                    general: Minor(0x100),
+                    exempt: Minor(0x101),
+                },
+                drop_base: PerClass::default(),
+                departed: false,
+            },
+        );
+        s.notices.push(Notice {
+            slice: "alice".into(),
+            xid: 1001,
+            period_start: 1_700_000_000,
+            period_end: 1_700_086_400,
+            capped: vec![CappedClass {
+                class: TrafficClass::General,
+                used: Bytes(5),
+                ceil: BitsPerSec(1000),
+                budget: Bytes(10),
+            }],
+            decided_at: 1_700_000_100,
+            attempts: 0,
+            next_attempt: 0,
+        });
+        s
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn round_trips_and_keeps_the_previous_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        assert_eq!(
+            State::load(&path).unwrap(),
+            Loaded::default(),
+            "first start"
+        );
+        State::default().save(&path).unwrap();
+        sample().save(&path).unwrap();
+        let loaded = State::load(&path).unwrap();
+        assert_eq!(loaded.state, sample());
+        assert_eq!(loaded.from.as_deref(), Some(path.as_path()));
+        assert_eq!(
+            State::read(&previous(&path)).unwrap(),
+            Some(State::default())
+        );
+        // No temporary file is left behind.
+        assert_eq!(files(dir.path()), ["state", "state.prev"]);
+    }
+
+    #[test]
+    fn a_damaged_newest_generation_falls_back_to_the_previous_and_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        sample().save(&path).unwrap();
+        State::default().save(&path).unwrap();
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x5a;
+        fs::write(&path, &bytes).unwrap();
+        let loaded = State::load(&path).unwrap();
+        assert_eq!(loaded.state, sample(), "the previous generation");
+        assert_eq!(loaded.from, Some(previous(&path)));
+        assert_eq!(loaded.set_aside.len(), 1);
+        assert!(
+            loaded.set_aside[0].why.contains("checksum"),
+            "{:?}",
+            loaded.set_aside
+        );
+        assert!(!path.exists(), "moved aside");
+        assert!(loaded.set_aside[0].to.exists());
+        assert_eq!(fs::read(&loaded.set_aside[0].to).unwrap(), bytes);
+    }
+
+    #[test]
+    fn both_generations_damaged_refuses_and_names_the_way_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        fs::write(&path, b"garbage").unwrap();
+        fs::write(previous(&path), b"(S'$Id: bwmon.py").unwrap();
+        let e = State::load(&path).unwrap_err();
+        assert!(matches!(e, StateError::NoGoodGeneration { .. }), "{e}");
+        let text = e.to_string();
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(text.contains("bwmon run --fresh-state"), "{text}");
+        assert!(path.exists(), "nothing moved when nothing loads");
+        let moved = State::discard(&path).unwrap();
+        assert_eq!(moved.len(), 2);
+        assert_eq!(State::load(&path).unwrap(), Loaded::default());
+    }
+
+    #[test]
+    fn damaged_foreign_or_newer_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        let good = sample().encode();
+        for (what, bytes) in [
+            ("empty", Vec::new()),
+            ("pickle", b"(S'$Id: bwmon.py".to_vec()),
+            ("truncated", good[..good.len() / 2].to_vec()),
+        ] {
+            fs::write(&path, &bytes).unwrap();
+            let e = State::read(&path).unwrap_err();
+            assert!(matches!(e, StateError::Corrupt { .. }), "{what}: {e}");
+        }
+        // A newer format, with a valid checksum.
+        let mut body = (VERSION + 1).to_le_bytes().to_vec();
+        body.extend(postcard::to_stdvec(&sample()).unwrap());
+        let mut newer = MAGIC.to_vec();
+        newer.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        newer.extend(body);
+        fs::write(&path, &newer).unwrap();
+        assert!(matches!(
+            State::load(&path).unwrap_err(),
+            StateError::Newer { .. }
+        ));
+    }
+
+    #[test]
+    fn every_single_byte_flip_is_refused_or_loads_the_same_records() {
+        let path = Path::new("/nonexistent/state");
+        let good = sample().encode();
+        let mut refused = 0;
+        for i in 0..good.len() {
+            for flip in [0x01u8, 0x80, 0xff, 0x5a] {
+                let mut bytes = good.clone();
+                bytes[i] ^= flip;
+                match State::decode(path, &bytes) {
+                    Ok(s) => assert_eq!(s, sample(), "byte {i} ^ {flip:#x} loaded other records"),
+                    Err(_) => refused += 1,
+                }
+            }
+        }
+        assert_eq!(refused, good.len() * 4, "a checksum catches every flip");
+    }
+
+    #[test]
+    fn a_first_format_file_is_migrated_without_a_fresh_budget() {
+        // Version 1 of alice's record: counter 1,000 at the period's start.
+        #[derive(serde::Serialize)]
+        struct V1Class(u64, BitsPerSec);
+        /// period start, (general, exempt), emailed
+        type V1Record = (u64, (V1Class, V1Class), bool);
+        /// name, record, minors, departed
+        type V1Slice = (String, V1Record, (u16, u16), bool);
+        let slices: BTreeMap<u32, V1Slice> = BTreeMap::from([(
+            1001,
+            (
+                "alice".to_owned(),
+                (
+                    1_700_000_000,
+                    (
+                        V1Class(1000, BitsPerSec(5000)),
+                        V1Class(7, BitsPerSec(6000)),
+                    ),
+                    true,
+                ),
+                (0x100, 0x101),
+                false,
+            ),
+        )]);
+        let payload = (slices, None::<()>, Vec::<Notice>::new());
+        let mut bytes = MAGIC_V1.to_vec();
+        bytes.extend_from_slice(&1u16.to_le_bytes());
+        bytes.extend(postcard::to_stdvec(&payload).unwrap());
+        let s = State::decode(Path::new("state"), &bytes).unwrap();
+        let alice = &s.slices[&1001];
+        assert_eq!(alice.record.period_start, 1_700_000_000);
+        assert_eq!(alice.record.classes.general.last, 1000);
+        assert_eq!(alice.record.classes.general.used, Bytes(0));
+        assert_eq!(alice.record.classes.exempt.ceil, BitsPerSec(6000));
+        assert!(alice.record.emailed);
+        assert_eq!(alice.minors.exempt, Minor(0x101));
+        // The next sync charges what the period used: counter − baseline.
+        let next = alice.record.classes.general.carried(1500);
+        assert_eq!(next.used, Bytes(500));
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_old_files_and_is_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        sample().save(&path).unwrap();
+        // The target is a directory now: rename fails, the old contents stay readable elsewhere.
+        let blocked = dir.path().join("blocked");
+        fs::create_dir(&blocked).unwrap();
+        fs::write(blocked.join("x"), b"x").unwrap();
+        let mut file = StateFile::new(blocked.clone());
+        file.mark_dirty();
+        assert!(file.save_if_dirty(&State::default()).is_err());
+        assert_eq!(State::load(&path).unwrap().state, sample());
+        assert_eq!(
+            files(dir.path()),
+            ["blocked", "state"],
+            "no temporary file left"
+        );
+        // Space is back: the next call saves.
+        fs::remove_dir_all(&blocked).unwrap();
+        file.save_if_dirty(&State::default()).unwrap();
+        assert_eq!(State::read(&blocked).unwrap(), Some(State::default()));
+        file.save_if_dirty(&sample()).unwrap();
+        assert_eq!(
+            State::read(&blocked).unwrap(),
+            Some(State::default()),
+            "clean: nothing written"
+        );
+    }
+}

@@ -1,0 +1,109 @@
+//! What bwmon remembers across restarts: every slice's period, usage, last counters,
+//! ceilings, `emailed` flag and leaf minors, departed slices until their period ends, and
+//! notices not yet delivered. How it is kept on disk (checksummed, in two generations) is
+//! [`file`].
+
+mod file;
+
+use std::collections::BTreeMap;
+
+pub use file::{Loaded, SetAside, StateError, StateFile, VERSION};
+
+use crate::{
+    class::{PerClass, TrafficClass},
+    htb::Minor,
+    policy::{Record, UnixSecs},
+    units::{BitsPerSec, Bytes},
+};
+
+/// A notice decided by the policy and not yet delivered.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Notice {
+    /// Slice name.
+    pub slice: String,
+    /// Slice xid.
+    pub xid: u32,
+    /// The period it belongs to (its start).
+    pub period_start: UnixSecs,
+    /// When the period ends (the notice is stale after).
+    pub period_end: UnixSecs,
+    /// Every class that is capped.
+    pub capped: Vec<CappedClass>,
+    /// When the policy decided it.
+    pub decided_at: UnixSecs,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// Not before this time (backoff).
+    pub next_attempt: UnixSecs,
+}
+
+/// One capped class of a notice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CappedClass {
+    /// The class.
+    pub class: TrafficClass,
+    /// Bytes used in the period when it was capped.
+    pub used: Bytes,
+    /// The new ceiling.
+    pub ceil: BitsPerSec,
+    /// The period's budget.
+    pub budget: Bytes,
+}
+
+/// What identifies a notice: one per slice and period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NoticeKey {
+    /// The slice's xid.
+    pub xid: u32,
+    /// The start of the period it belongs to.
+    pub period_start: UnixSecs,
+}
+
+impl Notice {
+    /// What identifies this notice.
+    pub fn key(&self) -> NoticeKey {
+        NoticeKey {
+            xid: self.xid,
+            period_start: self.period_start,
+        }
+    }
+}
+
+/// One slice's persisted accounting.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SliceState {
+    /// Name (for departed slices and notices).
+    pub name: String,
+    /// The policy's record for the current period.
+    pub record: Record,
+    /// Its leaves' minors.
+    pub minors: PerClass<Minor>,
+    /// Bytes its leaves had dropped when it got them (a reused minor's drops are its
+    /// previous owner's).
+    pub drop_base: PerClass<u64>,
+    /// The slice left the slices file; kept until its period ends.
+    pub departed: bool,
+}
+
+/// Everything persisted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct State {
+    /// Slices by xid, live and departed (root included, xid 0).
+    pub slices: BTreeMap<u32, SliceState>,
+    /// The default pseudo-slice (xids without a slice).
+    pub default: Option<Record>,
+    /// Notices waiting for delivery.
+    pub notices: Vec<Notice>,
+    /// The instance of the kernel's counters the records' `last` values came from (see
+    /// `Snapshot::epoch`); `None` before the first sync.
+    pub counters_epoch: Option<u64>,
+}
+
+impl State {
+    /// Drops the notices whose keys are in `delivered`; says whether any was dropped.
+    pub fn forget_notices(&mut self, delivered: &std::collections::HashSet<NoticeKey>) -> bool {
+        let before = self.notices.len();
+        self.notices.retain(|n| !delivered.contains(&n.key()));
+        self.notices.len() != before
+    }
+}
