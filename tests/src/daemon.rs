@@ -13,26 +13,70 @@ pub struct Daemon {
 
 impl Daemon {
     /// Writes `config` (without `interface`, which is the lab's) and `slices`, then starts.
+    /// `slices`, `state` and `socket` default to files in the daemon's directory unless
+    /// `config` sets them.
     pub fn start(lab: &Lab, config: &str, slices: &str) -> Daemon {
         let dir = std::env::temp_dir().join(format!("bwmon-daemon-{}", lab.host_if));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("bwmon.toml"),
-            format!(
-                "interface = \"{}\"\nslices = \"slices.toml\"\nstate = \"state\"\nsocket = \"bwmon.sock\"\n{config}",
-                lab.host_if
-            ),
-        )
-        .unwrap();
+        let mut text = format!("interface = \"{}\"\n", lab.host_if);
+        for (key, value) in [
+            ("slices", "slices.toml"),
+            ("state", "state"),
+            ("socket", "bwmon.sock"),
+        ] {
+            if !config.lines().any(|l| l.starts_with(&format!("{key} ="))) {
+                text.push_str(&format!("{key} = \"{value}\"\n"));
+            }
+        }
+        text.push_str(config);
+        std::fs::write(dir.join("bwmon.toml"), text).unwrap();
         std::fs::write(dir.join("slices.toml"), slices).unwrap();
         let mut d = Daemon { dir, child: None };
         d.restart();
         d
     }
 
+    /// The config file.
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("bwmon.toml")
+    }
+
+    /// Runs `bwmon ARGS --config <ours>` to completion (teardown, check, run that must fail).
+    pub fn command(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bwmon_bin())
+            .args(args)
+            .arg("--config")
+            .arg(self.config())
+            .output()
+            .unwrap_or_else(|e| panic!("running bwmon {args:?}: {e}"))
+    }
+
+    /// `bwmon teardown`: what a reboot also loses (programs, pins, tree); the state stays.
+    pub fn teardown(&self) {
+        assert!(self.child.is_none(), "stop the daemon first");
+        let out = self.command(&["teardown"]);
+        assert!(
+            out.status.success(),
+            "teardown: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Whether the daemon process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Starts the daemon again (after a kill).
     pub fn restart(&mut self) {
+        self.restart_with(&[]);
+    }
+
+    /// Starts the daemon again with extra `bwmon run` arguments.
+    pub fn restart_with(&mut self, extra: &[&str]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -41,6 +85,7 @@ impl Daemon {
         let child = Command::new(bwmon_bin())
             .args(["run", "--config"])
             .arg(self.dir.join("bwmon.toml"))
+            .args(extra)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -88,7 +133,8 @@ impl Daemon {
         std::fs::write(self.dir.join("slices.toml"), slices).unwrap();
     }
 
-    fn try_status(&self) -> Option<serde_json::Value> {
+    /// `bwmon status --json`, or `None` when the daemon does not answer.
+    pub fn try_status(&self) -> Option<serde_json::Value> {
         let out = Command::new(bwmon_bin())
             .args(["status", "--json", "--config"])
             .arg(self.dir.join("bwmon.toml"))

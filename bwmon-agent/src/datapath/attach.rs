@@ -33,7 +33,7 @@ pub enum AttachMode {
 
 impl AttachMode {
     /// Whether this mode means TCX on the running kernel.
-    fn uses_tcx(self) -> bool {
+    pub(super) fn uses_tcx(self) -> bool {
         match self {
             AttachMode::Tcx => true,
             AttachMode::Clsact => false,

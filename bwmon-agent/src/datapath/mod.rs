@@ -32,6 +32,7 @@ use aya::{
     programs::{BtfTracePoint, SchedClassifier},
 };
 use bwmon_common::{Settings, XidSource, names};
+use tracing::warn;
 
 pub use attach::AttachMode;
 use drops::Device;
@@ -103,6 +104,8 @@ pub struct ProgramStats {
 /// The loaded, attached datapath of one interface.
 pub struct Datapath {
     ebpf: Ebpf,
+    /// What it was opened with, to open it again when its pins were lost.
+    opts: DatapathOptions,
     /// This boot's id (`/proc/sys/kernel/random/boot_id`), part of the counters' epoch.
     boot_id: String,
     iface: String,
@@ -167,6 +170,7 @@ impl Datapath {
             .to_owned();
         let mut dp = Self {
             ebpf,
+            opts: opts.clone(),
             boot_id,
             iface,
             pin_dir,
@@ -248,6 +252,28 @@ impl Datapath {
             priority: u32::from_ne_bytes([ctx_out[32], ctx_out[33], ctx_out[34], ctx_out[35]]),
             data_unchanged: data_out.get(..frame.len()) == Some(frame),
         })
+    }
+
+    /// Opens the datapath again when any of its pins is gone (removed behind bwmon's back):
+    /// missing maps are made anew (their counters restart from zero, which the next snapshot's
+    /// epoch tells), the programs attached again. The old programs are let go only after the
+    /// new ones are attached. Returns whether it had to.
+    ///
+    /// # Errors
+    /// Opening again failed; the old datapath stays as it was.
+    pub fn ensure_pinned(&mut self) -> Result<bool> {
+        let missing = pins::missing(&self.pin_dir, self.mode.uses_tcx());
+        if missing.is_empty() {
+            return Ok(false);
+        }
+        warn!(
+            iface = %self.iface,
+            missing = ?missing,
+            "pins of the datapath were removed; loading and attaching it again"
+        );
+        let fresh = Datapath::open(&self.opts)?;
+        *self = fresh;
+        Ok(true)
     }
 
     /// The interface this datapath accounts.

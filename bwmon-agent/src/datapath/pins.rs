@@ -54,6 +54,17 @@ pub(super) fn map_paths(pin_dir: &Path) -> Vec<(&'static str, PathBuf)> {
         .collect()
 }
 
+/// The pins that should be in `pin_dir` and are not (`link_egress` only with TCX).
+pub(super) fn missing(pin_dir: &Path, tcx: bool) -> Vec<&'static str> {
+    let links = [(DROP_LINK_PIN, true), (LINK_PIN, tcx)];
+    PINNED_MAPS
+        .iter()
+        .copied()
+        .chain(links.iter().filter(|(_, wanted)| *wanted).map(|(l, _)| *l))
+        .filter(|name| !pin_dir.join(name).exists())
+        .collect()
+}
+
 /// Mounts bpffs at [`paths::BPFFS`] when nothing is mounted there (no systemd does it for us on
 /// minimal hosts), as bpfman and Cilium do.
 ///

@@ -11,13 +11,25 @@ use crate::{
     htb::{ClassInfo, Htb, HtbError, Installed, Op, TreeSpec},
 };
 
+/// What [`Kernel::ensure_attached`] had to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// Everything was in place.
+    InPlace,
+    /// The classifier no longer reached the interface (re-created) and was attached again.
+    Reattached,
+    /// Pins were lost: the datapath was loaded again, with empty maps to fill.
+    Reloaded,
+}
+
 /// The counters and maps in the kernel.
 pub trait Kernel {
-    /// Attaches again if the interface was re-created; returns whether it had to.
+    /// Loads the datapath again if its pins were lost, attaches again if the interface was
+    /// re-created; says which.
     ///
     /// # Errors
-    /// The interface is missing, or attaching fails.
-    fn ensure_attached(&mut self) -> Result<bool, DatapathError>;
+    /// The interface is missing, or loading or attaching fails.
+    fn ensure_attached(&mut self) -> Result<Attachment, DatapathError>;
     /// All counters.
     ///
     /// # Errors
@@ -60,8 +72,14 @@ pub trait Tree {
 }
 
 impl Kernel for Datapath {
-    fn ensure_attached(&mut self) -> Result<bool, DatapathError> {
-        Datapath::ensure_attached(self)
+    fn ensure_attached(&mut self) -> Result<Attachment, DatapathError> {
+        if self.ensure_pinned()? {
+            return Ok(Attachment::Reloaded);
+        }
+        Ok(match Datapath::ensure_attached(self)? {
+            true => Attachment::Reattached,
+            false => Attachment::InPlace,
+        })
     }
     fn snapshot(&mut self) -> Result<Snapshot, DatapathError> {
         Datapath::snapshot(self)

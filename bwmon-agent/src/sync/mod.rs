@@ -13,7 +13,7 @@ use bwmon_common::{ClassIds, ROOT_XID, XidSource};
 use ipnet::IpNet;
 use tracing::{info, warn};
 
-pub use kernel::{Kernel, Tree};
+pub use kernel::{Attachment, Kernel, Tree};
 use plan::{Event, LiveSlice, Memory, Observation, Plan, Settings, Who};
 
 use crate::{
@@ -252,12 +252,15 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
                 self.list_tree()
             }
         };
-        if let Err(e) = self.kernel.ensure_attached() {
-            self.error(
-                ErrorKind::Datapath,
-                "checking the classifier's attachment",
-                &e,
-            );
+        match self.kernel.ensure_attached() {
+            Ok(Attachment::InPlace) => {}
+            Ok(Attachment::Reattached) => self.count_error(ErrorKind::Datapath),
+            Ok(Attachment::Reloaded) => {
+                // Fresh maps: every one of them is written again.
+                self.pushed = Pushed::default();
+                self.count_error(ErrorKind::Datapath);
+            }
+            Err(e) => self.error(ErrorKind::Datapath, "checking the datapath", &e),
         }
         match self.kernel.snapshot() {
             Ok(snapshot) => Some(Observation {
@@ -416,8 +419,8 @@ mod tests {
     }
 
     impl Kernel for FakeKernel {
-        fn ensure_attached(&mut self) -> Result<bool, DatapathError> {
-            Ok(false)
+        fn ensure_attached(&mut self) -> Result<Attachment, DatapathError> {
+            Ok(Attachment::InPlace)
         }
         fn snapshot(&mut self) -> Result<Snapshot, DatapathError> {
             if self.fail_snapshot {
