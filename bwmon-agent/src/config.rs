@@ -13,7 +13,7 @@ use crate::{
     paths,
     problems::{Collector, FileErrors, Problem, parse_document, plain_value},
     rspec::Attributes,
-    units::{BitsPerSec, parse_duration},
+    units::{BWMIN, BitsPerSec, parse_duration},
 };
 use bwmon_common::XidSource;
 
@@ -87,6 +87,10 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Kernel-side diagnostics through aya-log.
     pub kernel_log: bool,
+    /// Clients served at once by the control socket and, separately, the metrics endpoint.
+    pub max_connections: usize,
+    /// Accept the loopback interface (labs only).
+    pub allow_loopback: bool,
 }
 
 fn rate(v: &Value) -> Result<BitsPerSec, String> {
@@ -107,7 +111,7 @@ fn rate(v: &Value) -> Result<BitsPerSec, String> {
     }
 }
 
-const KEYS: [&str; 16] = [
+const KEYS: [&str; 18] = [
     "interface",
     "node_cap",
     "exempt_max",
@@ -124,6 +128,8 @@ const KEYS: [&str; 16] = [
     "mail",
     "metrics",
     "kernel_log",
+    "max_connections",
+    "allow_loopback",
 ];
 
 impl Config {
@@ -287,6 +293,64 @@ impl Config {
                 ),
             }
         }
+        for (family, count) in [
+            (
+                "IPv4",
+                exempt_prefixes
+                    .iter()
+                    .filter(|p| p.addr().is_ipv4())
+                    .count(),
+            ),
+            (
+                "IPv6",
+                exempt_prefixes
+                    .iter()
+                    .filter(|p| p.addr().is_ipv6())
+                    .count(),
+            ),
+        ] {
+            if count > bwmon_common::MAX_EXEMPT_PREFIXES as usize {
+                c.add(
+                    get("exempt_prefixes"),
+                    "exempt_prefixes",
+                    format!(
+                        "{count} {family} prefixes; the kernel's table holds {}",
+                        bwmon_common::MAX_EXEMPT_PREFIXES
+                    ),
+                );
+            }
+        }
+        for (k, r) in [("node_cap", node_cap), ("exempt_max", exempt_max)] {
+            if r < BWMIN {
+                c.add(
+                    get(k),
+                    k,
+                    format!("{r} is below the smallest rate bwmon sets ({BWMIN})"),
+                );
+            }
+        }
+        let allow_loopback = boolean(&mut c, "allow_loopback");
+        if interface == "lo" && !allow_loopback {
+            c.add(
+                get("interface"),
+                "interface",
+                "the loopback interface carries no tenant's traffic off the host; set allow_loopback = true for a lab",
+            );
+        }
+        let max_connections = match get("max_connections") {
+            None => crate::connections::DEFAULT_LIMIT,
+            Some(item) => match item.as_integer() {
+                Some(n @ 1..=4096) => n as usize,
+                _ => {
+                    c.add(
+                        Some(item),
+                        "max_connections",
+                        "must be a number of connections from 1 to 4096",
+                    );
+                    crate::connections::DEFAULT_LIMIT
+                }
+            },
+        };
         let dry_run = boolean(&mut c, "dry_run");
         let take_over_root_qdisc = boolean(&mut c, "take_over_root_qdisc");
         let kernel_log = boolean(&mut c, "kernel_log");
@@ -368,6 +432,8 @@ impl Config {
             mail,
             metrics_listen,
             kernel_log,
+            max_connections,
+            allow_loopback,
         })
     }
 }
@@ -563,5 +629,40 @@ listen = "127.0.0.1:9110"
     fn syntax_errors_are_located() {
         let err = parse("interface = \"eth0\"\nnode_cap = = 3\n").unwrap_err();
         assert_eq!(err.problems[0].line, 2, "{err}");
+    }
+
+    #[test]
+    fn what_cannot_work_is_refused_with_the_key() {
+        let err = parse("interface = \"lo\"\n").unwrap_err();
+        assert!(err.to_string().contains("interface: the loopback"), "{err}");
+        assert!(parse("interface = \"lo\"\nallow_loopback = true\n").is_ok());
+
+        let err = parse("interface = \"eth0\"\nnode_cap = 1\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("node_cap: 1bit is below the smallest rate"),
+            "{err}"
+        );
+
+        let many: Vec<String> = (0..16_385u32)
+            .map(|i| format!("\"10.{}.{}.0/24\"", i >> 8, i & 0xff))
+            .collect();
+        let text = format!(
+            "interface = \"eth0\"\nexempt_prefixes = [{}]\n",
+            many.join(", ")
+        );
+        let err = parse(&text).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("16385 IPv4 prefixes; the kernel's table holds 16384"),
+            "{err}"
+        );
+
+        let err = parse("interface = \"eth0\"\nmax_connections = 0\n").unwrap_err();
+        assert!(err.to_string().contains("max_connections"), "{err}");
+        assert_eq!(
+            parse("interface = \"eth0\"\n").unwrap().max_connections,
+            crate::connections::DEFAULT_LIMIT
+        );
     }
 }

@@ -1,16 +1,27 @@
-//! Serving connections until shutdown: one task per connection, each bounded in time. Shared
-//! by the control socket and the metrics endpoint.
+//! Serving connections until shutdown, bounded: at most `limit` at once (past that, new ones
+//! wait in the kernel's backlog and cost the daemon no descriptor), each with a deadline, and
+//! accept errors (EMFILE, …) backed off and logged at most once a minute with their errno. Shared
+//! by the control socket and the metrics endpoint; the sync never waits on any of it.
 
-use std::{future::Future, io, time::Duration};
+use std::{
+    future::Future,
+    io,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::{
     net::{TcpListener, TcpStream, UnixListener, UnixStream},
-    sync::watch,
+    sync::{Semaphore, watch},
 };
 use tracing::{debug, warn};
 
-/// How long one connection may take.
-const PER_CONNECTION: Duration = Duration::from_secs(5);
+/// How long one connection may take, idle or not.
+pub const PER_CONNECTION: Duration = Duration::from_secs(5);
+/// The default of `max_connections`.
+pub const DEFAULT_LIMIT: usize = 64;
+/// How often an accept error is logged at most.
+const LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// A listener that hands out streams.
 pub trait Accept {
@@ -34,10 +45,37 @@ impl Accept for TcpListener {
     }
 }
 
-/// Accepts connections until `shutdown` flips, running `handle` on each in its own task.
+/// Accept errors, said once per [`LOG_EVERY`] with how many happened since.
+struct ErrorLog {
+    what: &'static str,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl ErrorLog {
+    fn failed(&mut self, e: &io::Error) {
+        if self.last.is_some_and(|t| t.elapsed() < LOG_EVERY) {
+            self.suppressed += 1;
+            return;
+        }
+        warn!(
+            what = self.what,
+            error = %e,
+            errno = e.raw_os_error(),
+            suppressed = self.suppressed,
+            "accepting a connection failed; backing off"
+        );
+        self.last = Some(Instant::now());
+        self.suppressed = 0;
+    }
+}
+
+/// Accepts connections until `shutdown` flips, running `handle` on each in its own task, at
+/// most `limit` at once.
 pub async fn serve<L, F, Fut>(
     listener: L,
     what: &'static str,
+    limit: usize,
     handle: F,
     mut shutdown: watch::Receiver<bool>,
 ) where
@@ -45,22 +83,48 @@ pub async fn serve<L, F, Fut>(
     F: Fn(L::Stream) -> Fut,
     Fut: Future<Output = io::Result<()>> + Send + 'static,
 {
+    let slots = Arc::new(Semaphore::new(limit.max(1)));
+    let mut errors = ErrorLog {
+        what,
+        last: None,
+        suppressed: 0,
+    };
+    let mut backoff = Duration::from_millis(10);
     loop {
-        tokio::select! {
+        // A free slot first: at the limit, clients wait in the kernel's backlog.
+        let slot = tokio::select! {
             _ = shutdown.changed() => return,
-            accepted = listener.next() => match accepted {
-                Ok(stream) => {
-                    let served = handle(stream);
-                    tokio::spawn(async move {
-                        match tokio::time::timeout(PER_CONNECTION, served).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(e)) => debug!(what, error = %e, "client"),
-                            Err(_) => debug!(what, "client timed out"),
-                        }
-                    });
-                }
-                Err(e) => warn!(what, error = %e, "accepting a connection"),
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
             },
+        };
+        let accepted = tokio::select! {
+            _ = shutdown.changed() => return,
+            accepted = listener.next() => accepted,
+        };
+        match accepted {
+            Ok(stream) => {
+                backoff = Duration::from_millis(10);
+                let served = handle(stream);
+                tokio::spawn(async move {
+                    match tokio::time::timeout(PER_CONNECTION, served).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => debug!(what, error = %e, "client"),
+                        Err(_) => debug!(what, "client timed out"),
+                    }
+                    drop(slot);
+                });
+            }
+            Err(e) => {
+                errors.failed(&e);
+                // Out of descriptors or memory: retrying at once would only spin.
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
         }
     }
 }

@@ -22,8 +22,10 @@ use crate::status::StatusReport;
 
 /// The protocol version of this binary.
 pub const PROTOCOL: u16 = 1;
-/// The largest frame either side accepts.
-const MAX_FRAME: u32 = 16 << 20;
+/// The largest request the daemon reads (requests are a few bytes).
+const MAX_REQUEST: u32 = 64 << 10;
+/// The largest reply a client reads (a status of 100,000 slices fits).
+const MAX_REPLY: u32 = 256 << 20;
 
 /// A request.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -81,12 +83,12 @@ pub enum ControlError {
     },
 }
 
-async fn read_frame(stream: &mut UnixStream) -> io::Result<Vec<u8>> {
+async fn read_frame(stream: &mut UnixStream, max: u32) -> io::Result<Vec<u8>> {
     let len = stream.read_u32_le().await?;
-    if len > MAX_FRAME {
+    if len > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes is larger than {MAX_FRAME}"),
+            format!("frame of {len} bytes is larger than {max}"),
         ));
     }
     let mut buf = vec![0u8; len as usize];
@@ -142,19 +144,27 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
 /// Serves requests until `shutdown` flips.
 pub async fn serve(
     listener: UnixListener,
+    limit: usize,
     status: watch::Receiver<Arc<StatusReport>>,
     shutdown: watch::Receiver<bool>,
 ) {
     let handle = move |mut stream: UnixStream| {
         let status = status.clone();
         async move {
-            let frame = read_frame(&mut stream).await?;
-            let reply = answer(&frame, &status.borrow());
+            let reply = match read_frame(&mut stream, MAX_REQUEST).await {
+                Ok(frame) => answer(&frame, &status.borrow()),
+                // Too large: said, not read.
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => Reply {
+                    version: PROTOCOL,
+                    body: ReplyBody::Error(e.to_string()),
+                },
+                Err(e) => return Err(e),
+            };
             let bytes = postcard::to_stdvec(&reply).map_err(io::Error::other)?;
             write_frame(&mut stream, &bytes).await
         }
     };
-    crate::connections::serve(listener, "control", handle, shutdown).await;
+    crate::connections::serve(listener, "control", limit, handle, shutdown).await;
 }
 
 /// Asks the daemon at `path` for its status.
@@ -173,7 +183,7 @@ pub async fn status(path: &Path) -> Result<StatusReport, ControlError> {
     })
     .map_err(|e| io_err(io::Error::other(e)))?;
     write_frame(&mut stream, &req).await.map_err(io_err)?;
-    let frame = read_frame(&mut stream).await.map_err(io_err)?;
+    let frame = read_frame(&mut stream, MAX_REPLY).await.map_err(io_err)?;
     let reply: Reply = postcard::from_bytes(&frame).map_err(|e| ControlError::Protocol {
         path: path.to_owned(),
         what: format!("unreadable reply: {e}"),
@@ -190,6 +200,15 @@ pub async fn status(path: &Path) -> Result<StatusReport, ControlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `n` connected clients that say nothing.
+    async fn futures_idle(path: &Path, n: usize) -> Vec<UnixStream> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(UnixStream::connect(path).await.unwrap());
+        }
+        out
+    }
 
     #[test]
     fn status_requests_are_answered_and_bad_ones_get_errors() {
@@ -230,17 +249,29 @@ mod tests {
             ..Default::default()
         }));
         let (stop_tx, stop_rx) = watch::channel(false);
-        let server = tokio::spawn(serve(listener, rx, stop_rx));
+        let server = tokio::spawn(serve(listener, 4, rx, stop_rx));
         assert_eq!(status(&path).await.unwrap().now, 7);
         // A client sending garbage gets an error reply; the server goes on.
         let mut s = UnixStream::connect(&path).await.unwrap();
         write_frame(&mut s, b"garbage").await.unwrap();
-        let reply: Reply = postcard::from_bytes(&read_frame(&mut s).await.unwrap()).unwrap();
+        let reply: Reply =
+            postcard::from_bytes(&read_frame(&mut s, MAX_REPLY).await.unwrap()).unwrap();
         assert!(matches!(reply.body, ReplyBody::Error(_)));
-        // An absurd length is refused without allocating it.
+        // An absurd length is answered with an error, without allocating it.
         let mut s = UnixStream::connect(&path).await.unwrap();
         s.write_u32_le(u32::MAX).await.unwrap();
+        let reply: Reply =
+            postcard::from_bytes(&read_frame(&mut s, MAX_REPLY).await.unwrap()).unwrap();
+        assert!(
+            matches!(&reply.body, ReplyBody::Error(e) if e.contains("larger than")),
+            "{reply:?}"
+        );
         assert_eq!(status(&path).await.unwrap().now, 7);
+        // As many idle clients as the limit: status waits for a slot, and gets one when an
+        // idle client's deadline passes.
+        let idle: Vec<UnixStream> = futures_idle(&path, 4).await;
+        assert_eq!(status(&path).await.unwrap().now, 7);
+        drop(idle);
         stop_tx.send(true).unwrap();
         server.await.unwrap();
     }

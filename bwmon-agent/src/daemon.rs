@@ -205,6 +205,7 @@ pub async fn run(config: Config, fresh_state: bool) -> anyhow::Result<()> {
         .with_context(|| format!("control socket {}", config.socket.display()))?;
     tokio::spawn(control::serve(
         listener,
+        config.max_connections,
         status_rx.clone(),
         shutdown_rx.clone(),
     ));
@@ -215,6 +216,7 @@ pub async fn run(config: Config, fresh_state: bool) -> anyhow::Result<()> {
         info!(%addr, "serving Prometheus metrics");
         tokio::spawn(crate::metrics::serve(
             listener,
+            config.max_connections,
             status_rx,
             shutdown_rx.clone(),
         ));

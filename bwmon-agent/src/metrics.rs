@@ -90,18 +90,35 @@ pub fn render(r: &StatusReport) -> String {
     out
 }
 
-/// Serves `GET /metrics` until `shutdown` flips.
+/// The largest request head read.
+const MAX_HEAD: usize = 8 << 10;
+
+/// Reads an HTTP request head (up to the blank line), however it is split across writes;
+/// `None` when it is larger than [`MAX_HEAD`] or the client closes first.
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<String>> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 || head.len() + n > MAX_HEAD {
+            return Ok(None);
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    Ok(Some(String::from_utf8_lossy(&head).into_owned()))
+}
+
+/// Serves `GET /metrics` until `shutdown` flips, at most `limit` clients at once.
 pub async fn serve(
     listener: TcpListener,
+    limit: usize,
     status: watch::Receiver<Arc<StatusReport>>,
     shutdown: watch::Receiver<bool>,
 ) {
     let handle = move |mut stream: TcpStream| {
         let status = status.clone();
         async move {
-            let mut buf = vec![0u8; 4096];
-            let n = stream.read(&mut buf).await?;
-            let request = String::from_utf8_lossy(&buf[..n]);
+            let request = read_head(&mut stream).await?.unwrap_or_default();
             let path = request.split_whitespace().nth(1).unwrap_or("");
             let (code, body) = if request.starts_with("GET ") && (path == "/metrics" || path == "/")
             {
@@ -118,7 +135,7 @@ pub async fn serve(
             stream.shutdown().await
         }
     };
-    crate::connections::serve(listener, "metrics", handle, shutdown).await;
+    crate::connections::serve(listener, "metrics", limit, handle, shutdown).await;
 }
 
 #[cfg(test)]
