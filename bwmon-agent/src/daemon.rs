@@ -5,6 +5,7 @@
 
 use std::{
     collections::HashSet,
+    path::Path,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -27,7 +28,8 @@ use crate::{
     error_kind::ErrorKind,
     htb::Htb,
     notify::{self, Mailer},
-    slices::{SliceSpec, SlicesFile},
+    paths,
+    slices::SlicesFile,
     state::{Notice, NoticeKey, State, StateFile},
     status::StatusReport,
     sync::Syncer,
@@ -38,21 +40,6 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// Reads the slices file at start: a missing file means no slices yet; a bad one stops the
-/// start (there is no last good file to keep in force).
-fn initial_slices(file: &mut SlicesFile) -> anyhow::Result<Vec<SliceSpec>> {
-    if !file.path().exists() {
-        warn!(path = %file.path().display(), "no slices file: only root and default are accounted until it appears");
-        let _ = file.poll(true);
-        return Ok(Vec::new());
-    }
-    match file.poll(true) {
-        Some(Ok(slices)) => Ok(slices),
-        Some(Err(e)) => Err(anyhow::Error::new(e).context("the slices file has problems")),
-        None => Ok(Vec::new()),
-    }
 }
 
 /// What the daemon asks of the sync worker.
@@ -74,6 +61,46 @@ struct Outlets {
     warnings: Vec<String>,
 }
 
+/// Reads the slices file when it changed (or `force`): every valid slice is applied, each
+/// skipped one said (log, status, `bwmon_errors_total{kind="slices"}`); a file that does not
+/// parse, or is missing, keeps the slices in force (none at a first start: root and default
+/// are still accounted).
+fn read_slices<K: crate::sync::Kernel, T: crate::sync::Tree>(
+    syncer: &mut Syncer<K, T>,
+    file: &mut SlicesFile,
+    force: bool,
+    warnings: &mut Vec<String>,
+) {
+    let Some(read) = file.poll(force) else {
+        return;
+    };
+    warnings.clear();
+    match read {
+        Ok(parsed) => {
+            info!(count = parsed.slices.len(), "slices file loaded");
+            if let Some(skipped) = &parsed.skipped {
+                syncer.count_error(ErrorKind::Slices);
+                for line in skipped.to_string().lines() {
+                    warn!("slices file: {line}; that slice is skipped");
+                    warnings.push(format!("skipped: {line}"));
+                }
+            }
+            for w in &parsed.warnings {
+                warn!("slices file: {w}");
+                warnings.push(w.clone());
+            }
+            syncer.set_slices(parsed.slices);
+        }
+        Err(e) => {
+            syncer.count_error(ErrorKind::Slices);
+            warn!(error = %e, "slices file rejected; the slices in force stay");
+            warnings.push(format!(
+                "slices file rejected, the slices in force stay: {e}"
+            ));
+        }
+    }
+}
+
 /// The one owner of the syncer and the slices file: runs commands until the channel closes,
 /// then saves the state.
 fn sync_worker(
@@ -86,6 +113,9 @@ fn sync_worker(
     for n in &syncer.state().notices {
         let _ = out.notices.send(n.clone());
     }
+    // What is wrong with the slices file in force, shown in every report.
+    let mut slice_warnings = Vec::new();
+    read_slices(&mut syncer, &mut slices, true, &mut slice_warnings);
     while let Some(command) = commands.blocking_recv() {
         let reload = match command {
             Command::Delivered(key) => {
@@ -102,17 +132,7 @@ fn sync_worker(
                 false
             }
         };
-        match slices.poll(reload) {
-            Some(Ok(list)) => {
-                info!(count = list.len(), "slices file loaded");
-                syncer.set_slices(list);
-            }
-            Some(Err(e)) => {
-                syncer.count_error(ErrorKind::Slices);
-                warn!(error = %e, "slices file rejected; the last good one stays in force");
-            }
-            None => {}
-        }
+        read_slices(&mut syncer, &mut slices, reload, &mut slice_warnings);
         let outcome = syncer.step(now());
         for n in outcome.new_notices {
             let _ = out.notices.send(n);
@@ -123,6 +143,7 @@ fn sync_worker(
             report.errors.insert(ErrorKind::Notify, failed);
         }
         report.warnings.extend(out.warnings.iter().cloned());
+        report.warnings.extend(slice_warnings.iter().cloned());
         let _ = out.status.send(Arc::new(report));
     }
     info!("stopping: saving the state; the datapath keeps counting");
@@ -136,6 +157,8 @@ fn sync_worker(
 /// Anything that prevents starting: bad config or slices file, unreadable state, no
 /// datapath, a foreign root qdisc.
 pub async fn run(config: Config, fresh_state: bool) -> anyhow::Result<()> {
+    // Before anything is touched: a second daemon on this interface changes nothing.
+    let _instance = crate::instance::lock(Path::new(paths::RUNTIME), &config.interface)?;
     if fresh_state {
         for moved in State::discard(&config.state)? {
             warn!(to = %moved.display(), "--fresh-state: the state was moved aside; every budget starts afresh");
@@ -158,8 +181,7 @@ pub async fn run(config: Config, fresh_state: bool) -> anyhow::Result<()> {
         warnings.push(w);
     }
     let state = loaded.state;
-    let mut slices_file = SlicesFile::new(config.slices.clone());
-    let slices = initial_slices(&mut slices_file)?;
+    let slices_file = SlicesFile::new(config.slices.clone());
 
     let mut opts = DatapathOptions::new(config.interface.clone());
     opts.xid_source = config.xid_source;
@@ -194,7 +216,7 @@ pub async fn run(config: Config, fresh_state: bool) -> anyhow::Result<()> {
     }
     let htb = Htb::open(&config.interface)?;
     let state_file = StateFile::new(config.state.clone());
-    let mut syncer = Syncer::new(config.clone(), datapath, htb, state_file, state, slices);
+    let mut syncer = Syncer::new(config.clone(), datapath, htb, state_file, state, Vec::new());
     // The tree is installed before anything else, so a foreign root qdisc stops the start.
     let syncer = tokio::task::spawn_blocking(move || syncer.install_tree().map(|_| syncer))
         .await

@@ -17,6 +17,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod error_kind;
 pub mod htb;
+pub mod instance;
 pub mod interface;
 pub mod mailaddr;
 pub mod metrics;

@@ -23,12 +23,33 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .init();
     match run(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("bwmon: {e:#}");
-            ExitCode::FAILURE
+            exit_code(&e)
         }
     }
+}
+
+/// `EX_CONFIG` (78): the configuration, the slices file or the state needs the operator —
+/// systemd does not restart on it (`RestartPreventExitStatus=78`); anything else is 1.
+const EX_CONFIG: u8 = 78;
+/// `bwmon check`: usable, but some slices are skipped.
+const SOME_SKIPPED: u8 = 2;
+
+fn exit_code(e: &anyhow::Error) -> ExitCode {
+    let needs_operator = e.chain().any(|c| {
+        c.is::<bwmon_agent::problems::FileErrors>()
+            || c.is::<bwmon_agent::interface::InvalidName>()
+            || matches!(
+                c.downcast_ref::<bwmon_agent::state::StateError>(),
+                Some(
+                    bwmon_agent::state::StateError::NoGoodGeneration { .. }
+                        | bwmon_agent::state::StateError::Newer { .. }
+                )
+            )
+    });
+    ExitCode::from(if needs_operator { EX_CONFIG } else { 1 })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -39,27 +60,45 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
+fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run {
             config,
             fresh_state,
         } => {
             let config = Config::load(&config)?;
-            runtime()?.block_on(daemon::run(config, fresh_state))
+            runtime()?.block_on(daemon::run(config, fresh_state))?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => {
             let config = Config::load(&config)?;
+            // The interface must exist where the daemon will run (labs: create it first).
+            bwmon_agent::interface::index(&config.interface)
+                .with_context(|| format!("{}: interface", config.path.display()))?;
             let text = std::fs::read_to_string(&config.slices)
                 .with_context(|| format!("reading the slices file {}", config.slices.display()))?;
-            let slices = slices::parse(&config.slices, &text)?;
+            let parsed = slices::parse(&config.slices, &text)?;
+            for w in &parsed.warnings {
+                eprintln!("bwmon: warning: {w}");
+            }
+            let skipped = parsed.skipped.map(|s| {
+                eprintln!("{s}");
+                s.problems.len()
+            });
             println!(
-                "{}: ok; {}: {} slices",
+                "{}: ok; {}: {} slices{}",
                 config.path.display(),
                 config.slices.display(),
-                slices.len()
+                parsed.slices.len(),
+                skipped.map_or(String::new(), |n| format!(
+                    ", {n} problems: those slices are skipped"
+                ))
             );
-            Ok(())
+            Ok(if skipped.is_some() {
+                ExitCode::from(SOME_SKIPPED)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Status { json, config } => {
             let socket = if config.exists() {
@@ -73,7 +112,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             } else {
                 print!("{}", status::table(&report));
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Generate { out } => {
             use clap::CommandFactory;
@@ -90,7 +129,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let mut page = Vec::new();
             clap_mangen::Man::new(cmd).render(&mut page)?;
             std::fs::write(out.join("bwmon.1"), page).context("writing the man page")?;
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Teardown {
             config,
@@ -108,7 +147,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     }
                 }
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

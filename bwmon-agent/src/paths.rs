@@ -12,6 +12,8 @@ pub const CONFIG: &str = "/etc/bwmon/bwmon.toml";
 pub const SLICES: &str = "/etc/bwmon/slices.toml";
 /// Default state file.
 pub const STATE: &str = "/var/lib/bwmon/state";
+/// Runtime files: the per-interface instance locks.
+pub const RUNTIME: &str = "/run/bwmon";
 /// Default control socket.
 pub const SOCKET: &str = "/run/bwmon/bwmon.sock";
 

@@ -75,11 +75,24 @@ pub fn uid_of(name: &str) -> Option<u32> {
 
 const SLICE_KEYS: [&str; 3] = ["name", "xid", "sources"];
 
-/// Parses slices file text (as if read from `path`).
+/// A slices file as read: the slices that can be used, and what was wrong with the rest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Parsed {
+    /// Every valid slice, in file order.
+    pub slices: Vec<SliceSpec>,
+    /// The entries skipped (and other problems), located; `None` when there were none.
+    pub skipped: Option<FileErrors>,
+    /// Values used after a correction, located (a min rate above the max rate, …).
+    pub warnings: Vec<String>,
+}
+
+/// Parses slices file text (as if read from `path`). As the seed did, a slice that cannot be
+/// used is skipped and the others are applied: one bad entry never blocks the rest.
 ///
 /// # Errors
-/// Every problem, located: syntax, unknown keys, bad names, duplicates, bad attributes.
-pub fn parse(path: &Path, text: &str) -> Result<Vec<SliceSpec>, FileErrors> {
+/// Only a file that is not TOML, or whose `slice` is not a list of tables: then nothing in it
+/// can be trusted.
+pub fn parse(path: &Path, text: &str) -> Result<Parsed, FileErrors> {
     let doc = parse_document(path, text)?;
     let mut c = Collector::new(text);
     let root = doc.as_table();
@@ -93,14 +106,19 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<SliceSpec>, FileErrors> {
         }
     }
     let mut out = Vec::new();
+    let mut warnings = Vec::new();
     let mut names: HashMap<String, usize> = HashMap::new();
     let mut xids: HashSet<u32> = HashSet::new();
     if let Some(item) = root.get("slice") {
         let Some(tables) = item.as_array_of_tables() else {
             c.add(Some(item), "slice", "must be [[slice]] tables");
-            return c.finish(path).map(|()| Vec::new());
+            return Err(c.finish(path).err().unwrap_or_else(|| FileErrors {
+                path: path.to_owned(),
+                problems: Vec::new(),
+            }));
         };
         for (i, t) in tables.iter().enumerate() {
+            let problems_before = c.problems.len();
             let at = format!("slice[{i}]");
             let table_line = c.line_of(t.span());
             let problem =
@@ -239,6 +257,18 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<SliceSpec>, FileErrors> {
                     None => c.add(Some(v), &format!("{at}.{k}"), "must be a value"),
                 }
             }
+            if c.problems.len() > problems_before {
+                // Something about it is wrong: skipped whole, never half applied.
+                names.remove(&name);
+                xids.remove(&xid);
+                continue;
+            }
+            let table_warnings = attr_warnings(&name, &attrs);
+            warnings.extend(
+                table_warnings
+                    .into_iter()
+                    .map(|w| format!("{}:{table_line}: {at}: {w}", path.display())),
+            );
             out.push(SliceSpec {
                 name,
                 xid,
@@ -247,28 +277,80 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<SliceSpec>, FileErrors> {
             });
         }
     }
-    // A source prefix belongs to one slice only.
-    let mut owners: HashMap<IpNet, &str> = HashMap::new();
-    for s in &out {
+    // A source prefix belongs to one slice only: the first that names it keeps it.
+    let mut owners: HashMap<IpNet, String> = HashMap::new();
+    out.retain(|s| {
+        let clash = s
+            .sources
+            .iter()
+            .find_map(|p| Some((p, owners.get(p)?.clone())));
+        if let Some((p, other)) = clash {
+            c.problems.push(Problem {
+                line: 1,
+                key: format!("{}.sources", s.name),
+                message: format!("{p} is also a source of slice '{other}'"),
+            });
+            return false;
+        }
         for p in &s.sources {
-            if let Some(other) = owners.insert(*p, &s.name) {
-                c.problems.push(Problem {
-                    line: 1,
-                    key: format!("{}.sources", s.name),
-                    message: format!("{p} is also a source of slice '{other}'"),
-                });
-            }
+            owners.insert(*p, s.name.clone());
+        }
+        true
+    });
+    Ok(Parsed {
+        slices: out,
+        skipped: c.finish(path).err(),
+        warnings,
+    })
+}
+
+/// Attribute values bwmon corrects rather than refuses (the policy clamps them), said so.
+fn attr_warnings(name: &str, a: &Attributes) -> Vec<String> {
+    let mut out = Vec::new();
+    let pairs = [
+        (
+            "net_min_rate",
+            a.min_rate.map(|r| r.0),
+            "net_max_rate",
+            a.max_rate.map(|r| r.0),
+        ),
+        (
+            "net_i2_min_rate",
+            a.i2_min_rate.map(|r| r.0),
+            "net_i2_max_rate",
+            a.i2_max_rate.map(|r| r.0),
+        ),
+        (
+            "net_thresh_kbyte",
+            a.thresh_kbyte.map(|k| k.0),
+            "net_max_kbyte",
+            a.max_kbyte.map(|k| k.0),
+        ),
+        (
+            "net_i2_thresh_kbyte",
+            a.i2_thresh_kbyte.map(|k| k.0),
+            "net_i2_max_kbyte",
+            a.i2_max_kbyte.map(|k| k.0),
+        ),
+    ];
+    for (low_key, low, high_key, high) in pairs {
+        if let (Some(l), Some(h)) = (low, high)
+            && l > h
+        {
+            out.push(format!(
+                "slice '{name}': {low_key} {l} is above {high_key} {h}; {h} is used"
+            ));
         }
     }
-    c.finish(path)?;
-    Ok(out)
+    out
 }
 
 /// The slices file, re-read when it changes.
 #[derive(Debug)]
 pub struct SlicesFile {
     path: PathBuf,
-    seen: Option<(i64, i64, u64, u64)>,
+    /// The file's stamp when it was last read (`Some(None)`: it was missing then).
+    seen: Option<Option<(i64, i64, u64, u64)>>,
 }
 
 impl SlicesFile {
@@ -290,19 +372,19 @@ impl SlicesFile {
 
     /// Whether the file changed since it was last read (a cheap `stat`).
     pub fn changed(&self) -> bool {
-        self.stamp() != self.seen
+        self.seen != Some(self.stamp())
     }
 
     /// The file's contents when it changed since the last call (or `force`), else `None`.
     ///
     /// # Errors
     /// The file cannot be read, or has problems (the caller keeps the last good slices).
-    pub fn poll(&mut self, force: bool) -> Option<Result<Vec<SliceSpec>, FileErrors>> {
+    pub fn poll(&mut self, force: bool) -> Option<Result<Parsed, FileErrors>> {
         let stamp = self.stamp();
-        if !force && self.seen.is_some() && stamp == self.seen {
+        if !force && self.seen == Some(stamp) {
             return None;
         }
-        self.seen = stamp;
+        self.seen = Some(stamp);
         Some(match std::fs::read_to_string(&self.path) {
             Ok(text) => parse(&self.path, &text),
             Err(e) => Err(FileErrors {
@@ -321,8 +403,66 @@ impl SlicesFile {
 mod tests {
     use super::*;
 
+    const PATH: &str = "/etc/bwmon/slices.toml";
+
+    /// The slices, or the problems when any slice was skipped.
     fn p(text: &str) -> Result<Vec<SliceSpec>, FileErrors> {
-        parse(Path::new("/etc/bwmon/slices.toml"), text)
+        let parsed = parse(Path::new(PATH), text)?;
+        match parsed.skipped {
+            Some(e) => Err(e),
+            None => Ok(parsed.slices),
+        }
+    }
+
+    #[test]
+    fn a_bad_entry_is_skipped_and_the_others_are_applied() {
+        let parsed = parse(
+            Path::new(PATH),
+            "[[slice]]\nname = \"alice\"\nxid = 1001\n[[slice]]\nname = \"bob\"\nxid = \"x\"\n[[slice]]\nname = \"carol\"\nxid = 1003\nnet_max_rate = \"fast\"\n[[slice]]\nname = \"dave\"\nxid = 1004\n",
+        )
+        .unwrap();
+        let names: Vec<&str> = parsed.slices.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["alice", "dave"]);
+        let skipped = parsed.skipped.unwrap().to_string();
+        assert!(skipped.contains("slices.toml:6: slice[1].xid"), "{skipped}");
+        assert!(
+            skipped.contains("slices.toml:10: slice[2].net_max_rate"),
+            "{skipped}"
+        );
+        // A file that is not TOML is refused whole.
+        assert!(parse(Path::new(PATH), "[[slice]\nname=").is_err());
+    }
+
+    #[test]
+    fn values_that_are_clamped_are_said() {
+        let parsed = parse(
+            Path::new(PATH),
+            "[[slice]]\nname = \"alice\"\nxid = 1001\nnet_min_rate = 5000\nnet_max_rate = 1000\nnet_thresh_kbyte = 900\nnet_max_kbyte = 800\n",
+        )
+        .unwrap();
+        assert_eq!(parsed.slices.len(), 1, "kept");
+        let text = parsed.warnings.join("\n");
+        assert!(
+            text.contains("slices.toml:1: slice[0]: slice 'alice': net_min_rate 5000 is above net_max_rate 1000; 1000 is used"),
+            "{text}"
+        );
+        assert!(
+            text.contains("net_thresh_kbyte 900 is above net_max_kbyte 800"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_missing_file_is_read_once_until_it_appears() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("slices.toml");
+        let mut f = SlicesFile::new(path.clone());
+        assert!(f.poll(false).unwrap().is_err(), "said once");
+        assert!(f.poll(false).is_none(), "and not again");
+        assert!(!f.changed());
+        std::fs::write(&path, "[[slice]]\nname = \"a\"\nxid = 5\n").unwrap();
+        assert!(f.changed());
+        assert_eq!(f.poll(false).unwrap().unwrap().slices.len(), 1);
     }
 
     #[test]
@@ -418,7 +558,7 @@ sources = ["nope"]
         let path = dir.path().join("slices.toml");
         std::fs::write(&path, "[[slice]]\nname = \"a\"\nxid = 5\n").unwrap();
         let mut f = SlicesFile::new(path.clone());
-        assert_eq!(f.poll(false).unwrap().unwrap().len(), 1);
+        assert_eq!(f.poll(false).unwrap().unwrap().slices.len(), 1);
         assert!(!f.changed());
         assert!(f.poll(false).is_none());
         assert!(f.poll(true).is_some(), "SIGHUP forces a read");
@@ -428,6 +568,6 @@ sources = ["nope"]
         )
         .unwrap();
         assert!(f.changed());
-        assert_eq!(f.poll(false).unwrap().unwrap().len(), 2);
+        assert_eq!(f.poll(false).unwrap().unwrap().slices.len(), 2);
     }
 }
