@@ -113,6 +113,8 @@ pub enum Event {
     NewPeriod(Who),
     /// A slice was capped (the class and its numbers) and a notice queued.
     Capped(Who, CappedClass),
+    /// Dry run: the slice would have been capped and told so (nobody is mailed).
+    WouldNotify(Who, Vec<CappedClass>),
     /// A class of the tree belongs to no slice and is removed.
     Orphan(Minor),
     /// The kernel's counters restarted from zero (reboot, lost pins): usage is carried.
@@ -277,6 +279,7 @@ pub fn plan(
             events.push(Event::NewPeriod(Who::of(&l.name, l.xid)));
         }
         if d.notify {
+            let who = Who::of(&l.name, l.xid);
             let capped: Vec<CappedClass> = TrafficClass::ALL
                 .into_iter()
                 .filter(|c| d.record.capped(*c, &l.limits))
@@ -287,23 +290,24 @@ pub fn plan(
                     budget: l.limits.of(class).max,
                 })
                 .collect();
-            events.extend(
-                capped
-                    .iter()
-                    .map(|c| Event::Capped(Who::of(&l.name, l.xid), *c)),
-            );
-            let notice = Notice {
-                slice: l.name.clone(),
-                xid: l.xid,
-                period_start: d.record.period_start,
-                period_end: d.record.period_start + period,
-                capped,
-                decided_at: now,
-                attempts: 0,
-                next_attempt: now,
-            };
-            next.notices.push(notice.clone());
-            new_notices.push(notice);
+            events.extend(capped.iter().map(|c| Event::Capped(who.clone(), *c)));
+            if settings.dry_run {
+                // Nothing is capped, so nobody is told it is: the log says who would be.
+                events.push(Event::WouldNotify(who, capped));
+            } else {
+                let notice = Notice {
+                    slice: l.name.clone(),
+                    xid: l.xid,
+                    period_start: d.record.period_start,
+                    period_end: d.record.period_start + period,
+                    capped,
+                    decided_at: now,
+                    attempts: 0,
+                    next_attempt: now,
+                };
+                next.notices.push(notice.clone());
+                new_notices.push(notice);
+            }
         }
         for class in TrafficClass::ALL {
             let lim = l.limits.of(class);
@@ -622,15 +626,26 @@ mod tests {
     }
 
     #[test]
-    fn dry_run_reports_and_notices_the_cap_but_plans_the_max_rate() {
+    fn dry_run_reports_the_cap_but_plans_the_max_rate_and_mails_nobody() {
         let mut w = World::new(true);
         let live = [root(), slice("alice", 1001)];
         w.sync(&live, 1000);
         w.send(1001, 2000 * 1024);
         let p = w.sync(&live, 1010);
         assert!(line(&p, "alice").capped);
-        assert_eq!(p.new_notices.len(), 1);
+        assert!(p.new_notices.is_empty() && p.state.notices.is_empty());
+        let would: Vec<_> = p
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::WouldNotify(..)))
+            .collect();
+        assert_eq!(would.len(), 1, "{:?}", p.events);
         assert_eq!(w.leaf(1001).params.ceil, NODE.node_cap);
+        let p = w.sync(&live, 1011);
+        assert!(
+            !p.events.iter().any(|e| matches!(e, Event::WouldNotify(..))),
+            "said once per period"
+        );
     }
 
     #[test]
