@@ -133,6 +133,28 @@ const KEYS: [&str; 18] = [
 ];
 
 impl Config {
+    /// The keys whose change needs a restart, that differ between `self` and `new`: a reload
+    /// that changes one of them is refused whole.
+    pub fn fixed_changes(&self, new: &Config) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.interface != new.interface {
+            out.push("interface");
+        }
+        if self.state != new.state {
+            out.push("state");
+        }
+        if self.socket != new.socket {
+            out.push("socket");
+        }
+        if self.xid_source != new.xid_source {
+            out.push("xid_source");
+        }
+        if self.kernel_log != new.kernel_log {
+            out.push("kernel_log");
+        }
+        out
+    }
+
     /// Reads and validates the file at `path`.
     ///
     /// # Errors

@@ -50,6 +50,72 @@ enum Command {
     SyncIfSlicesChanged,
     /// A notice was delivered: forget it.
     Delivered(NoticeKey),
+    /// Tell systemd's watchdog the worker is alive (between syncs of a long interval).
+    Alive,
+    /// SIGHUP: a new configuration to apply (`None`: it was refused), then the slices file
+    /// re-read and a sync.
+    Reload(Option<Box<Config>>),
+}
+
+/// The configuration file read again for a reload.
+///
+/// # Errors
+/// A message for the log: the file's problems (file:line: key: why), or the keys that need a
+/// restart.
+fn reloaded(running: &Config) -> Result<Config, String> {
+    let new = Config::load(&running.path)
+        .map_err(|e| format!("configuration rejected on reload:\n{e}"))?;
+    let fixed = running.fixed_changes(&new);
+    if !fixed.is_empty() {
+        return Err(format!(
+            "configuration rejected on reload: {} changed; that needs a restart (systemctl restart bwmon)",
+            fixed.join(", ")
+        ));
+    }
+    Ok(new)
+}
+
+/// Serves metrics when `[metrics] listen` is set.
+async fn start_metrics(
+    config: &Config,
+    status: &watch::Receiver<Arc<StatusReport>>,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(addr) = config.metrics_listen else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("metrics listen address {addr}"))?;
+    info!(%addr, "serving Prometheus metrics");
+    Ok(Some(tokio::spawn(crate::metrics::serve(
+        listener,
+        config.max_connections,
+        status.clone(),
+        shutdown.clone(),
+    ))))
+}
+
+/// Tells systemd (when it started us with `Type=notify`; a no-op otherwise) how the daemon is.
+fn tell_systemd(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        warn!(error = %e, "telling systemd");
+    }
+}
+
+/// The one-line summary systemd shows for the service.
+fn summary(report: &StatusReport) -> String {
+    let capped = report
+        .slices
+        .iter()
+        .filter(|s| s.capped || s.exempt_capped)
+        .count();
+    let errors: u64 = report.errors.values().sum();
+    format!(
+        "{} slices, {capped} capped, last sync {:.0} ms, {errors} errors",
+        report.slices.len(),
+        report.last_sync_secs * 1e3
+    )
 }
 
 /// The sync worker's outputs.
@@ -116,6 +182,7 @@ fn sync_worker(
     // What is wrong with the slices file in force, shown in every report.
     let mut slice_warnings = Vec::new();
     read_slices(&mut syncer, &mut slices, true, &mut slice_warnings);
+    let mut ready = false;
     while let Some(command) = commands.blocking_recv() {
         let reload = match command {
             Command::Delivered(key) => {
@@ -123,7 +190,21 @@ fn sync_worker(
                 syncer.forget_notices(&HashSet::from([key]));
                 continue;
             }
+            Command::Alive => {
+                tell_systemd(&[sd_notify::NotifyState::Watchdog]);
+                continue;
+            }
             Command::Sync { reload } => reload,
+            Command::Reload(config) => {
+                match config {
+                    Some(config) => {
+                        info!("configuration reloaded");
+                        syncer.set_config(*config);
+                    }
+                    None => syncer.count_error(ErrorKind::Config),
+                }
+                true
+            }
             Command::SyncIfSlicesChanged => {
                 if !slices.changed() {
                     continue;
@@ -144,6 +225,17 @@ fn sync_worker(
         }
         report.warnings.extend(out.warnings.iter().cloned());
         report.warnings.extend(slice_warnings.iter().cloned());
+        // Ready once the datapath, the tree and the first sync are in place.
+        let line = summary(&report);
+        let mut states = vec![
+            sd_notify::NotifyState::Status(&line),
+            sd_notify::NotifyState::Watchdog,
+        ];
+        if !ready {
+            states.push(sd_notify::NotifyState::Ready);
+            ready = true;
+        }
+        tell_systemd(&states);
         let _ = out.status.send(Arc::new(report));
     }
     info!("stopping: saving the state; the datapath keeps counting");
@@ -156,7 +248,7 @@ fn sync_worker(
 /// # Errors
 /// Anything that prevents starting: bad config or slices file, unreadable state, no
 /// datapath, a foreign root qdisc.
-pub async fn run(config: Config, fresh_state: bool) -> anyhow::Result<()> {
+pub async fn run(mut config: Config, fresh_state: bool) -> anyhow::Result<()> {
     // Before anything is touched: a second daemon on this interface changes nothing.
     let _instance = crate::instance::lock(Path::new(paths::RUNTIME), &config.interface)?;
     if fresh_state {
@@ -231,18 +323,7 @@ pub async fn run(config: Config, fresh_state: bool) -> anyhow::Result<()> {
         status_rx.clone(),
         shutdown_rx.clone(),
     ));
-    if let Some(addr) = config.metrics_listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("metrics listen address {addr}"))?;
-        info!(%addr, "serving Prometheus metrics");
-        tokio::spawn(crate::metrics::serve(
-            listener,
-            config.max_connections,
-            status_rx,
-            shutdown_rx.clone(),
-        ));
-    }
+    let mut metrics = start_metrics(&config, &status_rx, &shutdown_rx).await?;
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -258,11 +339,11 @@ pub async fn run(config: Config, fresh_state: bool) -> anyhow::Result<()> {
     );
 
     // Notices go out from their own task: a slow or absent mail server never holds up a sync.
-    let mailer = Arc::new(Mailer::new(
+    let (mailer_tx, mailer) = watch::channel(Arc::new(Mailer::new(
         &config.mail,
         notify::hostname(),
         config.period.as_secs(),
-    )?);
+    )?));
     let (notice_tx, notice_rx) = mpsc::unbounded_channel::<Notice>();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<NoticeKey>();
     let notify_errors = Arc::new(AtomicU64::new(0));
@@ -288,14 +369,52 @@ pub async fn run(config: Config, fresh_state: bool) -> anyhow::Result<()> {
 
     // A changed slices file is acted on within a second, not at the next interval.
     let mut watch_tick = tokio::time::interval(Duration::from_secs(1));
+    // systemd's watchdog hears from the worker at least three times per timeout, also when
+    // the interval is longer; a stuck worker stops answering and is restarted.
+    let mut alive_tick = tokio::time::interval(
+        sd_notify::watchdog_enabled().map_or(Duration::from_secs(3600), |t| t / 3),
+    );
     loop {
         let command = tokio::select! {
             _ = ticker.tick() => Command::Sync { reload: false },
+            _ = alive_tick.tick() => Command::Alive,
             _ = watch_tick.tick() => Command::SyncIfSlicesChanged,
             Some(key) = done_rx.recv() => Command::Delivered(key),
             _ = hup.recv() => {
-                info!("SIGHUP: re-reading the slices file");
-                Command::Sync { reload: true }
+                info!("SIGHUP: re-reading the configuration and the slices file");
+                let new = match reloaded(&config) {
+                    Ok(new) => new,
+                    Err(why) => {
+                        warn!("{why}; the running configuration stays");
+                        let _ = command_tx.send(Command::Reload(None));
+                        continue;
+                    }
+                };
+                if new.interval != config.interval {
+                    ticker = tokio::time::interval(new.interval);
+                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                }
+                if new.mail != config.mail || new.period != config.period {
+                    match Mailer::new(&new.mail, notify::hostname(), new.period.as_secs()) {
+                        Ok(m) => {
+                            let _ = mailer_tx.send(Arc::new(m));
+                        }
+                        Err(e) => warn!(error = %e, "the new [mail] cannot be used; the old one stays"),
+                    }
+                }
+                if (new.metrics_listen, new.max_connections)
+                    != (config.metrics_listen, config.max_connections)
+                {
+                    if let Some(old) = metrics.take() {
+                        old.abort();
+                    }
+                    match start_metrics(&new, &status_rx, &shutdown_rx).await {
+                        Ok(m) => metrics = m,
+                        Err(e) => warn!(error = format!("{e:#}"), "metrics endpoint not started"),
+                    }
+                }
+                config = new.clone();
+                Command::Reload(Some(Box::new(new)))
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -304,6 +423,7 @@ pub async fn run(config: Config, fresh_state: bool) -> anyhow::Result<()> {
             break;
         }
     }
+    tell_systemd(&[sd_notify::NotifyState::Stopping]);
     let _ = shutdown_tx.send(true);
     // Deliveries confirmed before the shutdown are forgotten before the final save.
     while let Ok(key) = done_rx.try_recv() {
@@ -321,7 +441,7 @@ pub async fn run(config: Config, fresh_state: bool) -> anyhow::Result<()> {
 /// Delivers notices, retrying with backoff; reports each delivered one as (xid, period start)
 /// so the sync loop drops it from the persisted state.
 async fn notifier(
-    mailer: Arc<Mailer>,
+    mailer: watch::Receiver<Arc<Mailer>>,
     mut inbox: mpsc::UnboundedReceiver<Notice>,
     done: mpsc::UnboundedSender<NoticeKey>,
     errors: Arc<AtomicU64>,
@@ -338,7 +458,7 @@ async fn notifier(
                 outbox.retain(|n| n.period_end > t);
                 let mut delivered = Vec::new();
                 for n in outbox.iter_mut().filter(|n| n.next_attempt <= t) {
-                    let (m, msg) = (mailer.clone(), n.clone());
+                    let (m, msg) = (mailer.borrow().clone(), n.clone());
                     let sent = tokio::time::timeout(
                         Duration::from_secs(60),
                         tokio::task::spawn_blocking(move || m.send(&msg, t)),

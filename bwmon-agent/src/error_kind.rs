@@ -15,6 +15,8 @@ pub enum ErrorKind {
     Htb,
     /// The slices file.
     Slices,
+    /// A configuration reload.
+    Config,
     /// Saving the state.
     State,
     /// Delivering a notice.
@@ -25,10 +27,11 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, in the order metrics list them.
-    pub const ALL: [ErrorKind; 6] = [
+    pub const ALL: [ErrorKind; 7] = [
         ErrorKind::Datapath,
         ErrorKind::Htb,
         ErrorKind::Slices,
+        ErrorKind::Config,
         ErrorKind::State,
         ErrorKind::Notify,
         ErrorKind::Minors,
@@ -40,6 +43,7 @@ impl ErrorKind {
             ErrorKind::Datapath => "datapath",
             ErrorKind::Htb => "htb",
             ErrorKind::Slices => "slices",
+            ErrorKind::Config => "config",
             ErrorKind::State => "state",
             ErrorKind::Notify => "notify",
             ErrorKind::Minors => "minors",

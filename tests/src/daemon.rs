@@ -8,6 +8,10 @@ use crate::*;
 pub struct Daemon {
     /// Directory holding config, slices, state, socket and log.
     pub dir: PathBuf,
+    /// Environment for `bwmon run` (e.g. `NOTIFY_SOCKET`).
+    pub env: Vec<(String, String)>,
+    /// A command `bwmon run` is started under (e.g. `prlimit --nofile=1024`).
+    pub wrapper: Vec<String>,
     child: Option<std::process::Child>,
 }
 
@@ -16,6 +20,13 @@ impl Daemon {
     /// `slices`, `state` and `socket` default to files in the daemon's directory unless
     /// `config` sets them.
     pub fn start(lab: &Lab, config: &str, slices: &str) -> Daemon {
+        let mut d = Daemon::prepare(lab, config, slices);
+        d.restart();
+        d
+    }
+
+    /// Like [`Daemon::start`] without starting it.
+    pub fn prepare(lab: &Lab, config: &str, slices: &str) -> Daemon {
         let dir = std::env::temp_dir().join(format!("bwmon-daemon-{}", lab.host_if));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -32,9 +43,22 @@ impl Daemon {
         text.push_str(config);
         std::fs::write(dir.join("bwmon.toml"), text).unwrap();
         std::fs::write(dir.join("slices.toml"), slices).unwrap();
-        let mut d = Daemon { dir, child: None };
-        d.restart();
-        d
+        Daemon {
+            dir,
+            env: Vec::new(),
+            wrapper: Vec::new(),
+            child: None,
+        }
+    }
+
+    /// Replaces the config file (for a reload), keeping the lab's interface and files.
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(self.config(), text).unwrap();
+    }
+
+    /// The config file as written.
+    pub fn config_text(&self) -> String {
+        std::fs::read_to_string(self.config()).unwrap()
     }
 
     /// The config file.
@@ -82,10 +106,19 @@ impl Daemon {
             .append(true)
             .open(self.dir.join("log"))
             .unwrap();
-        let child = Command::new(bwmon_bin())
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bwmon_bin());
+                c
+            }
+            None => Command::new(bwmon_bin()),
+        };
+        let child = command
             .args(["run", "--config"])
             .arg(self.dir.join("bwmon.toml"))
             .args(extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

@@ -72,7 +72,7 @@ fn install_puts_everything_in_place_and_keeps_an_existing_config() {
     let r = |p: &str| root.path().join(p);
     for p in [
         "usr/local/bin/bwmon",
-        "etc/systemd/system/bwmon.service",
+        "usr/local/lib/systemd/system/bwmon.service",
         "etc/bwmon/bwmon.toml",
         "etc/bwmon/slices.toml",
         "usr/local/share/bash-completion/completions/bwmon",
@@ -82,7 +82,7 @@ fn install_puts_everything_in_place_and_keeps_an_existing_config() {
     ] {
         assert!(r(p).is_file(), "{p} missing");
     }
-    let unit = std::fs::read_to_string(r("etc/systemd/system/bwmon.service")).unwrap();
+    let unit = std::fs::read_to_string(r("usr/local/lib/systemd/system/bwmon.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/local/bin/bwmon run --config /etc/bwmon/bwmon.toml"));
     // The installed example configuration is valid.
     cmd(
@@ -93,12 +93,20 @@ fn install_puts_everything_in_place_and_keeps_an_existing_config() {
             r("etc/bwmon/bwmon.toml").to_str().unwrap(),
         ],
     );
-    // A second install keeps the operator's edits.
+    // A second install keeps the operator's edits: the config, and a unit edited in /etc.
     std::fs::write(r("etc/bwmon/bwmon.toml"), "interface = \"mine0\"\n").unwrap();
+    let edited = unit.replace("WatchdogSec=60s", "WatchdogSec=120s");
+    std::fs::create_dir_all(r("etc/systemd/system")).unwrap();
+    std::fs::write(r("etc/systemd/system/bwmon.service"), &edited).unwrap();
     install();
     assert_eq!(
         std::fs::read_to_string(r("etc/bwmon/bwmon.toml")).unwrap(),
         "interface = \"mine0\"\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(r("etc/systemd/system/bwmon.service")).unwrap(),
+        edited,
+        "the operator's unit is left alone"
     );
     let man = std::fs::read_to_string(r("usr/local/share/man/man1/bwmon.1")).unwrap();
     assert!(

@@ -54,14 +54,23 @@ pub fn run(tools: &Tools, prefix: &Path, root: &Path) -> anyhow::Result<()> {
     let bin = prefix.join("bin/bwmon");
     copy(&binary, &under(root, &bin), 0o755)?;
 
+    // The vendor unit directory is ours to overwrite; /etc/systemd/system is the operator's.
     let unit = fs::read_to_string(ws.join("bwmon-agent/systemd/bwmon.service"))?
         .replace("/usr/local/bin/bwmon", &bin.display().to_string());
-    let unit_path = under(root, Path::new("/etc/systemd/system/bwmon.service"));
+    let unit_path = under(root, &prefix.join("lib/systemd/system/bwmon.service"));
     if let Some(dir) = unit_path.parent() {
         fs::create_dir_all(dir)?;
     }
-    fs::write(&unit_path, unit)?;
+    fs::write(&unit_path, &unit)?;
     eprintln!("xtask: installed {}", unit_path.display());
+    let local = under(root, Path::new("/etc/systemd/system/bwmon.service"));
+    if fs::read_to_string(&local).is_ok_and(|text| text != unit) {
+        eprintln!(
+            "xtask: {} differs from the installed unit and overrides it; left as it is (compare with {})",
+            local.display(),
+            unit_path.display()
+        );
+    }
 
     let etc = ws.join("bwmon-agent/etc");
     write_new(

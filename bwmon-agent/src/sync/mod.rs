@@ -114,6 +114,21 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
         &self.state
     }
 
+    /// Applies a reloaded configuration from the next sync on: caps, exempt prefixes (written
+    /// again, make-before-break), defaults, dry run, take-over. Keys that need a restart are
+    /// the caller's to refuse ([`Config::fixed_changes`]).
+    pub fn set_config(&mut self, config: Config) {
+        if config.exempt_prefixes != self.config.exempt_prefixes {
+            self.pushed.exempt = false;
+        }
+        self.node = Node {
+            node_cap: config.node_cap,
+            exempt_max: config.exempt_max,
+            period_secs: config.period.as_secs(),
+        };
+        self.config = config;
+    }
+
     /// Replaces the slices (a good new slices file).
     pub fn set_slices(&mut self, slices: Vec<SliceSpec>) {
         self.slices = slices;
