@@ -186,6 +186,8 @@ fn sighup_applies_a_new_node_cap_keeps_counts_and_refuses_a_broken_config() {
         "{log}"
     );
     assert_eq!(ceil_of(&lab, 0x10), 40_000_000, "old configuration kept");
+    // (`bwmon status --config` reads the file for the socket's path: a good one again.)
+    d.write_config(&good.replace("100mbit", "40mbit"));
     assert!(u(&d.status()["errors"], "config") >= 1);
 
     // A key that needs a restart: refused, said so.
