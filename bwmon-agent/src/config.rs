@@ -11,7 +11,7 @@ use toml_edit::{Item, Value};
 
 use crate::{
     paths,
-    problems::{Collector, FileErrors, Problem, parse_document, plain_value},
+    problems::{Collector, FileErrors, Problem, parse_document, plain_value, read_text},
     rspec::Attributes,
     units::{BWMIN, BitsPerSec, parse_duration},
 };
@@ -160,15 +160,9 @@ impl Config {
     /// # Errors
     /// The file cannot be read, or has problems (all of them are reported).
     pub fn load(path: &Path) -> Result<Config, FileErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| FileErrors {
-            path: path.to_owned(),
-            problems: vec![Problem {
-                line: 0,
-                key: "(file)".into(),
-                message: format!("cannot read: {e}"),
-            }],
-        })?;
-        Self::parse(path, &text)
+        /// A configuration is a few hundred bytes; a megabyte is a mistake.
+        const MAX: u64 = 1 << 20;
+        Self::parse(path, &read_text(path, MAX)?)
     }
 
     /// Validates configuration text (as if read from `path`).

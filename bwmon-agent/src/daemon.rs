@@ -314,7 +314,15 @@ pub async fn run(mut config: Config, fresh_state: bool) -> anyhow::Result<()> {
         .await
         .context("installing the HTB tree")??;
 
-    let (status_tx, status_rx) = watch::channel(Arc::new(StatusReport::default()));
+    // Until the first sync: what is known, and that it is coming (never `now = 0`).
+    let (status_tx, status_rx) = watch::channel(Arc::new(StatusReport {
+        now: now(),
+        period_secs: config.period.as_secs(),
+        interface: config.interface.clone(),
+        dry_run: config.dry_run,
+        warnings: vec!["starting: the first sync has not finished yet".into()],
+        ..StatusReport::default()
+    }));
     let listener = control::bind(&config.socket)
         .with_context(|| format!("control socket {}", config.socket.display()))?;
     tokio::spawn(control::serve(

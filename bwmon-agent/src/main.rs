@@ -75,9 +75,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             // The interface must exist where the daemon will run (labs: create it first).
             bwmon_agent::interface::index(&config.interface)
                 .with_context(|| format!("{}: interface", config.path.display()))?;
-            let text = std::fs::read_to_string(&config.slices)
-                .with_context(|| format!("reading the slices file {}", config.slices.display()))?;
-            let parsed = slices::parse(&config.slices, &text)?;
+            let parsed = slices::read(&config.slices)?;
             for w in &parsed.warnings {
                 eprintln!("bwmon: warning: {w}");
             }

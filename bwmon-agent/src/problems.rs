@@ -47,6 +47,42 @@ impl fmt::Display for FileErrors {
     }
 }
 
+/// Reads a text file of at most `max` bytes. Anything but a regular file (a FIFO would block
+/// the reader, a device never end) and anything larger is refused, said as a problem of the
+/// file.
+///
+/// # Errors
+/// Not a regular file, too large, unreadable, or not UTF-8.
+pub fn read_text(path: &Path, max: u64) -> Result<String, FileErrors> {
+    use std::io::Read as _;
+    let refuse = |message: String| FileErrors {
+        path: path.to_owned(),
+        problems: vec![Problem {
+            line: 0,
+            key: "(file)".into(),
+            message,
+        }],
+    };
+    let meta = std::fs::metadata(path).map_err(|e| refuse(format!("cannot read: {e}")))?;
+    if !meta.is_file() {
+        return Err(refuse("not a regular file".into()));
+    }
+    if meta.len() > max {
+        return Err(refuse(format!(
+            "{} bytes; at most {max} are read",
+            meta.len()
+        )));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(max + 1).read_to_string(&mut text))
+        .map_err(|e| refuse(format!("cannot read: {e}")))?;
+    if text.len() as u64 > max {
+        return Err(refuse(format!("grew past {max} bytes while read")));
+    }
+    Ok(text)
+}
+
 /// Collects problems with their lines while a file is read.
 pub(crate) struct Collector<'a> {
     text: &'a str,
@@ -130,5 +166,32 @@ pub(crate) fn plain_value(v: &Value) -> toml::Value {
                 .map(|(k, v)| (k.to_owned(), plain_value(v)))
                 .collect(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_regular_files_of_bounded_size_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo on a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = read_text(&fifo, 100).unwrap_err();
+        assert!(e.to_string().contains("(file): not a regular file"), "{e}");
+        let big = dir.path().join("big");
+        std::fs::write(&big, "x".repeat(101)).unwrap();
+        let e = read_text(&big, 100).unwrap_err();
+        assert!(
+            e.to_string().contains("101 bytes; at most 100 are read"),
+            "{e}"
+        );
+        let e = read_text(dir.path(), 100).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        std::fs::write(&big, "ok").unwrap();
+        assert_eq!(read_text(&big, 100).unwrap(), "ok");
     }
 }
