@@ -27,6 +27,22 @@ pub struct TcClassStats {
 }
 
 /// Parses tc's rate text ("1Mbit", "10Gbit", "64bit", "1500Kbit") into bit/s.
+pub fn parse_tc_size(s: &str) -> Option<u64> {
+    // "1600b/1": the size, then the cell.
+    let s = s.split('/').next()?;
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+    let (num, unit) = s.split_at(split);
+    let mult: f64 = match unit {
+        "b" => 1.0,
+        "Kb" => 1024.0,
+        "Mb" => 1024.0 * 1024.0,
+        "Gb" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    Some((num.parse::<f64>().ok()? * mult) as u64)
+}
+
+/// A tc rate ("1Kbit", "100Mbit", "40Gbit") in bit/s.
 pub fn parse_tc_rate(s: &str) -> Option<u64> {
     let split = s.find(|c: char| c.is_ascii_alphabetic())?;
     let (num, unit) = s.split_at(split);

@@ -130,6 +130,25 @@ fn rates_above_32_bits_round_trip() {
         classes[&(1, u32::from(GENERAL_PARENT.0))].ceil,
         100_000_000_000
     );
+    // Token buckets fit the rate: never the zero-byte bucket tc shows for iproute2's default
+    // at 100 Gbit/s, at least a GSO packet — except the rate bucket of a 1 kbit/s class, which
+    // the kernel's 32-bit tick count caps at 275 s of it (34,359 bytes, still 21 MTUs).
+    let text = String::from_utf8_lossy(&lab.tc(&["-d", "class", "show", "dev", "{dev}"]).stdout)
+        .into_owned();
+    for line in text.lines().filter(|l| l.starts_with("class htb 1:")) {
+        for key in ["burst", "cburst"] {
+            let size = line
+                .split_whitespace()
+                .skip_while(|w| *w != key)
+                .nth(1)
+                .unwrap_or_else(|| panic!("no {key} in {line}"));
+            let bytes = bwmon_tests::parse_tc_size(size)
+                .unwrap_or_else(|| panic!("{key} {size} in {line}"));
+            let bwmin_rate = key == "burst" && line.contains(" rate 1Kbit ");
+            let floor = if bwmin_rate { 34_000 } else { 64 << 10 };
+            assert!(bytes >= floor, "{key} {size} in {line}");
+        }
+    }
 }
 
 #[test]

@@ -17,6 +17,11 @@ pub const TCA_HTB_CEIL64: u16 = 7;
 const LINKLAYER_ETHERNET: u8 = 1;
 /// iproute2's default MTU for HTB's rate tables and bursts.
 pub const HTB_MTU: u32 = 1600;
+/// The largest GSO packet a class must be able to send at once.
+pub const GSO_MAX_BYTES: u64 = 64 << 10;
+/// How late the kernel's HTB watchdog may fire (hrtimer slack and scheduling): the burst a
+/// class needs to keep its rate when it is woken that late.
+pub const TIMER_SLACK_NS: u64 = 1_000_000;
 /// Rates at or above this many bytes/s do not fit `tc_ratespec.rate` (about 34.4 Gbit/s).
 const RATE32_LIMIT: u64 = 1 << 32;
 
@@ -78,6 +83,18 @@ impl Psched {
         (usecs * self.ticks_per_usec).min(f64::from(u32::MAX)) as u32
     }
 
+    /// The token bucket bwmon gives a class of `rate`: what the rate sends in
+    /// [`TIMER_SLACK_NS`] plus one GSO packet, so a class at any rate can send a whole GSO
+    /// packet without going into debt, and a fast class is not held to one packet per timer
+    /// event (iproute2's default is one MTU plus a tick's worth: at 100 Gbit/s, 1,612 bytes).
+    /// In scheduler ticks, as `tc_htb_opt` carries it; never zero.
+    pub fn buffer_ticks(&self, rate: BitsPerSec) -> u32 {
+        let bytes = u128::from(rate.bytes_per_sec()) * u128::from(TIMER_SLACK_NS) / 1_000_000_000;
+        let size = u64::try_from(bytes).unwrap_or(u64::MAX).saturating_add(GSO_MAX_BYTES);
+        let usecs = 1_000_000.0 * size as f64 / rate.bytes_per_sec().max(1) as f64;
+        (usecs * self.ticks_per_usec).clamp(1.0, f64::from(u32::MAX)) as u32
+    }
+
     /// iproute2's default burst for `rate`: a tick's worth of bytes plus one MTU.
     pub fn default_burst(&self, rate: BitsPerSec) -> u32 {
         let per_tick = rate.bytes_per_sec() / self.hz;
@@ -130,8 +147,8 @@ impl ClassParams {
 
 /// The `TCA_OPTIONS` attributes of an HTB class: `(type, payload)` pairs.
 pub fn class_options(p: &ClassParams, clock: &Psched) -> Vec<(u16, Vec<u8>)> {
-    let buffer = clock.xmittime(p.rate, clock.default_burst(p.rate));
-    let cbuffer = clock.xmittime(p.ceil, clock.default_burst(p.ceil));
+    let buffer = clock.buffer_ticks(p.rate);
+    let cbuffer = clock.buffer_ticks(p.ceil);
     let mut opt = Vec::with_capacity(44);
     opt.extend_from_slice(&ratespec(p.rate));
     opt.extend_from_slice(&ratespec(p.ceil));
@@ -231,6 +248,26 @@ mod tests {
         let rate = BitsPerSec(1_000_000);
         assert_eq!(p.default_burst(rate), 1600);
         assert_eq!(p.xmittime(rate, 1600), 200_000);
+    }
+
+    #[test]
+    fn buckets_hold_a_gso_packet_and_a_millisecond_at_any_rate() {
+        let p = Psched::parse(PSCHED).unwrap();
+        for bits in [1_000u64, 1_000_000, 1_000_000_000, 100_000_000_000, u64::MAX / 2] {
+            let rate = BitsPerSec(bits);
+            let ticks = p.buffer_ticks(rate);
+            assert!(ticks > 0, "{rate}");
+            // Back to bytes: what the rate sends in the buffer's time.
+            let usecs = f64::from(ticks) / p.ticks_per_usec;
+            let bytes = usecs * rate.bytes_per_sec() as f64 / 1e6;
+            let want = (bits / 8 / 1000 + GSO_MAX_BYTES) as f64;
+            if ticks < u32::MAX {
+                assert!((bytes - want).abs() / want < 0.01, "{rate}: {bytes} bytes, want {want}");
+            }
+        }
+        // 100 Gbit/s: 12.5 MB a millisecond plus 64 KiB, not iproute2's 1,612 bytes.
+        let fast = p.buffer_ticks(BitsPerSec(100_000_000_000));
+        assert!(fast > 100 * p.xmittime(BitsPerSec(100_000_000_000), 1612));
     }
 
     #[test]

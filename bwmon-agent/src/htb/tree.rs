@@ -44,8 +44,12 @@ pub const DEFAULT_LEAVES: PerClass<Minor> = PerClass {
 };
 /// The first minor a slice's leaf may have.
 pub const FIRST_LEAF_MINOR: Minor = Minor(0x100);
-/// bwlimit's quantum per share, in bytes: a leaf's quantum is its share times this.
+/// bwlimit's quantum per share, in bytes: the smallest quantum a share gets.
 pub const QUANTUM_PER_SHARE: u32 = 1600;
+/// HTB's `r2q` (rate to quantum): a class's quantum is its rate in bytes/s over this.
+pub const R2Q: u64 = 10;
+/// The largest quantum HTB takes without a warning.
+pub const MAX_QUANTUM: u32 = 200_000;
 
 impl Minor {
     /// The kernel's handle of the class.
@@ -91,12 +95,17 @@ pub fn class_ids(leaves: PerClass<Minor>) -> bwmon_common::ClassIds {
 }
 
 impl ClassParams {
-    /// A class's parameters with `shares` × [`QUANTUM_PER_SHARE`] as its quantum.
+    /// A class's parameters with a quantum of `shares` times its rate's (HTB's `rate / r2q`,
+    /// at least [`QUANTUM_PER_SHARE`]), at most [`MAX_QUANTUM`]: slices borrow spare bandwidth
+    /// in proportion to their shares, and a fast guaranteed rate gets rounds to match.
     pub fn with_shares(rate: BitsPerSec, ceil: BitsPerSec, shares: u32) -> Self {
+        let per_share = u32::try_from(rate.bytes_per_sec() / R2Q)
+            .unwrap_or(u32::MAX)
+            .max(QUANTUM_PER_SHARE);
         ClassParams {
             rate,
             ceil,
-            quantum: shares.saturating_mul(QUANTUM_PER_SHARE),
+            quantum: shares.saturating_mul(per_share).min(MAX_QUANTUM),
         }
     }
 }
@@ -296,6 +305,17 @@ mod tests {
     }
 
     #[test]
+    fn quanta_follow_rate_and_share() {
+        let q = |bits: u64, shares: u32| {
+            ClassParams::with_shares(BitsPerSec(bits), BitsPerSec(bits), shares).quantum
+        };
+        assert_eq!(q(1000, 1), 1600, "bwmin: one share's floor");
+        assert_eq!(q(1000, 5), 8000, "root's five shares");
+        assert_eq!(q(8_000_000, 1), 100_000, "1 MB/s over r2q 10");
+        assert_eq!(q(8_000_000, 3), MAX_QUANTUM);
+    }
+
+    #[test]
     fn class_ids_round_trip_and_other_majors_are_not_ours() {
         assert_eq!(Minor(0x1a3).class_id(), 0x1_01a3);
         assert_eq!(Minor::from_class_id(0x1_01a3), Some(Minor(0x1a3)));
@@ -323,6 +343,7 @@ mod tests {
                 (Minor(3), Some(EXEMPT_PARENT), spec.exempt_max),
             ]
         );
-        assert!(fixed.iter().all(|f| f.params.quantum == QUANTUM_PER_SHARE));
+        assert_eq!(fixed[0].params.quantum, MAX_QUANTUM, "1:1 at 1 Gbit/s");
+        assert!(fixed[1..].iter().all(|f| f.params.quantum == QUANTUM_PER_SHARE));
     }
 }
