@@ -62,8 +62,24 @@ fn tcp_bytes_per_uid_match_the_interface() {
     send_tcp_as(UID_C, dst, 2 << 20);
     assert_eq!(sink.join().unwrap(), 10 << 20);
 
-    let (tx_bytes1, tx_packets1) = lab.host_tx();
-    let after = dp.snapshot().unwrap();
+    // The last ACKs and FINs may still be leaving: read the interface and the counters until
+    // two readings agree, so both describe the same packets.
+    let quiet = || {
+        let tx = lab.host_tx();
+        let snap = dp.snapshot().unwrap();
+        (tx, snap)
+    };
+    let (mut tx, mut after) = quiet();
+    for _ in 0..20 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let (tx2, after2) = quiet();
+        let same = tx2 == tx && after2.offered == after.offered;
+        (tx, after) = (tx2, after2);
+        if same {
+            break;
+        }
+    }
+    let (tx_bytes1, tx_packets1) = tx;
     let delta = |xid: u32| {
         let (b0, p0) = before.get(&xid).copied().unwrap_or((0, 0));
         let c = after.offered.get(&xid).copied().unwrap_or_default();
