@@ -44,7 +44,7 @@ impl Snapshot {
     pub fn charged_bytes(
         &self,
         xid: u32,
-        leaves: PerClass<Minor>,
+        leaves: PerClass<Option<Minor>>,
         drop_base: PerClass<u64>,
     ) -> PerClass<u64> {
         let offered = self.offered.get(&xid).copied().unwrap_or_default();
@@ -53,7 +53,7 @@ impl Snapshot {
             exempt: offered.exempt.bytes,
         };
         offered.map(|class, bytes| {
-            let dropped = self.dropped_at(*leaves.of(class)).bytes;
+            let dropped = leaves.of(class).map_or(0, |m| self.dropped_at(m).bytes);
             bytes.saturating_sub(dropped.saturating_sub(*drop_base.of(class)))
         })
     }

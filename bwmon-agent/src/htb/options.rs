@@ -90,7 +90,9 @@ impl Psched {
     /// In scheduler ticks, as `tc_htb_opt` carries it; never zero.
     pub fn buffer_ticks(&self, rate: BitsPerSec) -> u32 {
         let bytes = u128::from(rate.bytes_per_sec()) * u128::from(TIMER_SLACK_NS) / 1_000_000_000;
-        let size = u64::try_from(bytes).unwrap_or(u64::MAX).saturating_add(GSO_MAX_BYTES);
+        let size = u64::try_from(bytes)
+            .unwrap_or(u64::MAX)
+            .saturating_add(GSO_MAX_BYTES);
         let usecs = 1_000_000.0 * size as f64 / rate.bytes_per_sec().max(1) as f64;
         (usecs * self.ticks_per_usec).clamp(1.0, f64::from(u32::MAX)) as u32
     }
@@ -253,7 +255,13 @@ mod tests {
     #[test]
     fn buckets_hold_a_gso_packet_and_a_millisecond_at_any_rate() {
         let p = Psched::parse(PSCHED).unwrap();
-        for bits in [1_000u64, 1_000_000, 1_000_000_000, 100_000_000_000, u64::MAX / 2] {
+        for bits in [
+            1_000u64,
+            1_000_000,
+            1_000_000_000,
+            100_000_000_000,
+            u64::MAX / 2,
+        ] {
             let rate = BitsPerSec(bits);
             let ticks = p.buffer_ticks(rate);
             assert!(ticks > 0, "{rate}");
@@ -262,7 +270,10 @@ mod tests {
             let bytes = usecs * rate.bytes_per_sec() as f64 / 1e6;
             let want = (bits / 8 / 1000 + GSO_MAX_BYTES) as f64;
             if ticks < u32::MAX {
-                assert!((bytes - want).abs() / want < 0.01, "{rate}: {bytes} bytes, want {want}");
+                assert!(
+                    (bytes - want).abs() / want < 0.01,
+                    "{rate}: {bytes} bytes, want {want}"
+                );
             }
         }
         // 100 Gbit/s: 12.5 MB a millisecond plus 64 KiB, not iproute2's 1,612 bytes.

@@ -86,11 +86,13 @@ impl fmt::Display for Minor {
     }
 }
 
-/// The class ids of a pair of leaves, as the classifier's xid → class map holds them.
-pub fn class_ids(leaves: PerClass<Minor>) -> bwmon_common::ClassIds {
+/// The class ids of a slice's leaves, as the classifier's xid → class map holds them; a class
+/// without a leaf of its own goes to the default leaf.
+pub fn class_ids(leaves: PerClass<Option<Minor>>) -> bwmon_common::ClassIds {
+    let ids = leaves.map(|class, m| m.unwrap_or(*DEFAULT_LEAVES.of(class)).class_id());
     bwmon_common::ClassIds {
-        general: leaves.general.class_id(),
-        exempt: leaves.exempt.class_id(),
+        general: ids.general,
+        exempt: ids.exempt,
     }
 }
 
@@ -344,6 +346,10 @@ mod tests {
             ]
         );
         assert_eq!(fixed[0].params.quantum, MAX_QUANTUM, "1:1 at 1 Gbit/s");
-        assert!(fixed[1..].iter().all(|f| f.params.quantum == QUANTUM_PER_SHARE));
+        assert!(
+            fixed[1..]
+                .iter()
+                .all(|f| f.params.quantum == QUANTUM_PER_SHARE)
+        );
     }
 }

@@ -391,7 +391,7 @@ mod v1 {
                         let slice = SliceState {
                             name: s.name,
                             record: s.record.into(),
-                            minors: s.minors,
+                            minors: s.minors.map(|_, m| Some(m)),
                             drop_base: PerClass::default(),
                             departed: s.departed,
                         };
@@ -434,8 +434,8 @@ mod tests {
                     emailed: true,
                 },
                 minors: PerClass {
-                    general: Minor(0x100),
-                    exempt: Minor(0x101),
+                    general: Some(Minor(0x100)),
+                    exempt: None,
                 },
                 drop_base: PerClass::default(),
                 departed: false,
@@ -612,7 +612,7 @@ mod tests {
         assert_eq!(alice.record.classes.general.used, Bytes(0));
         assert_eq!(alice.record.classes.exempt.ceil, BitsPerSec(6000));
         assert!(alice.record.emailed);
-        assert_eq!(alice.minors.exempt, Minor(0x101));
+        assert_eq!(alice.minors.exempt, Some(Minor(0x101)));
         // The next sync charges what the period used: counter − baseline.
         let next = alice.record.classes.general.carried(1500);
         assert_eq!(next.used, Bytes(500));

@@ -76,8 +76,9 @@ pub struct SliceState {
     pub name: String,
     /// The policy's record for the current period.
     pub record: Record,
-    /// Its leaves' minors.
-    pub minors: PerClass<Minor>,
+    /// Its leaves' minors, per class; `None` while it has no leaf of that class (classes on
+    /// demand: its packets go to the default leaf, and are counted all the same).
+    pub minors: PerClass<Option<Minor>>,
     /// Bytes its leaves had dropped when it got them (a reused minor's drops are its
     /// previous owner's).
     pub drop_base: PerClass<u64>,

@@ -84,7 +84,8 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
             state
                 .slices
                 .values()
-                .flat_map(|s| [s.minors.general, s.minors.exempt]),
+                .flat_map(|s| [s.minors.general, s.minors.exempt])
+                .flatten(),
         );
         let node = Node {
             node_cap: config.node_cap,
@@ -539,8 +540,13 @@ mod tests {
         )
     }
 
-    fn ids(leaves: PerClass<Minor>) -> ClassIds {
+    fn ids(leaves: PerClass<Option<Minor>>) -> ClassIds {
         tree::class_ids(leaves)
+    }
+
+    /// The minor of a slice's general leaf (it has one).
+    fn general_leaf(s: &Syncer<FakeKernel, FakeTree>, xid: u32) -> Minor {
+        s.state.slices[&xid].minors.general.expect("a general leaf")
     }
 
     fn row<'a>(o: &'a Outcome, name: &str) -> &'a SliceStatus {
@@ -548,7 +554,7 @@ mod tests {
     }
 
     #[test]
-    fn new_slices_get_leaves_and_steering_and_start_a_period() {
+    fn new_slices_start_a_period_and_get_a_leaf_and_steering_once_they_send() {
         let mut s = syncer(vec![slice("alice", 1001)]);
         send(&mut s.kernel, 1001, 5000); // before bwmon knew it: not charged
         let o = s.step(1000);
@@ -556,14 +562,21 @@ mod tests {
         let alice = &s.state.slices[&1001];
         assert_eq!(alice.record.period_start, 1000);
         assert_eq!(alice.record.classes.general.last, 5000);
-        assert_eq!(s.kernel.classes[&1001], ids(alice.minors));
+        assert_eq!(alice.minors, PerClass::default(), "no leaf until it sends");
         assert!(
-            s.tree.classes.contains_key(&alice.minors.general)
-                && s.tree.classes.contains_key(&alice.minors.exempt)
+            !s.kernel.classes.contains_key(&1001),
+            "default leaves meanwhile"
         );
         assert_eq!(row(&o, "alice").bytes, 0);
         assert_eq!(o.report.slices[0].name, "root");
         assert_eq!(o.report.slices[1].name, "default");
+        send(&mut s.kernel, 1001, 100);
+        let o = s.step(1001);
+        let alice = &s.state.slices[&1001];
+        assert!(alice.minors.general.is_some() && alice.minors.exempt.is_none());
+        assert_eq!(s.kernel.classes[&1001], ids(alice.minors));
+        assert!(s.tree.classes.contains_key(&general_leaf(&s, 1001)));
+        assert_eq!(row(&o, "alice").bytes, 100);
     }
 
     #[test]
@@ -576,7 +589,7 @@ mod tests {
         assert!(alice.capped && alice.emailed);
         let expect = (1000 - 900) * 1024 * 8 / 50;
         assert_eq!(alice.ceil_bps, expect);
-        let leaf = s.tree.classes[&s.state.slices[&1001].minors.general];
+        let leaf = s.tree.classes[&general_leaf(&s, 1001)];
         assert_eq!(
             leaf.params.ceil,
             BitsPerSec(expect),
@@ -590,9 +603,7 @@ mod tests {
         let o = s.step(1100);
         assert!(!row(&o, "alice").capped);
         assert_eq!(
-            s.tree.classes[&s.state.slices[&1001].minors.general]
-                .params
-                .ceil,
+            s.tree.classes[&general_leaf(&s, 1001)].params.ceil,
             BitsPerSec(100_000_000)
         );
     }
@@ -615,9 +626,7 @@ mod tests {
         let o = s.step(1010);
         assert!(row(&o, "alice").capped && o.new_notices.is_empty());
         assert_eq!(
-            s.tree.classes[&s.state.slices[&1001].minors.general]
-                .params
-                .ceil,
+            s.tree.classes[&general_leaf(&s, 1001)].params.ceil,
             BitsPerSec(100_000_000)
         );
     }
@@ -631,7 +640,7 @@ mod tests {
         let root = row(&o, "root");
         assert_eq!(root.bytes, 1 << 30);
         assert!(!root.capped && o.new_notices.is_empty());
-        let leaf = s.tree.classes[&s.state.slices[&ROOT_XID].minors.general];
+        let leaf = s.tree.classes[&general_leaf(&s, ROOT_XID)];
         assert_eq!(leaf.params.quantum, 5 * 1600, "root has five shares");
     }
 
@@ -646,7 +655,7 @@ mod tests {
         s.step(1020);
         assert!(s.state.slices[&1001].departed);
         assert!(
-            !s.tree.classes.contains_key(&minors.general),
+            !s.tree.classes.contains_key(&minors.general.unwrap()),
             "its classes are removed"
         );
         assert!(

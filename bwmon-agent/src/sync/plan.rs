@@ -20,6 +20,7 @@ use crate::{
     slices::DEFAULT_NAME,
     state::{CappedClass, Notice, SliceState, State},
     status::SliceStatus,
+    units::BWMIN,
     units::Bytes,
 };
 
@@ -74,7 +75,14 @@ pub struct Observation {
 pub struct Memory {
     /// Each xid's counters at the previous sync, and when, for the rates in the report.
     pub previous: HashMap<u32, (Counters, UnixSecs)>,
+    /// Every xid's offered bytes at the previous sync (and the overflow slot's, under
+    /// [`OVERFLOW_KEY`]): the default pseudo-slice grows by what xids without a slice added.
+    pub offered: HashMap<u32, Counters>,
 }
+
+/// The key of the overflow slot among [`Memory::offered`] (no xid can have it: it is
+/// `(uid_t)-1`, which the slices file refuses).
+const OVERFLOW_KEY: u32 = u32::MAX;
 
 /// The slice an event is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,8 +155,68 @@ pub struct Plan {
 }
 
 /// The drop counters of `leaves` now: where a slice that gets them starts counting drops.
-fn drops_now(snap: &Snapshot, leaves: PerClass<Minor>) -> PerClass<u64> {
-    leaves.map(|_, m| snap.dropped_at(m).bytes)
+fn drops_now(snap: &Snapshot, leaves: PerClass<Option<Minor>>) -> PerClass<u64> {
+    leaves.map(|_, m| m.map_or(0, |m| snap.dropped_at(m).bytes))
+}
+
+/// Whether a slice's class needs a leaf of its own even without traffic: its limits differ
+/// from what the default leaf gives (guaranteed rate, ceiling, share).
+fn differs_from_default(limits: &Limits, tree: &TreeSpec) -> PerClass<bool> {
+    PerClass::from_fn(|c| {
+        let l = limits.of(c);
+        l.min_rate != BWMIN || l.max_rate != *tree.ceilings().of(c) || l.share != 1
+    })
+}
+
+/// What `xids` other than live slices' offered since the previous sync (the default
+/// pseudo-slice's traffic, counted by the classifier like every xid's), and the counters to
+/// remember for the next one.
+fn default_growth(
+    memory: &Memory,
+    snap: &Snapshot,
+    live: &HashSet<u32>,
+    restarted: bool,
+) -> (Counters, HashMap<u32, Counters>) {
+    let mut now: HashMap<u32, Counters> = snap
+        .offered
+        .iter()
+        .map(|(xid, c)| {
+            let bytes = PerClass {
+                general: c.general.bytes,
+                exempt: c.exempt.bytes,
+            };
+            (*xid, bytes)
+        })
+        .collect();
+    let overflow = snap.offered_overflow;
+    now.insert(
+        OVERFLOW_KEY,
+        PerClass {
+            general: overflow.general.bytes,
+            exempt: overflow.exempt.bytes,
+        },
+    );
+    let mut growth = Counters::default();
+    for (xid, c) in &now {
+        if live.contains(xid) {
+            continue;
+        }
+        // After the counters restarted, all of them is new. At the first sync of a daemon the
+        // previous values are unknown: nothing is new (what came before was charged before).
+        // Otherwise an xid not seen at the previous sync started since, from zero.
+        let before = if restarted {
+            Counters::default()
+        } else if memory.offered.is_empty() {
+            *c
+        } else {
+            memory.offered.get(xid).copied().unwrap_or_default()
+        };
+        for class in TrafficClass::ALL {
+            let (n, b) = (*c.of(class), *before.of(class));
+            *growth.of_mut(class) += n.saturating_sub(b);
+        }
+    }
+    (growth, now)
 }
 
 /// Plans one sync.
@@ -169,7 +237,8 @@ pub fn plan(
     let mut events = Vec::new();
 
     // Counters that restarted from zero: every record counts from zero on, drops too.
-    if next.counters_epoch.is_some_and(|e| e != snap.epoch) {
+    let restarted = next.counters_epoch.is_some_and(|e| e != snap.epoch);
+    if restarted {
         events.push(Event::CountersRestarted);
         for s in next.slices.values_mut() {
             s.record = s.record.restarted();
@@ -191,14 +260,22 @@ pub fn plan(
             }
             continue;
         }
-        let leaves = match next.slices.get(&xid) {
-            Some(old) => Some(old.minors),
-            None => minors.allocate_pair(),
-        };
-        let Some(leaves) = leaves else {
-            events.push(Event::NoMinors(Who::of(&l.name, xid)));
-            continue;
-        };
+        // Its leaves come when it needs them (below). A record that expired keeps a class's
+        // leaf when the class sent in the finished period (or needs it anyway); a leaf idle
+        // for a whole period is given back.
+        let differs = differs_from_default(&l.limits, &settings.tree);
+        let leaves = next.slices.get(&xid).map_or(PerClass::default(), |old| {
+            old.minors.map(|class, m| {
+                let idle = old.record.used(class).0 == 0 && !differs.of(class);
+                match m {
+                    Some(m) if idle => {
+                        minors.release(m);
+                        None
+                    }
+                    m => m,
+                }
+            })
+        });
         let drop_base = drops_now(snap, leaves);
         let record = policy::start(snap.charged_bytes(xid, leaves, drop_base), &l.limits, now);
         events.push(Event::NewSlice(Who::of(&l.name, xid)));
@@ -228,20 +305,15 @@ pub fn plan(
         if !s.record.expired(now, period) {
             return true;
         }
-        minors.release(s.minors.general);
-        minors.release(s.minors.exempt);
+        for (_, m) in s.minors.iter() {
+            if let Some(m) = m {
+                minors.release(*m);
+            }
+        }
         events.push(Event::Forgotten(who));
         false
     });
 
-    // Steering: live slices' xids to their leaves.
-    let steering: HashMap<u32, ClassIds> = live
-        .iter()
-        .filter_map(|l| {
-            let s = next.slices.get(&l.xid)?;
-            Some((l.xid, tree::class_ids(s.minors)))
-        })
-        .collect();
     let sources = settings.source_prefixes.then(|| {
         live.iter()
             .flat_map(|l| l.sources.iter().map(|p| (*p, l.xid)))
@@ -262,6 +334,8 @@ pub fn plan(
     let mut clock_behind = false;
     let mut rows = Vec::new();
     let mut leaves = Vec::new();
+    // Steering: live slices' xids with a leaf of their own; the rest go to the default leaves.
+    let mut steering: HashMap<u32, ClassIds> = HashMap::new();
     for l in live {
         let Some(s) = next.slices.get_mut(&l.xid) else {
             continue;
@@ -309,7 +383,23 @@ pub fn plan(
                 new_notices.push(notice);
             }
         }
+        // Classes on demand: a class gets its leaf when it has sent in this period or its
+        // limits differ from the default leaf's, and keeps it until a whole period passes idle.
+        let differs = differs_from_default(&l.limits, &settings.tree);
         for class in TrafficClass::ALL {
+            let needs = *differs.of(class) || s.record.used(class).0 > 0;
+            if needs && s.minors.of(class).is_none() {
+                match minors.allocate() {
+                    Some(m) => {
+                        *s.minors.of_mut(class) = Some(m);
+                        *s.drop_base.of_mut(class) = snap.dropped_at(m).bytes;
+                    }
+                    None => events.push(Event::NoMinors(Who::of(&l.name, l.xid))),
+                }
+            }
+            let Some(minor) = *s.minors.of(class) else {
+                continue;
+            };
             let lim = l.limits.of(class);
             // Dry run accounts and reports the lowered ceiling, and applies none.
             let ceil = if settings.dry_run {
@@ -318,10 +408,13 @@ pub fn plan(
                 s.record.classes.of(class).ceil
             };
             leaves.push(Leaf {
-                minor: *s.minors.of(class),
+                minor,
                 class,
                 params: ClassParams::with_shares(lim.min_rate, ceil, lim.share),
             });
+        }
+        if s.minors.iter().any(|(_, m)| m.is_some()) {
+            steering.insert(l.xid, tree::class_ids(s.minors));
         }
         let dropped = drops.general.saturating_sub(s.drop_base.general)
             + drops.exempt.saturating_sub(s.drop_base.exempt);
@@ -335,7 +428,11 @@ pub fn plan(
             now,
         );
         line.dropped_bytes = dropped;
-        line.classes = s.minors.iter().map(|(_, m)| m.to_string()).collect();
+        line.classes = s
+            .minors
+            .iter()
+            .filter_map(|(_, m)| m.map(|m| m.to_string()))
+            .collect();
         rows.push(line);
     }
 
@@ -352,18 +449,22 @@ pub fn plan(
         tree_ops.push(Op::Remove(minor));
     }
 
-    // The default pseudo-slice: what HTB sent for xids without a slice; never capped.
-    let default_counters = DEFAULT_LEAVES.map(|_, m| by_minor.get(&m).map_or(0, |c| c.bytes));
+    // The default pseudo-slice: what xids without a slice offered, counted by the classifier
+    // like any xid's (not read from HTB, whose counters restart with the tree); never capped.
+    let (growth, offered_now) = default_growth(&memory, snap, &live_xids, restarted);
+    memory.offered = offered_now;
     let limits = &settings.default_limits;
     let default_record = match state.default {
         Some(r) => {
-            let r = if obs.tree_created { r.restarted() } else { r };
-            let mut d = policy::decide(&r, default_counters, limits, now, period, Capping::Never);
+            // `last` at zero: the growth is what is new.
+            let mut d = policy::decide(&r.restarted(), growth, limits, now, period, Capping::Never);
             d.record.emailed = false;
             d.record
         }
-        None => policy::start(default_counters, limits, now),
+        None => policy::start(Counters::default(), limits, now),
     };
+    // Its rate in the report comes from what it used (it has no counter of its own).
+    let default_counters = default_record.classes.map(|_, c| c.used.0);
     next.default = Some(default_record);
     let mut default_row = row(
         &mut memory,
@@ -543,7 +644,10 @@ mod tests {
         }
 
         fn leaf(&self, xid: u32) -> &ClassInfo {
-            let m = self.state.slices[&xid].minors.general;
+            let m = self.state.slices[&xid]
+                .minors
+                .general
+                .expect("a general leaf");
             self.obs.listed.iter().find(|c| c.minor == m).unwrap()
         }
     }
@@ -553,24 +657,37 @@ mod tests {
     }
 
     #[test]
-    fn a_new_slice_gets_two_leaves_steering_and_a_period_from_its_current_counter() {
+    fn a_new_slice_starts_a_period_from_its_current_counter_and_gets_leaves_on_demand() {
         let mut w = World::new(false);
         w.send(1001, 5000);
-        let p = w.sync(&[root(), slice("alice", 1001)], 1000);
+        let live = [root(), slice("alice", 1001)];
+        let p = w.sync(&live, 1000);
         let alice = &p.state.slices[&1001];
         assert_eq!(alice.record.period_start, 1000);
         assert_eq!(alice.record.classes.general.last, 5000);
         assert_eq!(alice.record.used(TrafficClass::General), Bytes(0));
-        assert_eq!(p.steering[&1001], tree::class_ids(alice.minors));
-        let upserts = p
-            .tree_ops
-            .iter()
-            .filter(|o| matches!(o, Op::Upsert(_)))
-            .count();
-        assert_eq!(upserts, 4, "two leaves for root, two for alice");
+        assert!(
+            p.tree_ops.is_empty(),
+            "no leaf for anybody idle: {:?}",
+            p.tree_ops
+        );
+        assert!(p.steering.is_empty(), "default leaves meanwhile");
         assert!(p.events.contains(&Event::NewSlice(Who::of("alice", 1001))));
         let names: Vec<&str> = p.rows.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["root", "default", "alice"]);
+        // She sends: a general leaf, steered; no exempt leaf without exempt traffic.
+        w.send(1001, 100);
+        let p = w.sync(&live, 1001);
+        let alice = &p.state.slices[&1001];
+        assert!(alice.minors.general.is_some() && alice.minors.exempt.is_none());
+        assert_eq!(p.steering[&1001], tree::class_ids(alice.minors));
+        assert_eq!(p.tree_ops.len(), 1, "{:?}", p.tree_ops);
+        // A slice whose limits differ from the default leaf's has its leaves from the start.
+        let mut fast = slice("fast", 1002);
+        fast.limits.general.share = 3;
+        let p = w.sync(&[root(), slice("alice", 1001), fast], 1002);
+        assert!(p.state.slices[&1002].minors.general.is_some());
+        assert!(p.state.slices[&1002].minors.exempt.is_none());
     }
 
     #[test]
@@ -579,7 +696,9 @@ mod tests {
         let live = [root(), slice("alice", 1001)];
         w.sync(&live, 1000);
         w.send(1001, 1000);
-        let p = w.sync(&live, 1001);
+        w.sync(&live, 1001);
+        w.send(1001, 1000);
+        let p = w.sync(&live, 1002);
         assert!(p.tree_ops.is_empty(), "{:?}", p.tree_ops);
     }
 
@@ -605,16 +724,8 @@ mod tests {
         let live = [root()];
         w.sync(&live, 1000);
         w.send(ROOT_XID, 1 << 30);
-        let default_leaf = DEFAULT_LEAVES.general;
-        w.obs.listed.push(ClassInfo {
-            minor: default_leaf,
-            parent: Some(Minor::parent_of(TrafficClass::General)),
-            params: ClassParams::with_shares(BitsPerSec(1000), NODE.node_cap, 1),
-            bytes: 1 << 30,
-            packets: 1,
-            drops: 0,
-            qlen: 0,
-        });
+        // An xid without a slice: the default pseudo-slice's, counted by the classifier.
+        w.send(9999, 1 << 30);
         let p = w.sync(&live, 1010);
         let (root_line, default_line) = (line(&p, "root"), line(&p, "default"));
         assert_eq!(root_line.bytes, 1 << 30);
@@ -663,8 +774,9 @@ mod tests {
             !p.steering.contains_key(&1001),
             "its traffic goes to default"
         );
-        assert!(p.tree_ops.contains(&Op::Remove(minors.general)));
-        assert!(p.events.contains(&Event::Orphan(minors.general)));
+        let general = minors.general.unwrap();
+        assert!(p.tree_ops.contains(&Op::Remove(general)));
+        assert!(p.events.contains(&Event::Orphan(general)));
         let p = w.sync(&with, 1030);
         assert!(p.events.contains(&Event::Returned(Who::of("alice", 1001))));
         assert_eq!(line(&p, "alice").period_start, 1000, "no fresh budget");
@@ -677,7 +789,11 @@ mod tests {
             "forgotten at period end"
         );
         assert!(p.events.contains(&Event::Forgotten(Who::of("alice", 1001))));
-        assert_eq!(p.minors.available(), Minors::default().available() - 2);
+        assert_eq!(
+            p.minors.available(),
+            Minors::default().available(),
+            "its minor freed"
+        );
     }
 
     #[test]
@@ -704,7 +820,10 @@ mod tests {
         let live = [root(), slice("alice", 1001)];
         w.sync(&live, 1000);
         w.send(1001, 10_000);
-        let leaf = w.state.slices[&1001].minors.general;
+        w.sync(&live, 1001);
+        let leaf = w.leaf(1001).minor;
+        // 10,000 more, of which her leaf dropped 4,000.
+        w.send(1001, 10_000);
         w.obs.snapshot.dropped.insert(
             leaf,
             Counter {
@@ -712,8 +831,8 @@ mod tests {
                 packets: 3,
             },
         );
-        let p = w.sync(&live, 1001);
-        assert_eq!(line(&p, "alice").bytes, 6000);
+        let p = w.sync(&live, 1002);
+        assert_eq!(line(&p, "alice").bytes, 16_000);
         assert_eq!(line(&p, "alice").dropped_bytes, 4000);
     }
 
@@ -721,7 +840,10 @@ mod tests {
     fn no_minors_left_is_an_event_and_the_slice_goes_to_default() {
         let mut w = World::new(false);
         w.minors = Minors::with_assigned((0x100..=0xffff).map(Minor));
-        let p = w.sync(&[slice("alice", 1001)], 1000);
+        w.sync(&[slice("alice", 1001)], 1000);
+        w.send(1001, 1000);
+        let p = w.sync(&[slice("alice", 1001)], 1001);
+        assert_eq!(line(&p, "alice").bytes, 1000, "counted all the same");
         assert!(p.events.contains(&Event::NoMinors(Who::of("alice", 1001))));
         assert!(p.steering.is_empty());
     }
@@ -731,32 +853,35 @@ mod tests {
         let mut w = World::new(false);
         let bob = [root(), slice("bob", 1002)];
         w.sync(&bob, 1000);
-        w.send(1002, 50_000);
+        w.send(1002, 10);
+        w.sync(&bob, 1001);
         let leaves = w.state.slices[&1002].minors;
-        // bob's leaf dropped 30,000 of them.
+        let general = leaves.general.expect("bob sent: a leaf");
+        // bob sends 50,000 more; his leaf drops 30,000 of them.
+        w.send(1002, 50_000);
         w.obs.snapshot.dropped.insert(
-            leaves.general,
+            general,
             Counter {
                 bytes: 30_000,
                 packets: 20,
             },
         );
         w.sync(&bob, 1010);
-        assert_eq!(line(&w.sync(&bob, 1011), "bob").bytes, 20_000);
+        assert_eq!(line(&w.sync(&bob, 1011), "bob").bytes, 20_010);
         // bob leaves and is forgotten at his period's end; carol gets his minors.
         w.sync(&[root()], 1020);
         w.sync(&[root()], 1100);
         let carol = [root(), slice("carol", 1003)];
         w.sync(&carol, 1101);
-        assert_eq!(w.state.slices[&1003].minors, leaves, "bob's minors reused");
         w.send(1003, 12_345);
         let p = w.sync(&carol, 1102);
+        assert_eq!(w.state.slices[&1003].minors, leaves, "bob's minor reused");
         assert_eq!(line(&p, "carol").bytes, 12_345, "bob's drops are not hers");
         assert_eq!(line(&p, "carol").dropped_bytes, 0);
         // Her own drops are subtracted: of 1,000 more bytes, 345 were dropped.
         w.send(1003, 1000);
         w.obs.snapshot.dropped.insert(
-            leaves.general,
+            general,
             Counter {
                 bytes: 30_000 + 345,
                 packets: 21,
@@ -807,5 +932,23 @@ mod tests {
         let p = w.sync(&live, 100_001);
         assert!(!p.clock_behind);
         assert_eq!(line(&p, "alice").period_start, 100_000);
+    }
+
+    #[test]
+    fn a_leaf_idle_for_a_whole_period_is_given_back() {
+        let mut w = World::new(false);
+        let live = [root(), slice("alice", 1001)];
+        w.sync(&live, 1000);
+        w.send(1001, 1000);
+        w.sync(&live, 1001);
+        assert!(w.state.slices[&1001].minors.general.is_some());
+        // A new period: she sent in the last one, so she keeps it.
+        let p = w.sync(&live, 1100);
+        assert!(p.state.slices[&1001].minors.general.is_some(), "kept");
+        // A whole period idle: given back, removed from the tree.
+        let p = w.sync(&live, 1200);
+        assert!(p.state.slices[&1001].minors.general.is_none());
+        assert!(p.tree_ops.iter().any(|o| matches!(o, Op::Remove(_))));
+        assert!(!p.steering.contains_key(&1001));
     }
 }
