@@ -6,8 +6,8 @@ use bwmon_agent::{
     cli::{Cli, Command},
     config::Config,
     control, daemon, datapath,
-    htb::Htb,
-    paths, slices, status,
+    htb::{self, Htb},
+    paths, policy, slices, status,
 };
 use clap::Parser;
 
@@ -83,6 +83,39 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 eprintln!("{s}");
                 s.problems.len()
             });
+            // Classes on demand: only slices whose limits differ from the default leaf's hold
+            // leaves from the start; the rest get one when they send.
+            let node = policy::Node {
+                node_cap: config.node_cap,
+                exempt_max: config.exempt_max,
+                period_secs: config.period.as_secs(),
+            };
+            let tree = htb::TreeSpec {
+                node_cap: config.node_cap,
+                exempt_max: config.exempt_max,
+            };
+            let always: usize = parsed
+                .slices
+                .iter()
+                .map(|s| {
+                    let limits = policy::Limits::resolve(&s.attrs.or(config.defaults), &node);
+                    let differs = bwmon_agent::sync::plan::differs_from_default(&limits, &tree);
+                    differs.iter().filter(|(_, d)| **d).count()
+                })
+                .sum();
+            let capacity = htb::minors::Minors::default().available();
+            if always > capacity {
+                anyhow::bail!(
+                    "{}: {always} leaves are needed from the start (slices whose rates or shares differ from the defaults) but an HTB tree holds {capacity}; give fewer slices their own rates",
+                    config.slices.display()
+                );
+            }
+            if parsed.slices.len() * 2 > capacity {
+                println!(
+                    "note: {} slices, {capacity} leaves: only slices that send (or have rates of their own) hold leaves; when all are taken, the others share the default leaves and are still counted",
+                    parsed.slices.len()
+                );
+            }
             println!(
                 "{}: ok; {}: {} slices{}",
                 config.path.display(),
@@ -135,7 +168,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let config = Config::load(&config)?;
             datapath::teardown(std::path::Path::new(paths::PIN_ROOT), &config.interface)?;
-            Htb::open(&config.interface)?.remove_tree()?;
+            let mut tree = Htb::open(&config.interface)?;
+            tree.remove_tree()?;
+            tree.remove_empty_clsact()?;
             if forget_state {
                 match std::fs::remove_file(&config.state) {
                     Ok(()) => eprintln!("bwmon: removed {}", config.state.display()),

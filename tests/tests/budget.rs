@@ -151,14 +151,19 @@ fn twenty_kill_nines_while_a_slice_sends_lose_nothing() {
     settle();
     let s = d.slice("alice").unwrap();
     let charged = u(&s, "bytes");
-    let htb = htb_bytes(&lab, &general_class(&s));
+    // Her first interval went through the default leaf (her own comes with her first bytes);
+    // the default leaf carries nothing else of note here (a few neighbour solicitations).
+    let htb = htb_bytes(&lab, &general_class(&s)) + htb_bytes(&lab, "1:2");
     let worst = charged.abs_diff(htb);
     eprintln!("20 × kill -9: charged {charged}, HTB sent {htb}, deviation {worst} bytes");
     assert_eq!(u(&s, "period_start"), period_start);
     assert!(charged >= last);
     // Pins keep counting while the daemon is down: nothing is lost, not even an interval.
     assert!(worst <= 20 * 2_500_000, "off by {worst}");
-    assert_eq!(charged, htb, "the kernel kept counting across every kill");
+    assert!(
+        worst <= 2000,
+        "the kernel kept counting across every kill: off by {worst}"
+    );
 }
 
 /// Flips one byte in the middle of `file`.

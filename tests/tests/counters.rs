@@ -158,6 +158,32 @@ fn clsact_attachment_counts_is_replaced_in_place_and_torn_down() {
         !lab.pin_root.join(&lab.host_if).exists(),
         "teardown removes the pins"
     );
+    // ... and the clsact qdisc it added, now empty (as `bwmon teardown` does).
+    let mut htb = bwmon_agent::htb::Htb::open(&lab.host_if).unwrap();
+    assert!(htb.remove_empty_clsact().unwrap());
+    let qdiscs = bwmon_tests::cmd("tc", &["qdisc", "show", "dev", &lab.host_if]);
+    let text = String::from_utf8_lossy(&qdiscs.stdout);
+    assert!(!text.contains("clsact"), "{text}");
+}
+
+#[test]
+fn a_clsact_filter_lost_with_its_interface_is_attached_again_at_the_next_check() {
+    use bwmon_agent::datapath::AttachMode;
+    let lab = Lab::new();
+    let mut opts = lab.datapath_options();
+    opts.attach_mode = AttachMode::Clsact;
+    let mut dp = Datapath::open(&opts).unwrap();
+    assert!(!dp.ensure_attached().unwrap(), "in place");
+    // The interface goes away and comes back under the same name, without our filter.
+    bwmon_tests::cmd("ip", &["link", "del", &lab.host_if]);
+    lab.recreate_veth();
+    assert!(dp.ensure_attached().unwrap(), "attached again");
+    assert!(!dp.ensure_attached().unwrap(), "and then in place");
+    let wire = send_udp_as(UID_A, SocketAddr::new(lab.general_v4.into(), 9), 7, 100);
+    assert_eq!(
+        dp.snapshot().unwrap().offered[&UID_A].general.bytes,
+        7 * wire
+    );
 }
 
 #[test]

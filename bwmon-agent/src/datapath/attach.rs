@@ -174,8 +174,9 @@ pub(super) fn detach_clsact(iface: &str) {
 
 impl Datapath {
     /// Re-attaches the classifier when it no longer reaches the interface (the interface was
-    /// deleted and created again), and points drop counting at the new device. Returns
-    /// whether it had to.
+    /// deleted and created again: with TCX the kernel says whether our program is attached;
+    /// with clsact, whose filters are not links, the interface's index tells), and points
+    /// drop counting at the new device. Returns whether it had to.
     ///
     /// # Errors
     /// The interface is missing, or attaching fails.
@@ -183,16 +184,23 @@ impl Datapath {
         let iface = self.iface.clone();
         let mode = self.mode;
         let pin_dir = self.pin_dir.clone();
+        let device = Device::lookup(&iface)?;
+        let recreated = device.ifindex != self.ifindex;
         let prog = self.classifier()?;
-        if !mode.uses_tcx() || tcx_attached(prog, &iface) {
+        let attached = if mode.uses_tcx() {
+            tcx_attached(prog, &iface)
+        } else {
+            !recreated
+        };
+        if attached {
             return Ok(false);
         }
-        let device = Device::lookup(&iface)?;
         warn!(
             iface,
             "the classifier no longer reaches the interface (re-created?); attaching again"
         );
         attach(prog, &iface, &pin_dir, mode)?;
+        self.ifindex = device.ifindex;
         let control = self.read_control()?;
         self.write_control(DropControl {
             generation: control.generation,

@@ -109,6 +109,9 @@ pub struct Datapath {
     /// This boot's id (`/proc/sys/kernel/random/boot_id`), part of the counters' epoch.
     boot_id: String,
     iface: String,
+    /// The interface's index when the classifier was attached: another index means the
+    /// interface was deleted and created again (and, with clsact, lost our filter).
+    ifindex: u32,
     pin_dir: PathBuf,
     mode: AttachMode,
 }
@@ -172,6 +175,7 @@ impl Datapath {
             ebpf,
             opts: opts.clone(),
             boot_id,
+            ifindex: device.ifindex,
             iface,
             pin_dir,
             mode: opts.attach_mode,

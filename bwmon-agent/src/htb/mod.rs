@@ -418,6 +418,59 @@ impl Htb {
         Ok(out)
     }
 
+    /// Removes the interface's clsact qdisc when no filter is left on it (on kernels without
+    /// TCX bwmon added it for its classifier; another tool's filters keep it). Returns whether
+    /// it was removed.
+    ///
+    /// # Errors
+    /// Netlink failures.
+    pub fn remove_empty_clsact(&mut self) -> Result<bool> {
+        let ifindex = self.ifindex()?;
+        let msg = self.tc_message(ifindex, TcHandle::UNSPEC, TcHandle::UNSPEC);
+        let req = self
+            .netlink
+            .request(NLM_F_DUMP, RouteNetlinkMessage::GetQueueDiscipline(msg));
+        let has_clsact = self.netlink.dump(req)?.iter().any(|q| {
+            q.header.index == ifindex
+                && q.header.parent == TcHandle::CLSACT
+                && q.attributes.contains(&TcAttribute::Kind("clsact".into()))
+        });
+        if !has_clsact {
+            return Ok(false);
+        }
+        for minor in [TcHandle::MIN_INGRESS, TcHandle::MIN_EGRESS] {
+            let parent = TcHandle {
+                major: 0xffff,
+                minor,
+            };
+            let msg = self.tc_message(ifindex, TcHandle::UNSPEC, parent);
+            let req = self
+                .netlink
+                .request(NLM_F_DUMP, RouteNetlinkMessage::GetTrafficFilter(msg));
+            if !self.netlink.dump(req)?.is_empty() {
+                return Ok(false);
+            }
+        }
+        let msg = self.tc_message(
+            ifindex,
+            TcHandle {
+                major: 0xffff,
+                minor: 0,
+            },
+            TcHandle::CLSACT,
+        );
+        let message = self
+            .netlink
+            .request(NLM_F_ACK, RouteNetlinkMessage::DelQueueDiscipline(msg));
+        self.netlink.send_batch(vec![Request {
+            op: "delete qdisc",
+            target: "clsact".into(),
+            message,
+        }])?;
+        info!(iface = %self.iface, "removed the empty clsact qdisc");
+        Ok(true)
+    }
+
     /// Removes bwmon's root qdisc (and with it the whole tree), if it is there.
     ///
     /// # Errors

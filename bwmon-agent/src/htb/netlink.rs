@@ -177,7 +177,8 @@ impl Netlink {
                     }
                     NetlinkPayload::InnerMessage(
                         RouteNetlinkMessage::NewTrafficClass(m)
-                        | RouteNetlinkMessage::NewQueueDiscipline(m),
+                        | RouteNetlinkMessage::NewQueueDiscipline(m)
+                        | RouteNetlinkMessage::NewTrafficFilter(m),
                     ) => out.push(m),
                     _ => {}
                 }
