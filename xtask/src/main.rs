@@ -10,6 +10,7 @@ mod demo;
 mod install;
 mod setup;
 mod test;
+mod vm;
 mod workspace;
 
 use std::process::ExitCode;
@@ -50,8 +51,20 @@ enum Command {
     Test {
         /// Only run integration tests whose name contains this.
         filter: Option<String>,
+        /// Skip the end-to-end checks in qemu on Debian's kernels.
+        #[arg(long)]
+        no_vm: bool,
+    },
+    /// The kernel-dependent end-to-end checks inside qemu on Debian 12's kernels (root).
+    VmTest {
+        /// Which kernel: 6.1, 6.12, or all.
+        #[arg(long, default_value = "all")]
+        kernel: String,
     },
 }
+
+/// The kernels `cargo xtask test` checks in qemu after the host tests ("" = none).
+const VM_TESTS_IN_TEST: &str = "";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -60,7 +73,17 @@ fn main() -> ExitCode {
         Command::Build { release } => {
             setup::run().and_then(|tools| build::all(&tools, build::Profile::from_flag(release)))
         }
-        Command::Test { filter } => setup::run().and_then(|tools| test::run(&tools, filter)),
+        Command::Test { filter, no_vm } => setup::run().and_then(|tools| {
+            test::run(&tools, filter.clone())?;
+            // The VM checks run the whole of their tests; a filtered run is for the host.
+            if no_vm || filter.is_some() || VM_TESTS_IN_TEST.is_empty() {
+                return Ok(());
+            }
+            vm::run(&tools, &vm::kernels(VM_TESTS_IN_TEST)?)
+        }),
+        Command::VmTest { kernel } => {
+            setup::run().and_then(|tools| vm::run(&tools, &vm::kernels(&kernel)?))
+        }
         Command::Bench => setup::run().and_then(|tools| bench::run(&tools)),
         Command::Demo => setup::run().and_then(|tools| demo::run_demo(&tools)),
         Command::Install { prefix, root } => {

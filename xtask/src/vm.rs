@@ -1,0 +1,570 @@
+//! `cargo xtask vm-test [--kernel 6.1|6.12|all]`: the end-to-end checks that depend on the
+//! kernel, run inside qemu on the kernels Debian 12 users run (6.1, and 6.12 from backports).
+//!
+//! The guest has no disk: its initramfs is a static busybox and the virtio/9p modules; it
+//! mounts the host's `/` read-only over 9p (with tmpfs, proc, sysfs, devtmpfs and bpffs over
+//! it), points the kernel's module loader at the extracted kernel package, and runs the
+//! host's already built test binaries against the host's `bwmon`. The guest's console is the
+//! test output; it ends with an exit code the host reads back.
+//!
+//! qemu comes from Debian's packages, extracted under `target/vm/qemu` rather than installed:
+//! on images whose `qemu-utils` comes from backports, installing bookworm's `qemu-system-x86`
+//! would remove it. Only its libraries (which conflict with nothing) are installed. `/dev/kvm`
+//! on the CI's machines cannot run a stock kernel, so the guest runs under TCG unless
+//! `BWMON_VM_ACCEL=kvm`.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    build::{self, Profile},
+    setup::Tools,
+    workspace::{self, exec},
+};
+
+/// A kernel line, and the Debian package name that carries it.
+struct Kernel {
+    line: &'static str,
+    /// `apt-cache search --names-only` pattern; the newest match is used.
+    package: &'static str,
+}
+
+const KERNELS: [Kernel; 2] = [
+    Kernel {
+        line: "6.1",
+        package: r"^linux-image-6\.1\.0-[0-9]+-amd64$",
+    },
+    Kernel {
+        line: "6.12",
+        package: r"^linux-image-6\.12\.[0-9]+\+deb12-amd64$",
+    },
+];
+
+/// The integration tests that depend on the kernel, each with a name filter ("" = all):
+/// counting vs HTB's Sent with the exempt split and drops (datapath), per-uid counts, the
+/// attachment, its replacement, a re-created interface and teardown (counters), a restart
+/// that keeps its counts (restart), a lowered ceiling held (htb).
+const CHECKS: &[(&str, &str)] = &[
+    ("datapath", ""),
+    ("counters", ""),
+    ("restart", ""),
+    (
+        "htb",
+        "a_lowered_slice_is_held_to_its_ceiling_and_others_are_not",
+    ),
+];
+
+/// Debian packages the guest needs on the host: busybox for the initramfs, qemu's
+/// libraries and firmware.
+const HOST_PACKAGES: &[&str] = &[
+    "busybox-static",
+    "seabios",
+    "libcapstone4",
+    "libfdt1",
+    "libpmem1",
+    "librdmacm1",
+    "libibverbs1",
+    "libslirp0",
+    "libvdeplug2",
+    "libpixman-1-0",
+    "libaio1",
+    "liburing2",
+    "libnuma1",
+    "libjpeg62-turbo",
+    "libpng16-16",
+    "libsasl2-2",
+    "libseccomp2",
+    "libfuse3-3",
+    "libbpf1",
+];
+
+/// qemu's own packages, extracted (not installed).
+const QEMU_PACKAGES: &[&str] = &["qemu-system-x86", "qemu-system-data"];
+
+/// Which kernels to test.
+pub fn kernels(which: &str) -> anyhow::Result<Vec<&'static str>> {
+    Ok(match which {
+        "all" => KERNELS.iter().map(|k| k.line).collect(),
+        line if KERNELS.iter().any(|k| k.line == line) => vec![
+            KERNELS
+                .iter()
+                .find(|k| k.line == line)
+                .map(|k| k.line)
+                .unwrap_or_default(),
+        ],
+        other => bail!("--kernel {other:?}: one of 6.1, 6.12, all"),
+    })
+}
+
+/// Runs the checks on each kernel of `lines`; fails when any check fails on any kernel.
+pub fn run(tools: &Tools, lines: &[&str]) -> anyhow::Result<()> {
+    if !workspace::is_root() {
+        bail!("the VM tests install packages and use the host's bpffs tools: run as root");
+    }
+    let vm = workspace::root().join("target/vm");
+    fs::create_dir_all(&vm)?;
+    install_host_packages()?;
+    let qemu = extract_qemu(&vm)?;
+    build::all(tools, Profile::Debug)?;
+    let binaries = test_binaries()?;
+    let bwmon = workspace::root().join("target/debug/bwmon");
+    let mut failed = Vec::new();
+    for line in lines {
+        let kernel = KERNELS
+            .iter()
+            .find(|k| k.line == *line)
+            .context("unknown kernel line")?;
+        let started = Instant::now();
+        let k = fetch_kernel(&vm, kernel)?;
+        let initrd = make_initrd(&vm, &k)?;
+        let script = write_run_script(&vm, &k, &binaries, &bwmon)?;
+        let _ = script;
+        let (code, log) = boot(&qemu, &k, &initrd)?;
+        let took = started.elapsed().as_secs();
+        let summary: Vec<&str> = log
+            .lines()
+            .filter(|l| l.starts_with("test result:") || l.contains("VMTEST"))
+            .collect();
+        if code == Some(0) {
+            eprintln!("xtask: vm-test: Linux {} passed in {took} s", k.version);
+            for l in summary {
+                println!("{l}");
+            }
+        } else {
+            eprintln!(
+                "xtask: vm-test: Linux {} FAILED (exit {code:?}) after {took} s; the guest's log:\n{log}",
+                k.version
+            );
+            failed.push(k.version.clone());
+        }
+    }
+    if !failed.is_empty() {
+        bail!("VM tests failed on {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+fn apt(args: &[&str]) -> Command {
+    let mut c = Command::new("apt-get");
+    c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+    c
+}
+
+fn dpkg_installed(name: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${db:Status-Status}", name])
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout == b"installed")
+}
+
+fn install_host_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = HOST_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: vm-test: installing {} (static busybox for the guest, qemu's libraries and firmware)",
+        missing.join(" ")
+    );
+    exec(&mut apt(&["update", "-qq"]))?;
+    let mut install = apt(&[
+        "install",
+        "-y",
+        "-qq",
+        "--no-install-recommends",
+        "--no-remove",
+    ]);
+    exec(install.args(&missing))
+}
+
+/// Downloads and extracts `packages` (the newest each) into `dir` unless already there.
+fn extract(dir: &Path, packages: &[&str]) -> anyhow::Result<()> {
+    let stamp = dir.join(".extracted");
+    if stamp.exists() {
+        return Ok(());
+    }
+    let debs = dir.join("debs");
+    fs::create_dir_all(&debs)?;
+    exec(apt(&["download", "-qq"]).args(packages).current_dir(&debs))?;
+    for entry in fs::read_dir(&debs)? {
+        let deb = entry?.path();
+        exec(
+            Command::new("dpkg-deb")
+                .arg("-x")
+                .arg(&deb)
+                .arg(dir.join("root")),
+        )?;
+    }
+    fs::write(&stamp, packages.join("\n"))?;
+    Ok(())
+}
+
+/// The extracted qemu and its firmware directories.
+struct Qemu {
+    binary: PathBuf,
+    firmware: Vec<PathBuf>,
+}
+
+fn extract_qemu(vm: &Path) -> anyhow::Result<Qemu> {
+    let dir = vm.join("qemu");
+    extract(&dir, QEMU_PACKAGES)?;
+    Ok(Qemu {
+        binary: dir.join("root/usr/bin/qemu-system-x86_64"),
+        firmware: vec![
+            PathBuf::from("/usr/share/seabios"),
+            dir.join("root/usr/share/qemu"),
+        ],
+    })
+}
+
+/// The test binaries of the `tests` crate, by target name.
+fn test_binaries() -> anyhow::Result<BTreeMap<String, PathBuf>> {
+    let out = workspace::cargo()
+        .args([
+            "test",
+            "--package",
+            "tests",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("listing the test binaries")?;
+    if !out.status.success() {
+        bail!("building the test binaries failed");
+    }
+    // cargo's JSON messages, read for two string fields (xtask stays std-only).
+    let field = |line: &str, after: &str, key: &str| -> Option<String> {
+        let rest = &line[line.find(after)? + after.len()..];
+        let rest = &rest[rest.find(key)? + key.len()..];
+        Some(rest[..rest.find('"')?].to_owned())
+    };
+    let mut map = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if !line.contains(r#""reason":"compiler-artifact""#) || !line.contains(r#""test":true"#) {
+            continue;
+        }
+        if let (Some(name), Some(exe)) = (
+            field(line, r#""target":{"#, r#""name":""#),
+            field(line, "", r#""executable":""#),
+        ) {
+            map.insert(name, PathBuf::from(exe));
+        }
+    }
+    Ok(map)
+}
+
+/// An extracted Debian kernel package.
+struct KernelDir {
+    version: String,
+    root: PathBuf,
+    vmlinuz: PathBuf,
+}
+
+fn fetch_kernel(vm: &Path, kernel: &Kernel) -> anyhow::Result<KernelDir> {
+    let out = Command::new("apt-cache")
+        .args(["search", "--names-only", kernel.package])
+        .output()
+        .context("apt-cache search")?;
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect();
+    if names.is_empty() {
+        exec(&mut apt(&["update", "-qq"]))?;
+        let out = Command::new("apt-cache")
+            .args(["search", "--names-only", kernel.package])
+            .output()?;
+        names = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect();
+    }
+    names.sort_by_key(|n| version_key(n));
+    let package = names
+        .last()
+        .with_context(|| format!("no Debian package matches {}", kernel.package))?
+        .clone();
+    let version = package.trim_start_matches("linux-image-").to_owned();
+    let dir = vm.join(format!("kernel-{version}"));
+    extract(&dir, &[&package])?;
+    let root = dir.join("root");
+    exec(Command::new("depmod").arg("-b").arg(&root).arg(&version))?;
+    Ok(KernelDir {
+        vmlinuz: root.join(format!("boot/vmlinuz-{version}")),
+        version,
+        root,
+    })
+}
+
+/// Sorts "linux-image-6.1.0-9-amd64" before "linux-image-6.1.0-56-amd64".
+fn version_key(name: &str) -> Vec<u64> {
+    name.split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+/// The modules that give the guest 9p over virtio, dependencies first, as files.
+fn boot_modules(k: &KernelDir) -> anyhow::Result<Vec<PathBuf>> {
+    let base = k.root.join("lib/modules").join(&k.version);
+    let dep = fs::read_to_string(base.join("modules.dep"))?;
+    let deps: BTreeMap<String, Vec<String>> = dep
+        .lines()
+        .filter_map(|l| {
+            let (m, rest) = l.split_once(':')?;
+            Some((
+                m.to_owned(),
+                rest.split_whitespace().map(str::to_owned).collect(),
+            ))
+        })
+        .collect();
+    let find = |stem: &str| {
+        deps.keys()
+            .find(|m| {
+                let file = m.rsplit('/').next().unwrap_or(m);
+                file.split('.').next() == Some(stem)
+            })
+            .cloned()
+    };
+    let mut order: Vec<String> = Vec::new();
+    fn visit(m: &str, deps: &BTreeMap<String, Vec<String>>, order: &mut Vec<String>) {
+        if order.iter().any(|o| o == m) {
+            return;
+        }
+        for d in deps.get(m).into_iter().flatten() {
+            visit(d, deps, order);
+        }
+        order.push(m.to_owned());
+    }
+    for stem in ["virtio_pci", "9pnet_virtio", "9p"] {
+        // Built into some kernels: nothing to load then.
+        if let Some(m) = find(stem) {
+            visit(&m, &deps, &mut order);
+        }
+    }
+    Ok(order.into_iter().map(|m| base.join(m)).collect())
+}
+
+/// A module file's contents, decompressed.
+fn module_bytes(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let name = path.to_string_lossy();
+    let tool = if name.ends_with(".xz") {
+        Some("xz")
+    } else if name.ends_with(".zst") {
+        Some("zstd")
+    } else {
+        None
+    };
+    match tool {
+        None => Ok(fs::read(path)?),
+        Some(tool) => {
+            let out = Command::new(tool)
+                .arg("-dc")
+                .arg(path)
+                .output()
+                .with_context(|| format!("{tool} -dc {}", path.display()))?;
+            if !out.status.success() {
+                bail!("{tool} -dc {} failed", path.display());
+            }
+            Ok(out.stdout)
+        }
+    }
+}
+
+/// The guest's `/init`: mounts, the host's root, the module loader, the checks, power off.
+fn init_script(k: &KernelDir, script: &Path) -> String {
+    let kdir = k.root.display();
+    let script = script.display();
+    format!(
+        r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in $(cat /modules/order); do insmod /modules/$m || echo "VMTEST insmod $m failed"; done
+mkdir -p /host
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostroot /host || echo "VMTEST no host root"
+mount -t proc proc /host/proc
+mount -t sysfs sys /host/sys
+mount -t devtmpfs dev /host/dev
+mount -t tmpfs tmp /host/tmp
+mount -t tmpfs run /host/run
+mount -t bpf bpf /host/sys/fs/bpf
+mount -t tracefs tracefs /host/sys/kernel/tracing 2>/dev/null
+printf '#!/bin/busybox sh\nexec /bin/busybox chroot /host /sbin/modprobe -d {kdir} "$@"\n' > /bin/vm-modprobe
+chmod +x /bin/vm-modprobe
+echo /bin/vm-modprobe > /proc/sys/kernel/modprobe
+chroot /host /sbin/modprobe -d {kdir} -a veth sch_htb cls_bpf sch_ingress 2>&1
+chroot /host /bin/sh {script}
+echo "VMTEST-EXIT=$?"
+poweroff -f
+"#
+    )
+}
+
+fn write_run_script(
+    vm: &Path,
+    k: &KernelDir,
+    binaries: &BTreeMap<String, PathBuf>,
+    bwmon: &Path,
+) -> anyhow::Result<PathBuf> {
+    let mut s = String::from(
+        "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp\n",
+    );
+    s.push_str(&format!("export BWMON_BIN={}\n", bwmon.display()));
+    s.push_str("ip link set lo up\nuname -r\nfailed=0\n");
+    for (name, filter) in CHECKS {
+        let exe = binaries
+            .get(*name)
+            .with_context(|| format!("no test binary {name}"))?;
+        s.push_str(&format!(
+            "echo \"VMTEST running {name}\"\n{} --test-threads=1 {filter} 2>&1 || failed=1\n",
+            exe.display()
+        ));
+    }
+    s.push_str("exit $failed\n");
+    let path = vm.join(format!("run-{}.sh", k.version));
+    fs::write(&path, s)?;
+    Ok(path)
+}
+
+fn make_initrd(vm: &Path, k: &KernelDir) -> anyhow::Result<PathBuf> {
+    let script = vm.join(format!("run-{}.sh", k.version));
+    let mut cpio = Cpio::default();
+    for dir in ["bin", "dev", "proc", "sys", "modules", "host", "tmp"] {
+        cpio.dir(dir);
+    }
+    cpio.file("bin/busybox", &fs::read("/bin/busybox")?, 0o755);
+    cpio.file("init", init_script(k, &script).as_bytes(), 0o755);
+    let mut order = String::new();
+    for (i, m) in boot_modules(k)?.iter().enumerate() {
+        let name = format!("{i:02}.ko");
+        cpio.file(&format!("modules/{name}"), &module_bytes(m)?, 0o644);
+        order.push_str(&name);
+        order.push('\n');
+    }
+    cpio.file("modules/order", order.as_bytes(), 0o644);
+    let path = vm.join(format!("initrd-{}.cpio", k.version));
+    fs::write(&path, cpio.finish())?;
+    Ok(path)
+}
+
+/// Boots the guest; returns the exit code it reported and its console log.
+fn boot(qemu: &Qemu, k: &KernelDir, initrd: &Path) -> anyhow::Result<(Option<i32>, String)> {
+    let log_path = initrd.with_extension("log");
+    let log = fs::File::create(&log_path)?;
+    let accel = match std::env::var("BWMON_VM_ACCEL").as_deref() {
+        Ok("kvm") => "kvm",
+        _ => "tcg,thread=multi",
+    };
+    let mut cmd = Command::new(&qemu.binary);
+    for dir in &qemu.firmware {
+        cmd.arg("-L").arg(dir);
+    }
+    cmd.args(["-accel", accel, "-cpu", "max", "-smp", "2", "-m", "4G"])
+        .args(["-nographic", "-no-reboot", "-nic", "none"])
+        .arg("-kernel")
+        .arg(&k.vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 panic=-1 loglevel=4 net.ifnames=0"])
+        .args([
+            "-virtfs",
+            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        ])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    eprintln!("xtask: vm-test: booting Linux {} under qemu", k.version);
+    let mut child = cmd.spawn().context("starting qemu")?;
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let text = String::from_utf8_lossy(&fs::read(&log_path)?).into_owned();
+    let code = text
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("VMTEST-EXIT="))
+        .and_then(|c| c.trim().parse().ok());
+    Ok((code, text))
+}
+
+/// A `newc` cpio archive, what the kernel unpacks as an initramfs.
+#[derive(Default)]
+struct Cpio {
+    out: Vec<u8>,
+    ino: u32,
+}
+
+impl Cpio {
+    fn entry(&mut self, name: &str, mode: u32, data: &[u8]) {
+        self.ino += 1;
+        let header = format!(
+            "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
+            self.ino,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len(),
+            0,
+            0,
+            0,
+            0,
+            name.len() + 1,
+            0
+        );
+        self.out.extend_from_slice(header.as_bytes());
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.push(0);
+        self.pad();
+        self.out.extend_from_slice(data);
+        self.pad();
+    }
+
+    fn pad(&mut self) {
+        while !self.out.len().is_multiple_of(4) {
+            self.out.push(0);
+        }
+    }
+
+    fn dir(&mut self, name: &str) {
+        self.entry(name, 0o040_755, &[]);
+    }
+
+    fn file(&mut self, name: &str, data: &[u8], perm: u32) {
+        self.entry(name, 0o100_000 | perm, data);
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.entry("TRAILER!!!", 0, &[]);
+        let mut out = self.out;
+        // The kernel reads the archive in 512-byte blocks.
+        while !out.len().is_multiple_of(512) {
+            out.push(0);
+        }
+        out
+    }
+}
