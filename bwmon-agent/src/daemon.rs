@@ -389,7 +389,7 @@ pub async fn run(mut config: Config, fresh_state: bool) -> anyhow::Result<()> {
             _ = watch_tick.tick() => Command::SyncIfSlicesChanged,
             Some(key) = done_rx.recv() => Command::Delivered(key),
             _ = hup.recv() => {
-                info!("SIGHUP: re-reading the configuration and the slices file");
+                info!("SIGHUP: re-reading the slices file and the configuration");
                 let new = match reloaded(&config) {
                     Ok(new) => new,
                     Err(why) => {
