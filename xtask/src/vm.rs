@@ -34,16 +34,20 @@ struct Kernel {
     line: &'static str,
     /// `apt-cache search --names-only` pattern; the newest match is used.
     package: &'static str,
+    /// TCX (6.6+); without it the classifier is a clsact filter, and TCX-only tests skip.
+    tcx: bool,
 }
 
 const KERNELS: [Kernel; 2] = [
     Kernel {
         line: "6.1",
         package: r"^linux-image-6\.1\.0-[0-9]+-amd64$",
+        tcx: false,
     },
     Kernel {
         line: "6.12",
         package: r"^linux-image-6\.12\.[0-9]+\+deb12-amd64$",
+        tcx: true,
     },
 ];
 
@@ -61,10 +65,14 @@ const CHECKS: &[(&str, &str)] = &[
     ),
 ];
 
-/// Debian packages the guest needs on the host: busybox for the initramfs, qemu's
-/// libraries and firmware.
+/// Debian packages the guest needs on the host: busybox for the initramfs, the module tools,
+/// qemu's libraries and firmware.
 const HOST_PACKAGES: &[&str] = &[
     "busybox-static",
+    // depmod on the host, modprobe in the guest (from the host's root).
+    "kmod",
+    "xz-utils",
+    "zstd",
     "seabios",
     "libcapstone4",
     "libfdt1",
@@ -85,8 +93,9 @@ const HOST_PACKAGES: &[&str] = &[
     "libbpf1",
 ];
 
-/// qemu's own packages, extracted (not installed).
-const QEMU_PACKAGES: &[&str] = &["qemu-system-x86", "qemu-system-data"];
+/// qemu's own packages, extracted (not installed): the binary, its firmware and keymaps, and
+/// its loadable modules (TCG is one).
+const QEMU_PACKAGES: &[&str] = &["qemu-system-x86", "qemu-system-data", "qemu-system-common"];
 
 /// Which kernels to test.
 pub fn kernels(which: &str) -> anyhow::Result<Vec<&'static str>> {
@@ -124,7 +133,7 @@ pub fn run(tools: &Tools, lines: &[&str]) -> anyhow::Result<()> {
         let started = Instant::now();
         let k = fetch_kernel(&vm, kernel)?;
         let initrd = make_initrd(&vm, &k)?;
-        let script = write_run_script(&vm, &k, &binaries, &bwmon)?;
+        let script = write_run_script(&vm, &k, kernel.tcx, &binaries, &bwmon)?;
         let _ = script;
         let (code, log) = boot(&qemu, &k, &initrd)?;
         let took = started.elapsed().as_secs();
@@ -214,6 +223,7 @@ fn extract(dir: &Path, packages: &[&str]) -> anyhow::Result<()> {
 struct Qemu {
     binary: PathBuf,
     firmware: Vec<PathBuf>,
+    modules: PathBuf,
 }
 
 fn extract_qemu(vm: &Path) -> anyhow::Result<Qemu> {
@@ -225,6 +235,7 @@ fn extract_qemu(vm: &Path) -> anyhow::Result<Qemu> {
             PathBuf::from("/usr/share/seabios"),
             dir.join("root/usr/share/qemu"),
         ],
+        modules: dir.join("root/usr/lib/x86_64-linux-gnu/qemu"),
     })
 }
 
@@ -417,6 +428,7 @@ poweroff -f
 fn write_run_script(
     vm: &Path,
     k: &KernelDir,
+    tcx: bool,
     binaries: &BTreeMap<String, PathBuf>,
     bwmon: &Path,
 ) -> anyhow::Result<PathBuf> {
@@ -425,12 +437,13 @@ fn write_run_script(
     );
     s.push_str(&format!("export BWMON_BIN={}\n", bwmon.display()));
     s.push_str("ip link set lo up\nuname -r\nfailed=0\n");
+    let skip = if tcx { "" } else { "--skip tcx" };
     for (name, filter) in CHECKS {
         let exe = binaries
             .get(*name)
             .with_context(|| format!("no test binary {name}"))?;
         s.push_str(&format!(
-            "echo \"VMTEST running {name}\"\n{} --test-threads=1 {filter} 2>&1 || failed=1\n",
+            "echo \"VMTEST running {name}\"\n{} --test-threads=1 --color never {skip} {filter} 2>&1 || failed=1\n",
             exe.display()
         ));
     }
@@ -470,6 +483,7 @@ fn boot(qemu: &Qemu, k: &KernelDir, initrd: &Path) -> anyhow::Result<(Option<i32
         _ => "tcg,thread=multi",
     };
     let mut cmd = Command::new(&qemu.binary);
+    cmd.env("QEMU_MODULE_DIR", &qemu.modules);
     for dir in &qemu.firmware {
         cmd.arg("-L").arg(dir);
     }

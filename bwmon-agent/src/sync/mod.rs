@@ -6,6 +6,7 @@
 
 pub mod kernel;
 pub mod plan;
+mod report;
 
 use std::collections::{HashMap, HashSet};
 

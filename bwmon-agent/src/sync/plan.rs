@@ -16,12 +16,11 @@ use crate::{
         minors::Minors,
         tree::{self, DEFAULT_LEAVES},
     },
-    policy::{self, Capping, Counters, Limits, Record, UnixSecs},
+    policy::{self, Capping, Counters, Limits, UnixSecs},
     slices::DEFAULT_NAME,
     state::{CappedClass, Notice, SliceState, State},
     status::SliceStatus,
     units::BWMIN,
-    units::Bytes,
 };
 
 /// The xid the default pseudo-slice's line shows (no slice can have it).
@@ -218,6 +217,8 @@ fn default_growth(
     }
     (growth, now)
 }
+
+use super::report::row;
 
 /// Plans one sync.
 pub fn plan(
@@ -492,48 +493,6 @@ pub fn plan(
     }
 }
 
-/// A status line; `memory` remembers counters between syncs for the rate.
-fn row(
-    memory: &mut Memory,
-    name: &str,
-    xid: u32,
-    r: &Record,
-    counters: Counters,
-    limits: &Limits,
-    now: UnixSecs,
-) -> SliceStatus {
-    let rate = match memory.previous.insert(xid, (counters, now)) {
-        Some((prev, at)) if now > at => {
-            PerClass::from_fn(|c| counters.of(c).saturating_sub(*prev.of(c)) * 8 / (now - at))
-        }
-        _ => PerClass::default(),
-    };
-    let kb = |b: Bytes| b.0 / 1024;
-    let used = PerClass::from_fn(|c| r.used(c).0);
-    SliceStatus {
-        name: name.to_owned(),
-        xid,
-        period_start: r.period_start,
-        bytes: used.general,
-        exempt_bytes: used.exempt,
-        ceil_bps: r.classes.general.ceil.0,
-        exempt_ceil_bps: r.classes.exempt.ceil.0,
-        max_kbyte: kb(limits.general.max),
-        thresh_kbyte: kb(limits.general.thresh),
-        i2_max_kbyte: kb(limits.exempt.max),
-        i2_thresh_kbyte: kb(limits.exempt.thresh),
-        capped: r.capped(TrafficClass::General, limits),
-        exempt_capped: r.capped(TrafficClass::Exempt, limits),
-        emailed: r.emailed,
-        max_rate_bps: limits.general.max_rate.0,
-        i2_max_rate_bps: limits.exempt.max_rate.0,
-        dropped_bytes: 0,
-        rate_bps: rate.general,
-        exempt_rate_bps: rate.exempt,
-        classes: Vec::new(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use bwmon_common::{Counter, ROOT_XID};
@@ -542,7 +501,7 @@ mod tests {
     use crate::{
         policy::Node,
         rspec::Attributes,
-        units::{BitsPerSec, KBytes},
+        units::{BitsPerSec, Bytes, KBytes},
     };
 
     const NODE: Node = Node {
