@@ -443,7 +443,7 @@ fn write_run_script(
             .get(*name)
             .with_context(|| format!("no test binary {name}"))?;
         s.push_str(&format!(
-            "echo \"VMTEST running {name}\"\n{} --test-threads=1 --color never {skip} {filter} 2>&1 || failed=1\n",
+            "echo \"VMTEST running {name}\"\n{} --test-threads=1 --color never --nocapture {skip} {filter} 2>&1 || failed=1\n",
             exe.display()
         ));
     }
