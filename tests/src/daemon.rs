@@ -4,6 +4,12 @@ use std::{path::PathBuf, process::Command, thread, time::Duration};
 
 use crate::*;
 
+/// The unsigned number `k` of a status JSON object, or a panic naming it.
+pub fn u(v: &serde_json::Value, k: &str) -> u64 {
+    v[k].as_u64()
+        .unwrap_or_else(|| panic!("{k} missing in {v}"))
+}
+
 /// A `bwmon run` under test, with its files in a temporary directory. Stopped on drop.
 pub struct Daemon {
     /// Directory holding config, slices, state, socket and log.

@@ -160,6 +160,18 @@ impl Lab {
         }
     }
 
+    /// HTB's sent bytes for the class tc writes as `handle` ("1:100"); 0 when it is gone.
+    pub fn class_bytes(&self, handle: &str) -> u64 {
+        let Some((maj, min)) = handle.split_once(':') else {
+            panic!("not a class handle: {handle}");
+        };
+        let key = (
+            u32::from_str_radix(maj, 16).unwrap(),
+            u32::from_str_radix(min, 16).unwrap(),
+        );
+        self.tc_classes().get(&key).map(|c| c.bytes).unwrap_or(0)
+    }
+
     /// Every class on the host interface, by handle, parsed from `tc -s -d class show`
     /// (iproute2 6.1 prints classes only as text).
     pub fn tc_classes(&self) -> std::collections::HashMap<(u32, u32), TcClassStats> {

@@ -12,17 +12,12 @@ use std::{
     time::Duration,
 };
 
-use bwmon_tests::{Daemon, Lab, cmd, send_tcp_as, send_tcp_until, send_udp_as};
+use bwmon_tests::{Daemon, Lab, cmd, send_tcp_as, send_tcp_until, send_udp_as, u};
 
 const ALICE: u32 = 4811;
 const CAROL: u32 = 4813;
 /// Long enough that no test crosses a period's end unless it means to.
 const CONFIG: &str = "period = \"600s\"\ninterval = \"1s\"\n";
-
-fn u(v: &serde_json::Value, k: &str) -> u64 {
-    v[k].as_u64()
-        .unwrap_or_else(|| panic!("{k} missing in {v}"))
-}
 
 fn alice() -> String {
     format!("[[slice]]\nname = \"alice\"\nxid = {ALICE}\n")
@@ -39,16 +34,6 @@ fn send(lab: &Lab, uid: u32, port: u16, bytes: u64) {
 /// Two intervals: what was sent is synced.
 fn settle() {
     std::thread::sleep(Duration::from_millis(2500));
-}
-
-/// HTB's sent bytes for the class tc writes as `handle` ("1:100").
-fn htb_bytes(lab: &Lab, handle: &str) -> u64 {
-    let (maj, min) = handle.split_once(':').unwrap();
-    let key = (
-        u32::from_str_radix(maj, 16).unwrap(),
-        u32::from_str_radix(min, 16).unwrap(),
-    );
-    lab.tc_classes().get(&key).map(|c| c.bytes).unwrap_or(0)
 }
 
 fn general_class(slice: &serde_json::Value) -> String {
@@ -100,7 +85,7 @@ fn reboot_keeps_usage(signal: i32) {
     settle();
     let later = d.slice("alice").unwrap();
     let added = u(&later, "bytes") - used;
-    let htb = htb_bytes(&lab, &general_class(&later));
+    let htb = lab.class_bytes(&general_class(&later));
     eprintln!("after the reboot: {added} bytes added, HTB sent {htb}");
     assert!(added >= 3 << 20, "{later}");
     assert_eq!(added, htb, "charged what the new tree sent");
@@ -153,7 +138,7 @@ fn twenty_kill_nines_while_a_slice_sends_lose_nothing() {
     let charged = u(&s, "bytes");
     // Her first interval went through the default leaf (her own comes with her first bytes);
     // the default leaf carries nothing else of note here (a few neighbour solicitations).
-    let htb = htb_bytes(&lab, &general_class(&s)) + htb_bytes(&lab, "1:2");
+    let htb = lab.class_bytes(&general_class(&s)) + lab.class_bytes("1:2");
     let worst = charged.abs_diff(htb);
     eprintln!("20 × kill -9: charged {charged}, HTB sent {htb}, deviation {worst} bytes");
     assert_eq!(u(&s, "period_start"), period_start);
@@ -352,11 +337,11 @@ fn a_new_slice_on_a_departed_slices_minor_is_not_charged_its_drops() {
         "bob's minor handed to carol"
     );
     let first = u(&carol, "bytes");
-    let htb_first = htb_bytes(&lab, &general_class(&carol));
+    let htb_first = lab.class_bytes(&general_class(&carol));
     send(&lab, CAROL, 5751, 2 << 20);
     settle();
     let carol = d.slice("carol").unwrap();
-    let htb = htb_bytes(&lab, &general_class(&carol));
+    let htb = lab.class_bytes(&general_class(&carol));
     eprintln!(
         "carol: charged {} ({first} before her leaf), HTB sent {htb}",
         u(&carol, "bytes")

@@ -6,25 +6,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bwmon_tests::{Daemon, Lab, send_tcp_as, send_tcp_until, send_udp_as};
+use bwmon_tests::{Daemon, Lab, send_tcp_as, send_tcp_until, send_udp_as, u};
 
 const ALICE: u32 = 4801;
 const BOB: u32 = 4802;
-
-fn u(v: &serde_json::Value, k: &str) -> u64 {
-    v[k].as_u64()
-        .unwrap_or_else(|| panic!("{k} missing in {v}"))
-}
-
-/// HTB's sent bytes for the class tc calls `handle` ("1:100").
-fn htb_bytes(lab: &Lab, handle: &str) -> u64 {
-    let (maj, min) = handle.split_once(':').unwrap();
-    let key = (
-        u32::from_str_radix(maj, 16).unwrap(),
-        u32::from_str_radix(min, 16).unwrap(),
-    );
-    lab.tc_classes().get(&key).map(|c| c.bytes).unwrap_or(0)
-}
 
 #[test]
 fn a_slice_flat_out_uses_its_budget_and_no_more_and_is_restored_next_period() {
@@ -135,7 +120,7 @@ fn sigkill_and_restart_mid_period_lose_nothing() {
         .collect();
     // Her first bytes went through the default leaf, before her own existed (classes on
     // demand); through it went also bob's datagrams (he has no leaf), and nothing else.
-    let htb = htb_bytes(&lab, &classes[0]) + htb_bytes(&lab, "1:2") - 100 * wire;
+    let htb = lab.class_bytes(&classes[0]) + lab.class_bytes("1:2") - 100 * wire;
     let off = used_after.abs_diff(htb) as f64 / htb as f64;
     eprintln!(
         "alice: status {used_after} bytes, HTB {htb} bytes ({:.4} %)",
@@ -176,7 +161,7 @@ fn slices_come_and_go_orphans_vanish_and_a_broken_file_changes_nothing() {
     d.write_slices(&format!("[[slice]]\nname = \"bob\"\nxid = {BOB}\n"));
     std::thread::sleep(Duration::from_millis(2500));
     assert!(d.slice("alice").is_none());
-    assert_eq!(htb_bytes(&lab, &class), 0, "class removed");
+    assert_eq!(lab.class_bytes(&class), 0, "class removed");
     // Back within its period: no fresh budget.
     d.write_slices(&both);
     std::thread::sleep(Duration::from_millis(2500));

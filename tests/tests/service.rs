@@ -9,15 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bwmon_tests::{Daemon, Lab, SmtpServer, free_port, send_tcp_as, send_udp_as};
+use bwmon_tests::{Daemon, Lab, SmtpServer, free_port, send_tcp_as, send_udp_as, u};
 
 const ALICE: u32 = 4921;
 const BOB: u32 = 4922;
-
-fn u(v: &serde_json::Value, k: &str) -> u64 {
-    v[k].as_u64()
-        .unwrap_or_else(|| panic!("{k} missing in {v}"))
-}
 
 fn alice() -> String {
     format!("[[slice]]\nname = \"alice\"\nxid = {ALICE}\n")
