@@ -41,10 +41,24 @@ fn tcp_bytes_per_uid_match_the_interface() {
     let dp = open(&lab);
     let dst = SocketAddr::new(lab.general_v4.into(), 5201);
     let sink = lab.tcp_sink(dst, 2);
-    let (tx_bytes0, tx_packets0) = lab.host_tx();
-    let before: HashMap<u32, (u64, u64)> = dp
-        .snapshot()
-        .unwrap()
+    // Packets may still be leaving (the sink's SYN-ACKs, the last ACKs and FINs): read the
+    // interface and the counters until two readings agree, so both describe the same packets.
+    let quiet = || {
+        let reading = || (lab.host_tx(), dp.snapshot().unwrap());
+        let (mut tx, mut snap) = reading();
+        for _ in 0..20 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let (tx2, snap2) = reading();
+            let same = tx2 == tx && snap2.offered == snap.offered;
+            (tx, snap) = (tx2, snap2);
+            if same {
+                break;
+            }
+        }
+        (tx, snap)
+    };
+    let ((tx_bytes0, tx_packets0), first) = quiet();
+    let before: HashMap<u32, (u64, u64)> = first
         .offered
         .iter()
         .map(|(x, c)| {
@@ -62,23 +76,7 @@ fn tcp_bytes_per_uid_match_the_interface() {
     send_tcp_as(UID_C, dst, 2 << 20);
     assert_eq!(sink.join().unwrap(), 10 << 20);
 
-    // The last ACKs and FINs may still be leaving: read the interface and the counters until
-    // two readings agree, so both describe the same packets.
-    let quiet = || {
-        let tx = lab.host_tx();
-        let snap = dp.snapshot().unwrap();
-        (tx, snap)
-    };
-    let (mut tx, mut after) = quiet();
-    for _ in 0..20 {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        let (tx2, after2) = quiet();
-        let same = tx2 == tx && after2.offered == after.offered;
-        (tx, after) = (tx2, after2);
-        if same {
-            break;
-        }
-    }
+    let (tx, after) = quiet();
     let (tx_bytes1, tx_packets1) = tx;
     let delta = |xid: u32| {
         let (b0, p0) = before.get(&xid).copied().unwrap_or((0, 0));
