@@ -64,7 +64,7 @@ enum Command {
 }
 
 /// The kernels `cargo xtask test` checks in qemu after the host tests ("" = none).
-const VM_TESTS_IN_TEST: &str = "";
+const VM_TESTS_IN_TEST: &str = "all";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
