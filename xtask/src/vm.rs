@@ -410,8 +410,8 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostroot /host || e
 mount -t proc proc /host/proc
 mount -t sysfs sys /host/sys
 mount -t devtmpfs dev /host/dev
-mount -t tmpfs tmp /host/tmp
 mount -t tmpfs run /host/run
+mkdir -p /host/run/tmp
 mount -t bpf bpf /host/sys/fs/bpf
 mount -t tracefs tracefs /host/sys/kernel/tracing 2>/dev/null
 printf '#!/bin/busybox sh\nexec /bin/busybox chroot /host /sbin/modprobe -d {kdir} "$@"\n' > /bin/vm-modprobe
@@ -433,7 +433,9 @@ fn write_run_script(
     bwmon: &Path,
 ) -> anyhow::Result<PathBuf> {
     let mut s = String::from(
-        "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp\n",
+        // The host's /tmp stays visible (the workspace may be there): scratch space is a
+        // tmpfs under /run, which temp_dir(), tempfile and iperf3 all take from TMPDIR.
+        "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/run/tmp TMPDIR=/run/tmp\n",
     );
     s.push_str(&format!("export BWMON_BIN={}\n", bwmon.display()));
     s.push_str("ip link set lo up\nuname -r\nfailed=0\n");
