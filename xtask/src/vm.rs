@@ -412,6 +412,7 @@ mount -t sysfs sys /host/sys
 mount -t devtmpfs dev /host/dev
 mount -t tmpfs run /host/run
 mkdir -p /host/run/tmp
+chmod 1777 /host/run/tmp
 mount -t bpf bpf /host/sys/fs/bpf
 mount -t tracefs tracefs /host/sys/kernel/tracing 2>/dev/null
 printf '#!/bin/busybox sh\nexec /bin/busybox chroot /host /sbin/modprobe -d {kdir} "$@"\n' > /bin/vm-modprobe
