@@ -10,7 +10,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -22,6 +22,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
+    clock::now,
     config::Config,
     control,
     datapath::{Datapath, DatapathOptions},
@@ -34,13 +35,6 @@ use crate::{
     status::StatusReport,
     sync::Syncer,
 };
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 /// What the daemon asks of the sync worker.
 enum Command {

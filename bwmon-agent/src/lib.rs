@@ -10,6 +10,7 @@
 pub mod btf;
 pub mod class;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod connections;
 pub mod control;

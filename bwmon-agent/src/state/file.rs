@@ -13,7 +13,6 @@ use std::{
     io::{self, Write},
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use super::{Notice, SliceState, State};
@@ -106,13 +105,6 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn unix_now() -> UnixSecs {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 impl State {
     /// Reads the one file at `path`; a missing file is `Ok(None)`.
     ///
@@ -164,7 +156,7 @@ impl State {
                 why,
             });
         };
-        let stamp = unix_now();
+        let stamp = crate::clock::now();
         let mut set_aside = Vec::new();
         for (file, why) in damaged {
             let to = with_suffix(&file, &format!(".damaged-{stamp}"));
@@ -191,7 +183,7 @@ impl State {
     /// # Errors
     /// A file that exists and cannot be moved.
     pub fn discard(path: &Path) -> Result<Vec<PathBuf>, StateError> {
-        let stamp = unix_now();
+        let stamp = crate::clock::now();
         let mut moved = Vec::new();
         for file in [path.to_owned(), previous(path)] {
             let to = with_suffix(&file, &format!(".discarded-{stamp}"));

@@ -1,0 +1,14 @@
+//! The wall clock, read in one place: the policy and the plan take time as an argument; the
+//! daemon and the state file (for the names of files set aside) ask here.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::policy::UnixSecs;
+
+/// Seconds since the Unix epoch now (0 for a clock set before 1970).
+pub fn now() -> UnixSecs {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
