@@ -231,6 +231,8 @@ fn sync_worker(
         }
         tell_systemd(&states);
         let _ = out.status.send(Arc::new(report));
+        // The previous report and the sync's temporary tables are freed now.
+        crate::allocator::give_back();
     }
     info!("stopping: saving the state; the datapath keeps counting");
     syncer.persist();

@@ -7,6 +7,7 @@
 //! policy, attributes and notices, and none of its unit bugs, limits or lost counters.
 #![deny(missing_docs)]
 
+pub mod allocator;
 pub mod btf;
 pub mod class;
 pub mod cli;

@@ -13,6 +13,14 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Run { .. }) {
+        bwmon_agent::allocator::tune_for_daemon();
+    } else {
+        // A command's output piped into `head` ends it quietly, as for any Unix tool; the
+        // daemon keeps ignoring SIGPIPE (a client that goes away must not stop it).
+        // SAFETY: setting a signal disposition before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let filter = std::env::var("RUST_LOG")
         .ok()
         .or_else(|| cli.log_level.clone())

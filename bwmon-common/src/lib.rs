@@ -17,6 +17,11 @@ pub mod names {
     pub const EXEMPT_V4: &str = "BWMON_EXEMPT_V4";
     /// LPM trie of exempt IPv6 destinations.
     pub const EXEMPT_V6: &str = "BWMON_EXEMPT_V6";
+    /// Array of `u64` words: a bitmap of the leading address bits any exempt prefix covers
+    /// (see [`exempt_filter_bit_v4`](crate::exempt_filter_bit_v4) and
+    /// [`exempt_filter_bit_v6`](crate::exempt_filter_bit_v6)). A destination whose bit is clear
+    /// cannot be exempt, and the tries are not searched for it.
+    pub const EXEMPT_FILTER: &str = "BWMON_EXEMPT_FILTER";
     /// LPM trie: IPv4 source prefix → xid.
     pub const SOURCE_V4: &str = "BWMON_SOURCE_V4";
     /// LPM trie: IPv6 source prefix → xid.
@@ -43,6 +48,22 @@ pub const MAX_MINORS: u32 = 65_536;
 pub const MAX_EXEMPT_PREFIXES: u32 = 16_384;
 /// Capacity of each source-prefix trie (one per address family), for `xid_source = "source"`.
 pub const MAX_SOURCE_PREFIXES: u32 = 65_536;
+
+/// Words of the exempt filter: 256 bits for the first octet of IPv4 destinations, then 65,536
+/// bits for the first 16 bits of IPv6 ones.
+pub const EXEMPT_FILTER_WORDS: u32 = 4 + 1024;
+
+/// The exempt filter's word and bit for an IPv4 destination's first octet.
+#[inline(always)]
+pub fn exempt_filter_bit_v4(first_octet: u8) -> (u32, u64) {
+    (u32::from(first_octet) >> 6, 1 << (first_octet & 63))
+}
+
+/// The exempt filter's word and bit for an IPv6 destination's first 16 bits.
+#[inline(always)]
+pub fn exempt_filter_bit_v6(first_16: u16) -> (u32, u64) {
+    (4 + (u32::from(first_16) >> 6), 1 << (first_16 & 63))
+}
 
 /// The root slice's xid (PlanetLab's `root`).
 pub const ROOT_XID: u32 = 0;

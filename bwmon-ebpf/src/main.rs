@@ -22,8 +22,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use bwmon_common::{
-    ClassIds, Counter, DropControl, HTB_MAJOR, KernelOffsets, MAX_EXEMPT_PREFIXES, MAX_MINORS,
-    MAX_SOURCE_PREFIXES, MAX_XIDS, Settings, XidCounters, XidSource,
+    ClassIds, Counter, DropControl, EXEMPT_FILTER_WORDS, HTB_MAJOR, KernelOffsets,
+    MAX_EXEMPT_PREFIXES, MAX_MINORS, MAX_SOURCE_PREFIXES, MAX_XIDS, Settings, XidCounters,
+    XidSource, exempt_filter_bit_v4, exempt_filter_bit_v6,
 };
 
 /// Written by the loader before the program is loaded (read-only global).
@@ -63,6 +64,9 @@ static EXEMPT_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(MAX_EXEMPT_PR
 
 #[map(name = "BWMON_EXEMPT_V6")]
 static EXEMPT_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(MAX_EXEMPT_PREFIXES, 0);
+
+#[map(name = "BWMON_EXEMPT_FILTER")]
+static EXEMPT_FILTER: Array<u64> = Array::with_max_entries(EXEMPT_FILTER_WORDS, 0);
 
 #[map(name = "BWMON_SOURCE_V4")]
 static SOURCE_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_SOURCE_PREFIXES, 0);
@@ -168,9 +172,17 @@ fn classify(ctx: &TcContext) {
         .unwrap_or(UNMATCHED_SOURCE_XID),
         _ => ctx.get_socket_uid(),
     };
+    // The filter (an inlined array lookup) spares the trie walk for destinations no exempt
+    // prefix can cover: most packets, on most hosts.
     let exempt = match &addrs {
-        Addrs::V4 { dst, .. } => EXEMPT_V4.get(Key::new(32, *dst)).is_some(),
-        Addrs::V6 { dst, .. } => EXEMPT_V6.get(Key::new(128, *dst)).is_some(),
+        Addrs::V4 { dst, .. } => {
+            may_be_exempt(exempt_filter_bit_v4(dst[0]))
+                && EXEMPT_V4.get(Key::new(32, *dst)).is_some()
+        }
+        Addrs::V6 { dst, .. } => {
+            may_be_exempt(exempt_filter_bit_v6(u16::from_be_bytes([dst[0], dst[1]])))
+                && EXEMPT_V6.get(Key::new(128, *dst)).is_some()
+        }
         Addrs::NotIp => false,
     };
 
@@ -209,6 +221,12 @@ fn classify(ctx: &TcContext) {
     } else {
         c.general.charge(wire_len);
     }
+}
+
+/// Whether the exempt filter has `bit` set in word `word` (unreadable: assume it may be).
+#[inline(always)]
+fn may_be_exempt((word, bit): (u32, u64)) -> bool {
+    EXEMPT_FILTER.get(word).is_none_or(|w| w & bit != 0)
 }
 
 #[btf_tracepoint(function = "kfree_skb")]

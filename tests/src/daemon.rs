@@ -93,6 +93,11 @@ impl Daemon {
         );
     }
 
+    /// The daemon's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Whether the daemon process is still running.
     pub fn running(&mut self) -> bool {
         self.child

@@ -8,6 +8,7 @@
     reason = "test harness: a failed setup step panics with context"
 )]
 
+pub mod bench;
 mod daemon;
 pub mod frames;
 mod kernel_log;

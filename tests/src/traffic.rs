@@ -183,6 +183,29 @@ impl Lab {
 
 /// Runs an iperf3 client as `uid` for `secs` seconds; returns what the receiver got, in bit/s.
 pub fn iperf3_as(uid: u32, dst: IpAddr, port: u16, secs: u32) -> f64 {
+    let v = iperf3_client(uid, dst, port, secs, &[]);
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("iperf3 reported no rate: {v}"))
+}
+
+/// Sends `payload`-byte UDP datagrams as fast as iperf3 can as `uid` for `secs` seconds;
+/// returns the datagrams per second the receiver got.
+pub fn iperf3_udp_pps_as(uid: u32, dst: IpAddr, port: u16, secs: u32, payload: usize) -> f64 {
+    let length = payload.to_string();
+    let v = iperf3_client(uid, dst, port, secs, &["-u", "-b", "0", "-l", &length]);
+    let sum = &v["end"]["sum"];
+    let (Some(packets), Some(lost), Some(seconds)) = (
+        sum["packets"].as_f64(),
+        sum["lost_packets"].as_f64(),
+        sum["seconds"].as_f64(),
+    ) else {
+        panic!("iperf3 reported no UDP counts: {v}");
+    };
+    (packets - lost) / seconds.max(1e-9)
+}
+
+fn iperf3_client(uid: u32, dst: IpAddr, port: u16, secs: u32, extra: &[&str]) -> serde_json::Value {
     let out = Command::new("setpriv")
         .args([
             "--reuid",
@@ -201,16 +224,14 @@ pub fn iperf3_as(uid: u32, dst: IpAddr, port: u16, secs: u32) -> f64 {
             "-t",
         ])
         .arg(secs.to_string())
+        .args(extra)
         .output()
         .expect("run iperf3");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "iperf3 output is not JSON ({e}): {}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         )
-    });
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("iperf3 reported no rate: {v}"))
+    })
 }

@@ -6,7 +6,11 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use bwmon_agent::datapath::{Datapath, ProgramStats};
 use bwmon_common::{ClassIds, tc_handle};
-use bwmon_tests::{Lab, cmd, send_udp_as};
+use bwmon_tests::{
+    Lab,
+    bench::{Row, record},
+    cmd, send_udp_as,
+};
 use ipnet::IpNet;
 
 const PACKETS: u32 = 200_000;
@@ -71,17 +75,44 @@ fn classifier_cost_with_10k_slices_and_10k_prefixes() {
     assert!(snap.offered.contains_key(&UID));
     std::thread::sleep(Duration::from_millis(10));
     println!("classifier per packet (bpf_stats, includes its timing overhead):");
-    println!("  empty maps:                    {empty:8.1} ns");
-    println!(
-        "  10k slices + 10k prefixes:     {loaded:8.1} ns   (ratio {:.2})",
-        loaded / empty
-    );
-    println!(
-        "  filling 10k xid→class entries: {classes_ms} ms; 10k exempt prefixes: {prefixes_ms} ms"
-    );
-    println!(
-        "  drain of {} xids + 65,536 class slots: {:.2} ms",
-        snap.offered.len(),
-        drain.as_secs_f64() * 1e3
-    );
+    record(Row {
+        group: "datapath",
+        what: "classifier, empty maps (bpf_stats)",
+        value: empty,
+        unit: "ns/packet",
+        ratio: None,
+        target: "",
+    });
+    record(Row {
+        group: "datapath",
+        what: "classifier, 10k slices + 10k prefixes (bpf_stats)",
+        value: loaded,
+        unit: "ns/packet",
+        ratio: Some((loaded / empty, "empty")),
+        target: "≤ 200",
+    });
+    record(Row {
+        group: "datapath",
+        what: "fill 10k xid → class entries",
+        value: classes_ms as f64,
+        unit: "ms",
+        ratio: None,
+        target: "",
+    });
+    record(Row {
+        group: "datapath",
+        what: "fill 10k exempt prefixes",
+        value: prefixes_ms as f64,
+        unit: "ms",
+        ratio: None,
+        target: "",
+    });
+    record(Row {
+        group: "datapath",
+        what: "drain counters (xids + 65,536 class slots)",
+        value: drain.as_secs_f64() * 1e3,
+        unit: "ms",
+        ratio: None,
+        target: "",
+    });
 }

@@ -9,7 +9,11 @@ use bwmon_agent::{
     htb::{ClassParams, Htb, Leaf, Minor, Op, TreeSpec},
     units::BitsPerSec,
 };
-use bwmon_tests::{Lab, cmd};
+use bwmon_tests::{
+    Lab,
+    bench::{Row, record},
+    cmd,
+};
 
 const SLICES: u16 = 10_000;
 const SPEC: TreeSpec = TreeSpec {
@@ -91,17 +95,31 @@ fn install_and_change_10k_slices_vs_tc_batch() {
     let _ = cmd("tc", &["-s", "class", "show", "dev", &tc_lab.host_if]);
     let tc_list = t.elapsed().as_secs_f64();
 
-    println!("HTB, {SLICES} slices (two leaves each):");
-    println!(
-        "  install:        bwmon {ours_install:.3} s   tc -batch {tc_install:.3} s   (ratio {:.2})",
-        tc_install / ours_install
-    );
-    println!(
-        "  change ceilings: bwmon {ours_change:.3} s   tc -batch {tc_change:.3} s   (ratio {:.2})",
-        tc_change / ours_change
-    );
-    println!(
-        "  list with stats: bwmon {ours_list:.3} s   tc -s show {tc_list:.3} s   (ratio {:.2})",
-        tc_list / ours_list
-    );
+    println!("HTB, {SLICES} slices (two leaves each), bwmon's netlink vs tc -batch:");
+    for (what, ours, tc) in [
+        (
+            "install 20k leaves (bwmon netlink)",
+            ours_install,
+            tc_install,
+        ),
+        (
+            "change 20k ceilings (bwmon netlink)",
+            ours_change,
+            tc_change,
+        ),
+        (
+            "list 20k leaves with stats (bwmon netlink)",
+            ours_list,
+            tc_list,
+        ),
+    ] {
+        record(Row {
+            group: "htb",
+            what,
+            value: ours * 1e3,
+            unit: "ms",
+            ratio: Some((ours / tc, "tc")),
+            target: "",
+        });
+    }
 }

@@ -1,18 +1,26 @@
 //! `cargo xtask bench`: the benchmarks, optimised, one at a time. They live as ignored tests in
-//! `tests/tests/bench_*.rs` so they share the namespace harness; each prints what it measured
-//! next to its baseline from the same run.
+//! `tests/tests/bench_*.rs` (and the sync's own in the agent) so they share the namespace
+//! harness; each records its rows, and this prints them as one comparison table and writes
+//! them to `target/bench.json`.
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 
-use crate::{build, setup::Tools, workspace};
+use crate::{
+    build::{self, Profile},
+    setup::Tools,
+    workspace,
+};
 
-const BENCHES: &[&str] = &["bench_datapath", "bench_htb"];
+const BENCHES: &[&str] = &["bench_datapath", "bench_htb", "bench_compare"];
 
 pub fn run(tools: &Tools) -> anyhow::Result<()> {
     if !workspace::is_root() {
         bail!("the benchmarks load eBPF programs and build network namespaces: run as root");
     }
     let object = build::ebpf(tools)?;
+    build::all(tools, Profile::Release)?;
+    let rows = workspace::root().join("target/bench-rows.jsonl");
+    let _ = std::fs::remove_file(&rows);
     workspace::exec(build::host_cargo(&object).args([
         "test",
         "--release",
@@ -24,19 +32,64 @@ pub fn run(tools: &Tools) -> anyhow::Result<()> {
         "--nocapture",
         "bench_",
     ]))?;
+    let bwmon = workspace::root()
+        .join("target")
+        .join(Profile::Release.dir())
+        .join("bwmon");
     for bench in BENCHES {
-        workspace::exec(build::host_cargo(&object).args([
-            "test",
-            "--release",
-            "--package",
-            "tests",
-            "--test",
-            bench,
-            "--",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ]))?;
+        workspace::exec(
+            build::host_cargo(&object)
+                .args([
+                    "test",
+                    "--release",
+                    "--package",
+                    "tests",
+                    "--test",
+                    bench,
+                    "--",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env("BWMON_BIN", &bwmon)
+                .env("BWMON_BENCH_ROWS", &rows),
+        )?;
     }
+    table(&rows)
+}
+
+/// Prints the recorded rows as one table and writes them as a JSON array.
+fn table(rows: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(rows)
+        .with_context(|| format!("reading the benchmark rows {}", rows.display()))?;
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("parsing {}", "target/bench-rows.jsonl"))?;
+    println!();
+    println!(
+        "{:<11} {:<52} {:>12} {:<10} {:>22}  target",
+        "group", "what", "value", "unit", "ratio"
+    );
+    for r in &rows {
+        let ratio = match (r["ratio"].as_f64(), r["ratio_of"].as_str()) {
+            (Some(x), Some(of)) => format!("{x:.2} × {of}"),
+            _ => String::new(),
+        };
+        println!(
+            "{:<11} {:<52} {:>12.2} {:<10} {:>22}  {}",
+            r["group"].as_str().unwrap_or(""),
+            r["what"].as_str().unwrap_or(""),
+            r["value"].as_f64().unwrap_or(f64::NAN),
+            r["unit"].as_str().unwrap_or(""),
+            ratio,
+            r["target"].as_str().unwrap_or(""),
+        );
+    }
+    let out = workspace::root().join("target/bench.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&rows)?)
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!("\nxtask: the table is also in {}", out.display());
     Ok(())
 }

@@ -41,6 +41,10 @@ const PACKAGES: &[Package] = &[
         why: "traffic generator for the rate tests",
     },
     Package {
+        name: "nftables",
+        why: "`nft`: the benchmark compares bwmon with nftables' per-uid counters",
+    },
+    Package {
         name: "python3-aiosmtpd",
         why: "a real SMTP server on loopback for the notice tests",
     },

@@ -242,7 +242,10 @@ impl Config {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(default))
         };
-        let base = path.parent().unwrap_or(Path::new("/"));
+        // Relative paths are taken from the config's directory, made absolute once so that
+        // they keep meaning the same files (`bwmon run --config bwmon.toml` in any directory).
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        let base = absolute.parent().unwrap_or(Path::new("/"));
         let slices = base.join(path_of(&mut c, "slices", paths::SLICES));
         let state = base.join(path_of(&mut c, "state", paths::STATE));
         let socket = base.join(path_of(&mut c, "socket", paths::SOCKET));
@@ -491,6 +494,18 @@ listen = "127.0.0.1:9110"
         assert_eq!(c.defaults.share, Some(2));
         assert!(matches!(c.mail.transport, Transport::Smtp { .. }));
         assert_eq!(c.metrics_listen, Some("127.0.0.1:9110".parse().unwrap()));
+    }
+
+    #[test]
+    fn files_beside_a_config_named_without_a_directory_get_absolute_paths() {
+        let c = Config::parse(
+            Path::new("bwmon.toml"),
+            "interface = \"eth0\"\nstate = \"state\"\n",
+        )
+        .unwrap();
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(c.state, here.join("state"));
+        assert!(c.slices.is_absolute() && c.socket.is_absolute(), "{c:?}");
     }
 
     #[test]

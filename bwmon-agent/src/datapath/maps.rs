@@ -4,8 +4,10 @@
 
 use std::{collections::HashMap, io};
 
-use aya::maps::{HashMap as BpfHashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
-use bwmon_common::{ClassIds, names};
+use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
+use bwmon_common::{
+    ClassIds, EXEMPT_FILTER_WORDS, exempt_filter_bit_v4, exempt_filter_bit_v6, names,
+};
 use ipnet::IpNet;
 
 use super::{Datapath, DatapathError, error::Result};
@@ -17,7 +19,35 @@ impl Datapath {
     /// A failed map update (e.g. more prefixes than the trie holds), naming the map.
     pub fn set_exempt(&mut self, prefixes: &[IpNet]) -> Result<()> {
         let values: Vec<(IpNet, u8)> = prefixes.iter().map(|p| (*p, 1u8)).collect();
-        self.replace_trie(names::EXEMPT_V4, names::EXEMPT_V6, &values)
+        // The filter covers the old and the new prefixes while the tries change, so no
+        // destination in both sets is missed; then only the new ones.
+        let new = exempt_filter(prefixes);
+        let old = self.read_filter()?;
+        let both: Vec<u64> = old.iter().zip(&new).map(|(o, n)| o | n).collect();
+        self.write_filter(&old, &both)?;
+        self.replace_trie(names::EXEMPT_V4, names::EXEMPT_V6, &values)?;
+        self.write_filter(&both, &new)
+    }
+
+    fn read_filter(&self) -> Result<Vec<u64>> {
+        let name = names::EXEMPT_FILTER;
+        let map: Array<&MapData, u64> =
+            Array::try_from(self.map(name)?).map_err(|e| self.map_err(name, e))?;
+        (0..EXEMPT_FILTER_WORDS)
+            .map(|i| map.get(&i, 0).map_err(|e| self.map_err(name, e)))
+            .collect()
+    }
+
+    /// Writes the words of `new` that differ from `old`.
+    fn write_filter(&mut self, old: &[u64], new: &[u64]) -> Result<()> {
+        let (map, err) = self.map_for_write(names::EXEMPT_FILTER)?;
+        let mut map: Array<&mut MapData, u64> = Array::try_from(map).map_err(&err)?;
+        for (i, (o, n)) in (0u32..).zip(old.iter().zip(new)) {
+            if o != n {
+                map.set(i, n, 0).map_err(&err)?;
+            }
+        }
+        Ok(())
     }
 
     /// Makes the source-prefix tries hold exactly `sources` (prefix → xid), for
@@ -150,5 +180,72 @@ impl Datapath {
 fn missing(name: &'static str) -> MapError {
     MapError::InvalidName {
         name: name.to_owned(),
+    }
+}
+
+/// The exempt filter's words for `prefixes`: the bit of every leading octet (IPv4) or leading
+/// 16 bits (IPv6) some prefix covers.
+pub fn exempt_filter(prefixes: &[IpNet]) -> Vec<u64> {
+    let mut words = vec![0u64; EXEMPT_FILTER_WORDS as usize];
+    let mut set = |(word, bit): (u32, u64)| words[word as usize] |= bit;
+    for net in prefixes {
+        match net.trunc() {
+            IpNet::V4(n) => {
+                let first = n.addr().octets()[0];
+                let span = 1u16 << (8 - n.prefix_len().min(8));
+                for lead in u16::from(first)..u16::from(first) + span {
+                    set(exempt_filter_bit_v4(lead as u8));
+                }
+            }
+            IpNet::V6(n) => {
+                let o = n.addr().octets();
+                let first = u32::from(u16::from_be_bytes([o[0], o[1]]));
+                let span = 1u32 << (16 - n.prefix_len().min(16));
+                for lead in first..first + span {
+                    set(exempt_filter_bit_v6(lead as u16));
+                }
+            }
+        }
+    }
+    words
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bits(prefixes: &[&str]) -> usize {
+        let nets: Vec<IpNet> = prefixes.iter().map(|p| p.parse().unwrap()).collect();
+        exempt_filter(&nets)
+            .iter()
+            .map(|w| w.count_ones() as usize)
+            .sum()
+    }
+
+    fn covered_v4(prefixes: &[&str], first: u8) -> bool {
+        let nets: Vec<IpNet> = prefixes.iter().map(|p| p.parse().unwrap()).collect();
+        let (word, bit) = exempt_filter_bit_v4(first);
+        exempt_filter(&nets)[word as usize] & bit != 0
+    }
+
+    #[test]
+    fn the_filter_covers_every_leading_octet_a_prefix_can_match() {
+        assert_eq!(bits(&[]), 0);
+        assert_eq!(bits(&["10.1.2.0/24", "10.200.0.0/16"]), 1);
+        assert!(covered_v4(&["10.1.2.0/24"], 10) && !covered_v4(&["10.1.2.0/24"], 11));
+        // Shorter than the filter's 8 bits: every octet under it.
+        assert_eq!(bits(&["192.0.0.0/7"]), 2);
+        assert!(covered_v4(&["192.0.0.0/7"], 193) && !covered_v4(&["192.0.0.0/7"], 194));
+        // Host bits past the length do not matter.
+        assert!(covered_v4(&["11.7.7.7/7"], 10) && covered_v4(&["11.7.7.7/7"], 11));
+        assert_eq!(bits(&["0.0.0.0/0"]), 256);
+        assert_eq!(bits(&["::/0"]), 65_536);
+        assert_eq!(bits(&["2001:db8::/32", "2001:db8:1::/48"]), 1);
+        assert_eq!(bits(&["2000::/3"]), 8192);
+        let nets: Vec<IpNet> = vec!["fd00:212:7::/64".parse().unwrap()];
+        let (word, bit) = exempt_filter_bit_v6(0xfd00);
+        assert_ne!(exempt_filter(&nets)[word as usize] & bit, 0);
+        let (word, bit) = exempt_filter_bit_v6(0xfd01);
+        assert_eq!(exempt_filter(&nets)[word as usize] & bit, 0);
     }
 }

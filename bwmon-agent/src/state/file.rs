@@ -254,7 +254,11 @@ impl State {
             path: path.to_owned(),
             source,
         };
-        let dir = path.parent().unwrap_or(Path::new("."));
+        // A bare file name's parent is "", which no call opens: it means ".".
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
         fs::create_dir_all(dir).map_err(err)?;
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
         let pid = std::process::id();

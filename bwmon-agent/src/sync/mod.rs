@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 
 use bwmon_common::{ClassIds, ROOT_XID, XidSource};
 use ipnet::IpNet;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use kernel::{Attachment, Kernel, Tree};
 use plan::{Event, LiveSlice, Memory, Observation, Plan, Settings, Who};
@@ -30,6 +30,8 @@ use crate::{
 
 /// The root slice's share (bwlimit gave it 5).
 const ROOT_SHARE: u32 = 5;
+/// More new slices than this in one sync are logged as one line (a first start, a big file).
+const MANY_NEW_SLICES: usize = 20;
 
 /// What one sync produced.
 #[derive(Debug)]
@@ -305,7 +307,25 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
 
     /// Carries `plan` out: the log, the maps, the tree; then persists and reports.
     fn act(&mut self, plan: Plan, now: UnixSecs, started: std::time::Instant) -> Outcome {
+        // A first start with thousands of slices says so in one line, not one per slice.
+        let new = plan
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::NewSlice(_)))
+            .count();
+        if new > MANY_NEW_SLICES {
+            info!(
+                count = new,
+                "new slices: their periods start now (each named at debug level)"
+            );
+        }
         for event in &plan.events {
+            if new > MANY_NEW_SLICES
+                && let Event::NewSlice(Who { slice, xid }) = event
+            {
+                debug!(slice, xid, "new slice: its period starts now");
+                continue;
+            }
             self.log(event);
         }
         if plan.clock_behind != self.clock_behind {
