@@ -46,6 +46,16 @@ pub enum Command {
         #[arg(long, short, value_name = "FILE", default_value = paths::CONFIG)]
         config: PathBuf,
     },
+    /// One slice: everything bwmon knows of it, or the operator's levers (root, through the
+    /// running daemon; applied at once, kept in the state, logged).
+    Slice {
+        /// What to do.
+        #[command(subcommand)]
+        action: SliceAction,
+        /// Configuration file, for the control socket's path.
+        #[arg(long, short, value_name = "FILE", default_value = paths::CONFIG, global = true)]
+        config: PathBuf,
+    },
     /// Write shell completions and the man page (used by `cargo xtask install`).
     #[command(hide = true)]
     Generate {
@@ -61,5 +71,49 @@ pub enum Command {
         /// Also delete the state file (every budget starts afresh next time).
         #[arg(long)]
         forget_state: bool,
+    },
+}
+
+/// `bwmon slice` actions. SLICE is a slice's name or xid.
+#[derive(Subcommand, Debug)]
+pub enum SliceAction {
+    /// Everything bwmon knows of one slice: attributes and their sources, leaves, usage,
+    /// ceilings, period, forecast, levers, notices.
+    Show {
+        /// Name or xid.
+        slice: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Extra budget for the current period only, e.g. `2GiB` or `500MB`.
+    Grant {
+        /// Name or xid.
+        slice: String,
+        /// How much more: a size with a unit (B, KiB, MiB, GiB, TiB, kB, MB, GB, TB).
+        #[arg(allow_hyphen_values = true)]
+        amount: String,
+        /// Grant exempt traffic's budget instead of the general one.
+        #[arg(long)]
+        exempt: bool,
+    },
+    /// Start the slice's period now: nothing used, ceilings back, a new notice possible.
+    Reset {
+        /// Name or xid.
+        slice: String,
+    },
+    /// Hold the slice at a rate (e.g. `10mbit`) until cleared or its period ends.
+    Limit {
+        /// Name or xid.
+        slice: String,
+        /// The ceiling, in tc's notation.
+        #[arg(allow_hyphen_values = true, required_unless_present = "clear")]
+        rate: Option<String>,
+        /// Remove the limit instead.
+        #[arg(long, conflicts_with = "rate")]
+        clear: bool,
+        /// Limit exempt traffic instead of general traffic.
+        #[arg(long)]
+        exempt: bool,
     },
 }

@@ -1,4 +1,7 @@
-//! The local control socket: a Unix socket (root only, mode 0600) serving the status report.
+//! The local sockets. The control socket (root only, mode 0600) serves the status report,
+//! one slice's whole view and the operator's levers; the tenant socket (mode 0666) answers any
+//! local user with their own slice, found by the uid the kernel vouches for (`SO_PEERCRED`),
+//! and nothing else.
 //!
 //! Requests and replies are frames: a little-endian `u32` length, then a postcard body that
 //! starts with the protocol version. Unknown or malformed requests get an error reply and the
@@ -14,11 +17,15 @@ use std::{
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{UnixListener, UnixStream},
-    sync::watch,
+    sync::{mpsc, oneshot, watch},
 };
 use tracing::debug;
 
-use crate::status::StatusReport;
+use crate::{
+    levers::Lever,
+    slice_view::{self, SliceDetail, SliceRef, TenantView},
+    status::StatusReport,
+};
 
 /// The protocol version of this binary.
 pub const PROTOCOL: u16 = 1;
@@ -41,6 +48,12 @@ pub struct Request {
 pub enum RequestBody {
     /// The status report.
     Status,
+    /// Everything known of one slice (root only).
+    Show(SliceRef),
+    /// Pull a lever on one slice (root only).
+    Pull(SliceRef, Lever),
+    /// The caller's own slice (the tenant socket's one request).
+    Mine,
 }
 
 /// A reply.
@@ -57,8 +70,35 @@ pub struct Reply {
 pub enum ReplyBody {
     /// The status report.
     Status(StatusReport),
-    /// The request was not understood.
+    /// The request was not understood, or was refused.
     Error(String),
+    /// One slice.
+    Slice(SliceDetail),
+    /// A lever was pulled: the audit line, and the slice after it.
+    Pulled(String, SliceDetail),
+    /// The caller's own slice.
+    Mine(TenantView),
+}
+
+/// A request only the sync worker can answer (it owns the state), who asked, and where the
+/// answer goes.
+#[derive(Debug)]
+pub struct Asked {
+    /// What.
+    pub what: SliceRequest,
+    /// The caller's uid, from the kernel (`SO_PEERCRED`).
+    pub uid: u32,
+    /// Where the reply goes.
+    pub reply: oneshot::Sender<ReplyBody>,
+}
+
+/// The requests on one slice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SliceRequest {
+    /// Its whole view.
+    Show(SliceRef),
+    /// A lever.
+    Pull(SliceRef, Lever),
 }
 
 /// What went wrong talking to the daemon.
@@ -105,29 +145,77 @@ async fn write_frame(stream: &mut UnixStream, body: &[u8]) -> io::Result<()> {
 }
 
 /// The answer to one request frame (pure: testable without a socket).
-pub fn answer(frame: &[u8], status: &StatusReport) -> Reply {
-    let body = match postcard::from_bytes::<Request>(frame) {
-        Ok(req) if req.version != PROTOCOL => ReplyBody::Error(format!(
+/// The request in `frame`, or why it cannot be answered.
+fn decode(frame: &[u8]) -> Result<RequestBody, String> {
+    match postcard::from_bytes::<Request>(frame) {
+        Ok(req) if req.version != PROTOCOL => Err(format!(
             "protocol version {} is not supported (this daemon speaks {PROTOCOL})",
             req.version
         )),
-        Ok(Request {
-            body: RequestBody::Status,
-            ..
-        }) => ReplyBody::Status(status.clone()),
-        Err(e) => ReplyBody::Error(format!("malformed request: {e}")),
-    };
-    Reply {
-        version: PROTOCOL,
-        body,
+        Ok(req) => Ok(req.body),
+        Err(e) => Err(format!("malformed request: {e}")),
     }
 }
 
-/// Binds the socket: removes a stale one, creates the directory, mode 0600.
+/// The control socket's answer to `frame` from `uid`; requests on a slice are asked of the
+/// sync worker through `asks`.
+pub async fn answer(
+    frame: &[u8],
+    uid: u32,
+    status: &watch::Receiver<Arc<StatusReport>>,
+    asks: &mpsc::UnboundedSender<Asked>,
+) -> ReplyBody {
+    let what = match decode(frame) {
+        Err(why) => return ReplyBody::Error(why),
+        Ok(RequestBody::Status) => return ReplyBody::Status((**status.borrow()).clone()),
+        Ok(RequestBody::Mine) => {
+            return ReplyBody::Error(
+                "ask the tenant socket for one's own slice (`bwmon status` as that user)".into(),
+            );
+        }
+        Ok(RequestBody::Show(which)) => SliceRequest::Show(which),
+        Ok(RequestBody::Pull(which, lever)) => SliceRequest::Pull(which, lever),
+    };
+    if uid != 0 {
+        return ReplyBody::Error(format!(
+            "only root may ask about or change a slice (the caller is uid {uid})"
+        ));
+    }
+    let (reply, answer) = oneshot::channel();
+    if asks.send(Asked { what, uid, reply }).is_err() {
+        return ReplyBody::Error("the daemon is stopping".into());
+    }
+    answer
+        .await
+        .unwrap_or_else(|_| ReplyBody::Error("the daemon is stopping".into()))
+}
+
+/// The tenant socket's answer to `frame` from `uid`: that uid's slice, when `uid_is_xid`.
+pub fn answer_tenant(frame: &[u8], uid: u32, status: &StatusReport, uid_is_xid: bool) -> ReplyBody {
+    match decode(frame) {
+        Err(why) => ReplyBody::Error(why),
+        Ok(RequestBody::Mine) if !uid_is_xid => ReplyBody::Error(format!(
+            "no slice for uid {uid}: slices here are not identified by uid (xid_source)"
+        )),
+        Ok(RequestBody::Mine) => status
+            .slices
+            .iter()
+            .find(|s| s.xid == uid)
+            .map_or_else(
+                || ReplyBody::Error(format!("no slice for uid {uid}")),
+                |row| ReplyBody::Mine(slice_view::tenant(row, status.period_secs, status.now)),
+            ),
+        Ok(_) => ReplyBody::Error(
+            "this socket answers only a user's own usage (`bwmon status`); the rest is root's, on the control socket".into(),
+        ),
+    }
+}
+
+/// Binds a socket at `path` with permissions `mode`, replacing a stale one.
 ///
 /// # Errors
-/// The socket cannot be bound or its mode set.
-pub fn bind(path: &Path) -> io::Result<UnixListener> {
+/// The directory cannot be made, the old socket removed, or the new one bound.
+pub fn bind(path: &Path, mode: u32) -> io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -137,41 +225,73 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
         Err(e) => return Err(e),
     }
     let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(listener)
 }
 
 /// Serves requests until `shutdown` flips.
+/// Reads one request frame from `stream` and writes the reply `respond` makes of it (an
+/// oversized frame is answered with an error, unread).
+async fn exchange<F, Fut>(mut stream: UnixStream, respond: F) -> io::Result<()>
+where
+    F: FnOnce(Vec<u8>, u32) -> Fut,
+    Fut: std::future::Future<Output = ReplyBody>,
+{
+    // The kernel's word for who is calling.
+    let uid = stream.peer_cred()?.uid();
+    let body = match read_frame(&mut stream, MAX_REQUEST).await {
+        Ok(frame) => respond(frame, uid).await,
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => ReplyBody::Error(e.to_string()),
+        Err(e) => return Err(e),
+    };
+    let reply = Reply {
+        version: PROTOCOL,
+        body,
+    };
+    let bytes = postcard::to_stdvec(&reply).map_err(io::Error::other)?;
+    write_frame(&mut stream, &bytes).await
+}
+
+/// Serves the control socket until `shutdown`.
 pub async fn serve(
     listener: UnixListener,
     limit: usize,
     status: watch::Receiver<Arc<StatusReport>>,
     shutdown: watch::Receiver<bool>,
+    asks: mpsc::UnboundedSender<Asked>,
 ) {
-    let handle = move |mut stream: UnixStream| {
+    let handle = move |stream: UnixStream| {
         let status = status.clone();
-        async move {
-            let reply = match read_frame(&mut stream, MAX_REQUEST).await {
-                Ok(frame) => answer(&frame, &status.borrow()),
-                // Too large: said, not read.
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => Reply {
-                    version: PROTOCOL,
-                    body: ReplyBody::Error(e.to_string()),
-                },
-                Err(e) => return Err(e),
-            };
-            let bytes = postcard::to_stdvec(&reply).map_err(io::Error::other)?;
-            write_frame(&mut stream, &bytes).await
-        }
+        let asks = asks.clone();
+        exchange(stream, move |frame, uid| async move {
+            answer(&frame, uid, &status, &asks).await
+        })
     };
     crate::connections::serve(listener, "control", limit, handle, shutdown).await;
 }
 
-/// Asks the daemon at `path` for its status.
+/// Serves the tenant socket until `shutdown`.
+pub async fn serve_tenant(
+    listener: UnixListener,
+    limit: usize,
+    status: watch::Receiver<Arc<StatusReport>>,
+    shutdown: watch::Receiver<bool>,
+    uid_is_xid: bool,
+) {
+    let handle = move |stream: UnixStream| {
+        let status = status.clone();
+        exchange(stream, move |frame, uid| async move {
+            answer_tenant(&frame, uid, &status.borrow(), uid_is_xid)
+        })
+    };
+    crate::connections::serve(listener, "tenant", limit, handle, shutdown).await;
+}
+
+/// Sends `body` to the daemon at `path` and returns its reply (an error reply as `Err`).
 ///
 /// # Errors
-/// No daemon, or an unreadable or error reply.
-pub async fn status(path: &Path) -> Result<StatusReport, ControlError> {
+/// No daemon, a broken reply, or the daemon's error message.
+pub async fn request(path: &Path, body: RequestBody) -> Result<ReplyBody, ControlError> {
     let io_err = |source| ControlError::Io {
         path: path.to_owned(),
         source,
@@ -179,7 +299,7 @@ pub async fn status(path: &Path) -> Result<StatusReport, ControlError> {
     let mut stream = UnixStream::connect(path).await.map_err(io_err)?;
     let req = postcard::to_stdvec(&Request {
         version: PROTOCOL,
-        body: RequestBody::Status,
+        body,
     })
     .map_err(|e| io_err(io::Error::other(e)))?;
     write_frame(&mut stream, &req).await.map_err(io_err)?;
@@ -189,10 +309,24 @@ pub async fn status(path: &Path) -> Result<StatusReport, ControlError> {
         what: format!("unreadable reply: {e}"),
     })?;
     match reply.body {
-        ReplyBody::Status(s) => Ok(s),
         ReplyBody::Error(e) => Err(ControlError::Protocol {
             path: path.to_owned(),
             what: e,
+        }),
+        body => Ok(body),
+    }
+}
+
+/// The status report of the daemon at `path`.
+///
+/// # Errors
+/// No daemon, or a broken reply.
+pub async fn status(path: &Path) -> Result<StatusReport, ControlError> {
+    match request(path, RequestBody::Status).await? {
+        ReplyBody::Status(s) => Ok(s),
+        other => Err(ControlError::Protocol {
+            path: path.to_owned(),
+            what: format!("unexpected reply {other:?}"),
         }),
     }
 }
@@ -210,38 +344,103 @@ mod tests {
         out
     }
 
-    #[test]
-    fn status_requests_are_answered_and_bad_ones_get_errors() {
+    fn frame(version: u16, body: RequestBody) -> Vec<u8> {
+        postcard::to_stdvec(&Request { version, body }).unwrap()
+    }
+
+    #[tokio::test]
+    async fn requests_are_answered_and_bad_ones_get_errors() {
         let report = StatusReport {
             now: 42,
             ..Default::default()
         };
-        let ok = postcard::to_stdvec(&Request {
-            version: PROTOCOL,
-            body: RequestBody::Status,
-        })
-        .unwrap();
-        assert_eq!(answer(&ok, &report).body, ReplyBody::Status(report.clone()));
-        let newer = postcard::to_stdvec(&Request {
-            version: PROTOCOL + 1,
-            body: RequestBody::Status,
-        })
-        .unwrap();
-        assert!(
-            matches!(answer(&newer, &report).body, ReplyBody::Error(e) if e.contains("not supported"))
+        let (_tx, status) = watch::channel(Arc::new(report.clone()));
+        let (asks, mut asked) = mpsc::unbounded_channel();
+        let ask = |f: Vec<u8>, uid| {
+            let (status, asks) = (status.clone(), asks.clone());
+            async move { answer(&f, uid, &status, &asks).await }
+        };
+        assert_eq!(
+            ask(frame(PROTOCOL, RequestBody::Status), 0).await,
+            ReplyBody::Status(report.clone())
         );
+        let newer = ask(frame(PROTOCOL + 1, RequestBody::Status), 0).await;
+        assert!(matches!(newer, ReplyBody::Error(e) if e.contains("not supported")));
         for junk in [&b""[..], b"\xff\xff\xff", b"\x01\x09"] {
-            assert!(
-                matches!(answer(junk, &report).body, ReplyBody::Error(e) if e.contains("malformed"))
-            );
+            let r = ask(junk.to_vec(), 0).await;
+            assert!(matches!(r, ReplyBody::Error(e) if e.contains("malformed")));
         }
+        // A slice request from anyone but root is refused before it reaches the worker.
+        let reset = RequestBody::Pull(SliceRef::Name("alice".into()), Lever::Reset);
+        let r = ask(frame(PROTOCOL, reset.clone()), 1001).await;
+        assert!(matches!(r, ReplyBody::Error(e) if e.contains("only root")));
+        assert!(asked.try_recv().is_err());
+        // From root it goes to the worker, whose answer is the reply.
+        let worker = tokio::spawn(async move {
+            let a = asked.recv().await.unwrap();
+            assert_eq!(a.uid, 0);
+            assert_eq!(
+                a.what,
+                SliceRequest::Pull(SliceRef::Name("alice".into()), Lever::Reset)
+            );
+            a.reply
+                .send(ReplyBody::Error("no slice 'alice'".into()))
+                .unwrap();
+        });
+        let r = ask(frame(PROTOCOL, reset), 0).await;
+        assert_eq!(r, ReplyBody::Error("no slice 'alice'".into()));
+        worker.await.unwrap();
+    }
+
+    #[test]
+    fn the_tenant_socket_answers_only_the_callers_own_slice() {
+        let row = |name: &str, xid| crate::status::SliceStatus {
+            name: name.into(),
+            xid,
+            period_start: 1000,
+            bytes: 2048,
+            max_kbyte: 10,
+            ..Default::default()
+        };
+        let report = StatusReport {
+            now: 1500,
+            period_secs: 1000,
+            slices: vec![row("alice", 1001), row("bob", 1002)],
+            ..Default::default()
+        };
+        let mine = frame(PROTOCOL, RequestBody::Mine);
+        match answer_tenant(&mine, 1002, &report, true) {
+            ReplyBody::Mine(v) => {
+                assert_eq!((v.name.as_str(), v.xid, v.period_end), ("bob", 1002, 2000));
+                assert_eq!(v.classes[0].budget_bytes, 10 * 1024);
+            }
+            other => panic!("{other:?}"),
+        }
+        let none = answer_tenant(&mine, 4242, &report, true);
+        assert_eq!(none, ReplyBody::Error("no slice for uid 4242".into()));
+        assert!(matches!(
+            answer_tenant(&mine, 1001, &report, false),
+            ReplyBody::Error(_)
+        ));
+        for other in [
+            RequestBody::Status,
+            RequestBody::Show(SliceRef::Xid(1001)),
+            RequestBody::Pull(SliceRef::Xid(1002), Lever::Reset),
+        ] {
+            let r = answer_tenant(&frame(PROTOCOL, other), 1002, &report, true);
+            assert!(matches!(r, ReplyBody::Error(e) if e.contains("only a user's own")));
+        }
+        assert!(matches!(
+            answer_tenant(b"junk", 1002, &report, true),
+            ReplyBody::Error(e) if e.contains("malformed")
+        ));
     }
 
     #[tokio::test]
     async fn the_socket_is_private_and_serves_status() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run/bwmon.sock");
-        let listener = bind(&path).unwrap();
+        let listener = bind(&path, 0o600).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let (_tx, rx) = watch::channel(Arc::new(StatusReport {
@@ -249,7 +448,8 @@ mod tests {
             ..Default::default()
         }));
         let (stop_tx, stop_rx) = watch::channel(false);
-        let server = tokio::spawn(serve(listener, 4, rx, stop_rx));
+        let (asks, _asked) = mpsc::unbounded_channel();
+        let server = tokio::spawn(serve(listener, 4, rx, stop_rx, asks));
         assert_eq!(status(&path).await.unwrap().now, 7);
         // A client sending garbage gets an error reply; the server goes on.
         let mut s = UnixStream::connect(&path).await.unwrap();

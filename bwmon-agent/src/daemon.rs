@@ -14,22 +14,24 @@ use std::{
 };
 
 use anyhow::Context as _;
+use bwmon_common::XidSource;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
-    sync::{mpsc, watch},
+    sync::{mpsc, oneshot, watch},
 };
 use tracing::{info, warn};
 
 use crate::{
     clock::now,
     config::Config,
-    control,
+    control::{self, ReplyBody, SliceRequest},
     datapath::{Datapath, DatapathOptions},
     error_kind::ErrorKind,
     htb::Htb,
     notify::{self, Mailer},
     paths,
+    slice_view::SliceRef,
     slices::SlicesFile,
     state::{Notice, NoticeKey, State, StateFile},
     status::StatusReport,
@@ -49,6 +51,8 @@ enum Command {
     /// SIGHUP: a new configuration to apply (`None`: it was refused), then the slices file
     /// re-read and a sync.
     Reload(Option<Box<Config>>),
+    /// A request on one slice from the control socket.
+    Slice(control::Asked),
 }
 
 /// The configuration file read again for a reload.
@@ -177,8 +181,39 @@ fn sync_worker(
     let mut slice_warnings = Vec::new();
     read_slices(&mut syncer, &mut slices, true, &mut slice_warnings);
     let mut ready = false;
+    // A lever's caller is answered after the sync that applied it.
+    let mut after_sync: Option<(oneshot::Sender<ReplyBody>, String, u32)> = None;
     while let Some(command) = commands.blocking_recv() {
         let reload = match command {
+            Command::Slice(asked) => match asked.what {
+                SliceRequest::Show(which) => {
+                    let reply = syncer
+                        .slice_detail(&which, now())
+                        .map_or_else(ReplyBody::Error, ReplyBody::Slice);
+                    let _ = asked.reply.send(reply);
+                    continue;
+                }
+                SliceRequest::Pull(which, lever) => match syncer.pull(&which, lever, now()) {
+                    Err(why) => {
+                        let _ = asked.reply.send(ReplyBody::Error(why));
+                        continue;
+                    }
+                    Ok(p) => {
+                        info!(
+                            by_uid = asked.uid,
+                            slice = p.slice,
+                            xid = p.xid,
+                            %lever,
+                            before = p.before,
+                            after = p.after,
+                            "operator: lever pulled"
+                        );
+                        let audit = format!("{}: {lever}: {} → {}", p.slice, p.before, p.after);
+                        after_sync = Some((asked.reply, audit, p.xid));
+                        false
+                    }
+                },
+            },
             Command::Delivered(key) => {
                 // Forgotten (and saved) at once, so a crash cannot send it twice.
                 syncer.forget_notices(&HashSet::from([key]));
@@ -231,6 +266,12 @@ fn sync_worker(
         }
         tell_systemd(&states);
         let _ = out.status.send(Arc::new(report));
+        if let Some((reply, audit, xid)) = after_sync.take() {
+            let body = syncer
+                .slice_detail(&SliceRef::Xid(xid), now())
+                .map_or_else(ReplyBody::Error, |d| ReplyBody::Pulled(audit, d));
+            let _ = reply.send(body);
+        }
         // The previous report and the sync's temporary tables are freed now.
         crate::allocator::give_back();
     }
@@ -319,14 +360,27 @@ pub async fn run(mut config: Config, fresh_state: bool) -> anyhow::Result<()> {
         warnings: vec!["starting: the first sync has not finished yet".into()],
         ..StatusReport::default()
     }));
-    let listener = control::bind(&config.socket)
+    let listener = control::bind(&config.socket, 0o600)
         .with_context(|| format!("control socket {}", config.socket.display()))?;
+    let (asks_tx, mut asks_rx) = mpsc::unbounded_channel::<control::Asked>();
     tokio::spawn(control::serve(
         listener,
         config.max_connections,
         status_rx.clone(),
         shutdown_rx.clone(),
+        asks_tx,
     ));
+    if let Some(path) = &config.tenant_socket {
+        let listener = control::bind(path, 0o666)
+            .with_context(|| format!("tenant socket {}", path.display()))?;
+        tokio::spawn(control::serve_tenant(
+            listener,
+            config.max_connections,
+            status_rx.clone(),
+            shutdown_rx.clone(),
+            config.xid_source == XidSource::Uid,
+        ));
+    }
     let mut metrics = start_metrics(&config, &status_rx, &shutdown_rx).await?;
 
     let mut term = signal(SignalKind::terminate())?;
@@ -384,6 +438,7 @@ pub async fn run(mut config: Config, fresh_state: bool) -> anyhow::Result<()> {
             _ = alive_tick.tick() => Command::Alive,
             _ = watch_tick.tick() => Command::SyncIfSlicesChanged,
             Some(key) = done_rx.recv() => Command::Delivered(key),
+            Some(asked) = asks_rx.recv() => Command::Slice(asked),
             _ = hup.recv() => {
                 info!("SIGHUP: re-reading the slices file and the configuration");
                 let new = match reloaded(&config) {
@@ -439,6 +494,9 @@ pub async fn run(mut config: Config, fresh_state: bool) -> anyhow::Result<()> {
         .context("waiting for the sync worker")?
         .map_err(|_| anyhow::anyhow!("the sync worker panicked"))?;
     let _ = std::fs::remove_file(&config.socket);
+    if let Some(path) = &config.tenant_socket {
+        let _ = std::fs::remove_file(path);
+    }
     Ok(())
 }
 

@@ -3,11 +3,18 @@ use std::{io::IsTerminal, process::ExitCode};
 
 use anyhow::Context as _;
 use bwmon_agent::{
-    cli::{Cli, Command},
+    class::TrafficClass,
+    cli::{Cli, Command, SliceAction},
     config::Config,
-    control, daemon, datapath,
+    control,
+    control::{ReplyBody, RequestBody},
+    daemon, datapath,
     htb::{self, Htb},
-    paths, policy, slices, status,
+    levers::Lever,
+    paths, policy,
+    slice_view::{self, SliceRef},
+    slices, status,
+    units::{BitsPerSec, Bytes},
 };
 use clap::Parser;
 
@@ -58,6 +65,47 @@ fn exit_code(e: &anyhow::Error) -> ExitCode {
             )
     });
     ExitCode::from(if needs_operator { EX_CONFIG } else { 1 })
+}
+
+/// The control request for a `bwmon slice` action, and whether JSON is wanted.
+fn slice_request(action: SliceAction) -> anyhow::Result<(RequestBody, bool)> {
+    let class = |exempt| {
+        if exempt {
+            TrafficClass::Exempt
+        } else {
+            TrafficClass::General
+        }
+    };
+    let which = |s: String| SliceRef::typed(&s);
+    Ok(match action {
+        SliceAction::Show { slice, json } => (RequestBody::Show(which(slice)), json),
+        SliceAction::Grant {
+            slice,
+            amount,
+            exempt,
+        } => {
+            let amount: Bytes = amount.parse()?;
+            let lever = Lever::Grant {
+                class: class(exempt),
+                amount,
+            };
+            (RequestBody::Pull(which(slice), lever), false)
+        }
+        SliceAction::Reset { slice } => (RequestBody::Pull(which(slice), Lever::Reset), false),
+        SliceAction::Limit {
+            slice,
+            rate,
+            clear: _,
+            exempt,
+        } => {
+            let rate: Option<BitsPerSec> = rate.map(|r| r.parse()).transpose()?;
+            let lever = Lever::Limit {
+                class: class(exempt),
+                rate,
+            };
+            (RequestBody::Pull(which(slice), lever), false)
+        }
+    })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -140,16 +188,56 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Status { json, config } => {
-            let socket = if config.exists() {
-                Config::load(&config)?.socket
-            } else {
-                paths::SOCKET.into()
-            };
+            let loaded = config.exists().then(|| Config::load(&config)).transpose();
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } != 0 {
+                // A user sees their own slice, through the socket every user may ask.
+                let socket = match loaded {
+                    Ok(Some(c)) => c.tenant_socket,
+                    _ => Some(paths::TENANT_SOCKET.into()),
+                }
+                .context("the tenant socket is turned off (tenant_socket = \"\")")?;
+                let reply = runtime()?.block_on(control::request(&socket, RequestBody::Mine))?;
+                let ReplyBody::Mine(view) = reply else {
+                    anyhow::bail!("unexpected reply from {}", socket.display());
+                };
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&view)?);
+                } else {
+                    print!(
+                        "{}",
+                        slice_view::render_tenant(&view, bwmon_agent::clock::now())
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let socket = loaded?.map_or_else(|| paths::SOCKET.into(), |c| c.socket);
             let report = runtime()?.block_on(control::status(&socket))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", status::table(&report));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Slice { action, config } => {
+            let socket = if config.exists() {
+                Config::load(&config)?.socket
+            } else {
+                paths::SOCKET.into()
+            };
+            let (request, json) = slice_request(action)?;
+            let reply = runtime()?.block_on(control::request(&socket, request))?;
+            match reply {
+                ReplyBody::Slice(d) if json => println!("{}", serde_json::to_string_pretty(&d)?),
+                ReplyBody::Slice(d) => {
+                    print!("{}", slice_view::render(&d, bwmon_agent::clock::now()))
+                }
+                ReplyBody::Pulled(audit, d) => {
+                    println!("{audit}");
+                    print!("{}", slice_view::render(&d, bwmon_agent::clock::now()));
+                }
+                other => anyhow::bail!("unexpected reply from {}: {other:?}", socket.display()),
             }
             Ok(ExitCode::SUCCESS)
         }

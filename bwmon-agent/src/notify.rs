@@ -337,9 +337,9 @@ mod tests {
     fn the_body_says_what_was_sent_where_since_when_and_what_follows() {
         let b = body(&notice("alice"), "node1", 86_400, 1_700_040_000);
         for expect in [
-            "The slice alice has transmitted more than 5.4 GB from\nnode1 to general destinations\nsince Tue Nov 14 22:13:20 2023 GMT.",
+            "The slice alice has transmitted more than 5.0 GiB from\nnode1 to general destinations\nsince Tue Nov 14 22:13:20 2023 GMT.",
             "capped at 1.5mbit/s\nuntil Wed Nov 15 22:13:20 2023 GMT.",
-            "of the slice to 5.8 GB per day.",
+            "of the slice to 5.4 GiB per day.",
             "to exempt destinations",
             "capped at 8kbit/s",
             "bwcap alice\n",

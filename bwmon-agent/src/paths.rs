@@ -16,6 +16,8 @@ pub const STATE: &str = "/var/lib/bwmon/state";
 pub const RUNTIME: &str = "/run/bwmon";
 /// Default control socket.
 pub const SOCKET: &str = "/run/bwmon/bwmon.sock";
+/// The tenants' socket: every local user may ask it for their own slice.
+pub const TENANT_SOCKET: &str = "/run/bwmon/tenant.sock";
 
 /// The pin directory of one interface.
 pub fn pin_dir(pin_root: &Path, interface: &str) -> PathBuf {

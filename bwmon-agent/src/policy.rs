@@ -268,18 +268,20 @@ pub fn decide(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use proptest::prelude::*;
 
     use super::*;
 
-    const NODE: Node = Node {
+    /// A node for the tests of the policy and of what builds on it.
+    pub(crate) const NODE: Node = Node {
         node_cap: BitsPerSec(100_000_000),
         exempt_max: BitsPerSec(1_000_000_000),
         period_secs: 86_400,
     };
 
-    fn limits(max_kbyte: u64) -> Limits {
+    /// Default limits on [`NODE`] with a budget of `max_kbyte` per class.
+    pub(crate) fn limits(max_kbyte: u64) -> Limits {
         Limits::resolve(
             &Attributes {
                 max_kbyte: Some(KBytes(max_kbyte)),

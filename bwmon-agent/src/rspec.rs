@@ -1,7 +1,7 @@
 //! Slice attributes (PlanetLab's rspec keys) as read from the config's `[defaults]` and the
 //! slices file, in the units PlanetLab used: rates in kbit/s, volumes in KBytes of 1024.
 
-use crate::units::{KBytes, KbitPerSec};
+use crate::units::{BitsPerSec, Bytes, KBytes, KbitPerSec, ParseError};
 
 /// The attribute keys, in the order they are documented.
 pub const KEYS: [&str; 10] = [
@@ -51,6 +51,15 @@ impl Attributes {
         let n = match value {
             toml::Value::Integer(n) if *n >= 0 => *n as u64,
             toml::Value::Integer(n) => return Err(format!("must not be negative, got {n}")),
+            // Sizes and rates as people type them: "5GiB", "500MB", "10mbit".
+            toml::Value::String(text) if key.ends_with("_kbyte") => {
+                let bytes: Bytes = text.parse().map_err(|e: ParseError| e.to_string())?;
+                bytes.0.div_ceil(1024)
+            }
+            toml::Value::String(text) if key.ends_with("_rate") => {
+                let rate: BitsPerSec = text.parse().map_err(|e: ParseError| e.to_string())?;
+                rate.0.div_ceil(1000)
+            }
             other => {
                 return Err(format!(
                     "must be a whole number ({}), got {}",
@@ -86,6 +95,23 @@ impl Attributes {
         Ok(())
     }
 
+    /// The value of `key` when given, in its unit (kbit/s, KiB, a share).
+    pub fn get(&self, key: &str) -> Option<u64> {
+        match key {
+            "net_min_rate" => self.min_rate.map(|r| r.0),
+            "net_max_rate" => self.max_rate.map(|r| r.0),
+            "net_i2_min_rate" => self.i2_min_rate.map(|r| r.0),
+            "net_i2_max_rate" => self.i2_max_rate.map(|r| r.0),
+            "net_max_kbyte" => self.max_kbyte.map(|k| k.0),
+            "net_thresh_kbyte" => self.thresh_kbyte.map(|k| k.0),
+            "net_i2_max_kbyte" => self.i2_max_kbyte.map(|k| k.0),
+            "net_i2_thresh_kbyte" => self.i2_thresh_kbyte.map(|k| k.0),
+            "net_share" => self.share.map(u64::from),
+            "net_i2_share" => self.i2_share.map(u64::from),
+            _ => None,
+        }
+    }
+
     /// These attributes, with `base` filling what is not given here.
     pub fn or(self, base: Attributes) -> Attributes {
         Attributes {
@@ -105,9 +131,9 @@ impl Attributes {
 
 fn unit_of(key: &str) -> &'static str {
     if key.ends_with("_rate") {
-        "kbit/s"
+        "kbit/s, or a rate such as \"10mbit\""
     } else if key.ends_with("_kbyte") {
-        "KBytes of 1024 bytes"
+        "KBytes of 1024 bytes, or a size such as \"5GiB\""
     } else {
         "a share"
     }
@@ -125,8 +151,26 @@ mod tests {
         }
         assert_eq!(a.min_rate, Some(KbitPerSec(1)));
         assert_eq!(a.i2_share, Some(10));
-        let e = a.set("net_max_rate", &toml::Value::String("1mbit".into()));
+        for (i, key) in KEYS.iter().enumerate() {
+            assert_eq!(a.get(key), Some(i as u64 + 1), "{key}");
+        }
+        assert_eq!(Attributes::default().get("net_max_rate"), None);
+        let e = a.set("net_max_rate", &toml::Value::Boolean(true));
         assert!(e.unwrap_err().contains("kbit/s"));
+        let text = |s: &str| toml::Value::String(s.into());
+        a.set("net_max_rate", &text("1.5mbit")).unwrap();
+        assert_eq!(a.max_rate, Some(KbitPerSec(1500)));
+        a.set("net_max_kbyte", &text("5GiB")).unwrap();
+        assert_eq!(a.max_kbyte, Some(KBytes(5 << 20)));
+        a.set("net_i2_max_kbyte", &text("500MB")).unwrap();
+        assert_eq!(
+            a.i2_max_kbyte,
+            Some(KBytes(488_282)),
+            "rounded up to whole KiB"
+        );
+        let e = a.set("net_thresh_kbyte", &text("5 gigs")).unwrap_err();
+        assert!(e.contains("'5 gigs'") && e.contains("GiB"), "{e}");
+        assert!(a.set("net_share", &text("2")).is_err());
         assert!(a.set("net_share", &toml::Value::Integer(0)).is_err());
         assert!(a.set("net_max_kbyte", &toml::Value::Integer(-1)).is_err());
         assert!(

@@ -527,7 +527,7 @@ sources = ["nope"]
             "slices.toml:9: slice[2].name: 'ok' appears twice",
             "slices.toml:12: slice[3].name: 'root' is reserved",
             "slices.toml:16: slice[4].xid: 6 is used by another slice",
-            "slices.toml:20: slice[5].net_max_rate: must be a whole number",
+            "slices.toml:20: slice[5].net_max_rate: invalid rate 'fast'",
             "slices.toml:21: slice[5].sources: \"nope\" is not a CIDR prefix",
         ] {
             assert!(text.contains(expect), "missing {expect:?} in\n{text}");

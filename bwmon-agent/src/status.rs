@@ -7,7 +7,7 @@ use crate::{
 };
 
 /// One slice's line.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SliceStatus {
     /// Name.
     pub name: String,
@@ -245,7 +245,7 @@ mod tests {
         assert_eq!(lines.len(), 4, "{t}");
         assert!(lines[2].starts_with("alice "), "{t}");
         assert!(
-            lines[2].contains("512.0 KB")
+            lines[2].contains("500.0 KiB")
                 && lines[2].contains("1.5mbit")
                 && lines[2].contains("general"),
             "{t}"

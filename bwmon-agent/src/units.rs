@@ -107,6 +107,25 @@ pub struct ParseError {
     pub expected: &'static str,
 }
 
+/// "1.5 GiB" → (1.5, "gib"): a non-negative decimal number, then a unit in lower case.
+fn number_and_unit(text: &str) -> Option<(f64, String)> {
+    let t = text.trim().to_ascii_lowercase();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    if num.is_empty() || num.matches('.').count() > 1 {
+        return None;
+    }
+    Some((num.parse().ok()?, unit.trim().to_owned()))
+}
+
+/// `x` rounded, when it is a whole number a `u64` holds.
+fn whole(x: f64) -> Option<u64> {
+    let x = x.round();
+    (x.is_finite() && x >= 0.0 && x < u64::MAX as f64).then_some(x as u64)
+}
+
 const RATE_FORM: &str = "a number with a tc unit: bit, kbit, mbit, gbit, tbit, or bps, kbps, mbps, gbps (bytes/s), or kibit, mibit, gibit (e.g. '1.5mbit', '100kbit', '1gbit')";
 
 impl FromStr for BitsPerSec {
@@ -120,15 +139,8 @@ impl FromStr for BitsPerSec {
             text: s.to_owned(),
             expected: RATE_FORM,
         };
-        let t = s.trim().to_ascii_lowercase();
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(t.len());
-        let (num, unit) = t.split_at(split);
-        if num.is_empty() || num.matches('.').count() > 1 {
-            return Err(err());
-        }
-        let mult: f64 = match unit.trim() {
+        let (value, unit) = number_and_unit(s).ok_or_else(err)?;
+        let mult: f64 = match unit.as_str() {
             "" | "bit" => 1.0,
             "kbit" => 1e3,
             "mbit" => 1e6,
@@ -145,12 +157,7 @@ impl FromStr for BitsPerSec {
             "tbps" => 8e12,
             _ => return Err(err()),
         };
-        let value: f64 = num.parse().map_err(|_| err())?;
-        let bits = (value * mult).round();
-        if !bits.is_finite() || bits < 0.0 || bits > u64::MAX as f64 {
-            return Err(err());
-        }
-        Ok(BitsPerSec(bits as u64))
+        whole(value * mult).map(BitsPerSec).ok_or_else(err)
     }
 }
 
@@ -180,18 +187,51 @@ impl fmt::Display for BitsPerSec {
 }
 
 impl fmt::Display for Bytes {
-    /// The seed's style, decimal units: "5.4 GB", "12.0 MB", "3.1 KB", "512 bytes".
+    /// Binary units, as budgets are: "5.4 GiB", "12.0 MiB", "3.0 KiB", "512 bytes".
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let v = self.0 as f64;
-        if v >= 1e9 {
-            write!(f, "{:.1} GB", v / 1e9)
-        } else if v >= 1e6 {
-            write!(f, "{:.1} MB", v / 1e6)
-        } else if v >= 1e3 {
-            write!(f, "{:.1} KB", v / 1e3)
+        let k = 1024.0;
+        if v >= k * k * k * k {
+            write!(f, "{:.1} TiB", v / (k * k * k * k))
+        } else if v >= k * k * k {
+            write!(f, "{:.1} GiB", v / (k * k * k))
+        } else if v >= k * k {
+            write!(f, "{:.1} MiB", v / (k * k))
+        } else if v >= k {
+            write!(f, "{:.1} KiB", v / k)
         } else {
             write!(f, "{} bytes", self.0)
         }
+    }
+}
+
+const SIZE_FORM: &str = "a number with a unit: B, KiB, MiB, GiB, TiB (binary) or kB, MB, GB, TB (decimal) (e.g. '5GiB', '500MB', '1.5 TiB')";
+
+impl FromStr for Bytes {
+    type Err = ParseError;
+
+    /// Parses a size as people type it: "5GiB", "500MB", "1.5 TiB", "4096B".
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        let err = || ParseError {
+            what: "size",
+            text: s.to_owned(),
+            expected: SIZE_FORM,
+        };
+        let (value, unit) = number_and_unit(s).ok_or_else(err)?;
+        let mult: f64 = match unit.as_str() {
+            "b" => 1.0,
+            "kb" => 1e3,
+            "mb" => 1e6,
+            "gb" => 1e9,
+            "tb" => 1e12,
+            "kib" => 1024.0,
+            "mib" => 1024.0f64.powi(2),
+            "gib" => 1024.0f64.powi(3),
+            "tib" => 1024.0f64.powi(4),
+            // A bare number would be ambiguous beside the KiB integers of the slices file.
+            _ => return Err(err()),
+        };
+        whole(value * mult).map(Bytes).ok_or_else(err)
     }
 }
 
@@ -275,10 +315,35 @@ mod tests {
 
     #[test]
     fn bytes_print_like_the_seed() {
-        assert_eq!(Bytes(5_798_205_850).to_string(), "5.8 GB");
-        assert_eq!(Bytes(12_000_000).to_string(), "12.0 MB");
-        assert_eq!(Bytes(3_100).to_string(), "3.1 KB");
+        // The default budget, 5,662,310 KiB.
+        assert_eq!(Bytes(5_662_310 * 1024).to_string(), "5.4 GiB");
+        assert_eq!(Bytes(12 << 20).to_string(), "12.0 MiB");
+        assert_eq!(Bytes(3_072).to_string(), "3.0 KiB");
         assert_eq!(Bytes(512).to_string(), "512 bytes");
+        assert_eq!(Bytes(3 << 40).to_string(), "3.0 TiB");
+    }
+
+    #[test]
+    fn sizes_parse_in_binary_and_decimal_units() {
+        let b = |s: &str| s.parse::<Bytes>().map(|b| b.0);
+        assert_eq!(b("5GiB"), Ok(5 << 30));
+        assert_eq!(b("500MB"), Ok(500_000_000));
+        assert_eq!(b("1.5 KiB"), Ok(1536));
+        assert_eq!(b("4096B"), Ok(4096));
+        assert_eq!(b(" 2 tib "), Ok(2 << 40));
+        for bad in [
+            "",
+            "5",
+            "GiB",
+            "-1GiB",
+            "1.2.3MB",
+            "5 gigs",
+            "1e3MB",
+            "99999999999TiB",
+        ] {
+            let e = b(bad).unwrap_err();
+            assert!(e.to_string().contains(&format!("'{bad}'")), "{bad}: {e}");
+        }
     }
 
     #[test]

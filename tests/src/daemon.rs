@@ -41,6 +41,7 @@ impl Daemon {
             ("slices", "slices.toml"),
             ("state", "state"),
             ("socket", "bwmon.sock"),
+            ("tenant_socket", "tenant.sock"),
         ] {
             if !config.lines().any(|l| l.starts_with(&format!("{key} ="))) {
                 text.push_str(&format!("{key} = \"{value}\"\n"));

@@ -68,7 +68,7 @@ fn one_notice_with_the_seeds_headers_and_body_when_both_classes_trip() {
         "The slice alice has transmitted more than",
         "to general destinations",
         "to exempt destinations",
-        "of the slice to 102.4 KB per 5.0 minutes.",
+        "of the slice to 100.0 KiB per 5.0 minutes.",
         &format!("{host} bwcap alice"),
     ] {
         assert!(body.contains(expect), "missing {expect:?} in\n{body}");

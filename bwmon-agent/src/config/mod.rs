@@ -43,6 +43,9 @@ pub struct Config {
     pub state: PathBuf,
     /// Control socket.
     pub socket: PathBuf,
+    /// The tenants' socket (mode 0666: each user sees their own slice); `None` when
+    /// `tenant_socket = ""` turns it off.
+    pub tenant_socket: Option<PathBuf>,
     /// Where a packet's xid comes from.
     pub xid_source: XidSource,
     /// Exempt destination prefixes.
@@ -83,7 +86,7 @@ fn rate(v: &Value) -> Result<BitsPerSec, String> {
     }
 }
 
-const KEYS: [&str; 18] = [
+const KEYS: [&str; 19] = [
     "interface",
     "node_cap",
     "exempt_max",
@@ -92,6 +95,7 @@ const KEYS: [&str; 18] = [
     "slices",
     "state",
     "socket",
+    "tenant_socket",
     "xid_source",
     "exempt_prefixes",
     "dry_run",
@@ -117,6 +121,9 @@ impl Config {
         }
         if self.socket != new.socket {
             out.push("socket");
+        }
+        if self.tenant_socket != new.tenant_socket {
+            out.push("tenant_socket");
         }
         if self.xid_source != new.xid_source {
             out.push("xid_source");
@@ -249,6 +256,9 @@ impl Config {
         let slices = base.join(path_of(&mut c, "slices", paths::SLICES));
         let state = base.join(path_of(&mut c, "state", paths::STATE));
         let socket = base.join(path_of(&mut c, "socket", paths::SOCKET));
+        let tenant_socket = Some(path_of(&mut c, "tenant_socket", paths::TENANT_SOCKET))
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(|p| base.join(p));
         let xid_source = match string(&mut c, "xid_source").as_deref() {
             None | Some("uid") => XidSource::Uid,
             Some("mark") => XidSource::Mark,
@@ -415,6 +425,7 @@ impl Config {
             slices,
             state,
             socket,
+            tenant_socket,
             xid_source,
             exempt_prefixes,
             dry_run,
@@ -511,7 +522,7 @@ listen = "127.0.0.1:9110"
     #[test]
     fn every_problem_is_reported_with_file_line_and_key() {
         let err = parse(
-            "node_cap = \"fast\"\nperiod = \"soon\"\nbogus = 1\nexempt_prefixes = [\"10.0.0.0/33\"]\n[defaults]\nnet_max_rate = \"1mbit\"\n",
+            "node_cap = \"fast\"\nperiod = \"soon\"\nbogus = 1\nexempt_prefixes = [\"10.0.0.0/33\"]\n[defaults]\nnet_max_rate = 1.5\n",
         )
         .unwrap_err();
         let text = err.to_string();
@@ -521,7 +532,7 @@ listen = "127.0.0.1:9110"
             "/etc/bwmon/bwmon.toml:2: period: invalid duration 'soon'",
             "/etc/bwmon/bwmon.toml:3: bogus: unknown key",
             "/etc/bwmon/bwmon.toml:4: exempt_prefixes:",
-            "/etc/bwmon/bwmon.toml:6: defaults.net_max_rate: must be a whole number (kbit/s)",
+            "/etc/bwmon/bwmon.toml:6: defaults.net_max_rate: must be a whole number (kbit/s, or a rate such as \"10mbit\"), got float",
         ] {
             assert!(text.contains(expect), "missing {expect:?} in:\n{text}");
         }

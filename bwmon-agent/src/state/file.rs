@@ -27,8 +27,8 @@ use crate::{
 const MAGIC: &[u8; 8] = b"BWMONSC\x02";
 /// The first format: magic, version 1, postcard, no checksum (read to migrate it).
 const MAGIC_V1: &[u8; 8] = b"BWMONST\x01";
-/// The format version this binary writes.
-pub const VERSION: u16 = 2;
+/// The format version this binary writes (3: the operator's levers after the rest).
+pub const VERSION: u16 = 3;
 
 /// Why the state could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -227,10 +227,13 @@ impl State {
                 found: version,
             });
         }
-        if version < VERSION {
-            return Err(corrupt(format!("unknown version {version}")));
+        match version {
+            2 => postcard::from_bytes::<v2::State>(&body[2..])
+                .map(State::from)
+                .map_err(|e| corrupt(e.to_string())),
+            VERSION => postcard::from_bytes(&body[2..]).map_err(|e| corrupt(e.to_string())),
+            _ => Err(corrupt(format!("unknown version {version}"))),
         }
-        postcard::from_bytes(&body[2..]).map_err(|e| corrupt(e.to_string()))
     }
 
     /// The encoded file contents.
@@ -398,6 +401,32 @@ mod v1 {
                 notices: s.notices,
                 // Unknown: the counters the first format saw are taken to go on.
                 counters_epoch: None,
+                levers: BTreeMap::new(),
+            }
+        }
+    }
+}
+
+/// The second format: everything but the levers.
+mod v2 {
+    use super::*;
+
+    #[derive(serde::Deserialize)]
+    pub struct State {
+        slices: BTreeMap<u32, SliceState>,
+        default: Option<Record>,
+        notices: Vec<Notice>,
+        counters_epoch: Option<u64>,
+    }
+
+    impl From<State> for super::State {
+        fn from(s: State) -> super::State {
+            super::State {
+                slices: s.slices,
+                default: s.default,
+                notices: s.notices,
+                counters_epoch: s.counters_epoch,
+                levers: BTreeMap::new(),
             }
         }
     }
@@ -437,6 +466,10 @@ mod tests {
                 departed: false,
             },
         );
+        let mut levers = crate::levers::Levers::new(1_700_000_000);
+        levers.grant.general = Bytes(2 << 30);
+        levers.limit.exempt = Some(BitsPerSec(3_000_000));
+        s.levers.insert(1001, levers);
         s.notices.push(Notice {
             slice: "alice".into(),
             xid: 1001,
@@ -612,6 +645,27 @@ mod tests {
         // The next sync charges what the period used: counter − baseline.
         let next = alice.record.classes.general.carried(1500);
         assert_eq!(next.used, Bytes(500));
+    }
+
+    #[test]
+    fn a_second_format_file_loads_whole_with_no_levers() {
+        // Format 2 is format 3 without the levers at the end.
+        let mut s = sample();
+        s.levers.clear();
+        let payload = (&s.slices, &s.default, &s.notices, &s.counters_epoch);
+        let mut body = 2u16.to_le_bytes().to_vec();
+        body.extend(postcard::to_stdvec(&payload).unwrap());
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        bytes.extend(body);
+        assert_eq!(State::decode(Path::new("state"), &bytes).unwrap(), s);
+        // And the levers of format 3 round-trip.
+        let with = sample();
+        assert!(!with.levers.is_empty());
+        assert_eq!(
+            State::decode(Path::new("state"), &with.encode()).unwrap(),
+            with
+        );
     }
 
     #[test]

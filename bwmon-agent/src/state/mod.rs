@@ -12,6 +12,7 @@ pub use file::{Loaded, SetAside, StateError, StateFile, VERSION};
 use crate::{
     class::{PerClass, TrafficClass},
     htb::Minor,
+    levers::Levers,
     policy::{Record, UnixSecs},
     units::{BitsPerSec, Bytes},
 };
@@ -98,6 +99,9 @@ pub struct State {
     /// The instance of the kernel's counters the records' `last` values came from (see
     /// `Snapshot::epoch`); `None` before the first sync.
     pub counters_epoch: Option<u64>,
+    /// The operator's grants and limits by xid, each for the period it was given in
+    /// (format 3 on).
+    pub levers: BTreeMap<u32, Levers>,
 }
 
 impl State {

@@ -5,6 +5,7 @@
 //! [`kernel`], so the logic is tested without root (and for real in `tests/`).
 
 pub mod kernel;
+mod operator;
 pub mod plan;
 mod report;
 
@@ -15,6 +16,7 @@ use ipnet::IpNet;
 use tracing::{debug, info, warn};
 
 pub use kernel::{Attachment, Kernel, Tree};
+pub use operator::Pulled;
 use plan::{Event, LiveSlice, Memory, Observation, Plan, Settings, Who};
 
 use crate::{

@@ -347,7 +347,12 @@ pub fn plan(
             .drop_base
             .map(|c, base| if *drops.of(c) < base { 0 } else { base });
         let counters = snap.charged_bytes(l.xid, s.minors, s.drop_base);
-        let d = policy::decide(&s.record, counters, &l.limits, now, period, l.capping);
+        // The operator's grant and limit count in the period they were given in.
+        let levers = next.levers.get(&l.xid).filter(|lv| {
+            lv.period_start == s.record.period_start && !s.record.expired(now, period)
+        });
+        let limits = levers.map_or(l.limits, |lv| lv.apply(&l.limits));
+        let d = policy::decide(&s.record, counters, &limits, now, period, l.capping);
         s.record = d.record;
         clock_behind |= d.clock_behind;
         if d.reset {
@@ -357,12 +362,12 @@ pub fn plan(
             let who = Who::of(&l.name, l.xid);
             let capped: Vec<CappedClass> = TrafficClass::ALL
                 .into_iter()
-                .filter(|c| d.record.capped(*c, &l.limits))
+                .filter(|c| d.record.capped(*c, &limits))
                 .map(|class| CappedClass {
                     class,
                     used: d.record.used(class),
                     ceil: d.record.classes.of(class).ceil,
-                    budget: l.limits.of(class).max,
+                    budget: limits.of(class).max,
                 })
                 .collect();
             events.extend(capped.iter().map(|c| Event::Capped(who.clone(), *c)));
@@ -386,7 +391,7 @@ pub fn plan(
         }
         // Classes on demand: a class gets its leaf when it has sent in this period or its
         // limits differ from the default leaf's, and keeps it until a whole period passes idle.
-        let differs = differs_from_default(&l.limits, &settings.tree);
+        let differs = differs_from_default(&limits, &settings.tree);
         for class in TrafficClass::ALL {
             let needs = *differs.of(class) || s.record.used(class).0 > 0;
             if needs && s.minors.of(class).is_none() {
@@ -401,7 +406,7 @@ pub fn plan(
             let Some(minor) = *s.minors.of(class) else {
                 continue;
             };
-            let lim = l.limits.of(class);
+            let lim = limits.of(class);
             // Dry run accounts and reports the lowered ceiling, and applies none.
             let ceil = if settings.dry_run {
                 lim.max_rate
@@ -425,7 +430,7 @@ pub fn plan(
             l.xid,
             &s.record,
             counters,
-            &l.limits,
+            &limits,
             now,
         );
         line.dropped_bytes = dropped;
@@ -436,6 +441,14 @@ pub fn plan(
             .collect();
         rows.push(line);
     }
+
+    // Levers end with their period (and with their slice).
+    let slices = &next.slices;
+    next.levers.retain(|xid, lv| {
+        slices
+            .get(xid)
+            .is_some_and(|s| s.record.period_start == lv.period_start && !lv.is_empty())
+    });
 
     // HTB: add what is missing, change what differs, remove orphans.
     let by_minor: HashMap<Minor, &ClassInfo> = obs.listed.iter().map(|c| (c.minor, c)).collect();

@@ -1,0 +1,381 @@
+//! What bwmon tells about one slice: everything it knows, for the operator (`bwmon slice
+//! show`), and a tenant's own usage (`bwmon status` run by a user). Pure: built from the
+//! state, the slice's attributes and the last sync's report line.
+
+use crate::{
+    class::{PerClass, TrafficClass},
+    levers::Levers,
+    policy::{Limits, Node, UnixSecs},
+    rspec::{Attributes, KEYS},
+    state::SliceState,
+    status::SliceStatus,
+    units::{BitsPerSec, Bytes},
+};
+
+/// A slice named in a request: by name, or by xid.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum SliceRef {
+    /// Its name.
+    Name(String),
+    /// Its xid.
+    Xid(u32),
+}
+
+impl SliceRef {
+    /// A slice as typed: a number is an xid, anything else a name.
+    pub fn typed(text: &str) -> SliceRef {
+        text.parse()
+            .map_or_else(|_| SliceRef::Name(text.to_owned()), SliceRef::Xid)
+    }
+}
+
+impl std::fmt::Display for SliceRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SliceRef::Name(n) => write!(f, "'{n}'"),
+            SliceRef::Xid(x) => write!(f, "with xid {x}"),
+        }
+    }
+}
+
+/// One attribute's value in force and where it came from.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AttributeSource {
+    /// The rspec key (`net_max_kbyte`, …).
+    pub key: String,
+    /// The value in force, in the key's unit (kbit/s, KiB, a share), after the node's caps.
+    pub value: u64,
+    /// "slices file", "[defaults]" or "built-in".
+    pub source: String,
+}
+
+/// One class of a slice as it stands.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClassView {
+    /// "general" or "exempt".
+    pub class: String,
+    /// Bytes used this period.
+    pub used_bytes: u64,
+    /// The period's budget, grants included.
+    pub budget_bytes: u64,
+    /// Use after which the ceiling is lowered, grants included.
+    pub threshold_bytes: u64,
+    /// Extra budget the operator granted for this period.
+    pub granted_bytes: u64,
+    /// The ceiling in force, bit/s.
+    pub ceil_bps: u64,
+    /// The ceiling when not capped (after an operator limit), bit/s.
+    pub max_rate_bps: u64,
+    /// The operator's limit, bit/s, if one is set.
+    pub limit_bps: Option<u64>,
+    /// Below its max rate because of its use.
+    pub capped: bool,
+    /// Rate over the last interval, bit/s.
+    pub rate_bps: u64,
+    /// Use at the period's end at the current rate (at most the ceiling's worth).
+    pub forecast_bytes: u64,
+}
+
+/// Everything bwmon knows of one slice.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SliceDetail {
+    /// Name.
+    pub name: String,
+    /// Xid.
+    pub xid: u32,
+    /// Left the slices file; kept until its period ends.
+    pub departed: bool,
+    /// Attributes in force and their sources (empty for a departed slice).
+    pub attributes: Vec<AttributeSource>,
+    /// Its HTB leaves ("1:10a"); none while it shares the default leaves.
+    pub leaves: Vec<String>,
+    /// Period start, seconds since the epoch.
+    pub period_start: UnixSecs,
+    /// Period end.
+    pub period_end: UnixSecs,
+    /// General, then exempt.
+    pub classes: Vec<ClassView>,
+    /// Told of its cap in this period.
+    pub emailed: bool,
+    /// A notice waits for delivery.
+    pub notice_pending: bool,
+}
+
+/// What a tenant sees of their own slice.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TenantView {
+    /// Name.
+    pub name: String,
+    /// Xid (the caller's uid).
+    pub xid: u32,
+    /// Period start.
+    pub period_start: UnixSecs,
+    /// Period end.
+    pub period_end: UnixSecs,
+    /// General, then exempt.
+    pub classes: Vec<ClassView>,
+}
+
+/// What `class` will have used at the period's end: `used` plus the current rate over what
+/// remains, never more than the ceiling allows.
+pub fn forecast(used: u64, rate_bps: u64, ceil_bps: u64, remaining_secs: u64) -> u64 {
+    let per_sec = rate_bps.min(ceil_bps) / 8;
+    used.saturating_add(per_sec.saturating_mul(remaining_secs))
+}
+
+/// The value in force of attribute `key`, in its unit.
+fn in_force(key: &str, l: &Limits) -> u64 {
+    let kbit = |b: crate::units::BitsPerSec| b.0 / 1000;
+    let kib = |b: crate::units::Bytes| b.0 / 1024;
+    match key {
+        "net_min_rate" => kbit(l.general.min_rate),
+        "net_max_rate" => kbit(l.general.max_rate),
+        "net_i2_min_rate" => kbit(l.exempt.min_rate),
+        "net_i2_max_rate" => kbit(l.exempt.max_rate),
+        "net_max_kbyte" => kib(l.general.max),
+        "net_thresh_kbyte" => kib(l.general.thresh),
+        "net_i2_max_kbyte" => kib(l.exempt.max),
+        "net_i2_thresh_kbyte" => kib(l.exempt.thresh),
+        "net_share" => u64::from(l.general.share),
+        _ => u64::from(l.exempt.share),
+    }
+}
+
+/// A slice's view. `attrs` are its own attributes (`None` when it departed), `defaults` the
+/// config's `[defaults]`; `row` is its line of the last report (rates), when it has one.
+#[allow(clippy::too_many_arguments)]
+pub fn detail(
+    xid: u32,
+    state: &SliceState,
+    attrs: Option<&Attributes>,
+    defaults: &Attributes,
+    node: &Node,
+    levers: Option<&Levers>,
+    row: Option<&SliceStatus>,
+    notice_pending: bool,
+    now: UnixSecs,
+) -> SliceDetail {
+    let r = &state.record;
+    let base = Limits::resolve(&attrs.copied().unwrap_or_default().or(*defaults), node);
+    let levers = levers.filter(|l| l.period_start == r.period_start);
+    let limits = levers.map_or(base, |l| l.apply(&base));
+    let attributes = attrs
+        .map(|a| {
+            KEYS.iter()
+                .map(|key| AttributeSource {
+                    key: (*key).to_owned(),
+                    value: in_force(key, &base),
+                    source: if a.get(key).is_some() {
+                        "slices file"
+                    } else if defaults.get(key).is_some() {
+                        "[defaults]"
+                    } else {
+                        "built-in"
+                    }
+                    .to_owned(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let period_end = r.period_start.saturating_add(node.period_secs);
+    let remaining = period_end.saturating_sub(now);
+    let rates = row.map_or(PerClass::default(), |row| PerClass {
+        general: row.rate_bps,
+        exempt: row.exempt_rate_bps,
+    });
+    let classes = TrafficClass::ALL
+        .into_iter()
+        .map(|class| {
+            let l = limits.of(class);
+            let used = r.used(class).0;
+            let ceil = r.classes.of(class).ceil.0;
+            ClassView {
+                class: class.name().to_owned(),
+                used_bytes: used,
+                budget_bytes: l.max.0,
+                threshold_bytes: l.thresh.0,
+                granted_bytes: levers.map_or(0, |lv| lv.grant.of(class).0),
+                ceil_bps: ceil,
+                max_rate_bps: l.max_rate.0,
+                limit_bps: levers.and_then(|lv| lv.limit.of(class).map(|b| b.0)),
+                capped: r.capped(class, &limits),
+                rate_bps: *rates.of(class),
+                forecast_bytes: forecast(used, *rates.of(class), ceil, remaining),
+            }
+        })
+        .collect();
+    SliceDetail {
+        name: state.name.clone(),
+        xid,
+        departed: state.departed,
+        attributes,
+        leaves: state
+            .minors
+            .iter()
+            .filter_map(|(_, m)| m.map(|m| m.to_string()))
+            .collect(),
+        period_start: r.period_start,
+        period_end,
+        classes,
+        emailed: r.emailed,
+        notice_pending,
+    }
+}
+
+/// When `at` is, from `now`: "in 3 h 20 min", "2 min ago".
+fn from_now(at: UnixSecs, now: UnixSecs) -> String {
+    let span = |secs: u64| {
+        let (h, m) = (secs / 3600, secs % 3600 / 60);
+        match (h, m) {
+            (0, 0) => format!("{secs} s"),
+            (0, m) => format!("{m} min"),
+            (h, 0) => format!("{h} h"),
+            (h, m) => format!("{h} h {m} min"),
+        }
+    };
+    if at >= now {
+        format!("in {}", span(at - now))
+    } else {
+        format!("{} ago", span(now - at))
+    }
+}
+
+fn render_classes(out: &mut String, classes: &[ClassView]) {
+    use std::fmt::Write as _;
+    for c in classes {
+        let pct = c.used_bytes as f64 * 100.0 / c.budget_bytes.max(1) as f64;
+        let _ = writeln!(
+            out,
+            "  {:<8} used {} of {} ({pct:.1} %), ceiling {}{}, now {}, at period end ~{}",
+            c.class,
+            Bytes(c.used_bytes),
+            Bytes(c.budget_bytes),
+            BitsPerSec(c.ceil_bps),
+            if c.capped { " (capped)" } else { "" },
+            BitsPerSec(c.rate_bps),
+            Bytes(c.forecast_bytes),
+        );
+        if c.granted_bytes > 0 {
+            let _ = writeln!(
+                out,
+                "           granted {} this period",
+                Bytes(c.granted_bytes)
+            );
+        }
+        if let Some(l) = c.limit_bps {
+            let _ = writeln!(
+                out,
+                "           limited to {} by the operator",
+                BitsPerSec(l)
+            );
+        }
+    }
+}
+
+/// `bwmon slice show` as text.
+pub fn render(d: &SliceDetail, now: UnixSecs) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "slice {} (xid {}){}",
+        d.name,
+        d.xid,
+        if d.departed {
+            ", departed: kept until its period ends"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        out,
+        "  period   {} → {} (ends {})",
+        d.period_start,
+        d.period_end,
+        from_now(d.period_end, now)
+    );
+    render_classes(&mut out, &d.classes);
+    let leaves = if d.leaves.is_empty() {
+        "none yet (shares the default leaves; counted all the same)".to_owned()
+    } else {
+        d.leaves.join(", ")
+    };
+    let _ = writeln!(out, "  leaves   {leaves}");
+    let notice = match (d.emailed, d.notice_pending) {
+        (_, true) => "decided, waiting for delivery",
+        (true, false) => "sent this period",
+        (false, false) => "none this period",
+    };
+    let _ = writeln!(out, "  notice   {notice}");
+    for a in &d.attributes {
+        let _ = writeln!(out, "  {:<20} {:>12}  {}", a.key, a.value, a.source);
+    }
+    out
+}
+
+/// `bwmon status` as a tenant.
+pub fn render_tenant(v: &TenantView, now: UnixSecs) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "slice {} (uid {}): period ends {}",
+        v.name,
+        v.xid,
+        from_now(v.period_end, now)
+    );
+    render_classes(&mut out, &v.classes);
+    out
+}
+
+/// A tenant's view of their slice from its line of the last report.
+pub fn tenant(row: &SliceStatus, period_secs: u64, now: UnixSecs) -> TenantView {
+    let period_end = row.period_start.saturating_add(period_secs);
+    let remaining = period_end.saturating_sub(now);
+    let classes = TrafficClass::ALL
+        .into_iter()
+        .map(|class| {
+            // (used, budget KiB, threshold KiB, ceiling, max rate, capped, rate)
+            let (used, max, thresh, ceil, max_rate, capped, rate) = match class {
+                TrafficClass::General => (
+                    row.bytes,
+                    row.max_kbyte,
+                    row.thresh_kbyte,
+                    row.ceil_bps,
+                    row.max_rate_bps,
+                    row.capped,
+                    row.rate_bps,
+                ),
+                TrafficClass::Exempt => (
+                    row.exempt_bytes,
+                    row.i2_max_kbyte,
+                    row.i2_thresh_kbyte,
+                    row.exempt_ceil_bps,
+                    row.i2_max_rate_bps,
+                    row.exempt_capped,
+                    row.exempt_rate_bps,
+                ),
+            };
+            ClassView {
+                class: class.name().to_owned(),
+                used_bytes: used,
+                budget_bytes: max * 1024,
+                threshold_bytes: thresh * 1024,
+                granted_bytes: 0,
+                ceil_bps: ceil,
+                max_rate_bps: max_rate,
+                limit_bps: None,
+                capped,
+                rate_bps: rate,
+                forecast_bytes: forecast(used, rate, ceil, remaining),
+            }
+        })
+        .collect();
+    TenantView {
+        name: row.name.clone(),
+        xid: row.xid,
+        period_start: row.period_start,
+        period_end,
+        classes,
+    }
+}

@@ -1,0 +1,148 @@
+//! The operator's requests on one slice, answered by the syncer (the owner of the state):
+//! what it knows of it, and the levers (grant, limit, reset), each persisted at once.
+
+use super::{Kernel, Syncer, Tree};
+use crate::{
+    levers::{self, Lever, Levers},
+    policy::{Limits, UnixSecs},
+    slice_view::{self, SliceDetail, SliceRef},
+    units::Bytes,
+};
+
+/// What a pulled lever changed, for the audit line: the slice, and the value it moved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pulled {
+    /// The slice's name.
+    pub slice: String,
+    /// Its xid.
+    pub xid: u32,
+    /// What it was.
+    pub before: String,
+    /// What it is now.
+    pub after: String,
+}
+
+impl<K: Kernel, T: Tree> Syncer<K, T> {
+    /// The xid of the slice `which` names, among those in the state.
+    fn find(&self, which: &SliceRef) -> Result<u32, String> {
+        let found = match which {
+            SliceRef::Xid(xid) => self.state.slices.contains_key(xid).then_some(*xid),
+            SliceRef::Name(name) => self
+                .state
+                .slices
+                .iter()
+                .find(|(_, s)| &s.name == name)
+                .map(|(xid, _)| *xid),
+        };
+        found.ok_or_else(|| format!("no slice {which} (bwmon status lists them)"))
+    }
+
+    /// The limits of a live slice, before levers.
+    fn base_limits(&self, xid: u32) -> Option<Limits> {
+        self.slices
+            .iter()
+            .find(|s| s.xid == xid)
+            .map(|s| Limits::resolve(&s.attrs.or(self.config.defaults), &self.node))
+    }
+
+    /// Everything known of the slice `which`.
+    ///
+    /// # Errors
+    /// No such slice.
+    pub fn slice_detail(&self, which: &SliceRef, now: UnixSecs) -> Result<SliceDetail, String> {
+        let xid = self.find(which)?;
+        let state = &self.state.slices[&xid];
+        let attrs = self.slices.iter().find(|s| s.xid == xid).map(|s| &s.attrs);
+        let row = self.last_report.slices.iter().find(|r| r.xid == xid);
+        let pending = self.state.notices.iter().any(|n| n.xid == xid);
+        Ok(slice_view::detail(
+            xid,
+            state,
+            attrs,
+            &self.config.defaults,
+            &self.node,
+            self.state.levers.get(&xid),
+            row,
+            pending,
+            now,
+        ))
+    }
+
+    /// Pulls `lever` on the live slice `which` and saves the state; the caller syncs next so
+    /// the tree follows at once.
+    ///
+    /// # Errors
+    /// No such live slice; a zero grant or a limit below bwmin.
+    pub fn pull(
+        &mut self,
+        which: &SliceRef,
+        lever: Lever,
+        now: UnixSecs,
+    ) -> Result<Pulled, String> {
+        let xid = self.find(which)?;
+        let Some(base) = self.base_limits(xid) else {
+            return Err(format!(
+                "slice {which} has left the slices file; its period runs out untouched"
+            ));
+        };
+        let Some(slice) = self.state.slices.get_mut(&xid) else {
+            return Err(format!("no slice {which}"));
+        };
+        let period = slice.record.period_start;
+        let current = self
+            .state
+            .levers
+            .get(&xid)
+            .copied()
+            .filter(|l| l.period_start == period)
+            .unwrap_or(Levers::new(period));
+        let (before, after) = match lever {
+            Lever::Reset => {
+                let before = format!(
+                    "period from {period}, {} + {} exempt used",
+                    slice.record.used(crate::class::TrafficClass::General),
+                    slice.record.used(crate::class::TrafficClass::Exempt)
+                );
+                slice.record = levers::reset(&slice.record, now);
+                self.state.levers.remove(&xid);
+                (before, format!("period from {now}, nothing used"))
+            }
+            Lever::Grant { class, .. } => {
+                let next = current.pull(lever).map_err(|e| e.to_string())?;
+                let budget = |l: &Levers| Bytes(l.apply(&base).of(class).max.0);
+                let said = (
+                    format!("{} budget {}", class.name(), budget(&current)),
+                    format!("{} budget {}", class.name(), budget(&next)),
+                );
+                self.state.levers.insert(xid, next);
+                said
+            }
+            Lever::Limit { class, .. } => {
+                let next = current.pull(lever).map_err(|e| e.to_string())?;
+                let limit = |l: &Levers| {
+                    l.limit
+                        .of(class)
+                        .map_or("no limit".to_owned(), |r| format!("limit {r}"))
+                };
+                let said = (
+                    format!("{} {}", class.name(), limit(&current)),
+                    format!("{} {}", class.name(), limit(&next)),
+                );
+                if next.is_empty() {
+                    self.state.levers.remove(&xid);
+                } else {
+                    self.state.levers.insert(xid, next);
+                }
+                said
+            }
+        };
+        self.file.mark_dirty();
+        self.persist();
+        Ok(Pulled {
+            slice: self.state.slices[&xid].name.clone(),
+            xid,
+            before,
+            after,
+        })
+    }
+}
