@@ -358,6 +358,7 @@ pub async fn run(mut config: Config, fresh_state: bool) -> anyhow::Result<()> {
         interface: config.interface.clone(),
         dry_run: config.dry_run,
         warnings: vec!["starting: the first sync has not finished yet".into()],
+        version: env!("CARGO_PKG_VERSION").to_owned(),
         ..StatusReport::default()
     }));
     let listener = control::bind(&config.socket, 0o600)

@@ -1,7 +1,9 @@
 //! Prometheus text exposition of the status report, served on `[metrics] listen`.
 //!
 //! `bwmon_slice_bytes_total` is the bytes of the current period (it resets at each period, as
-//! counters may); ceilings in bit/s; `bwmon_slice_capped` is 0 or 1.
+//! counters may); `bwmon_slice_used_bytes` is the same as a gauge, beside the budget and the
+//! threshold, so "% of budget" is one division; ceilings in bit/s and in bytes/s;
+//! `bwmon_slice_capped` is 0 or 1.
 
 use std::{fmt::Write as _, sync::Arc};
 
@@ -33,7 +35,7 @@ type ClassMetric = (
     fn(&SliceStatus) -> PerClass<u64>,
 );
 
-const PER_CLASS: [ClassMetric; 3] = [
+const PER_CLASS: [ClassMetric; 7] = [
     (
         "bwmon_slice_bytes_total",
         "Bytes a slice sent in the current period, by traffic class.",
@@ -50,6 +52,42 @@ const PER_CLASS: [ClassMetric; 3] = [
         |s| PerClass {
             general: s.ceil_bps,
             exempt: s.exempt_ceil_bps,
+        },
+    ),
+    (
+        "bwmon_slice_ceil_bytes_per_second",
+        "The HTB ceiling in force in bytes per second, by traffic class.",
+        "gauge",
+        |s| PerClass {
+            general: s.ceil_bps / 8,
+            exempt: s.exempt_ceil_bps / 8,
+        },
+    ),
+    (
+        "bwmon_slice_used_bytes",
+        "Bytes a slice used in the current period, by traffic class.",
+        "gauge",
+        |s| PerClass {
+            general: s.bytes,
+            exempt: s.exempt_bytes,
+        },
+    ),
+    (
+        "bwmon_slice_budget_bytes",
+        "A slice's budget for the current period (grants included), by traffic class.",
+        "gauge",
+        |s| PerClass {
+            general: s.max_kbyte * 1024,
+            exempt: s.i2_max_kbyte * 1024,
+        },
+    ),
+    (
+        "bwmon_slice_threshold_bytes",
+        "Use after which a slice's ceiling is lowered, by traffic class.",
+        "gauge",
+        |s| PerClass {
+            general: s.thresh_kbyte * 1024,
+            exempt: s.i2_thresh_kbyte * 1024,
         },
     ),
     (
@@ -80,6 +118,30 @@ pub fn render(r: &StatusReport) -> String {
             }
         }
     }
+    let name = "bwmon_slice_period_end_timestamp_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} When a slice's current period ends (Unix time).\n# TYPE {name} gauge"
+    );
+    for s in &r.slices {
+        let end = s.period_start.saturating_add(r.period_secs);
+        let _ = writeln!(
+            out,
+            "{name}{{slice=\"{}\",xid=\"{}\"}} {end}",
+            label(&s.name),
+            s.xid
+        );
+    }
+    out.push_str("# HELP bwmon_last_sync_timestamp_seconds When the last sync finished (Unix time).\n# TYPE bwmon_last_sync_timestamp_seconds gauge\n");
+    let _ = writeln!(out, "bwmon_last_sync_timestamp_seconds {}", r.now);
+    out.push_str(
+        "# HELP bwmon_build_info The running bwmon's version.\n# TYPE bwmon_build_info gauge\n",
+    );
+    let _ = writeln!(
+        out,
+        "bwmon_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
     out.push_str("# HELP bwmon_sync_duration_seconds Duration of the last sync.\n# TYPE bwmon_sync_duration_seconds gauge\n");
     let _ = writeln!(out, "bwmon_sync_duration_seconds {}", r.last_sync_secs);
     out.push_str("# HELP bwmon_errors_total Errors since start, by kind.\n# TYPE bwmon_errors_total counter\n");
@@ -148,13 +210,13 @@ mod tests {
             slices: vec![SliceStatus {
                 name: "a\"b".into(),
                 xid: 7,
-                period_start: 0,
+                period_start: 1000,
                 bytes: 10,
                 exempt_bytes: 20,
                 ceil_bps: 1000,
                 exempt_ceil_bps: 2000,
-                max_kbyte: 0,
-                thresh_kbyte: 0,
+                max_kbyte: 100,
+                thresh_kbyte: 80,
                 i2_max_kbyte: 0,
                 i2_thresh_kbyte: 0,
                 capped: true,
@@ -169,21 +231,103 @@ mod tests {
             }],
             last_sync_secs: 0.25,
             errors: [(ErrorKind::Htb, 3)].into(),
+            now: 1500,
+            period_secs: 86_400,
             ..Default::default()
         };
         let text = render(&r);
+        // What Prometheus reads: every line parses, every sample has its HELP and TYPE.
+        let lines = text.lines().map(|l| Ok(l.to_owned()));
+        let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+        assert_eq!(
+            scrape.samples.len(),
+            text.lines().filter(|l| !l.starts_with('#')).count()
+        );
+        for sample in &scrape.samples {
+            assert!(
+                scrape.docs.contains_key(&sample.metric),
+                "no HELP for {}",
+                sample.metric
+            );
+        }
         for line in [
             "bwmon_slice_bytes_total{slice=\"a\\\"b\",xid=\"7\",class=\"general\"} 10",
             "bwmon_slice_bytes_total{slice=\"a\\\"b\",xid=\"7\",class=\"exempt\"} 20",
             "bwmon_slice_ceil_bits_per_second{slice=\"a\\\"b\",xid=\"7\",class=\"exempt\"} 2000",
             "bwmon_slice_capped{slice=\"a\\\"b\",xid=\"7\",class=\"general\"} 1",
             "bwmon_sync_duration_seconds 0.25",
+            "bwmon_slice_used_bytes{slice=\"a\\\"b\",xid=\"7\",class=\"general\"} 10",
+            "bwmon_slice_budget_bytes{slice=\"a\\\"b\",xid=\"7\",class=\"general\"} 102400",
+            "bwmon_slice_threshold_bytes{slice=\"a\\\"b\",xid=\"7\",class=\"general\"} 81920",
+            "bwmon_slice_ceil_bytes_per_second{slice=\"a\\\"b\",xid=\"7\",class=\"exempt\"} 250",
+            "bwmon_slice_period_end_timestamp_seconds{slice=\"a\\\"b\",xid=\"7\"} 87400",
+            "bwmon_last_sync_timestamp_seconds 1500",
+            concat!(
+                "bwmon_build_info{version=\"",
+                env!("CARGO_PKG_VERSION"),
+                "\"} 1"
+            ),
             "bwmon_errors_total{kind=\"htb\"} 3",
             "bwmon_errors_total{kind=\"notify\"} 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
                 "missing {line:?} in\n{text}"
+            );
+        }
+    }
+
+    /// The `bwmon_…` names in `text`.
+    fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("bwmon_"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn the_shipped_dashboard_and_alerts_use_only_metrics_bwmon_serves() {
+        let served = metric_names(&render(&StatusReport {
+            slices: vec![SliceStatus::default()],
+            ..Default::default()
+        }));
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../etc/grafana-dashboard.json")).unwrap();
+        let panels = dashboard["panels"].as_array().unwrap();
+        assert!(
+            panels.len() >= 4,
+            "usage vs budget, capped, sync duration, errors"
+        );
+        for panel in panels {
+            let title = panel["title"].as_str().unwrap();
+            let exprs: Vec<&str> = panel["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["expr"].as_str().unwrap())
+                .collect();
+            assert!(!exprs.is_empty(), "{title}: no query");
+            for e in exprs {
+                let used = metric_names(e);
+                assert!(!used.is_empty(), "{title}: {e}");
+                assert!(used.is_subset(&served), "{title}: {e} uses {used:?}");
+            }
+        }
+        let alerts = include_str!("../etc/alerts.yml");
+        let exprs: Vec<&str> = alerts
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("expr:"))
+            .collect();
+        assert_eq!(
+            exprs.len(),
+            4,
+            "near budget, capped, sync stalled, errors rising"
+        );
+        for e in exprs {
+            let used = metric_names(e);
+            assert!(
+                !used.is_empty() && used.is_subset(&served),
+                "{e} uses {used:?}"
             );
         }
     }

@@ -72,6 +72,9 @@ pub struct StatusReport {
     /// What an operator should know (a damaged state file set aside, …).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The daemon's version.
+    #[serde(default)]
+    pub version: String,
 }
 
 impl SliceStatus {

@@ -165,3 +165,26 @@ fn udp_flood_into_a_1mbit_class_is_charged_only_what_leaves() {
         );
     }
 }
+
+#[test]
+fn exempt_traffic_stays_exempt_when_a_new_load_finds_the_tries_without_a_filter() {
+    // A datapath from before the exempt filter: its pins hold the tries and no filter.
+    let lab = Lab::new();
+    drop(open(&lab, &[]));
+    let filter = lab
+        .pin_root
+        .join(&lab.host_if)
+        .join(bwmon_common::names::EXEMPT_FILTER);
+    std::fs::remove_file(&filter).unwrap();
+    // The new load attaches without writing the prefixes again: the tries alone must do.
+    let dp = Datapath::open(&lab.datapath_options()).expect("open the datapath");
+    let uid = 4741;
+    send_udp_as(uid, SocketAddr::new(lab.exempt_v4.into(), 9), 20, 100);
+    send_udp_as(uid, SocketAddr::new(lab.exempt_v6.into(), 9), 20, 100);
+    send_udp_as(uid, SocketAddr::new(lab.general_v4.into(), 9), 10, 100);
+    let s = dp.snapshot().unwrap();
+    let c = s.offered[&uid];
+    assert_eq!(c.exempt.packets, 40, "{c:?}");
+    assert_eq!(c.general.packets, 10, "{c:?}");
+    assert!(filter.exists(), "the filter is pinned now");
+}

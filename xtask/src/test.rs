@@ -12,6 +12,18 @@ use crate::{
 /// The user-space crates whose unit tests run without privileges.
 const UNIT_PACKAGES: &[&str] = &["bwmon-common", "bwmon-agent", "xtask"];
 
+/// `promtool check rules` on the shipped alerting rules, with the promtool of Debian's
+/// `prometheus` package extracted under `target/` (not installed: no server is started).
+fn check_alert_rules() -> anyhow::Result<()> {
+    let dir = workspace::root().join("target/tools/prometheus");
+    crate::vm::extract(&dir, &["prometheus"])?;
+    exec(
+        std::process::Command::new(dir.join("root/usr/bin/promtool"))
+            .args(["check", "rules"])
+            .arg(workspace::root().join("bwmon-agent/etc/alerts.yml")),
+    )
+}
+
 pub fn run(tools: &Tools, filter: Option<String>) -> anyhow::Result<()> {
     exec(workspace::cargo().args(["fmt", "--all", "--check"]))?;
     let object = build::ebpf(tools)?;
@@ -22,6 +34,7 @@ pub fn run(tools: &Tools, filter: Option<String>) -> anyhow::Result<()> {
         unit.args(["--package", p]);
     }
     exec(&mut unit)?;
+    check_alert_rules()?;
 
     if !workspace::is_root() {
         bail!(

@@ -198,7 +198,7 @@ fn install_host_packages() -> anyhow::Result<()> {
 }
 
 /// Downloads and extracts `packages` (the newest each) into `dir` unless already there.
-fn extract(dir: &Path, packages: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn extract(dir: &Path, packages: &[&str]) -> anyhow::Result<()> {
     let stamp = dir.join(".extracted");
     if stamp.exists() {
         return Ok(());

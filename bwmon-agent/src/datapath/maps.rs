@@ -29,6 +29,37 @@ impl Datapath {
         self.write_filter(&both, &new)
     }
 
+    /// Adds to the exempt filter every prefix the exempt tries hold.
+    ///
+    /// # Errors
+    /// A map that cannot be read or written, naming it.
+    pub(super) fn cover_tries_in_filter(&mut self) -> Result<()> {
+        let mut nets: Vec<IpNet> = Vec::new();
+        let name = names::EXEMPT_V4;
+        let v4: LpmTrie<&MapData, [u8; 4], u8> =
+            LpmTrie::try_from(self.map(name)?).map_err(|e| self.map_err(name, e))?;
+        for key in v4.keys() {
+            let key = key.map_err(|e| self.map_err(name, e))?;
+            let net = ipnet::Ipv4Net::new(key.data().into(), key.prefix_len() as u8);
+            nets.extend(net.ok().map(IpNet::V4));
+        }
+        let name = names::EXEMPT_V6;
+        let v6: LpmTrie<&MapData, [u8; 16], u8> =
+            LpmTrie::try_from(self.map(name)?).map_err(|e| self.map_err(name, e))?;
+        for key in v6.keys() {
+            let key = key.map_err(|e| self.map_err(name, e))?;
+            let net = ipnet::Ipv6Net::new(key.data().into(), key.prefix_len() as u8);
+            nets.extend(net.ok().map(IpNet::V6));
+        }
+        let old = self.read_filter()?;
+        let both: Vec<u64> = old
+            .iter()
+            .zip(exempt_filter(&nets))
+            .map(|(o, n)| o | n)
+            .collect();
+        self.write_filter(&old, &both)
+    }
+
     fn read_filter(&self) -> Result<Vec<u64>> {
         let name = names::EXEMPT_FILTER;
         let map: Array<&MapData, u64> =

@@ -180,6 +180,9 @@ impl Datapath {
             pin_dir,
             mode: opts.attach_mode,
         };
+        // Before the classifier runs: its exempt filter covers what the pinned tries hold
+        // (a filter pin an older bwmon did not have starts empty).
+        dp.cover_tries_in_filter()?;
         let pin_dir = dp.pin_dir.clone();
         let classifier = dp.classifier()?;
         classifier

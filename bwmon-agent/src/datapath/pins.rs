@@ -19,7 +19,7 @@ use super::{
 use crate::paths;
 
 /// Maps that outlive the agent (pinned). The rest (log gate, globals) are per load.
-const PINNED_MAPS: [&str; 9] = [
+const PINNED_MAPS: [&str; 10] = [
     names::OFFERED,
     names::OFFERED_OVERFLOW,
     names::DROPPED,
@@ -27,6 +27,7 @@ const PINNED_MAPS: [&str; 9] = [
     names::XID_CLASS,
     names::EXEMPT_V4,
     names::EXEMPT_V6,
+    names::EXEMPT_FILTER,
     names::SOURCE_V4,
     names::SOURCE_V6,
 ];

@@ -385,6 +385,7 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
             last_sync_secs: started.elapsed().as_secs_f64(),
             errors: self.errors.clone(),
             warnings: Vec::new(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
         };
         self.last_report = report.clone();
         Outcome {
