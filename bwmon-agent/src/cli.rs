@@ -56,6 +56,21 @@ pub enum Command {
         #[arg(long, short, value_name = "FILE", default_value = paths::CONFIG, global = true)]
         config: PathBuf,
     },
+    /// Past periods per slice from the history file (read directly; no daemon needed), each
+    /// with a bar of its use against its budget.
+    History {
+        /// Only this slice (name or xid).
+        slice: Option<String>,
+        /// The newest N periods of each slice.
+        #[arg(long, default_value_t = 10, value_name = "N")]
+        periods: usize,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Configuration file, for the state file's path.
+        #[arg(long, short, value_name = "FILE", default_value = paths::CONFIG)]
+        config: PathBuf,
+    },
     /// Write shell completions and the man page (used by `cargo xtask install`).
     #[command(hide = true)]
     Generate {

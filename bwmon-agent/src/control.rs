@@ -105,7 +105,7 @@ pub enum SliceRequest {
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// Could not connect or talk.
-    #[error("control socket {path} (is `bwmon run` running?)")]
+    #[error("socket {path} (is `bwmon run` running? its control socket is root's)")]
     Io {
         /// The socket.
         path: PathBuf,
@@ -114,7 +114,7 @@ pub enum ControlError {
         source: io::Error,
     },
     /// The daemon answered something unreadable, or an error.
-    #[error("control socket {path}: {what}")]
+    #[error("{path}: {what}")]
     Protocol {
         /// The socket.
         path: PathBuf,

@@ -5,7 +5,7 @@
 
 use std::{
     collections::HashSet,
-    path::Path,
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -28,6 +28,7 @@ use crate::{
     control::{self, ReplyBody, SliceRequest},
     datapath::{Datapath, DatapathOptions},
     error_kind::ErrorKind,
+    history,
     htb::Htb,
     notify::{self, Mailer},
     paths,
@@ -123,6 +124,28 @@ struct Outlets {
     notify_errors: Arc<AtomicU64>,
     /// Said at start, shown in every report.
     warnings: Vec<String>,
+    /// The history file and how much of it is kept.
+    history: (PathBuf, history::Retention),
+}
+
+/// The history's tracker, from the history file (damaged records said and skipped); the file
+/// is compacted to its retention first.
+fn open_history(path: &Path, retention: history::Retention) -> history::Tracker {
+    if let Err(e) = history::compact(path, retention, now()) {
+        warn!(file = %path.display(), error = %e, "history: not compacted");
+    }
+    match history::read(path) {
+        Ok((entries, problems)) => {
+            for p in problems {
+                warn!(file = %path.display(), "history: {p}");
+            }
+            history::Tracker::resume(&entries)
+        }
+        Err(e) => {
+            warn!(file = %path.display(), error = %e, "history: unreadable; starting it afresh");
+            history::Tracker::default()
+        }
+    }
 }
 
 /// Reads the slices file when it changed (or `force`): every valid slice is applied, each
@@ -181,6 +204,9 @@ fn sync_worker(
     let mut slice_warnings = Vec::new();
     read_slices(&mut syncer, &mut slices, true, &mut slice_warnings);
     let mut ready = false;
+    let (history_file, retention) = out.history.clone();
+    let mut tracker = open_history(&history_file, retention);
+    let mut compacted = now();
     // A lever's caller is answered after the sync that applied it.
     let mut after_sync: Option<(oneshot::Sender<ReplyBody>, String, u32)> = None;
     while let Some(command) = commands.blocking_recv() {
@@ -265,6 +291,17 @@ fn sync_worker(
             ready = true;
         }
         tell_systemd(&states);
+        let entries = tracker.observe(&report);
+        if let Err(e) = history::append(&history_file, &entries) {
+            warn!(file = %history_file.display(), error = %e, "history: not written; the state is unaffected");
+            syncer.count_error(ErrorKind::State);
+        }
+        if now().saturating_sub(compacted) >= 86_400 {
+            compacted = now();
+            if let Err(e) = history::compact(&history_file, retention, compacted) {
+                warn!(file = %history_file.display(), error = %e, "history: not compacted");
+            }
+        }
         let _ = out.status.send(Arc::new(report));
         if let Some((reply, audit, xid)) = after_sync.take() {
             let body = syncer
@@ -420,6 +457,7 @@ pub async fn run(mut config: Config, fresh_state: bool) -> anyhow::Result<()> {
         notices: notice_tx,
         notify_errors,
         warnings,
+        history: (history::path_for(&config.state), config.history),
     };
     let worker = std::thread::Builder::new()
         .name("bwmon-sync".into())

@@ -18,6 +18,7 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod error_kind;
+pub mod history;
 pub mod htb;
 pub mod instance;
 pub mod interface;

@@ -8,7 +8,7 @@ use bwmon_agent::{
     config::Config,
     control,
     control::{ReplyBody, RequestBody},
-    daemon, datapath,
+    daemon, datapath, history,
     htb::{self, Htb},
     levers::Lever,
     paths, policy,
@@ -238,6 +238,28 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     print!("{}", slice_view::render(&d, bwmon_agent::clock::now()));
                 }
                 other => anyhow::bail!("unexpected reply from {}: {other:?}", socket.display()),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::History {
+            slice,
+            periods,
+            json,
+            config,
+        } => {
+            let config = Config::load(&config)?;
+            let file = history::path_for(&config.state);
+            let (entries, problems) =
+                history::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            for p in problems {
+                eprintln!("bwmon: {}: {p}", file.display());
+            }
+            let which = slice.as_deref().map(SliceRef::typed);
+            let shown = history::periods(&entries, which.as_ref(), periods);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&shown)?);
+            } else {
+                print!("{}", history::render(&shown));
             }
             Ok(ExitCode::SUCCESS)
         }

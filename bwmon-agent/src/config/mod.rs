@@ -66,6 +66,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Accept the loopback interface (labs only).
     pub allow_loopback: bool,
+    /// How much history is kept (`history_periods`, `history_sample_days`).
+    pub history: crate::history::Retention,
 }
 
 fn rate(v: &Value) -> Result<BitsPerSec, String> {
@@ -86,7 +88,7 @@ fn rate(v: &Value) -> Result<BitsPerSec, String> {
     }
 }
 
-const KEYS: [&str; 19] = [
+const KEYS: [&str; 21] = [
     "interface",
     "node_cap",
     "exempt_max",
@@ -106,6 +108,8 @@ const KEYS: [&str; 19] = [
     "kernel_log",
     "max_connections",
     "allow_loopback",
+    "history_periods",
+    "history_sample_days",
 ];
 
 impl Config {
@@ -124,6 +128,9 @@ impl Config {
         }
         if self.tenant_socket != new.tenant_socket {
             out.push("tenant_socket");
+        }
+        if self.history != new.history {
+            out.push("history_periods/history_sample_days");
         }
         if self.xid_source != new.xid_source {
             out.push("xid_source");
@@ -338,19 +345,39 @@ impl Config {
                 "the loopback interface carries no tenant's traffic off the host; set allow_loopback = true for a lab",
             );
         }
-        let max_connections = match get("max_connections") {
-            None => crate::connections::DEFAULT_LIMIT,
+        // A whole number in `lo..=hi` (`what` names its unit), else `default` and a problem.
+        let mut bounded = |key: &str, lo: i64, hi: i64, default: usize, what: &str| match get(key) {
+            None => default,
             Some(item) => match item.as_integer() {
-                Some(n @ 1..=4096) => n as usize,
+                Some(n) if (lo..=hi).contains(&n) => n as usize,
                 _ => {
                     c.add(
                         Some(item),
-                        "max_connections",
-                        "must be a number of connections from 1 to 4096",
+                        key,
+                        format!("must be a number of {what} from {lo} to {hi}"),
                     );
-                    crate::connections::DEFAULT_LIMIT
+                    default
                 }
             },
+        };
+        let max_connections = bounded(
+            "max_connections",
+            1,
+            4096,
+            crate::connections::DEFAULT_LIMIT,
+            "connections",
+        );
+        let kept = crate::history::Retention::default();
+        let history = crate::history::Retention {
+            periods: bounded("history_periods", 1, 100_000, kept.periods, "periods"),
+            sample_secs: bounded(
+                "history_sample_days",
+                1,
+                3660,
+                (kept.sample_secs / 86_400) as usize,
+                "days",
+            ) as u64
+                * 86_400,
         };
         let dry_run = boolean(&mut c, "dry_run");
         let take_over_root_qdisc = boolean(&mut c, "take_over_root_qdisc");
@@ -436,6 +463,7 @@ impl Config {
             kernel_log,
             max_connections,
             allow_loopback,
+            history,
         })
     }
 }

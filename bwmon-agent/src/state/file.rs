@@ -268,15 +268,7 @@ impl State {
         let tmp = dir.join(format!(".{name}.tmp-{pid}"));
         let prev_tmp = dir.join(format!(".{name}.prev-tmp-{pid}"));
         let result = (|| {
-            // Readable by root only: it names slices and their usage.
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(&self.encode())?;
-            f.sync_all()?;
+            write_private(&tmp, &self.encode())?;
             // The current file becomes the previous generation (a hard link costs no space);
             // a crash between the renames leaves `.prev` alone, which loads.
             match fs::hard_link(path, &prev_tmp) {
@@ -293,6 +285,22 @@ impl State {
         }
         result.map_err(err)
     }
+}
+
+/// Writes `bytes` as the whole of a new file at `path`, readable by root only (it names
+/// slices and their usage), and waits until they are on disk.
+///
+/// # Errors
+/// The file cannot be created, written or synced.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 /// Where the state is saved, and whether the copy in memory is newer than the file. A failed
