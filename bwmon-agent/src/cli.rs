@@ -71,6 +71,21 @@ pub enum Command {
         #[arg(long, short, value_name = "FILE", default_value = paths::CONFIG)]
         config: PathBuf,
     },
+    /// A picture (SVG) of the history's hourly samples: each slice's use over the last days
+    /// against its budget and threshold, and when it was capped.
+    Report {
+        /// Where to write the SVG.
+        #[arg(long, value_name = "FILE")]
+        svg: PathBuf,
+        /// Only this slice (name or xid).
+        slice: Option<String>,
+        /// How many days back.
+        #[arg(long, default_value_t = 7, value_name = "DAYS")]
+        days: u64,
+        /// Configuration file, for the state file's path.
+        #[arg(long, short, value_name = "FILE", default_value = paths::CONFIG)]
+        config: PathBuf,
+    },
     /// Write shell completions and the man page (used by `cargo xtask install`).
     #[command(hide = true)]
     Generate {

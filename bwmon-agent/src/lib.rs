@@ -29,6 +29,7 @@ pub mod notify;
 pub mod paths;
 pub mod policy;
 pub mod problems;
+pub mod report;
 pub mod rspec;
 pub mod slice_view;
 pub mod slices;

@@ -11,7 +11,7 @@ use bwmon_agent::{
     daemon, datapath, history,
     htb::{self, Htb},
     levers::Lever,
-    paths, policy,
+    paths, policy, report,
     slice_view::{self, SliceRef},
     slices, status,
     units::{BitsPerSec, Bytes},
@@ -261,6 +261,24 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", history::render(&shown));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report {
+            svg,
+            slice,
+            days,
+            config,
+        } => {
+            let config = Config::load(&config)?;
+            let file = history::path_for(&config.state);
+            let (entries, problems) =
+                history::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            for p in problems {
+                eprintln!("bwmon: {}: {p}", file.display());
+            }
+            let which = slice.as_deref().map(SliceRef::typed);
+            let text = report::svg(&entries, which.as_ref(), days, bwmon_agent::clock::now())?;
+            std::fs::write(&svg, text).with_context(|| format!("writing {}", svg.display()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Generate { out } => {
