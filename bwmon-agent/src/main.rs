@@ -67,6 +67,18 @@ fn exit_code(e: &anyhow::Error) -> ExitCode {
     ExitCode::from(if needs_operator { EX_CONFIG } else { 1 })
 }
 
+/// The history file of the configuration at `config`; damaged records are said and skipped.
+fn read_history(config: &std::path::Path) -> anyhow::Result<Vec<history::Entry>> {
+    let config = Config::load(config)?;
+    let file = history::path_for(&config.state);
+    let (entries, problems) =
+        history::read(&file).with_context(|| format!("reading {}", file.display()))?;
+    for p in problems {
+        eprintln!("bwmon: {}: {p}", file.display());
+    }
+    Ok(entries)
+}
+
 /// The control request for a `bwmon slice` action, and whether JSON is wanted.
 fn slice_request(action: SliceAction) -> anyhow::Result<(RequestBody, bool)> {
     let class = |exempt| {
@@ -247,13 +259,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             json,
             config,
         } => {
-            let config = Config::load(&config)?;
-            let file = history::path_for(&config.state);
-            let (entries, problems) =
-                history::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            for p in problems {
-                eprintln!("bwmon: {}: {p}", file.display());
-            }
+            let entries = read_history(&config)?;
             let which = slice.as_deref().map(SliceRef::typed);
             let shown = history::periods(&entries, which.as_ref(), periods);
             if json {
@@ -269,13 +275,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             days,
             config,
         } => {
-            let config = Config::load(&config)?;
-            let file = history::path_for(&config.state);
-            let (entries, problems) =
-                history::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            for p in problems {
-                eprintln!("bwmon: {}: {p}", file.display());
-            }
+            let entries = read_history(&config)?;
             let which = slice.as_deref().map(SliceRef::typed);
             let text = report::svg(&entries, which.as_ref(), days, bwmon_agent::clock::now())?;
             std::fs::write(&svg, text).with_context(|| format!("writing {}", svg.display()))?;
