@@ -203,7 +203,7 @@ pub fn answer_tenant(frame: &[u8], uid: u32, status: &StatusReport, uid_is_xid: 
             .find(|s| s.xid == uid)
             .map_or_else(
                 || ReplyBody::Error(format!("no slice for uid {uid}")),
-                |row| ReplyBody::Mine(slice_view::tenant(row, status.period_secs, status.now)),
+                |row| ReplyBody::Mine(slice_view::tenant(row, status.now)),
             ),
         Ok(_) => ReplyBody::Error(
             "this socket answers only a user's own usage (`bwmon status`); the rest is root's, on the control socket".into(),
@@ -398,6 +398,7 @@ mod tests {
             name: name.into(),
             xid,
             period_start: 1000,
+            period_end: 2000,
             bytes: 2048,
             max_kbyte: 10,
             ..Default::default()

@@ -391,7 +391,7 @@ pub async fn run(mut config: Config, fresh_state: bool) -> anyhow::Result<()> {
     // Until the first sync: what is known, and that it is coming (never `now = 0`).
     let (status_tx, status_rx) = watch::channel(Arc::new(StatusReport {
         now: now(),
-        period_secs: config.period.as_secs(),
+        period_secs: config.periods.nominal_secs(),
         interface: config.interface.clone(),
         dry_run: config.dry_run,
         warnings: vec!["starting: the first sync has not finished yet".into()],
@@ -430,6 +430,7 @@ pub async fn run(mut config: Config, fresh_state: bool) -> anyhow::Result<()> {
         iface = %config.interface,
         interval = ?config.interval,
         period = ?config.period,
+        align = ?config.periods.align,
         socket = %config.socket.display(),
         "bwmon running"
     );
@@ -438,7 +439,7 @@ pub async fn run(mut config: Config, fresh_state: bool) -> anyhow::Result<()> {
     let (mailer_tx, mailer) = watch::channel(Arc::new(Mailer::new(
         &config.mail,
         notify::hostname(),
-        config.period.as_secs(),
+        config.periods.nominal_secs(),
     )?));
     let (notice_tx, notice_rx) = mpsc::unbounded_channel::<Notice>();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<NoticeKey>();
@@ -492,8 +493,8 @@ pub async fn run(mut config: Config, fresh_state: bool) -> anyhow::Result<()> {
                     ticker = tokio::time::interval(new.interval);
                     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 }
-                if new.mail != config.mail || new.period != config.period {
-                    match Mailer::new(&new.mail, notify::hostname(), new.period.as_secs()) {
+                if new.mail != config.mail || new.periods != config.periods {
+                    match Mailer::new(&new.mail, notify::hostname(), new.periods.nominal_secs()) {
                         Ok(m) => {
                             let _ = mailer_tx.send(Arc::new(m));
                         }

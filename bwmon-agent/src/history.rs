@@ -337,7 +337,7 @@ impl Tracker {
         let hour = now - now % HOUR;
         let mut out = Vec::new();
         for row in &report.slices {
-            let seen = period_of(row, report.period_secs);
+            let seen = period_of(row);
             let (mut period, sampled) = match self.open.remove(&row.xid) {
                 Some(o) if o.period.start == seen.start => (o.period, o.at == hour),
                 Some(o) => {
@@ -372,12 +372,12 @@ impl Tracker {
 }
 
 /// A status line as the period it describes so far (caps are [`merge`]d in with their time).
-fn period_of(row: &SliceStatus, period_secs: u64) -> PeriodEntry {
+fn period_of(row: &SliceStatus) -> PeriodEntry {
     PeriodEntry {
         slice: row.name.clone(),
         xid: row.xid,
         start: row.period_start,
-        end: row.period_start.saturating_add(period_secs),
+        end: row.period_end,
         bytes: PerClass {
             general: row.bytes,
             exempt: row.exempt_bytes,
@@ -419,6 +419,7 @@ mod tests {
             name: name.into(),
             xid,
             period_start: start,
+            period_end: start + 1000,
             bytes,
             max_kbyte: 100,
             thresh_kbyte: 80,

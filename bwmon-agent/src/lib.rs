@@ -9,6 +9,7 @@
 
 pub mod allocator;
 pub mod btf;
+pub mod calendar;
 pub mod class;
 pub mod cli;
 pub mod clock;

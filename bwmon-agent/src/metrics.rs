@@ -124,7 +124,7 @@ pub fn render(r: &StatusReport) -> String {
         "# HELP {name} When a slice's current period ends (Unix time).\n# TYPE {name} gauge"
     );
     for s in &r.slices {
-        let end = s.period_start.saturating_add(r.period_secs);
+        let end = s.period_end;
         let _ = writeln!(
             out,
             "{name}{{slice=\"{}\",xid=\"{}\"}} {end}",
@@ -211,6 +211,7 @@ mod tests {
                 name: "a\"b".into(),
                 xid: 7,
                 period_start: 1000,
+                period_end: 87_400,
                 bytes: 10,
                 exempt_bytes: 20,
                 ceil_bps: 1000,

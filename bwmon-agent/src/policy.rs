@@ -14,6 +14,7 @@
 //! (period − elapsed)` bit/s, never below the min rate nor bwmin, never above the max rate. A
 //! slice capped in a period is noticed exactly once in that period, whichever class tripped.
 use crate::{
+    calendar::Calendar,
     class::{PerClass, TrafficClass},
     rspec::Attributes,
     units::{BWMIN, BitsPerSec, Bytes, KBytes, KbitPerSec},
@@ -154,8 +155,8 @@ impl Record {
     }
 
     /// Whether this record's period is over at `now`.
-    pub fn expired(&self, now: UnixSecs, period_secs: u64) -> bool {
-        now >= self.period_start.saturating_add(period_secs)
+    pub fn expired<C: Calendar>(&self, now: UnixSecs, period: C) -> bool {
+        now >= period.end(self.period_start)
     }
 
     /// The record after the kernel's counters restarted from zero: everything they count from
@@ -227,17 +228,17 @@ pub fn ceiling(limits: &ClassLimits, used: Bytes, elapsed: u64, period_secs: u64
 }
 
 /// One sync's decision for a slice: reset or update, both classes, and whether to notify.
-pub fn decide(
+pub fn decide<C: Calendar>(
     record: &Record,
     counters: Counters,
     limits: &Limits,
     now: UnixSecs,
-    period_secs: u64,
+    period: C,
     capping: Capping,
 ) -> Decision {
-    if record.expired(now, period_secs) {
+    if record.expired(now, period) {
         return Decision {
-            record: start(counters, limits, now),
+            record: start(counters, limits, period.start_at(now)),
             reset: true,
             clock_behind: false,
             notify: false,
@@ -246,12 +247,14 @@ pub fn decide(
     // A clock behind the period start holds the period: no time has elapsed in it.
     let clock_behind = now < record.period_start;
     let elapsed = now.saturating_sub(record.period_start);
+    // This period's own length: a calendar day or month may be shorter or longer than others.
+    let length = period.end(record.period_start) - record.period_start;
     let mut next = *record;
     for class in TrafficClass::ALL {
         let l = limits.of(class);
         let r = record.classes.of(class).carried(*counters.of(class));
         let ceil = match capping {
-            Capping::Policy => ceiling(l, r.used, elapsed, period_secs),
+            Capping::Policy => ceiling(l, r.used, elapsed, length),
             Capping::Never => l.max_rate,
         };
         *next.classes.of_mut(class) = ClassRecord { ceil, ..r };

@@ -200,6 +200,7 @@ mod tests {
                 name: name.into(),
                 xid,
                 period_start: 0,
+                period_end: 86_400 * 7,
                 bytes: per_hour * hour,
                 max_kbyte: 5 << 20,
                 thresh_kbyte: 4 << 20,

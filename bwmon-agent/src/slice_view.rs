@@ -177,7 +177,9 @@ pub fn detail(
                 .collect()
         })
         .unwrap_or_default();
-    let period_end = r.period_start.saturating_add(node.period_secs);
+    let period_end = row.map_or(r.period_start.saturating_add(node.period_secs), |row| {
+        row.period_end
+    });
     let remaining = period_end.saturating_sub(now);
     let rates = row.map_or(PerClass::default(), |row| PerClass {
         general: row.rate_bps,
@@ -329,8 +331,8 @@ pub fn render_tenant(v: &TenantView, now: UnixSecs) -> String {
 }
 
 /// A tenant's view of their slice from its line of the last report.
-pub fn tenant(row: &SliceStatus, period_secs: u64, now: UnixSecs) -> TenantView {
-    let period_end = row.period_start.saturating_add(period_secs);
+pub fn tenant(row: &SliceStatus, now: UnixSecs) -> TenantView {
+    let period_end = row.period_end;
     let remaining = period_end.saturating_sub(now);
     let classes = TrafficClass::ALL
         .into_iter()

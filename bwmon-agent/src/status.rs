@@ -50,6 +50,10 @@ pub struct SliceStatus {
     /// Its HTB leaves, as tc writes them ("1:100"); empty for the default pseudo-slice's
     /// fixed classes.
     pub classes: Vec<String>,
+    /// End of its current period (Unix seconds): a calendar day or month when periods are
+    /// aligned, else the start plus the period.
+    #[serde(default)]
+    pub period_end: u64,
 }
 
 /// The whole report.
@@ -142,7 +146,7 @@ pub fn table(report: &StatusReport) -> String {
         };
         let forecast = |target_kbyte: u64| {
             eta(s.bytes, target_kbyte.saturating_mul(1024), s.rate_bps)
-                .filter(|t| s.period_start + report.period_secs > report.now + t)
+                .filter(|t| s.period_end > report.now + t)
                 .map(human_secs)
                 .unwrap_or_else(|| "-".into())
         };
@@ -211,6 +215,7 @@ mod tests {
             name: name.into(),
             xid: 1001,
             period_start: 1000,
+            period_end: 1000 + 86_400,
             bytes,
             exempt_bytes: 0,
             ceil_bps: 1_500_000,

@@ -15,6 +15,7 @@ use ipnet::IpNet;
 use toml_edit::Value;
 
 use crate::{
+    calendar::{Align, Periods},
     paths,
     problems::{Collector, FileErrors, Problem, parse_document, plain_value, read_text},
     rspec::Attributes,
@@ -35,6 +36,8 @@ pub struct Config {
     pub exempt_max: BitsPerSec,
     /// Budget period.
     pub period: Duration,
+    /// Where periods start and end (`period_align`, `period_start_time`, `period_start_day`).
+    pub periods: Periods,
     /// Sync interval.
     pub interval: Duration,
     /// Slices file.
@@ -88,11 +91,14 @@ fn rate(v: &Value) -> Result<BitsPerSec, String> {
     }
 }
 
-const KEYS: [&str; 21] = [
+const KEYS: [&str; 24] = [
     "interface",
     "node_cap",
     "exempt_max",
     "period",
+    "period_align",
+    "period_start_time",
+    "period_start_day",
     "interval",
     "slices",
     "state",
@@ -244,6 +250,61 @@ impl Config {
         let exempt_max = rate_of(&mut c, "exempt_max", gbit);
         let period = duration_of(&mut c, "period", 86_400);
         let interval = duration_of(&mut c, "interval", 10);
+        let align = match string(&mut c, "period_align").as_deref() {
+            None | Some("none") => Align::None,
+            Some("day") => {
+                let text = string(&mut c, "period_start_time").unwrap_or_else(|| "00:00".into());
+                let parsed = text.split_once(':').and_then(|(h, m)| {
+                    let (h, m): (i8, i8) = (h.parse().ok()?, m.parse().ok()?);
+                    ((0..24).contains(&h) && (0..60).contains(&m) && m.to_string().len() <= 2)
+                        .then_some(Align::Day { hour: h, minute: m })
+                });
+                parsed.unwrap_or_else(|| {
+                    c.add(
+                        get("period_start_time"),
+                        "period_start_time",
+                        format!("'{text}' is not a time of day like \"00:00\" or \"06:30\""),
+                    );
+                    Align::None
+                })
+            }
+            Some("month") => match get("period_start_day") {
+                None => Align::Month { day: 1 },
+                Some(item) => match item.as_integer() {
+                    Some(d @ 1..=31) => Align::Month { day: d as i8 },
+                    _ => {
+                        c.add(
+                            Some(item),
+                            "period_start_day",
+                            "must be a day of the month from 1 to 31 (the last day in shorter months)",
+                        );
+                        Align::None
+                    }
+                },
+            },
+            Some(other) => {
+                c.add(
+                    get("period_align"),
+                    "period_align",
+                    format!("'{other}' is not one of \"none\", \"day\", \"month\""),
+                );
+                Align::None
+            }
+        };
+        let daily = matches!(align, Align::Day { .. }) && period.as_secs() == 86_400;
+        if align != Align::None && get("period").is_some() && !daily {
+            c.add(
+                get("period"),
+                "period",
+                "not used with period_align = \"day\" (1d) or \"month\" (their periods are days or months); remove it",
+            );
+        }
+        let periods = Periods {
+            align,
+            length: period.as_secs(),
+            // Local days and months: TZ, else /etc/localtime, else UTC.
+            tz: jiff::tz::TimeZone::system(),
+        };
         if interval > period {
             c.add(
                 get("interval"),
@@ -448,6 +509,7 @@ impl Config {
             node_cap,
             exempt_max,
             period,
+            periods,
             interval,
             slices,
             state,
@@ -533,6 +595,48 @@ listen = "127.0.0.1:9110"
         assert_eq!(c.defaults.share, Some(2));
         assert!(matches!(c.mail.transport, Transport::Smtp { .. }));
         assert_eq!(c.metrics_listen, Some("127.0.0.1:9110".parse().unwrap()));
+    }
+
+    #[test]
+    fn periods_align_to_days_or_months_and_bad_alignments_are_named() {
+        let c = parse("interface = \"eth0\"\n").unwrap();
+        assert_eq!(c.periods.align, Align::None);
+        assert_eq!(c.periods.length, 86_400);
+        let c =
+            parse("interface = \"eth0\"\nperiod_align = \"day\"\nperiod_start_time = \"06:30\"\n")
+                .unwrap();
+        assert_eq!(
+            c.periods.align,
+            Align::Day {
+                hour: 6,
+                minute: 30
+            }
+        );
+        let c = parse("interface = \"eth0\"\nperiod_align = \"month\"\nperiod_start_day = 31\n")
+            .unwrap();
+        assert_eq!(c.periods.align, Align::Month { day: 31 });
+        for (text, key) in [
+            ("period_align = \"week\"", "period_align"),
+            (
+                "period_align = \"day\"\nperiod_start_time = \"25:00\"",
+                "period_start_time",
+            ),
+            (
+                "period_align = \"day\"\nperiod_start_time = \"6h\"",
+                "period_start_time",
+            ),
+            (
+                "period_align = \"month\"\nperiod_start_day = 0",
+                "period_start_day",
+            ),
+            ("period_align = \"month\"\nperiod = \"1d\"", "period"),
+        ] {
+            let err = parse(&format!("interface = \"eth0\"\n{text}\n")).unwrap_err();
+            assert!(
+                err.to_string().contains(&format!(": {key}: ")),
+                "{text}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -222,7 +222,7 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
 
     fn settings(&self) -> Settings {
         Settings {
-            period_secs: self.node.period_secs,
+            periods: self.config.periods.clone(),
             dry_run: self.config.dry_run,
             tree: self.tree_spec(),
             default_limits: Limits::resolve(&self.config.defaults, &self.node),
@@ -378,7 +378,7 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
 
         let report = StatusReport {
             now,
-            period_secs: self.node.period_secs,
+            period_secs: self.config.periods.nominal_secs(),
             interface: self.config.interface.clone(),
             dry_run: self.config.dry_run,
             slices: plan.rows,

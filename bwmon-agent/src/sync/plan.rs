@@ -9,6 +9,7 @@ use bwmon_common::ClassIds;
 use ipnet::IpNet;
 
 use crate::{
+    calendar::{Calendar, Periods},
     class::{PerClass, TrafficClass},
     datapath::Snapshot,
     htb::{
@@ -44,8 +45,8 @@ pub struct LiveSlice {
 /// What the config decides for a plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
-    /// Length of a period, seconds.
-    pub period_secs: u64,
+    /// Where periods start and end.
+    pub periods: Periods,
     /// Account, report and notify, but leave every leaf at its max rate.
     pub dry_run: bool,
     /// The tree's fixed part.
@@ -230,7 +231,7 @@ pub fn plan(
     settings: &Settings,
 ) -> Plan {
     let now = obs.now;
-    let period = settings.period_secs;
+    let period = &settings.periods;
     let snap = &obs.snapshot;
     let mut next = state.clone();
     let mut minors = minors.clone();
@@ -278,7 +279,8 @@ pub fn plan(
             })
         });
         let drop_base = drops_now(snap, leaves);
-        let record = policy::start(snap.charged_bytes(xid, leaves, drop_base), &l.limits, now);
+        let counters = snap.charged_bytes(xid, leaves, drop_base);
+        let record = policy::start(counters, &l.limits, period.start_at(now));
         events.push(Event::NewSlice(Who::of(&l.name, xid)));
         next.slices.insert(
             xid,
@@ -379,7 +381,7 @@ pub fn plan(
                     slice: l.name.clone(),
                     xid: l.xid,
                     period_start: d.record.period_start,
-                    period_end: d.record.period_start + period,
+                    period_end: period.end(d.record.period_start),
                     capped,
                     decided_at: now,
                     attempts: 0,
@@ -434,6 +436,7 @@ pub fn plan(
             now,
         );
         line.dropped_bytes = dropped;
+        line.period_end = period.end(s.record.period_start);
         line.classes = s
             .minors
             .iter()
@@ -475,7 +478,7 @@ pub fn plan(
             d.record.emailed = false;
             d.record
         }
-        None => policy::start(Counters::default(), limits, now),
+        None => policy::start(Counters::default(), limits, period.start_at(now)),
     };
     // Its rate in the report comes from what it used (it has no counter of its own).
     let default_counters = default_record.classes.map(|_, c| c.used.0);
@@ -489,6 +492,7 @@ pub fn plan(
         limits,
         now,
     );
+    default_row.period_end = period.end(default_record.period_start);
     default_row.classes = DEFAULT_LEAVES.iter().map(|(_, m)| m.to_string()).collect();
     rows.insert(1.min(rows.len()), default_row);
 
@@ -535,7 +539,7 @@ mod tests {
 
     fn settings(dry_run: bool) -> Settings {
         Settings {
-            period_secs: NODE.period_secs,
+            periods: Periods::fixed(NODE.period_secs),
             dry_run,
             tree: TreeSpec {
                 node_cap: NODE.node_cap,
@@ -626,6 +630,30 @@ mod tests {
 
     fn line<'a>(p: &'a Plan, name: &str) -> &'a SliceStatus {
         p.rows.iter().find(|r| r.name == name).unwrap()
+    }
+
+    #[test]
+    fn aligned_periods_start_at_the_calendar_boundary_and_end_at_the_next() {
+        let mut w = World::new(false);
+        w.settings.periods = Periods {
+            align: crate::calendar::Align::Day { hour: 0, minute: 0 },
+            length: 0,
+            tz: jiff::tz::TimeZone::UTC,
+        };
+        let day = 86_400;
+        let live = [root(), slice("alice", 1001)];
+        // First seen at 15:00 on day 20,000: her period is that day.
+        let p = w.sync(&live, 20_000 * day + 15 * 3600);
+        assert_eq!(p.state.slices[&1001].record.period_start, 20_000 * day);
+        assert_eq!(line(&p, "alice").period_end, 20_001 * day);
+        w.send(1001, 5000);
+        let p = w.sync(&live, 20_001 * day - 1);
+        assert_eq!(line(&p, "alice").bytes, 5000);
+        // At midnight the next day's period starts, with nothing used.
+        let p = w.sync(&live, 20_001 * day + 5);
+        assert_eq!(line(&p, "alice").period_start, 20_001 * day);
+        assert_eq!(line(&p, "alice").bytes, 0);
+        assert_eq!(line(&p, "alice").period_end, 20_002 * day);
     }
 
     #[test]

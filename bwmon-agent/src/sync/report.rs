@@ -47,5 +47,7 @@ pub(super) fn row(
         rate_bps: rate.general,
         exempt_rate_bps: rate.exempt,
         classes: Vec::new(),
+        // The caller's, who knows the calendar.
+        period_end: 0,
     }
 }
