@@ -314,24 +314,41 @@ pub fn render(periods: &[PeriodEntry]) -> String {
 #[derive(Clone, Debug, Default)]
 pub struct Tracker {
     open: HashMap<u32, Sample>,
+    /// The period and bytes of each slice's last written sample: an idle slice writes none
+    /// (10,000 configured slices, 1,000 of them active, write 1,000 samples an hour, not 10,000).
+    written: HashMap<u32, (UnixSecs, PerClass<u64>)>,
 }
 
 impl Tracker {
     /// A tracker that goes on from the newest samples of `entries` (after a restart).
     pub fn resume(entries: &[Entry]) -> Tracker {
+        // Periods already written as finished are not open any more.
+        let finished: std::collections::HashSet<(u32, UnixSecs)> = entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Period(p) => Some((p.xid, p.start)),
+                Entry::Sample(_) => None,
+            })
+            .collect();
         let mut open: HashMap<u32, Sample> = HashMap::new();
         for e in entries {
             if let Entry::Sample(s) = e
+                && !finished.contains(&(s.period.xid, s.period.start))
                 && open.get(&s.period.xid).is_none_or(|o| o.at <= s.at)
             {
                 open.insert(s.period.xid, s.clone());
             }
         }
-        Tracker { open }
+        let written = open
+            .iter()
+            .map(|(xid, s)| (*xid, (s.period.start, s.period.bytes)))
+            .collect();
+        Tracker { open, written }
     }
 
     /// The records one sync's report makes: a finished period for every slice whose period
-    /// changed, a sample for every slice not yet sampled in this hour.
+    /// changed, a sample for every slice not yet sampled in this hour whose use moved since its
+    /// last sample.
     pub fn observe(&mut self, report: &StatusReport) -> Vec<Entry> {
         let now = report.now;
         let hour = now - now % HOUR;
@@ -362,7 +379,9 @@ impl Tracker {
                     exempt: row.i2_thresh_kbyte * 1024,
                 },
             };
-            if !sampled {
+            let now_written = (sample.period.start, sample.period.bytes);
+            if !sampled && self.written.get(&row.xid) != Some(&now_written) {
+                self.written.insert(row.xid, now_written);
                 out.push(Entry::Sample(sample.clone()));
             }
             self.open.insert(row.xid, sample);
@@ -478,6 +497,44 @@ mod tests {
             next.iter()
                 .any(|e| matches!(e, Entry::Sample(s) if s.period.start == 8000))
         );
+    }
+
+    #[test]
+    fn an_idle_slice_writes_no_samples_until_it_moves() {
+        let mut t = Tracker::default();
+        let rows = |bytes| vec![row("a", 1, 0, 10, false), row("b", 2, 0, bytes, false)];
+        assert_eq!(
+            t.observe(&report(100, rows(5))).len(),
+            2,
+            "first sight: both"
+        );
+        assert!(
+            t.observe(&report(3700, rows(5))).is_empty(),
+            "nothing moved"
+        );
+        let out = t.observe(&report(7300, rows(6)));
+        assert_eq!(out.len(), 1);
+        assert!(matches!(&out[0], Entry::Sample(s) if s.period.xid == 2 && s.at == 7200));
+    }
+
+    #[test]
+    fn a_new_period_is_sampled_and_a_finished_one_is_not_finished_twice() {
+        let mut t = Tracker::default();
+        let mut file = t.observe(&report(100, vec![row("a", 1, 0, 0, false)]));
+        file.extend(t.observe(&report(500, vec![row("a", 1, 0, 70, false)])));
+        // A new period with nothing used yet, the same bytes as the last sample: sampled.
+        let out = t.observe(&report(1000, vec![row("a", 1, 1000, 0, false)]));
+        assert_eq!(finished(&out).len(), 1);
+        assert_eq!(finished(&out)[0].bytes.general, 70);
+        assert!(
+            out.iter()
+                .any(|e| matches!(e, Entry::Sample(s) if s.period.start == 1000))
+        );
+        file.extend(out);
+        // After a restart the finished period is not written again.
+        let mut again = Tracker::resume(&file);
+        let out = again.observe(&report(1100, vec![row("a", 1, 1000, 5, false)]));
+        assert!(finished(&out).is_empty(), "{out:?}");
     }
 
     #[test]
