@@ -131,15 +131,21 @@ struct Outlets {
 /// The history's tracker, from the history file (damaged records said and skipped); the file
 /// is compacted to its retention first.
 fn open_history(path: &Path, retention: history::Retention) -> history::Tracker {
-    if let Err(e) = history::compact(path, retention, now()) {
-        warn!(file = %path.display(), error = %e, "history: not compacted");
-    }
-    match history::read(path) {
-        Ok((entries, problems)) => {
+    match history::compact(path, retention, now()) {
+        // Damaged records are not copied: said here, once.
+        Ok(problems) => {
             for p in problems {
                 warn!(file = %path.display(), "history: {p}");
             }
-            history::Tracker::resume(&entries)
+        }
+        Err(e) => warn!(file = %path.display(), error = %e, "history: not compacted"),
+    }
+    match history::Tracker::resume_file(path) {
+        Ok((tracker, problems)) => {
+            for p in problems {
+                warn!(file = %path.display(), "history: {p}");
+            }
+            tracker
         }
         Err(e) => {
             warn!(file = %path.display(), error = %e, "history: unreadable; starting it afresh");

@@ -104,44 +104,130 @@ pub fn encode(entries: &[Entry]) -> Vec<u8> {
     out
 }
 
+/// Bytes read from the file at a time.
+const CHUNK: usize = 256 << 10;
+
+/// Reads records one by one from a file of any size (memory: one chunk and one record), and
+/// says what it skips.
+struct Scanner<R> {
+    r: R,
+    buf: Vec<u8>,
+    pos: usize,
+    /// File offset of `buf[0]`.
+    base: u64,
+    eof: bool,
+    problems: Vec<String>,
+}
+
+impl<R: io::Read> Scanner<R> {
+    fn new(r: R) -> Self {
+        Scanner {
+            r,
+            buf: Vec::new(),
+            pos: 0,
+            base: 0,
+            eof: false,
+            problems: Vec::new(),
+        }
+    }
+
+    /// Whether `n` bytes are available at `pos` (reading more unless the file ended).
+    fn want(&mut self, n: usize) -> io::Result<bool> {
+        while self.buf.len() - self.pos < n && !self.eof {
+            self.buf.drain(..self.pos);
+            self.base += self.pos as u64;
+            self.pos = 0;
+            let old = self.buf.len();
+            self.buf.resize(old + CHUNK, 0);
+            let got = self.r.read(&mut self.buf[old..])?;
+            self.buf.truncate(old + got);
+            self.eof = got == 0;
+        }
+        Ok(self.buf.len() - self.pos >= n)
+    }
+
+    /// The next good record; damaged ones are noted and skipped to the next magic.
+    fn next_entry(&mut self) -> io::Result<Option<Entry>> {
+        loop {
+            if !self.want(1)? {
+                return Ok(None);
+            }
+            let at = self.base + self.pos as u64;
+            let why = self.record()?;
+            let Err(why) = why else {
+                return Ok(why.ok());
+            };
+            self.problems
+                .push(format!("byte {at}: {why}; skipped to the next record"));
+            self.pos += 1;
+            while self.want(MAGIC.len())? && &self.buf[self.pos..self.pos + MAGIC.len()] != MAGIC {
+                self.pos += 1;
+            }
+            if !self.want(MAGIC.len())? {
+                self.pos = self.buf.len();
+            }
+        }
+    }
+
+    /// The record at `pos` (moving past it), or why there is none.
+    fn record(&mut self) -> io::Result<Result<Entry, &'static str>> {
+        if !self.want(HEADER)? {
+            return Ok(Err("cut short"));
+        }
+        let h = &self.buf[self.pos..self.pos + HEADER];
+        if &h[..4] != MAGIC {
+            return Ok(Err("no record starts here"));
+        }
+        let len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
+        let crc = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
+        if len > MAX_RECORD {
+            return Ok(Err("impossible length"));
+        }
+        if !self.want(HEADER + len)? {
+            return Ok(Err("cut short"));
+        }
+        let body = &self.buf[self.pos + HEADER..self.pos + HEADER + len];
+        if crc32fast::hash(body) != crc {
+            return Ok(Err("checksum mismatch"));
+        }
+        match postcard::from_bytes::<Entry>(body) {
+            Ok(e) => {
+                self.pos += HEADER + len;
+                Ok(Ok(e))
+            }
+            Err(_) => Ok(Err("unreadable record")),
+        }
+    }
+}
+
+/// Calls `f` with every good record of `r`; returns what was skipped (by offset).
+fn scan(r: impl io::Read, mut f: impl FnMut(Entry)) -> io::Result<Vec<String>> {
+    let mut s = Scanner::new(r);
+    while let Some(e) = s.next_entry()? {
+        f(e);
+    }
+    Ok(s.problems)
+}
+
 /// Every good record in `bytes`, and what was wrong with the others (by offset).
 pub fn decode(bytes: &[u8]) -> (Vec<Entry>, Vec<String>) {
     let mut entries = Vec::new();
-    let mut problems = Vec::new();
-    let mut at = 0;
-    while at < bytes.len() {
-        let rest = &bytes[at..];
-        let problem = match rest.get(..HEADER) {
-            None => Some("cut short"),
-            Some(h) if &h[..4] != MAGIC => Some("no record starts here"),
-            Some(h) => {
-                let len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
-                let crc = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
-                match rest.get(HEADER..HEADER + len) {
-                    _ if len > MAX_RECORD => Some("impossible length"),
-                    None => Some("cut short"),
-                    Some(body) if crc32fast::hash(body) != crc => Some("checksum mismatch"),
-                    Some(body) => match postcard::from_bytes::<Entry>(body) {
-                        Ok(e) => {
-                            entries.push(e);
-                            at += HEADER + len;
-                            None
-                        }
-                        Err(_) => Some("unreadable record"),
-                    },
-                }
-            }
-        };
-        if let Some(why) = problem {
-            problems.push(format!("byte {at}: {why}; skipped to the next record"));
-            // Resume at the next magic after this position.
-            at += 1 + rest[1..]
-                .windows(MAGIC.len())
-                .position(|w| w == MAGIC)
-                .unwrap_or(rest.len() - 1);
-        }
-    }
+    // Reading a slice cannot fail.
+    let problems = scan(bytes, |e| entries.push(e)).unwrap_or_default();
     (entries, problems)
+}
+
+/// Calls `f` with every good record of the file at `path` (none when there is no file) and
+/// returns what was skipped, reading the file a chunk at a time.
+///
+/// # Errors
+/// The file exists and cannot be read.
+pub fn scan_file(path: &Path, f: impl FnMut(Entry)) -> io::Result<Vec<String>> {
+    match fs::File::open(path) {
+        Ok(file) => scan(file, f),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
 }
 
 /// The history file beside the state file `state`.
@@ -174,11 +260,9 @@ pub fn append(path: &Path, entries: &[Entry]) -> io::Result<()> {
 /// # Errors
 /// The file exists and cannot be read.
 pub fn read(path: &Path) -> io::Result<(Vec<Entry>, Vec<String>)> {
-    match fs::read(path) {
-        Ok(bytes) => Ok(decode(&bytes)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok((Vec::new(), Vec::new())),
-        Err(e) => Err(e),
-    }
+    let mut entries = Vec::new();
+    let problems = scan_file(path, |e| entries.push(e))?;
+    Ok((entries, problems))
 }
 
 /// What `entries` keep under `retention` at `now`: the newest periods of each slice (one per
@@ -212,16 +296,52 @@ pub fn retain(entries: Vec<Entry>, retention: Retention, now: UnixSecs) -> Vec<E
         .collect()
 }
 
-/// Rewrites the file at `path` with what `retention` keeps (temporary file, rename).
+/// Rewrites the file at `path` with what `retention` keeps (temporary file, rename), in two
+/// passes that hold one record at a time: the first counts each slice's periods, the second
+/// writes the newest `retention.periods` of them and the samples young enough.
 ///
 /// # Errors
 /// The file cannot be read, written or renamed; the old one is then as it was.
 pub fn compact(path: &Path, retention: Retention, now: UnixSecs) -> io::Result<Vec<String>> {
-    let (entries, problems) = read(path)?;
-    let kept = retain(entries, retention, now);
+    let mut count: HashMap<u32, usize> = HashMap::new();
+    let problems = scan_file(path, |e| {
+        if let Entry::Period(p) = e {
+            *count.entry(p.xid).or_default() += 1;
+        }
+    })?;
     let tmp = path.with_extension("history-tmp");
-    let written =
-        crate::state::write_private(&tmp, &encode(&kept)).and_then(|()| fs::rename(&tmp, path));
+    let written = (|| {
+        let mut out = io::BufWriter::new(
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?,
+        );
+        let mut seen: HashMap<u32, usize> = HashMap::new();
+        let mut failed = None;
+        scan_file(path, |e| {
+            let keep = match &e {
+                Entry::Period(p) => {
+                    let n = seen.entry(p.xid).or_default();
+                    *n += 1;
+                    *n + retention.periods > count.get(&p.xid).copied().unwrap_or(0)
+                }
+                Entry::Sample(s) => s.at + retention.sample_secs >= now,
+            };
+            if keep && failed.is_none() {
+                failed = out.write_all(&encode(std::slice::from_ref(&e))).err();
+            }
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        out.into_inner()
+            .map_err(io::IntoInnerError::into_error)?
+            .sync_all()?;
+        fs::rename(&tmp, path)
+    })();
     if written.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -322,28 +442,22 @@ pub struct Tracker {
 impl Tracker {
     /// A tracker that goes on from the newest samples of `entries` (after a restart).
     pub fn resume(entries: &[Entry]) -> Tracker {
-        // Periods already written as finished are not open any more.
-        let finished: std::collections::HashSet<(u32, UnixSecs)> = entries
-            .iter()
-            .filter_map(|e| match e {
-                Entry::Period(p) => Some((p.xid, p.start)),
-                Entry::Sample(_) => None,
-            })
-            .collect();
-        let mut open: HashMap<u32, Sample> = HashMap::new();
+        let mut r = Resume::default();
         for e in entries {
-            if let Entry::Sample(s) = e
-                && !finished.contains(&(s.period.xid, s.period.start))
-                && open.get(&s.period.xid).is_none_or(|o| o.at <= s.at)
-            {
-                open.insert(s.period.xid, s.clone());
-            }
+            r.add(e.clone());
         }
-        let written = open
-            .iter()
-            .map(|(xid, s)| (*xid, (s.period.start, s.period.bytes)))
-            .collect();
-        Tracker { open, written }
+        r.tracker()
+    }
+
+    /// A tracker that goes on from the newest samples in the file at `path`, read a record at
+    /// a time; and what was skipped in it.
+    ///
+    /// # Errors
+    /// The file exists and cannot be read.
+    pub fn resume_file(path: &Path) -> io::Result<(Tracker, Vec<String>)> {
+        let mut r = Resume::default();
+        let problems = scan_file(path, |e| r.add(e))?;
+        Ok((r.tracker(), problems))
     }
 
     /// The records one sync's report makes: a finished period for every slice whose period
@@ -387,6 +501,45 @@ impl Tracker {
             self.open.insert(row.xid, sample);
         }
         out
+    }
+}
+
+/// What a restart needs of the history: each slice's newest sample and newest finished period.
+#[derive(Default)]
+struct Resume {
+    open: HashMap<u32, Sample>,
+    finished: HashMap<u32, UnixSecs>,
+}
+
+impl Resume {
+    fn add(&mut self, e: Entry) {
+        match e {
+            Entry::Period(p) => {
+                let f = self.finished.entry(p.xid).or_default();
+                *f = (*f).max(p.start);
+            }
+            Entry::Sample(s) => {
+                if self.open.get(&s.period.xid).is_none_or(|o| o.at <= s.at) {
+                    self.open.insert(s.period.xid, s);
+                }
+            }
+        }
+    }
+
+    /// Periods already written as finished are not open any more.
+    fn tracker(mut self) -> Tracker {
+        let finished = self.finished;
+        self.open
+            .retain(|xid, s| finished.get(xid).is_none_or(|f| s.period.start > *f));
+        let written = self
+            .open
+            .iter()
+            .map(|(xid, s)| (*xid, (s.period.start, s.period.bytes)))
+            .collect();
+        Tracker {
+            open: self.open,
+            written,
+        }
     }
 }
 
@@ -580,6 +733,42 @@ mod tests {
         let mut front = b"junk".to_vec();
         front.extend(&good);
         assert_eq!(decode(&front).0, entries);
+    }
+
+    #[test]
+    fn a_file_larger_than_a_chunk_is_read_record_by_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_for(&dir.path().join("state"));
+        let mut t = Tracker::default();
+        let mut all = Vec::new();
+        // Records straddle the chunk boundaries many times over.
+        for hour in 0..12_000u64 {
+            let rows = vec![row("a", 1, hour * 3600, hour, hour % 2 == 0)];
+            all.extend(t.observe(&report(hour * 3600 + 1, rows)));
+        }
+        let bytes = encode(&all);
+        assert!(bytes.len() > 3 * CHUNK, "{} bytes", bytes.len());
+        let mut damaged = bytes.clone();
+        damaged[2 * CHUNK + 7] ^= 0x55;
+        std::fs::write(&path, &damaged).unwrap();
+        let (back, problems) = read(&path).unwrap();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(back.len(), all.len() - 1);
+        // Compaction streams too: the newest 10 periods, the samples of the last 100 hours.
+        let keep = Retention {
+            periods: 10,
+            sample_secs: 100 * 3600,
+        };
+        compact(&path, keep, 12_000 * 3600).unwrap();
+        let (kept, problems) = read(&path).unwrap();
+        assert!(problems.is_empty());
+        let starts: Vec<UnixSecs> = finished(&kept).iter().map(|p| p.start).collect();
+        assert_eq!(
+            starts,
+            (11_989..11_999).map(|h| h * 3600).collect::<Vec<_>>()
+        );
+        let samples = kept.len() - starts.len();
+        assert!((99..=101).contains(&samples), "{samples} samples");
     }
 
     #[test]

@@ -7,7 +7,6 @@ mod file;
 
 use std::collections::BTreeMap;
 
-pub(crate) use file::write_private;
 pub use file::{Loaded, SetAside, StateError, StateFile, VERSION};
 
 use crate::{
