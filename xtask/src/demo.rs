@@ -129,7 +129,7 @@ fn write_files(dir: &Path) -> anyhow::Result<()> {
     std::fs::write(
         dir.join("bwmon.toml"),
         format!(
-            "# The demo's configuration: a 2-minute period, 1 s syncs, one exempt prefix.\ninterface = \"{HOST_IF}\"\nnode_cap = \"20mbit\"\nexempt_max = \"40mbit\"\nperiod = \"2m\"\ninterval = \"1s\"\nslices = \"slices.toml\"\nstate = \"state\"\nsocket = \"bwmon.sock\"\nexempt_prefixes = [\"10.251.0.0/24\"]\n"
+            "# The demo's configuration: a 2-minute period, 1 s syncs, one exempt prefix.\ninterface = \"{HOST_IF}\"\nnode_cap = \"20mbit\"\nexempt_max = \"40mbit\"\nperiod = \"2m\"\ninterval = \"1s\"\nslices = \"slices.toml\"\nstate = \"state\"\nsocket = \"bwmon.sock\"\ntenant_socket = \"tenant.sock\"\nexempt_prefixes = [\"10.251.0.0/24\"]\n"
         ),
     )?;
     let mut slices = String::new();
