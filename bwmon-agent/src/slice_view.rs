@@ -142,7 +142,8 @@ fn in_force(key: &str, l: &Limits) -> u64 {
 }
 
 /// A slice's view. `attrs` are its own attributes (`None` when it departed), `defaults` the
-/// config's `[defaults]`; `row` is its line of the last report (rates), when it has one.
+/// config's `[defaults]`; `row` is its line of the last report (rates), when it has one;
+/// `period_end` is when its period ends, by the calendar.
 #[allow(clippy::too_many_arguments)]
 pub fn detail(
     xid: u32,
@@ -153,6 +154,7 @@ pub fn detail(
     levers: Option<&Levers>,
     row: Option<&SliceStatus>,
     notice_pending: bool,
+    period_end: UnixSecs,
     now: UnixSecs,
 ) -> SliceDetail {
     let r = &state.record;
@@ -177,9 +179,6 @@ pub fn detail(
                 .collect()
         })
         .unwrap_or_default();
-    let period_end = row.map_or(r.period_start.saturating_add(node.period_secs), |row| {
-        row.period_end
-    });
     let remaining = period_end.saturating_sub(now);
     let rates = row.map_or(PerClass::default(), |row| PerClass {
         general: row.rate_bps,

@@ -3,6 +3,7 @@
 
 use super::{Kernel, Syncer, Tree};
 use crate::{
+    calendar::Calendar,
     levers::{self, Lever, Levers},
     policy::{Limits, UnixSecs},
     slice_view::{self, SliceDetail, SliceRef},
@@ -64,6 +65,8 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
             self.state.levers.get(&xid),
             row,
             pending,
+            // From the calendar: a departed slice has no report line to take it from.
+            (&self.config.periods).end(state.record.period_start),
             now,
         ))
     }
