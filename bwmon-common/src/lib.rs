@@ -11,8 +11,13 @@ pub mod names {
     pub const OFFERED: &str = "BWMON_OFFERED";
     /// Per-CPU array with one slot: offered bytes of xids that did not fit in [`OFFERED`].
     pub const OFFERED_OVERFLOW: &str = "BWMON_OFFERED_OVERFLOW";
-    /// Hash: xid → [`ClassIds`](crate::ClassIds), written by the agent.
+    /// Hash: xid → [`ClassIds`](crate::ClassIds) for xids from
+    /// [`CLASS_ARRAY_XIDS`](crate::CLASS_ARRAY_XIDS) up, written by the agent.
     pub const XID_CLASS: &str = "BWMON_XID_CLASS";
+    /// Array indexed by xid below [`CLASS_ARRAY_XIDS`](crate::CLASS_ARRAY_XIDS):
+    /// [`ClassIds`](crate::ClassIds), all zero where the xid has no leaves. Most hosts' uids
+    /// are below it, and an array lookup is a bounds check where a hash lookup hashes.
+    pub const XID_CLASS_ARRAY: &str = "BWMON_XID_CLASS_ARRAY";
     /// LPM trie of exempt IPv4 destinations.
     pub const EXEMPT_V4: &str = "BWMON_EXEMPT_V4";
     /// LPM trie of exempt IPv6 destinations.
@@ -42,6 +47,9 @@ pub mod names {
 
 /// Capacity of the per-xid maps. Xids beyond it are counted in the overflow slot.
 pub const MAX_XIDS: u32 = 65_536;
+/// Xids below this find their class ids in [`names::XID_CLASS_ARRAY`], the rest in
+/// [`names::XID_CLASS`].
+pub const CLASS_ARRAY_XIDS: u32 = 65_536;
 /// Slots of the dropped-bytes array: one per possible HTB minor.
 pub const MAX_MINORS: u32 = 65_536;
 /// Capacity of each exempt-destination trie (one per address family).
@@ -91,6 +99,12 @@ pub struct ClassIds {
 }
 
 impl ClassIds {
+    /// An empty slot of [`names::XID_CLASS_ARRAY`]: the xid has no leaves of its own.
+    pub const NONE: ClassIds = ClassIds {
+        general: 0,
+        exempt: 0,
+    };
+
     /// Where packets of xids without a slice go.
     pub const DEFAULT: ClassIds = ClassIds {
         general: tc_handle(HTB_MAJOR, DEFAULT_GENERAL_MINOR),
@@ -133,6 +147,12 @@ pub struct Settings {
     pub xid_source: u32,
     /// Non-zero: emit kernel-side diagnostics through aya-log.
     pub log_enabled: u32,
+    /// Bytes of link-layer header before the network header on the accounted interface
+    /// ([`ETH_HLEN`] on Ethernet, 0 on devices without one), or [`LINK_HEADER_UNKNOWN`]. With
+    /// a known length the classifier reads the IP header straight from the packet.
+    pub link_header: u32,
+    /// Padding (keeps the layout explicit).
+    pub _pad: u32,
     /// Kernel struct offsets, read from the running kernel's BTF at load time.
     pub offsets: KernelOffsets,
     /// Bitmap of the `enum skb_drop_reason` values that mean "dropped before leaving through
@@ -148,6 +168,12 @@ impl Settings {
         word < self.drop_reasons.len() && self.drop_reasons[word] & (1 << (reason % 64)) != 0
     }
 }
+
+/// Length of an Ethernet header.
+pub const ETH_HLEN: u32 = 14;
+/// [`Settings::link_header`] of a device type whose header length bwmon does not know: the
+/// classifier copies the IP header with a helper that knows where it starts.
+pub const LINK_HEADER_UNKNOWN: u32 = u32::MAX;
 
 /// Value of [`names::DROP_CONTROL`]: which drop program counts, and for which device.
 ///

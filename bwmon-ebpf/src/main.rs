@@ -20,11 +20,13 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
     programs::{BtfTracePointContext, TcContext},
 };
+use core::mem::MaybeUninit;
+
 use aya_log_ebpf::warn;
 use bwmon_common::{
-    ClassIds, Counter, DropControl, EXEMPT_FILTER_WORDS, HTB_MAJOR, KernelOffsets,
-    MAX_EXEMPT_PREFIXES, MAX_MINORS, MAX_SOURCE_PREFIXES, MAX_XIDS, Settings, XidCounters,
-    XidSource, exempt_filter_bit_v4, exempt_filter_bit_v6,
+    CLASS_ARRAY_XIDS, ClassIds, Counter, DropControl, ETH_HLEN, EXEMPT_FILTER_WORDS, HTB_MAJOR,
+    KernelOffsets, LINK_HEADER_UNKNOWN, MAX_EXEMPT_PREFIXES, MAX_MINORS, MAX_SOURCE_PREFIXES,
+    MAX_XIDS, Settings, XidCounters, XidSource, exempt_filter_bit_v4, exempt_filter_bit_v6,
 };
 
 /// Written by the loader before the program is loaded (read-only global).
@@ -33,6 +35,8 @@ static BWMON_SETTINGS: Settings = Settings {
     generation: 0,
     xid_source: XidSource::Uid as u32,
     log_enabled: 0,
+    link_header: LINK_HEADER_UNKNOWN,
+    _pad: 0,
     offsets: KernelOffsets {
         skb_dev: 0,
         skb_priority: 0,
@@ -55,6 +59,9 @@ static OFFERED: PerCpuHashMap<u32, XidCounters> = PerCpuHashMap::with_max_entrie
 
 #[map(name = "BWMON_OFFERED_OVERFLOW")]
 static OFFERED_OVERFLOW: PerCpuArray<XidCounters> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "BWMON_XID_CLASS_ARRAY")]
+static XID_CLASS_ARRAY: Array<ClassIds> = Array::with_max_entries(CLASS_ARRAY_XIDS, 0);
 
 #[map(name = "BWMON_XID_CLASS")]
 static XID_CLASS: HashMap<u32, ClassIds> = HashMap::with_max_entries(MAX_XIDS, 0);
@@ -91,6 +98,14 @@ fn settings() -> Settings {
     unsafe { core::ptr::read_volatile(&BWMON_SETTINGS) }
 }
 
+/// One field of the settings, read alone: the hot path copies 4 bytes, not the whole struct.
+macro_rules! setting {
+    ($field:ident) => {
+        // SAFETY: as in `settings`.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!(BWMON_SETTINGS.$field)) }
+    };
+}
+
 #[classifier]
 pub fn bwmon_classify(ctx: TcContext) -> i32 {
     classify(&ctx);
@@ -98,98 +113,174 @@ pub fn bwmon_classify(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
-/// Source and destination address of an IP packet, in network byte order.
-enum Addrs {
-    V4 { src: [u8; 4], dst: [u8; 4] },
-    V6 { src: [u8; 16], dst: [u8; 16] },
-    NotIp,
+/// Where a packet's IP header can be read: straight in the packet, or in a stack copy.
+#[derive(Clone, Copy)]
+struct IpHeader {
+    /// Readable for 20 bytes (IPv4) or 40 (IPv6).
+    at: *const u8,
+    v6: bool,
 }
 
-/// Copies the first `N` bytes of the network header into a buffer (one helper call).
+impl IpHeader {
+    /// The destination address' first bits, for the exempt filter.
+    #[inline(always)]
+    fn filter_bit(self) -> (u32, u64) {
+        // SAFETY: within the header's readable bytes.
+        unsafe {
+            if self.v6 {
+                exempt_filter_bit_v6(u16::from_be_bytes(*(self.at.add(24) as *const [u8; 2])))
+            } else {
+                exempt_filter_bit_v4(*self.at.add(16))
+            }
+        }
+    }
+
+    /// Whether the destination is in an exempt prefix.
+    #[inline(always)]
+    fn dst_exempt(self) -> bool {
+        // SAFETY: within the header's readable bytes; `[u8; N]` has no alignment.
+        unsafe {
+            if self.v6 {
+                let dst = *(self.at.add(24) as *const [u8; 16]);
+                EXEMPT_V6.get(Key::new(128, dst)).is_some()
+            } else {
+                let dst = *(self.at.add(16) as *const [u8; 4]);
+                EXEMPT_V4.get(Key::new(32, dst)).is_some()
+            }
+        }
+    }
+
+    /// The xid of the source address' prefix.
+    #[inline(always)]
+    fn src_xid(self) -> Option<u32> {
+        // SAFETY: as above.
+        unsafe {
+            if self.v6 {
+                let src = *(self.at.add(8) as *const [u8; 16]);
+                SOURCE_V6.get(Key::new(128, src)).copied()
+            } else {
+                let src = *(self.at.add(12) as *const [u8; 4]);
+                SOURCE_V4.get(Key::new(32, src)).copied()
+            }
+        }
+    }
+}
+
+/// The IP header straight from the packet when the link header's length is known (on
+/// Ethernet its type field must say `proto`), the header is in the linear part and of `proto`'s
+/// version. `None`: ask the helper.
 #[inline(always)]
-fn net_header<const N: usize>(ctx: &TcContext) -> Option<[u8; N]> {
-    let mut out = [0u8; N];
-    // SAFETY: the helper writes at most N bytes into `out`.
+fn direct_header(ctx: &TcContext, proto: u16, len: usize) -> Option<IpHeader> {
+    let data = ctx.data();
+    let end = ctx.data_end();
+    let link = match setting!(link_header) {
+        ETH_HLEN => {
+            if data + ETH_HLEN as usize > end {
+                return None;
+            }
+            // SAFETY: bounds checked above.
+            let ethertype = unsafe { *((data + 12) as *const [u8; 2]) };
+            if u16::from_be_bytes(ethertype) != proto {
+                return None;
+            }
+            ETH_HLEN as usize
+        }
+        0 => 0,
+        _ => return None,
+    };
+    if data + link + len > end {
+        return None;
+    }
+    let at = (data + link) as *const u8;
+    // SAFETY: bounds checked above.
+    let version = unsafe { *at } >> 4;
+    (version == ip_version(proto)).then_some(IpHeader {
+        at,
+        v6: proto == ETH_P_IPV6,
+    })
+}
+
+#[inline(always)]
+fn ip_version(proto: u16) -> u8 {
+    if proto == ETH_P_IPV6 { 6 } else { 4 }
+}
+
+/// The IP header copied into `buf` by a helper, which knows where the network header starts
+/// whatever the device. `Err(version)`: cut short (0) or of another IP version.
+#[inline(always)]
+fn copied_header(
+    ctx: &TcContext,
+    proto: u16,
+    len: usize,
+    buf: &mut MaybeUninit<[u8; 40]>,
+) -> Result<IpHeader, u8> {
+    // SAFETY: the helper writes at most `len` ≤ 40 bytes into `buf`.
     let ret = unsafe {
         bpf_skb_load_bytes_relative(
             ctx.skb.skb as *const _,
             0,
-            out.as_mut_ptr() as *mut _,
-            N as u32,
+            buf.as_mut_ptr() as *mut _,
+            len as u32,
             BPF_HDR_START_NET,
         )
     };
-    (ret == 0).then_some(out)
+    if ret != 0 {
+        return Err(0);
+    }
+    let at = buf.as_ptr() as *const u8;
+    // SAFETY: the helper filled the first `len` bytes.
+    let version = unsafe { *at } >> 4;
+    if version != ip_version(proto) {
+        return Err(version);
+    }
+    Ok(IpHeader {
+        at,
+        v6: proto == ETH_P_IPV6,
+    })
 }
 
+/// The packet's IP header; `None` for other protocols, and for an IP ethertype whose header
+/// is cut short or carries another version (charged as general traffic of its xid, and said
+/// in the kernel log).
 #[inline(always)]
-fn addrs(ctx: &TcContext, s: &Settings) -> Addrs {
+fn ip_header(ctx: &TcContext, buf: &mut MaybeUninit<[u8; 40]>) -> Option<IpHeader> {
     // SAFETY: reading a field of the context the kernel handed us.
     let proto = u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16);
-    // An IP ethertype whose header is cut short or carries another version is charged as
-    // general traffic of its xid, and said in the kernel log.
-    let unexpected = |version: u8| {
-        diag(ctx, s, Diag::UnexpectedPacket { proto, version });
-        Addrs::NotIp
+    let len = match proto {
+        ETH_P_IP => 20,
+        ETH_P_IPV6 => 40,
+        _ => return None,
     };
-    match proto {
-        ETH_P_IP => match net_header::<20>(ctx) {
-            Some(h) if h[0] >> 4 == 4 => Addrs::V4 {
-                src: [h[12], h[13], h[14], h[15]],
-                dst: [h[16], h[17], h[18], h[19]],
-            },
-            Some(h) => unexpected(h[0] >> 4),
-            None => unexpected(0),
-        },
-        ETH_P_IPV6 => match net_header::<40>(ctx) {
-            Some(h) if h[0] >> 4 == 6 => {
-                let mut src = [0u8; 16];
-                let mut dst = [0u8; 16];
-                src.copy_from_slice(&h[8..24]);
-                dst.copy_from_slice(&h[24..40]);
-                Addrs::V6 { src, dst }
-            }
-            Some(h) => unexpected(h[0] >> 4),
-            None => unexpected(0),
-        },
-        _ => Addrs::NotIp,
+    if let Some(h) = direct_header(ctx, proto, len) {
+        return Some(h);
+    }
+    match copied_header(ctx, proto, len, buf) {
+        Ok(h) => Some(h),
+        Err(version) => {
+            diag(ctx, Diag::UnexpectedPacket { proto, version });
+            None
+        }
     }
 }
 
 #[inline(always)]
 fn classify(ctx: &TcContext) {
-    let s = settings();
-    let addrs = addrs(ctx, &s);
-    let xid = match XidSource::from_u32(s.xid_source) {
+    let mut buf = MaybeUninit::<[u8; 40]>::uninit();
+    let ip = ip_header(ctx, &mut buf);
+    let xid = match XidSource::from_u32(setting!(xid_source)) {
         // SAFETY: the context's `__sk_buff` is valid for the program's run; the verifier
         // checks the field access.
         Some(XidSource::Mark) => unsafe { (*ctx.skb.skb).mark },
-        Some(XidSource::Source) => match &addrs {
-            Addrs::V4 { src, .. } => SOURCE_V4.get(Key::new(32, *src)).copied(),
-            Addrs::V6 { src, .. } => SOURCE_V6.get(Key::new(128, *src)).copied(),
-            Addrs::NotIp => None,
-        }
-        .unwrap_or(UNMATCHED_SOURCE_XID),
+        Some(XidSource::Source) => ip
+            .and_then(IpHeader::src_xid)
+            .unwrap_or(UNMATCHED_SOURCE_XID),
         _ => ctx.get_socket_uid(),
     };
     // The filter (an inlined array lookup) spares the trie walk for destinations no exempt
     // prefix can cover: most packets, on most hosts.
-    let exempt = match &addrs {
-        Addrs::V4 { dst, .. } => {
-            may_be_exempt(exempt_filter_bit_v4(dst[0]))
-                && EXEMPT_V4.get(Key::new(32, *dst)).is_some()
-        }
-        Addrs::V6 { dst, .. } => {
-            may_be_exempt(exempt_filter_bit_v6(u16::from_be_bytes([dst[0], dst[1]])))
-                && EXEMPT_V6.get(Key::new(128, *dst)).is_some()
-        }
-        Addrs::NotIp => false,
-    };
+    let exempt = ip.is_some_and(|h| may_be_exempt(h.filter_bit()) && h.dst_exempt());
 
-    // SAFETY: plain lookup; the value is copied out at once.
-    let class = unsafe { XID_CLASS.get(&xid) }
-        .copied()
-        .unwrap_or(ClassIds::DEFAULT);
+    let class = class_ids(xid);
     let priority = if exempt { class.exempt } else { class.general };
     // SAFETY: `priority` is a writable field of `__sk_buff` for TC programs.
     unsafe { (*ctx.skb.skb).priority = priority };
@@ -207,7 +298,7 @@ fn classify(ctx: &TcContext) {
     let counters = match counters {
         Some(p) => p,
         None => {
-            diag(ctx, &s, Diag::MapFull { xid });
+            diag(ctx, Diag::MapFull { xid });
             match OFFERED_OVERFLOW.get_ptr_mut(0) {
                 Some(p) => p,
                 None => return,
@@ -221,6 +312,22 @@ fn classify(ctx: &TcContext) {
     } else {
         c.general.charge(wire_len);
     }
+}
+
+/// The xid's leaves: from the array below [`CLASS_ARRAY_XIDS`] (an inlined bounds check), from
+/// the hash above; the default leaves when it has none.
+#[inline(always)]
+fn class_ids(xid: u32) -> ClassIds {
+    let found = if xid < CLASS_ARRAY_XIDS {
+        XID_CLASS_ARRAY
+            .get(xid)
+            .copied()
+            .filter(|c| *c != ClassIds::NONE)
+    } else {
+        // SAFETY: plain lookup; the value is copied out at once.
+        unsafe { XID_CLASS.get(&xid) }.copied()
+    };
+    found.unwrap_or(ClassIds::DEFAULT)
 }
 
 /// Whether the exempt filter has `bit` set in word `word` (unreadable: assume it may be).
@@ -299,8 +406,8 @@ enum Diag {
 
 /// Logs `d` through aya-log when diagnostics are on, at most once a second per CPU.
 #[inline(always)]
-fn diag(ctx: &TcContext, s: &Settings, d: Diag) {
-    if s.log_enabled == 0 {
+fn diag(ctx: &TcContext, d: Diag) {
+    if setting!(log_enabled) == 0 {
         return;
     }
     let Some(gate) = LOG_GATE.get_ptr_mut(0) else {

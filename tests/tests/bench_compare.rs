@@ -20,36 +20,30 @@ use bwmon_tests::{
 const SLICES: u32 = 10_000;
 const ACTIVE: u32 = 1_000;
 const FIRST_UID: u32 = 20_000;
-const RUNS: usize = 3;
+/// Rounds of the four setups, one run of each per round.
+const ROUNDS: usize = 5;
 const SECS: u32 = 3;
 const UDP_PAYLOAD: usize = 64;
 /// How long the idle daemon's CPU time is watched.
 const IDLE_SECS: u64 = 10;
 
-/// The median of `RUNS` single-flow TCP runs as `uid`, in Gbit/s (receiver side).
+/// One single-flow TCP run as `uid`, in Gbit/s (receiver side).
 fn tcp_gbits(lab: &Lab, uid: u32) -> f64 {
     let port = 6000 + lab.lab_no as u16;
-    let mut runs: Vec<f64> = (0..RUNS)
-        .map(|_| {
-            let _server = lab.iperf3_server(port);
-            iperf3_as(uid, IpAddr::V4(lab.general_v4), port, SECS) / 1e9
-        })
-        .collect();
-    runs.sort_by(f64::total_cmp);
-    runs[RUNS / 2]
+    let _server = lab.iperf3_server(port);
+    iperf3_as(uid, IpAddr::V4(lab.general_v4), port, SECS) / 1e9
 }
 
-/// The median of `RUNS` 64-byte UDP runs as `uid`, in datagrams per second received.
+/// One 64-byte UDP run as `uid`, in datagrams per second received.
 fn udp_pps(lab: &Lab, uid: u32) -> f64 {
     let port = 6000 + lab.lab_no as u16;
-    let mut runs: Vec<f64> = (0..RUNS)
-        .map(|_| {
-            let _server = lab.iperf3_server(port);
-            iperf3_udp_pps_as(uid, IpAddr::V4(lab.general_v4), port, SECS, UDP_PAYLOAD)
-        })
-        .collect();
+    let _server = lab.iperf3_server(port);
+    iperf3_udp_pps_as(uid, IpAddr::V4(lab.general_v4), port, SECS, UDP_PAYLOAD)
+}
+
+fn median(mut runs: Vec<f64>) -> f64 {
     runs.sort_by(f64::total_cmp);
-    runs[RUNS / 2]
+    runs[runs.len() / 2]
 }
 
 /// Loads an nftables ruleset from `text` (no shell: the text goes to `nft -f -` on stdin).
@@ -172,13 +166,12 @@ fn bwmon_next_to_its_peers() {
     let lab = Lab::new();
     let uid = FIRST_UID;
     let table = format!("bwbench{}", lab.lab_no);
-    println!("bwmon next to its peers (one lab, one run, median of {RUNS} × {SECS} s):");
-
-    let bare = tcp_gbits(&lab, uid);
-    let bare_udp = udp_pps(&lab, uid);
+    println!(
+        "bwmon next to its peers (one lab, one run; the setups in turn, median of {ROUNDS} rounds × {SECS} s):"
+    );
 
     nft(&nft_counter_map(&lab, &table));
-    let nft_map = tcp_gbits(&lab, uid);
+    let nft_map = median((0..3).map(|_| tcp_gbits(&lab, uid)).collect());
     assert!(
         nft_counted(&table),
         "the nftables counter map counted nothing"
@@ -186,7 +179,7 @@ fn bwmon_next_to_its_peers() {
     cmd("nft", &["delete", "table", "inet", &table]);
 
     nft(&nft_linear(&lab, &table));
-    let nft_lin = tcp_gbits(&lab, uid);
+    let nft_lin = median((0..3).map(|_| tcp_gbits(&lab, uid)).collect());
     assert!(
         nft_counted(&table),
         "the linear nftables rules counted nothing"
@@ -249,38 +242,54 @@ fn bwmon_next_to_its_peers() {
     let idle_cpu = (cpu_secs(d.pid().unwrap()) - cpu_before) / IDLE_SECS as f64 * 100.0;
     let classes = lab.tc_classes().len();
 
-    let before = slice_bytes(&d, uid);
-    let full = tcp_gbits(&lab, uid);
-    let full_udp = udp_pps(&lab, uid);
-    thread::sleep(Duration::from_secs(3));
-    assert!(
-        slice_bytes(&d, uid) > before + 100_000_000,
-        "bwmon did not count the benchmark's traffic"
-    );
-
-    // HTB alone: the same tree, the classifier detached (its TCX link unpinned while no
-    // daemon holds it), so every packet goes through the default leaf.
-    d.stop(libc::SIGKILL);
+    // The four setups in turn, ROUNDS times, so drift in the VM's speed falls on all alike:
+    // bwmon whole; the classifier alone (daemon killed, its TCX link kept, the tree deleted);
+    // HTB alone (restarted, killed, the link unpinned: the same tree, every packet through
+    // the default leaf); bare veth (the tree deleted too).
     let link = std::path::Path::new(bwmon_agent::paths::PIN_ROOT)
         .join(&lab.host_if)
         .join("link_egress");
-    std::fs::remove_file(&link).unwrap_or_else(|e| panic!("unpinning {}: {e}", link.display()));
-    let (sent_before, _) = lab.root_qdisc_sent();
-    let htb = tcp_gbits(&lab, uid);
-    let htb_udp = udp_pps(&lab, uid);
-    let (sent_after, _) = lab.root_qdisc_sent();
-    assert!(
-        sent_after > sent_before,
-        "HTB alone: the tree saw no traffic"
-    );
+    let delete_tree = || cmd("tc", &["qdisc", "del", "dev", &lab.host_if, "root"]);
+    let (mut full, mut classifier, mut htb, mut bare) = (vec![], vec![], vec![], vec![]);
+    let (mut full_udp, mut htb_udp, mut bare_udp) = (vec![], vec![], vec![]);
+    for round in 0..ROUNDS {
+        if round > 0 {
+            d.restart();
+            wait_until("slices listed again", 120, || listed(&d) >= SLICES as usize);
+        }
+        let before = slice_bytes(&d, uid);
+        full.push(tcp_gbits(&lab, uid));
+        full_udp.push(udp_pps(&lab, uid));
+        thread::sleep(Duration::from_secs(3));
+        assert!(
+            slice_bytes(&d, uid) > before + 100_000_000,
+            "bwmon did not count the benchmark's traffic"
+        );
 
-    // The classifier alone: attached again by a restart, then the tree deleted.
-    d.restart();
-    wait_until("slices listed again", 120, || listed(&d) >= SLICES as usize);
-    d.stop(libc::SIGKILL);
-    cmd("tc", &["qdisc", "del", "dev", &lab.host_if, "root"]);
-    let classifier = tcp_gbits(&lab, uid);
+        d.stop(libc::SIGKILL);
+        delete_tree();
+        classifier.push(tcp_gbits(&lab, uid));
+
+        d.restart();
+        wait_until("slices listed again", 120, || listed(&d) >= SLICES as usize);
+        d.stop(libc::SIGKILL);
+        std::fs::remove_file(&link).unwrap_or_else(|e| panic!("unpinning {}: {e}", link.display()));
+        let (sent_before, _) = lab.root_qdisc_sent();
+        htb.push(tcp_gbits(&lab, uid));
+        htb_udp.push(udp_pps(&lab, uid));
+        let (sent_after, _) = lab.root_qdisc_sent();
+        assert!(
+            sent_after > sent_before,
+            "HTB alone: the tree saw no traffic"
+        );
+
+        delete_tree();
+        bare.push(tcp_gbits(&lab, uid));
+        bare_udp.push(udp_pps(&lab, uid));
+    }
     d.teardown();
+    let [full, classifier, htb, bare, full_udp, htb_udp, bare_udp] =
+        [full, classifier, htb, bare, full_udp, htb_udp, bare_udp].map(median);
 
     println!();
     let g = "throughput";

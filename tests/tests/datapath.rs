@@ -188,3 +188,131 @@ fn exempt_traffic_stays_exempt_when_a_new_load_finds_the_tries_without_a_filter(
     assert_eq!(c.general.packets, 10, "{c:?}");
     assert!(filter.exists(), "the filter is pinned now");
 }
+
+#[test]
+fn classes_an_older_bwmon_kept_in_the_hash_steer_before_the_first_sync() {
+    // An older bwmon kept every xid's class ids in the hash, and had no array.
+    let lab = Lab::new();
+    drop(open(&lab, &[]));
+    let pins = lab.pin_root.join(&lab.host_if);
+    std::fs::remove_file(pins.join(bwmon_common::names::XID_CLASS_ARRAY)).unwrap();
+    let uid = 4761;
+    let ids = ClassIds {
+        general: tc_handle(HTB_MAJOR, 0x240),
+        exempt: tc_handle(HTB_MAJOR, 0x241),
+    };
+    let hash = || {
+        let data = aya::maps::MapData::from_pin(pins.join(bwmon_common::names::XID_CLASS))
+            .expect("the pinned class hash");
+        aya::maps::HashMap::<_, u32, ClassIds>::try_from(aya::maps::Map::HashMap(data)).unwrap()
+    };
+    hash().insert(uid, ids, 0).unwrap();
+
+    // The new load steers by it before anything is written again.
+    let mut opts = lab.datapath_options();
+    opts.xid_source = bwmon_common::XidSource::Mark;
+    let mut dp = Datapath::open(&opts).expect("open the datapath");
+    let frame = bwmon_tests::frames::udp_v4("10.0.0.1".parse().unwrap(), lab.general_v4, 10);
+    assert_eq!(
+        dp.test_run_classifier(&frame, uid).unwrap().priority,
+        ids.general
+    );
+    // Its first write moves it out of the hash for good.
+    dp.set_classes(&HashMap::from([(uid, ids)])).unwrap();
+    assert_eq!(hash().keys().count(), 0, "low xids left in the hash");
+    assert_eq!(
+        dp.test_run_classifier(&frame, uid).unwrap().priority,
+        ids.general
+    );
+}
+
+/// A tun device (removed on drop): bare IP packets, no link-layer header.
+struct Tun(String);
+
+impl Drop for Tun {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.0])
+            .output();
+    }
+}
+
+/// Makes `name` a tun device with an IPv4 and an IPv6 subnet of lab `n`, up.
+fn tun(name: &str, n: u32) -> Tun {
+    bwmon_tests::cmd("ip", &["tuntap", "add", "mode", "tun", "name", name]);
+    let tun = Tun(name.to_owned());
+    bwmon_tests::cmd(
+        "ip",
+        &["addr", "add", &format!("10.213.{n}.1/24"), "dev", name],
+    );
+    let v6 = format!("fd00:213:{n}::1/64");
+    bwmon_tests::cmd("ip", &["-6", "addr", "add", &v6, "dev", name, "nodad"]);
+    bwmon_tests::cmd("ip", &["link", "set", name, "up"]);
+    assert_eq!(bwmon_agent::interface::link_header_len(name).unwrap(), 0);
+    tun
+}
+
+/// Sends general and exempt datagrams as `uid` through the tun of lab `n` (exempt: the
+/// upper half of its subnets) and checks what `dp` counted: bare IP, no Ethernet header.
+/// Nobody reads the tun: the packets are dropped after the egress hook, where they are
+/// counted.
+fn check_tun_counts(dp: &mut Datapath, n: u32, uid: u32) {
+    dp.set_exempt(&[
+        format!("10.213.{n}.128/25").parse().unwrap(),
+        format!("fd00:213:{n}::100/120").parse().unwrap(),
+    ])
+    .unwrap();
+    let offered = |dp: &Datapath| {
+        let s = dp.snapshot().unwrap();
+        s.offered.get(&uid).copied().unwrap_or_default()
+    };
+    let before = offered(dp);
+    let to = |addr: String| SocketAddr::new(addr.parse().unwrap(), 9);
+    send_udp_as(uid, to(format!("10.213.{n}.2")), 7, 100);
+    send_udp_as(uid, to(format!("10.213.{n}.130")), 5, 100);
+    send_udp_as(uid, to(format!("fd00:213:{n}::2")), 3, 100);
+    send_udp_as(uid, to(format!("fd00:213:{n}::1ff")), 2, 100);
+    let after = offered(dp);
+    let general = after.general.saturating_sub(before.general);
+    let exempt = after.exempt.saturating_sub(before.exempt);
+    assert_eq!(
+        (general.packets, exempt.packets),
+        (7 + 3, 5 + 2),
+        "{after:?}"
+    );
+    let v4 = 100 + 8 + 20;
+    let v6 = 100 + 8 + 40;
+    assert_eq!(general.bytes, 7 * v4 + 3 * v6, "{after:?}");
+    assert_eq!(exempt.bytes, 5 * v4 + 2 * v6, "{after:?}");
+}
+
+#[test]
+fn a_device_without_link_header_is_read_where_its_ip_header_starts() {
+    let lab = Lab::new();
+    let name = format!("{}u", &lab.host_if[..lab.host_if.len() - 1]);
+    let _tun = tun(&name, lab.lab_no);
+    let mut opts = lab.datapath_options();
+    opts.interface = name;
+    let mut dp = Datapath::open(&opts).expect("open the datapath on a tun device");
+    check_tun_counts(&mut dp, lab.lab_no, 4771);
+}
+
+#[test]
+fn an_interface_re_created_as_another_kind_of_device_is_loaded_for_it() {
+    let lab = Lab::new();
+    let mut dp = open(&lab, &[]);
+    assert_eq!(dp.link_header(), bwmon_common::ETH_HLEN);
+    let uid = 4781;
+    send_udp_as(uid, SocketAddr::new(lab.general_v4.into(), 9), 4, 100);
+    // The veth goes; a tun of the same name comes.
+    bwmon_tests::cmd("ip", &["link", "del", &lab.host_if]);
+    let _tun = tun(&lab.host_if, lab.lab_no);
+    assert!(
+        dp.ensure_attached().unwrap(),
+        "the new device was not noticed"
+    );
+    check_tun_counts(&mut dp, lab.lab_no, uid);
+    // What was counted on the veth is still there.
+    let c = dp.snapshot().unwrap().offered[&uid];
+    assert_eq!(c.general.packets, 4 + 7 + 3, "{c:?}");
+}

@@ -154,3 +154,49 @@ fn an_ip_ethertype_with_another_version_is_charged_as_general_and_logged() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn xids_on_both_sides_of_the_class_array_find_their_leaves_and_lose_them() {
+    let lab = Lab::new();
+    let mut dp = datapath(&lab);
+    let high = bwmon_common::CLASS_ARRAY_XIDS + 34_465; // a container's uid: in the hash
+    let last_low = bwmon_common::CLASS_ARRAY_XIDS - 1; // the array's last slot
+    let ids = |minor: u32| ClassIds {
+        general: tc_handle(1, minor),
+        exempt: tc_handle(1, minor + 1),
+    };
+    let classes = HashMap::from([
+        (XID, ids(0x200)),
+        (high, ids(0x300)),
+        (last_low, ids(0x400)),
+    ]);
+    dp.set_classes(&classes).unwrap();
+    let general = frames::udp_v4("10.0.0.1".parse().unwrap(), lab.general_v4, 10);
+    let exempt = frames::udp_v6("fd00::1".parse().unwrap(), lab.exempt_v6, 10);
+    for (xid, want) in &classes {
+        let out = dp.test_run_classifier(&general, *xid).unwrap();
+        assert_eq!(out.priority, want.general, "xid {xid}, general");
+        let out = dp.test_run_classifier(&exempt, *xid).unwrap();
+        assert_eq!(out.priority, want.exempt, "xid {xid}, exempt");
+    }
+    // Writing the same table again changes nothing; a changed one moves the packets.
+    dp.set_classes(&classes).unwrap();
+    let moved = HashMap::from([(high, ids(0x500)), (last_low, ids(0x600))]);
+    dp.set_classes(&moved).unwrap();
+    for (xid, want) in [
+        (XID, ClassIds::DEFAULT.general),
+        (high, ids(0x500).general),
+        (last_low, ids(0x600).general),
+    ] {
+        let out = dp.test_run_classifier(&general, xid).unwrap();
+        assert_eq!(out.priority, want, "xid {xid} after the change");
+    }
+    dp.set_classes(&HashMap::new()).unwrap();
+    for xid in [XID, high, last_low] {
+        let out = dp.test_run_classifier(&general, xid).unwrap();
+        assert_eq!(out.priority, ClassIds::DEFAULT.general, "xid {xid} removed");
+    }
+    let s = dp.snapshot().unwrap();
+    assert_eq!(s.offered[&high].general.packets, 3);
+    assert_eq!(s.offered[&high].exempt.packets, 1);
+}

@@ -186,6 +186,14 @@ impl Datapath {
         let pin_dir = self.pin_dir.clone();
         let device = Device::lookup(&iface)?;
         let recreated = device.ifindex != self.ifindex;
+        if recreated && device.link_header != self.link_header {
+            warn!(
+                iface,
+                "the interface was re-created as another kind of device; loading the classifier again"
+            );
+            *self = Datapath::open(&self.opts)?;
+            return Ok(true);
+        }
         let prog = self.classifier()?;
         let attached = if mode.uses_tcx() {
             tcx_attached(prog, &iface)

@@ -1,5 +1,5 @@
-//! Reading a whole per-CPU map in a few `BPF_MAP_LOOKUP_BATCH` calls instead of two syscalls
-//! per key. aya 0.14 has no batch API; this is the one place that speaks the raw syscall.
+//! Reading a whole map in a few `BPF_MAP_LOOKUP_BATCH` calls instead of two syscalls per key.
+//! aya 0.14 has no batch API; this is the one place that speaks the raw syscall.
 
 use std::{
     io,
@@ -39,6 +39,28 @@ pub fn per_cpu_entries<K: Pod + Default, V: Pod + Default>(
 ) -> io::Result<Option<Vec<(K, V)>>> {
     // The kernel lays per-CPU values out 8-byte aligned.
     let stride = size_of::<V>().div_ceil(8) * 8;
+    lookup_batch(fd, nr_cpus, stride, fold)
+}
+
+/// Every (key, value) of a hash or array map (one value per key).
+///
+/// Returns `Ok(None)` when the kernel has no batch lookups for this map type.
+///
+/// # Errors
+/// A syscall error other than "not supported".
+pub fn entries<K: Pod + Default, V: Pod + Default>(
+    fd: &impl AsFd,
+) -> io::Result<Option<Vec<(K, V)>>> {
+    lookup_batch(fd, 1, size_of::<V>(), |_, v| v)
+}
+
+/// Batch lookups of a map whose keys have `nr_cpus` values each, `stride` bytes apart.
+fn lookup_batch<K: Pod + Default, V: Pod + Default>(
+    fd: &impl AsFd,
+    nr_cpus: usize,
+    stride: usize,
+    fold: impl Fn(V, V) -> V,
+) -> io::Result<Option<Vec<(K, V)>>> {
     let mut keys = vec![K::default(); CHUNK as usize];
     let mut values = vec![0u8; CHUNK as usize * stride * nr_cpus];
     // Batch tokens: a u32 bucket/index for hashes and arrays; sized generously.

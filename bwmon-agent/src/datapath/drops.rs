@@ -22,6 +22,8 @@ use super::{AttachCause, Datapath, DatapathError, error::Result, pins::DROP_LINK
 pub(super) struct Device {
     pub ifindex: u32,
     pub netns_inum: u32,
+    /// [`crate::interface::link_header_len`], which the classifier is loaded with.
+    pub link_header: u32,
 }
 
 impl Device {
@@ -32,9 +34,11 @@ impl Device {
         };
         let ifindex = crate::interface::index(iface).map_err(err)?;
         let netns_inum = fs::metadata("/proc/self/ns/net").map_err(err)?.ino() as u32;
+        let link_header = crate::interface::link_header_len(iface).map_err(err)?;
         Ok(Device {
             ifindex,
             netns_inum,
+            link_header,
         })
     }
 }

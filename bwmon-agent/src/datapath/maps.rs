@@ -6,11 +6,12 @@ use std::{collections::HashMap, io};
 
 use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
 use bwmon_common::{
-    ClassIds, EXEMPT_FILTER_WORDS, exempt_filter_bit_v4, exempt_filter_bit_v6, names,
+    CLASS_ARRAY_XIDS, ClassIds, EXEMPT_FILTER_WORDS, exempt_filter_bit_v4, exempt_filter_bit_v6,
+    names,
 };
 use ipnet::IpNet;
 
-use super::{Datapath, DatapathError, error::Result};
+use super::{Datapath, DatapathError, batch, error::Result, snapshot};
 
 impl Datapath {
     /// Makes the exempt-destination tries hold exactly `prefixes` (IPv4 and IPv6).
@@ -138,27 +139,98 @@ impl Datapath {
         Ok(())
     }
 
-    /// Makes the xid → class map equal to `classes`: entries are written before stale ones are
-    /// removed, so a packet never misses its class during the change.
+    /// Makes the xid → class maps equal to `classes` (xids below [`CLASS_ARRAY_XIDS`] in the
+    /// array, the rest in the hash): entries are written before stale ones are removed, so a
+    /// packet never misses its class during the change.
     ///
     /// # Errors
     /// A failed map update, naming the map.
     pub fn set_classes(&mut self, classes: &HashMap<u32, ClassIds>) -> Result<()> {
-        let (map, err) = self.map_for_write(names::XID_CLASS)?;
-        let mut map: BpfHashMap<&mut MapData, u32, ClassIds> =
-            BpfHashMap::try_from(map).map_err(&err)?;
-        for (xid, ids) in classes {
-            if map.get(xid, 0).ok().as_ref() != Some(ids) {
-                map.insert(xid, ids, 0).map_err(&err)?;
+        let in_array = |xid: u32| xid < CLASS_ARRAY_XIDS;
+        let old = self.array_classes()?;
+        let (map, err) = self.map_for_write(names::XID_CLASS_ARRAY)?;
+        let mut array: Array<&mut MapData, ClassIds> = Array::try_from(map).map_err(&err)?;
+        for (xid, ids) in classes.iter().filter(|(x, _)| in_array(**x)) {
+            if old.get(xid) != Some(ids) {
+                array.set(*xid, ids, 0).map_err(&err)?;
             }
         }
-        let stale: Vec<u32> = map
+        let (map, err) = self.map_for_write(names::XID_CLASS)?;
+        let mut hash: BpfHashMap<&mut MapData, u32, ClassIds> =
+            BpfHashMap::try_from(map).map_err(&err)?;
+        for (xid, ids) in classes.iter().filter(|(x, _)| !in_array(**x)) {
+            if hash.get(xid, 0).ok().as_ref() != Some(ids) {
+                hash.insert(xid, ids, 0).map_err(&err)?;
+            }
+        }
+        // Then the stale ones: hash keys nobody owns (also low xids an older bwmon kept
+        // there), array slots nobody owns.
+        let stale: Vec<u32> = hash
             .keys()
             .filter_map(|k| k.ok())
-            .filter(|k| !classes.contains_key(k))
+            .filter(|k| in_array(*k) || !classes.contains_key(k))
             .collect();
         for xid in stale {
-            map.remove(&xid).map_err(&err)?;
+            hash.remove(&xid).map_err(&err)?;
+        }
+        let (map, err) = self.map_for_write(names::XID_CLASS_ARRAY)?;
+        let mut array: Array<&mut MapData, ClassIds> = Array::try_from(map).map_err(&err)?;
+        for xid in old.keys().filter(|x| !classes.contains_key(x)) {
+            array.set(*xid, ClassIds::NONE, 0).map_err(&err)?;
+        }
+        Ok(())
+    }
+
+    /// The array's set slots.
+    fn array_classes(&self) -> Result<HashMap<u32, ClassIds>> {
+        let name = names::XID_CLASS_ARRAY;
+        let map = self.map(name)?;
+        let batched = match snapshot::map_data(map) {
+            Some(data) => {
+                batch::entries::<u32, ClassIds>(data.fd()).map_err(|e| self.batch_err(name, e))?
+            }
+            None => None,
+        };
+        let all = match batched {
+            Some(all) => all,
+            None => {
+                let array: Array<&MapData, ClassIds> =
+                    Array::try_from(map).map_err(|e| self.map_err(name, e))?;
+                (0..CLASS_ARRAY_XIDS)
+                    .map(|i| Ok((i, array.get(&i, 0).map_err(|e| self.map_err(name, e))?)))
+                    .collect::<Result<_>>()?
+            }
+        };
+        Ok(all
+            .into_iter()
+            .filter(|(_, ids)| *ids != ClassIds::NONE)
+            .collect())
+    }
+
+    /// Copies the hash's entries of xids below [`CLASS_ARRAY_XIDS`] into the array where its
+    /// slot is empty: an older bwmon kept every xid in the hash, and the classifier looks such
+    /// xids up in the array only. The next [`Datapath::set_classes`] removes them from the
+    /// hash.
+    ///
+    /// # Errors
+    /// A map that cannot be read or written, naming it.
+    pub(super) fn move_low_classes_to_array(&mut self) -> Result<()> {
+        let name = names::XID_CLASS;
+        let hash: BpfHashMap<&MapData, u32, ClassIds> =
+            BpfHashMap::try_from(self.map(name)?).map_err(|e| self.map_err(name, e))?;
+        let low: Vec<(u32, ClassIds)> = hash
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|(xid, _)| *xid < CLASS_ARRAY_XIDS)
+            .collect();
+        if low.is_empty() {
+            return Ok(());
+        }
+        let set = self.array_classes()?;
+        let (map, err) = self.map_for_write(names::XID_CLASS_ARRAY)?;
+        let mut array: Array<&mut MapData, ClassIds> = Array::try_from(map).map_err(&err)?;
+        for (xid, ids) in low.iter().filter(|(x, _)| !set.contains_key(x)) {
+            array.set(*xid, ids, 0).map_err(&err)?;
         }
         Ok(())
     }

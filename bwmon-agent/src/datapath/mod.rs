@@ -112,6 +112,9 @@ pub struct Datapath {
     /// The interface's index when the classifier was attached: another index means the
     /// interface was deleted and created again (and, with clsact, lost our filter).
     ifindex: u32,
+    /// The link header length the classifier was loaded with: an interface re-created as
+    /// another kind of device needs a new load.
+    link_header: u32,
     pin_dir: PathBuf,
     mode: AttachMode,
 }
@@ -150,6 +153,8 @@ impl Datapath {
             generation: drops::new_generation(),
             xid_source: opts.xid_source as u32,
             log_enabled: u32::from(opts.kernel_log),
+            link_header: device.link_header,
+            _pad: 0,
             offsets: btf.kernel_offsets().map_err(types)?,
             drop_reasons: btf.qdisc_drop_reasons().map_err(types)?,
         };
@@ -176,13 +181,16 @@ impl Datapath {
             opts: opts.clone(),
             boot_id,
             ifindex: device.ifindex,
+            link_header: device.link_header,
             iface,
             pin_dir,
             mode: opts.attach_mode,
         };
-        // Before the classifier runs: its exempt filter covers what the pinned tries hold
-        // (a filter pin an older bwmon did not have starts empty).
+        // Before the classifier runs: its exempt filter covers what the pinned tries hold, and
+        // its class array what the pinned hash holds (pins an older bwmon did not have start
+        // empty).
         dp.cover_tries_in_filter()?;
+        dp.move_low_classes_to_array()?;
         let pin_dir = dp.pin_dir.clone();
         let classifier = dp.classifier()?;
         classifier
@@ -286,6 +294,12 @@ impl Datapath {
     /// The interface this datapath accounts.
     pub fn interface(&self) -> &str {
         &self.iface
+    }
+
+    /// The link-layer header length the classifier was loaded with
+    /// ([`crate::interface::link_header_len`] of the interface then).
+    pub fn link_header(&self) -> u32 {
+        self.link_header
     }
 
     /// Run counts and run time of the classifier and the drop program (`bpf_stats`).

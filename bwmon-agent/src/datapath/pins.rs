@@ -19,12 +19,13 @@ use super::{
 use crate::paths;
 
 /// Maps that outlive the agent (pinned). The rest (log gate, globals) are per load.
-const PINNED_MAPS: [&str; 10] = [
+const PINNED_MAPS: [&str; 11] = [
     names::OFFERED,
     names::OFFERED_OVERFLOW,
     names::DROPPED,
     names::DROP_CONTROL,
     names::XID_CLASS,
+    names::XID_CLASS_ARRAY,
     names::EXEMPT_V4,
     names::EXEMPT_V6,
     names::EXEMPT_FILTER,
