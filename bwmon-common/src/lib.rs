@@ -7,8 +7,14 @@
 
 /// Names of the maps and globals in the eBPF object. The agent pins maps under these names.
 pub mod names {
-    /// Per-CPU hash: xid → [`XidCounters`](crate::XidCounters) of bytes offered at the egress hook.
+    /// Per-CPU hash: xid → [`XidCounters`](crate::XidCounters) of bytes offered at the egress
+    /// hook, for xids from [`CLASS_ARRAY_XIDS`](crate::CLASS_ARRAY_XIDS) up (an older bwmon
+    /// counted every xid here).
     pub const OFFERED: &str = "BWMON_OFFERED";
+    /// Per-CPU array indexed by xid below [`CLASS_ARRAY_XIDS`](crate::CLASS_ARRAY_XIDS):
+    /// [`XidCounters`](crate::XidCounters) of bytes offered at the egress hook. An xid's
+    /// offered bytes are its slot here plus its entry in [`OFFERED`], if any.
+    pub const OFFERED_ARRAY: &str = "BWMON_OFFERED_ARRAY";
     /// Per-CPU array with one slot: offered bytes of xids that did not fit in [`OFFERED`].
     pub const OFFERED_OVERFLOW: &str = "BWMON_OFFERED_OVERFLOW";
     /// Hash: xid → [`ClassIds`](crate::ClassIds) for xids from
@@ -47,8 +53,9 @@ pub mod names {
 
 /// Capacity of the per-xid maps. Xids beyond it are counted in the overflow slot.
 pub const MAX_XIDS: u32 = 65_536;
-/// Xids below this find their class ids in [`names::XID_CLASS_ARRAY`], the rest in
-/// [`names::XID_CLASS`].
+/// Xids below this find their class ids in [`names::XID_CLASS_ARRAY`] and are counted in
+/// [`names::OFFERED_ARRAY`]; the rest use [`names::XID_CLASS`] and [`names::OFFERED`]. An
+/// array lookup is a bounds check the verifier inlines; a hash lookup is a call that hashes.
 pub const CLASS_ARRAY_XIDS: u32 = 65_536;
 /// Slots of the dropped-bytes array: one per possible HTB minor.
 pub const MAX_MINORS: u32 = 65_536;

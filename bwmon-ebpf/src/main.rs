@@ -57,6 +57,9 @@ static DROP_CONTROL: Array<DropControl> = Array::with_max_entries(1, 0);
 #[map(name = "BWMON_OFFERED")]
 static OFFERED: PerCpuHashMap<u32, XidCounters> = PerCpuHashMap::with_max_entries(MAX_XIDS, 0);
 
+#[map(name = "BWMON_OFFERED_ARRAY")]
+static OFFERED_ARRAY: PerCpuArray<XidCounters> = PerCpuArray::with_max_entries(CLASS_ARRAY_XIDS, 0);
+
 #[map(name = "BWMON_OFFERED_OVERFLOW")]
 static OFFERED_OVERFLOW: PerCpuArray<XidCounters> = PerCpuArray::with_max_entries(1, 0);
 
@@ -287,12 +290,17 @@ fn classify(ctx: &TcContext) {
 
     // SAFETY: reading a field of the context.
     let wire_len = u64::from(unsafe { (*ctx.skb.skb).wire_len });
-    let counters = match OFFERED.get_ptr_mut(&xid) {
-        Some(p) => Some(p),
-        None => {
-            // Racing CPUs may both insert: the loser's insert fails and its lookup finds the key.
-            let _ = OFFERED.insert(&xid, &XidCounters::default(), BPF_NOEXIST);
-            OFFERED.get_ptr_mut(&xid)
+    let counters = if xid < CLASS_ARRAY_XIDS {
+        OFFERED_ARRAY.get_ptr_mut(xid)
+    } else {
+        match OFFERED.get_ptr_mut(&xid) {
+            Some(p) => Some(p),
+            None => {
+                // Racing CPUs may both insert: the loser's insert fails and its lookup finds
+                // the key.
+                let _ = OFFERED.insert(&xid, &XidCounters::default(), BPF_NOEXIST);
+                OFFERED.get_ptr_mut(&xid)
+            }
         }
     };
     let counters = match counters {

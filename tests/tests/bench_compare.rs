@@ -286,6 +286,18 @@ fn bwmon_next_to_its_peers() {
         delete_tree();
         bare.push(tcp_gbits(&lab, uid));
         bare_udp.push(udp_pps(&lab, uid));
+        let last = |v: &Vec<f64>| v.last().copied().unwrap_or_default();
+        println!(
+            "  round {round}: TCP Gbit/s bwmon {:.2}, classifier alone {:.2}, HTB alone {:.2}, \
+             bare {:.2}; UDP kpps bwmon {:.1}, HTB alone {:.1}, bare {:.1}",
+            last(&full),
+            last(&classifier),
+            last(&htb),
+            last(&bare),
+            last(&full_udp) / 1e3,
+            last(&htb_udp) / 1e3,
+            last(&bare_udp) / 1e3,
+        );
     }
     d.teardown();
     let [full, classifier, htb, bare, full_udp, htb_udp, bare_udp] =

@@ -316,3 +316,45 @@ fn an_interface_re_created_as_another_kind_of_device_is_loaded_for_it() {
     let c = dp.snapshot().unwrap().offered[&uid];
     assert_eq!(c.general.packets, 4 + 7 + 3, "{c:?}");
 }
+
+#[test]
+fn counters_an_older_bwmon_kept_in_the_hash_go_on_under_its_epoch() {
+    let lab = Lab::new();
+    let dp = open(&lab, &[]);
+    let before = dp.snapshot().unwrap();
+    drop(dp);
+    // An older bwmon: no offered array, every xid counted in the hash.
+    let pins = lab.pin_root.join(&lab.host_if);
+    std::fs::remove_file(pins.join(bwmon_common::names::OFFERED_ARRAY)).unwrap();
+    let uid = 4791;
+    let data = aya::maps::MapData::from_pin(pins.join(bwmon_common::names::OFFERED)).unwrap();
+    let mut hash = aya::maps::PerCpuHashMap::<_, u32, bwmon_common::XidCounters>::try_from(
+        aya::maps::Map::PerCpuHashMap(data),
+    )
+    .unwrap();
+    let cpus = aya::util::nr_cpus().unwrap();
+    let mut per_cpu = vec![bwmon_common::XidCounters::default(); cpus];
+    per_cpu[0].general = bwmon_common::Counter {
+        bytes: 1000,
+        packets: 10,
+    };
+    hash.insert(uid, aya::maps::PerCpuValues::try_from(per_cpu).unwrap(), 0)
+        .unwrap();
+
+    let dp = Datapath::open(&lab.datapath_options()).expect("open the datapath");
+    let s = dp.snapshot().unwrap();
+    assert_ne!(s.epoch, before.epoch, "a new array is a new instance");
+    assert!(
+        s.continues(before.epoch_before_array),
+        "a state saved under the older epoch goes on"
+    );
+    assert!(
+        !s.continues(before.epoch),
+        "a lost array is not gone on from"
+    );
+    assert_eq!(s.offered[&uid].general.bytes, 1000);
+    // New packets land in the array; the xid's total is both.
+    let wire = send_udp_as(uid, SocketAddr::new(lab.general_v4.into(), 9), 2, 100);
+    let c = dp.snapshot().unwrap().offered[&uid].general;
+    assert_eq!((c.bytes, c.packets), (1000 + 2 * wire, 12));
+}

@@ -19,8 +19,9 @@ use super::{
 use crate::paths;
 
 /// Maps that outlive the agent (pinned). The rest (log gate, globals) are per load.
-const PINNED_MAPS: [&str; 11] = [
+const PINNED_MAPS: [&str; 12] = [
     names::OFFERED,
+    names::OFFERED_ARRAY,
     names::OFFERED_OVERFLOW,
     names::DROPPED,
     names::DROP_CONTROL,

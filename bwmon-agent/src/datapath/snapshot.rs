@@ -25,6 +25,18 @@ pub struct Snapshot {
     /// Which instance of the counters these are: it changes when they restart from zero (a
     /// reboot, or maps re-created after their pins were lost), never otherwise.
     pub epoch: u64,
+    /// The epoch as a bwmon that counted every xid in the hash computed it (without the
+    /// array): a state it saved goes on with these counters, which still hold what it counted
+    /// (an xid's offered bytes are its array slot plus its hash entry).
+    pub epoch_before_array: u64,
+}
+
+impl Snapshot {
+    /// Whether these counters go on from those of `epoch` (a state's), rather than starting
+    /// again from zero.
+    pub fn continues(&self, epoch: u64) -> bool {
+        epoch == self.epoch || epoch == self.epoch_before_array
+    }
 }
 
 impl Snapshot {
@@ -82,18 +94,23 @@ fn sum<V: aya::Pod + Default>(values: &PerCpuValues<V>, fold: impl Fn(V, V) -> V
 
 impl Datapath {
     /// The counters' instance: this boot and the kernel ids of the counter maps (ids are
-    /// unique within a boot, and restart after one).
-    fn counters_epoch(&self) -> Result<u64> {
+    /// unique within a boot, and restart after one); and the same without the offered array,
+    /// as a bwmon before it computed it.
+    fn counters_epoch(&self) -> Result<(u64, u64)> {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.boot_id.hash(&mut h);
-        for name in [names::OFFERED, names::DROPPED] {
-            let id = map_data(self.map(name)?)
-                .and_then(|m| m.info().ok())
-                .map(|i| i.id());
-            id.hash(&mut h);
-        }
-        Ok(h.finish())
+        self.map_id(names::OFFERED)?.hash(&mut h);
+        self.map_id(names::DROPPED)?.hash(&mut h);
+        let before_array = h.finish();
+        self.map_id(names::OFFERED_ARRAY)?.hash(&mut h);
+        Ok((h.finish(), before_array))
+    }
+
+    fn map_id(&self, name: &'static str) -> Result<Option<u32>> {
+        Ok(map_data(self.map(name)?)
+            .and_then(|m| m.info().ok())
+            .map(|i| i.id()))
     }
 
     /// Reads every counter, summed over CPUs, with batch lookups where the kernel has them.
@@ -102,8 +119,10 @@ impl Datapath {
     /// A failed map read, naming the map.
     pub fn snapshot(&self) -> Result<Snapshot> {
         let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| self.batch_err(names::OFFERED, e))?;
+        let (epoch, epoch_before_array) = self.counters_epoch()?;
         let mut out = Snapshot {
-            epoch: self.counters_epoch()?,
+            epoch,
+            epoch_before_array,
             ..Snapshot::default()
         };
 
@@ -156,6 +175,39 @@ impl Datapath {
                     let (xid, values) = entry.map_err(err)?;
                     out.offered.insert(xid, sum(&values, XidCounters::merged));
                 }
+            }
+        }
+
+        // Xids below the array's end: their slots, plus what an older bwmon counted for them
+        // in the hash. Untouched slots are left out.
+        let map = self.map(names::OFFERED_ARRAY)?;
+        let slots = match map_data(map) {
+            Some(data) => {
+                batch::per_cpu_entries::<u32, XidCounters>(data.fd(), nr_cpus, XidCounters::merged)
+                    .map_err(|e| self.batch_err(names::OFFERED_ARRAY, e))?
+            }
+            None => None,
+        };
+        let slots = match slots {
+            Some(slots) => slots,
+            None => {
+                let err = |e| self.map_err(names::OFFERED_ARRAY, e);
+                let map: PerCpuArray<&MapData, XidCounters> =
+                    PerCpuArray::try_from(map).map_err(err)?;
+                (0..bwmon_common::CLASS_ARRAY_XIDS)
+                    .map(|xid| {
+                        Ok((
+                            xid,
+                            sum(&map.get(&xid, 0).map_err(err)?, XidCounters::merged),
+                        ))
+                    })
+                    .collect::<Result<_>>()?
+            }
+        };
+        for (xid, c) in slots {
+            if c != XidCounters::default() {
+                let total = out.offered.entry(xid).or_default();
+                *total = total.merged(c);
             }
         }
 

@@ -239,7 +239,7 @@ pub fn plan(
     let mut events = Vec::new();
 
     // Counters that restarted from zero: every record counts from zero on, drops too.
-    let restarted = next.counters_epoch.is_some_and(|e| e != snap.epoch);
+    let restarted = next.counters_epoch.is_some_and(|e| !snap.continues(e));
     if restarted {
         events.push(Event::CountersRestarted);
         for s in next.slices.values_mut() {
@@ -901,6 +901,7 @@ mod tests {
         // Reboot: the kernel's counters start again from zero (a new epoch), the tree is new.
         w.obs.snapshot = Snapshot {
             epoch: 1,
+            epoch_before_array: 1,
             ..Snapshot::default()
         };
         w.obs.listed.clear();
@@ -917,6 +918,40 @@ mod tests {
             p.events
         );
         assert!(p.events.contains(&Event::CountersRestarted));
+    }
+
+    #[test]
+    fn a_state_saved_before_the_offered_array_goes_on_with_the_same_counters() {
+        // An older bwmon saved epoch 7 (its formula had no array); the new one reads the same
+        // counters (the array empty, the hash as it was) under epoch 8.
+        let mut w = World::new(false);
+        let live = [root(), slice("alice", 1001)];
+        w.obs.snapshot.epoch = 7;
+        w.obs.snapshot.epoch_before_array = 7;
+        w.sync(&live, 1000);
+        w.send(1001, 700 * 1024);
+        w.sync(&live, 1010);
+        w.obs.snapshot.epoch = 8;
+        w.send(1001, 50 * 1024);
+        let p = w.sync(&live, 1020);
+        assert_eq!(
+            line(&p, "alice").bytes,
+            750 * 1024,
+            "charged once, not twice"
+        );
+        assert!(!p.events.contains(&Event::CountersRestarted));
+        // From then on the new epoch is the one that goes on; a lost array is a restart.
+        w.send(1001, 10 * 1024);
+        assert_eq!(line(&w.sync(&live, 1030), "alice").bytes, 760 * 1024);
+        w.obs.snapshot = Snapshot {
+            epoch: 9,
+            epoch_before_array: 7,
+            ..Snapshot::default()
+        };
+        w.send(1001, 5 * 1024);
+        let p = w.sync(&live, 1040);
+        assert!(p.events.contains(&Event::CountersRestarted));
+        assert_eq!(line(&p, "alice").bytes, 765 * 1024);
     }
 
     #[test]
