@@ -15,6 +15,11 @@ pub mod names {
     /// [`XidCounters`](crate::XidCounters) of bytes offered at the egress hook. An xid's
     /// offered bytes are its slot here plus its entry in [`OFFERED`], if any.
     pub const OFFERED_ARRAY: &str = "BWMON_OFFERED_ARRAY";
+    /// Array of [`SEEN_CHUNK`](crate::SEEN_CHUNK)-byte chunks, one byte per xid below
+    /// [`CLASS_ARRAY_XIDS`](crate::CLASS_ARRAY_XIDS): non-zero once the classifier counted the
+    /// xid in [`OFFERED_ARRAY`]. The agent reads only the slots of xids seen, not all 65,536
+    /// per CPU. Only the classifier writes it (a byte each, so no write can undo another).
+    pub const OFFERED_SEEN: &str = "BWMON_OFFERED_SEEN";
     /// Per-CPU array with one slot: offered bytes of xids that did not fit in [`OFFERED`].
     pub const OFFERED_OVERFLOW: &str = "BWMON_OFFERED_OVERFLOW";
     /// Hash: xid → [`ClassIds`](crate::ClassIds) for xids from
@@ -59,6 +64,9 @@ pub const MAX_XIDS: u32 = 65_536;
 pub const CLASS_ARRAY_XIDS: u32 = 65_536;
 /// Slots of the dropped-bytes array: one per possible HTB minor.
 pub const MAX_MINORS: u32 = 65_536;
+/// Bytes per entry of [`names::OFFERED_SEEN`].
+pub const SEEN_CHUNK: u32 = 4096;
+
 /// Capacity of each exempt-destination trie (one per address family).
 pub const MAX_EXEMPT_PREFIXES: u32 = 16_384;
 /// Capacity of each source-prefix trie (one per address family), for `xid_source = "source"`.

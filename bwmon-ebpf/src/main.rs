@@ -26,7 +26,8 @@ use aya_log_ebpf::warn;
 use bwmon_common::{
     CLASS_ARRAY_XIDS, ClassIds, Counter, DropControl, ETH_HLEN, EXEMPT_FILTER_WORDS, HTB_MAJOR,
     KernelOffsets, LINK_HEADER_UNKNOWN, MAX_EXEMPT_PREFIXES, MAX_MINORS, MAX_SOURCE_PREFIXES,
-    MAX_XIDS, Settings, XidCounters, XidSource, exempt_filter_bit_v4, exempt_filter_bit_v6,
+    MAX_XIDS, SEEN_CHUNK, Settings, XidCounters, XidSource, exempt_filter_bit_v4,
+    exempt_filter_bit_v6,
 };
 
 /// Written by the loader before the program is loaded (read-only global).
@@ -59,6 +60,10 @@ static OFFERED: PerCpuHashMap<u32, XidCounters> = PerCpuHashMap::with_max_entrie
 
 #[map(name = "BWMON_OFFERED_ARRAY")]
 static OFFERED_ARRAY: PerCpuArray<XidCounters> = PerCpuArray::with_max_entries(CLASS_ARRAY_XIDS, 0);
+
+#[map(name = "BWMON_OFFERED_SEEN")]
+static OFFERED_SEEN: Array<[u8; SEEN_CHUNK as usize]> =
+    Array::with_max_entries(CLASS_ARRAY_XIDS / SEEN_CHUNK, 0);
 
 #[map(name = "BWMON_OFFERED_OVERFLOW")]
 static OFFERED_OVERFLOW: PerCpuArray<XidCounters> = PerCpuArray::with_max_entries(1, 0);
@@ -291,6 +296,7 @@ fn classify(ctx: &TcContext) {
     // SAFETY: reading a field of the context.
     let wire_len = u64::from(unsafe { (*ctx.skb.skb).wire_len });
     let counters = if xid < CLASS_ARRAY_XIDS {
+        mark_seen(xid);
         OFFERED_ARRAY.get_ptr_mut(xid)
     } else {
         match OFFERED.get_ptr_mut(&xid) {
@@ -319,6 +325,21 @@ fn classify(ctx: &TcContext) {
         c.exempt.charge(wire_len);
     } else {
         c.general.charge(wire_len);
+    }
+}
+
+/// Sets `xid`'s byte in the seen map (read first: the cache line stays shared once set).
+#[inline(always)]
+fn mark_seen(xid: u32) {
+    if let Some(chunk) = OFFERED_SEEN.get_ptr_mut(xid / SEEN_CHUNK) {
+        // SAFETY: within the chunk (offset below SEEN_CHUNK); a byte store races with nothing
+        // that could undo it.
+        unsafe {
+            let byte = (chunk as *mut u8).add((xid % SEEN_CHUNK) as usize);
+            if *byte == 0 {
+                *byte = 1;
+            }
+        }
     }
 }
 

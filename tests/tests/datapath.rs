@@ -358,3 +358,28 @@ fn counters_an_older_bwmon_kept_in_the_hash_go_on_under_its_epoch() {
     let c = dp.snapshot().unwrap().offered[&uid].general;
     assert_eq!((c.bytes, c.packets), (1000 + 2 * wire, 12));
 }
+
+#[test]
+fn a_lost_seen_map_is_made_up_for_by_reading_every_slot_once() {
+    let lab = Lab::new();
+    let dp = open(&lab, &[]);
+    let uid = 4795;
+    let dst = SocketAddr::new(lab.general_v4.into(), 9);
+    send_udp_as(uid, dst, 3, 100);
+    assert_eq!(dp.snapshot().unwrap().offered[&uid].general.packets, 3);
+    drop(dp);
+    let pins = lab.pin_root.join(&lab.host_if);
+    std::fs::remove_file(pins.join(bwmon_common::names::OFFERED_SEEN)).unwrap();
+
+    let dp = Datapath::open(&lab.datapath_options()).expect("open the datapath");
+    let first = dp.snapshot().unwrap();
+    assert_eq!(
+        first.offered[&uid].general.packets, 3,
+        "read from every slot"
+    );
+    // Then only what the new seen map marks: the xid is back with its next packet, its
+    // counter whole.
+    assert!(!dp.snapshot().unwrap().offered.contains_key(&uid));
+    send_udp_as(uid, dst, 1, 100);
+    assert_eq!(dp.snapshot().unwrap().offered[&uid].general.packets, 4);
+}

@@ -39,7 +39,25 @@ pub fn per_cpu_entries<K: Pod + Default, V: Pod + Default>(
 ) -> io::Result<Option<Vec<(K, V)>>> {
     // The kernel lays per-CPU values out 8-byte aligned.
     let stride = size_of::<V>().div_ceil(8) * 8;
-    lookup_batch(fd, nr_cpus, stride, fold)
+    lookup_batch(fd, nr_cpus, stride, None, fold)
+}
+
+/// The (index, per-CPU values summed by `fold`) of `len` slots of a per-CPU array from index
+/// `start` on.
+///
+/// Returns `Ok(None)` when the kernel has no batch lookups for this map type.
+///
+/// # Errors
+/// A syscall error other than "not supported".
+pub fn per_cpu_range<V: Pod + Default>(
+    fd: &impl AsFd,
+    nr_cpus: usize,
+    start: u32,
+    len: u32,
+    fold: impl Fn(V, V) -> V,
+) -> io::Result<Option<Vec<(u32, V)>>> {
+    let stride = size_of::<V>().div_ceil(8) * 8;
+    lookup_batch(fd, nr_cpus, stride, Some((start, len)), fold)
 }
 
 /// Every (key, value) of a hash or array map (one value per key).
@@ -51,14 +69,16 @@ pub fn per_cpu_entries<K: Pod + Default, V: Pod + Default>(
 pub fn entries<K: Pod + Default, V: Pod + Default>(
     fd: &impl AsFd,
 ) -> io::Result<Option<Vec<(K, V)>>> {
-    lookup_batch(fd, 1, size_of::<V>(), |_, v| v)
+    lookup_batch(fd, 1, size_of::<V>(), None, |_, v| v)
 }
 
-/// Batch lookups of a map whose keys have `nr_cpus` values each, `stride` bytes apart.
+/// Batch lookups of a map whose keys have `nr_cpus` values each, `stride` bytes apart: all
+/// of it, or of an array `len` slots from `start` on.
 fn lookup_batch<K: Pod + Default, V: Pod + Default>(
     fd: &impl AsFd,
     nr_cpus: usize,
     stride: usize,
+    range: Option<(u32, u32)>,
     fold: impl Fn(V, V) -> V,
 ) -> io::Result<Option<Vec<(K, V)>>> {
     let mut keys = vec![K::default(); CHUNK as usize];
@@ -68,13 +88,29 @@ fn lookup_batch<K: Pod + Default, V: Pod + Default>(
     let mut token_out = [0u8; 8];
     let mut first = true;
     let mut out = Vec::new();
+    // The batch token is the last key read: a range from `start` goes on from `start - 1`.
+    let mut left = range.map(|(_, len)| len);
+    let mut from_token = match range {
+        Some((0, _)) | None => false,
+        Some((start, _)) => {
+            token_in[..4].copy_from_slice(&(start - 1).to_ne_bytes());
+            true
+        }
+    };
+    if left == Some(0) {
+        return Ok(Some(out));
+    }
     loop {
         let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { token_in.as_ptr() as u64 },
+            in_batch: if from_token {
+                token_in.as_ptr() as u64
+            } else {
+                0
+            },
             out_batch: token_out.as_mut_ptr() as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
-            count: CHUNK,
+            count: left.map_or(CHUNK, |l| l.min(CHUNK)),
             map_fd: fd.as_fd().as_raw_fd() as u32,
             ..Default::default()
         };
@@ -88,7 +124,7 @@ fn lookup_batch<K: Pod + Default, V: Pod + Default>(
             )
         };
         let err = (rc < 0).then(io::Error::last_os_error);
-        let done = match &err {
+        let mut done = match &err {
             None => false,
             Some(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
             Some(e)
@@ -112,10 +148,15 @@ fn lookup_batch<K: Pod + Default, V: Pod + Default>(
             }
             out.push((*key, sum));
         }
+        if let Some(l) = &mut left {
+            *l = l.saturating_sub(attr.count);
+            done |= *l == 0;
+        }
         if done {
             return Ok(Some(out));
         }
         token_in = token_out;
+        from_token = true;
         first = false;
     }
 }

@@ -115,6 +115,9 @@ pub struct Datapath {
     /// The link header length the classifier was loaded with: an interface re-created as
     /// another kind of device needs a new load.
     link_header: u32,
+    /// The next snapshot reads every slot of the offered array, not only those marked seen:
+    /// this load made the seen map anew while the array was kept.
+    read_every_slot: std::cell::Cell<bool>,
     pin_dir: PathBuf,
     mode: AttachMode,
 }
@@ -161,6 +164,8 @@ impl Datapath {
         let mut loader = EbpfLoader::new();
         loader.override_global(names::SETTINGS, &settings, true);
         let pinned = pins::map_paths(&pin_dir);
+        let had_pin = |name: &str| pin_dir.join(name).exists();
+        let read_every_slot = had_pin(names::OFFERED_ARRAY) && !had_pin(names::OFFERED_SEEN);
         for (name, path) in &pinned {
             loader.map_pin_path(name, path.as_path());
         }
@@ -182,6 +187,7 @@ impl Datapath {
             boot_id,
             ifindex: device.ifindex,
             link_header: device.link_header,
+            read_every_slot: std::cell::Cell::new(read_every_slot),
             iface,
             pin_dir,
             mode: opts.attach_mode,

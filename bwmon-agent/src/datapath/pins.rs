@@ -19,9 +19,10 @@ use super::{
 use crate::paths;
 
 /// Maps that outlive the agent (pinned). The rest (log gate, globals) are per load.
-const PINNED_MAPS: [&str; 12] = [
+const PINNED_MAPS: [&str; 13] = [
     names::OFFERED,
     names::OFFERED_ARRAY,
+    names::OFFERED_SEEN,
     names::OFFERED_OVERFLOW,
     names::DROPPED,
     names::DROP_CONTROL,

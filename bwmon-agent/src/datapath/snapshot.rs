@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use aya::maps::{Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
-use bwmon_common::{Counter, XidCounters, names};
+use aya::maps::{Array, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use bwmon_common::{CLASS_ARRAY_XIDS, Counter, SEEN_CHUNK, XidCounters, names};
 
 use super::{Datapath, batch, error::Result};
 use crate::{class::PerClass, htb::Minor};
@@ -76,6 +76,28 @@ impl Snapshot {
     }
 }
 
+/// Gaps of unseen slots shorter than this are read through: a few slots cost less than
+/// another call.
+const RUN_GAP: u32 = 64;
+
+/// The runs `(start, len)` of slots to read for the seen bytes in `chunks`: every seen xid in
+/// one, joined across short gaps.
+pub(super) fn seen_runs(chunks: &[[u8; SEEN_CHUNK as usize]]) -> Vec<(u32, u32)> {
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    let seen = chunks
+        .iter()
+        .flatten()
+        .zip(0u32..)
+        .filter(|(b, _)| **b != 0);
+    for (_, xid) in seen {
+        match runs.last_mut() {
+            Some((start, len)) if xid - (*start + *len) < RUN_GAP => *len = xid - *start + 1,
+            _ => runs.push((xid, 1)),
+        }
+    }
+    runs
+}
+
 /// The map's data, for the raw batch lookup.
 pub(super) fn map_data(map: &Map) -> Option<&MapData> {
     match map {
@@ -105,6 +127,46 @@ impl Datapath {
         let before_array = h.finish();
         self.map_id(names::OFFERED_ARRAY)?.hash(&mut h);
         Ok((h.finish(), before_array))
+    }
+
+    /// The seen map's chunks.
+    fn seen_chunks(&self) -> Result<Vec<[u8; SEEN_CHUNK as usize]>> {
+        let name = names::OFFERED_SEEN;
+        let err = |e| self.map_err(name, e);
+        let map: Array<&MapData, [u8; SEEN_CHUNK as usize]> =
+            Array::try_from(self.map(name)?).map_err(err)?;
+        (0..CLASS_ARRAY_XIDS / SEEN_CHUNK)
+            .map(|i| map.get(&i, 0).map_err(err))
+            .collect()
+    }
+
+    /// The offered array's slots `start..start + len`, summed over CPUs.
+    fn offered_slots(
+        &self,
+        nr_cpus: usize,
+        start: u32,
+        len: u32,
+    ) -> Result<Vec<(u32, XidCounters)>> {
+        let name = names::OFFERED_ARRAY;
+        let map = self.map(name)?;
+        let batched = match map_data(map) {
+            Some(data) => batch::per_cpu_range(data.fd(), nr_cpus, start, len, XidCounters::merged)
+                .map_err(|e| self.batch_err(name, e))?,
+            None => None,
+        };
+        if let Some(slots) = batched {
+            return Ok(slots);
+        }
+        let err = |e| self.map_err(name, e);
+        let map: PerCpuArray<&MapData, XidCounters> = PerCpuArray::try_from(map).map_err(err)?;
+        (start..start + len)
+            .map(|xid| {
+                Ok((
+                    xid,
+                    sum(&map.get(&xid, 0).map_err(err)?, XidCounters::merged),
+                ))
+            })
+            .collect()
     }
 
     fn map_id(&self, name: &'static str) -> Result<Option<u32>> {
@@ -178,32 +240,19 @@ impl Datapath {
             }
         }
 
-        // Xids below the array's end: their slots, plus what an older bwmon counted for them
-        // in the hash. Untouched slots are left out.
-        let map = self.map(names::OFFERED_ARRAY)?;
-        let slots = match map_data(map) {
-            Some(data) => {
-                batch::per_cpu_entries::<u32, XidCounters>(data.fd(), nr_cpus, XidCounters::merged)
-                    .map_err(|e| self.batch_err(names::OFFERED_ARRAY, e))?
-            }
-            None => None,
+        // Xids below the array's end: the slots of those the classifier marked seen (all of
+        // them once after a load that found the seen map gone), plus what an older bwmon
+        // counted for them in the hash. Untouched slots are left out.
+        let runs = if self.read_every_slot.get() {
+            vec![(0, bwmon_common::CLASS_ARRAY_XIDS)]
+        } else {
+            seen_runs(&self.seen_chunks()?)
         };
-        let slots = match slots {
-            Some(slots) => slots,
-            None => {
-                let err = |e| self.map_err(names::OFFERED_ARRAY, e);
-                let map: PerCpuArray<&MapData, XidCounters> =
-                    PerCpuArray::try_from(map).map_err(err)?;
-                (0..bwmon_common::CLASS_ARRAY_XIDS)
-                    .map(|xid| {
-                        Ok((
-                            xid,
-                            sum(&map.get(&xid, 0).map_err(err)?, XidCounters::merged),
-                        ))
-                    })
-                    .collect::<Result<_>>()?
-            }
-        };
+        let mut slots = Vec::new();
+        for (start, len) in runs {
+            slots.extend(self.offered_slots(nr_cpus, start, len)?);
+        }
+        self.read_every_slot.set(false);
         for (xid, c) in slots {
             if c != XidCounters::default() {
                 let total = out.offered.entry(xid).or_default();
@@ -217,5 +266,43 @@ impl Datapath {
         out.offered_overflow = sum(&overflow.get(&0, 0).map_err(err)?, XidCounters::merged);
 
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(seen: &[u32]) -> Vec<[u8; SEEN_CHUNK as usize]> {
+        let mut c = vec![[0u8; SEEN_CHUNK as usize]; (CLASS_ARRAY_XIDS / SEEN_CHUNK) as usize];
+        for xid in seen {
+            c[(xid / SEEN_CHUNK) as usize][(xid % SEEN_CHUNK) as usize] = 1;
+        }
+        c
+    }
+
+    #[test]
+    fn seen_slots_are_read_in_runs_joined_across_short_gaps() {
+        assert_eq!(seen_runs(&chunks(&[])), vec![]);
+        assert_eq!(seen_runs(&chunks(&[0])), vec![(0, 1)]);
+        assert_eq!(seen_runs(&chunks(&[65_535])), vec![(65_535, 1)]);
+        // 1000 and 1063 are 62 apart (a gap of 62 unseen slots): one run; 1200 starts another.
+        assert_eq!(
+            seen_runs(&chunks(&[1000, 1063, 1200, 1201])),
+            vec![(1000, 64), (1200, 2)]
+        );
+        // Across a chunk boundary.
+        assert_eq!(seen_runs(&chunks(&[4095, 4096])), vec![(4095, 2)]);
+        let all: Vec<u32> = (20_000..30_000).collect();
+        assert_eq!(seen_runs(&chunks(&all)), vec![(20_000, 10_000)]);
+        // Every seen xid is inside a run.
+        let some = [3, 70, 4000, 4100, 40_000, 65_534];
+        let runs = seen_runs(&chunks(&some));
+        for xid in some {
+            assert!(
+                runs.iter().any(|(s, l)| (*s..s + l).contains(&xid)),
+                "{xid}"
+            );
+        }
     }
 }

@@ -216,6 +216,13 @@ fn default_growth(
             *growth.of_mut(class) += n.saturating_sub(b);
         }
     }
+    // An xid this snapshot left out (the agent reads the slots of xids the classifier marked
+    // seen) keeps its counters: when it comes back, only what is new counts.
+    if !restarted {
+        for (xid, c) in &memory.offered {
+            now.entry(*xid).or_insert(*c);
+        }
+    }
     (growth, now)
 }
 
@@ -734,6 +741,21 @@ mod tests {
         assert!(p.new_notices.is_empty());
         assert_eq!(w.leaf(ROOT_XID).params.ceil, NODE.node_cap);
         assert_eq!(w.leaf(ROOT_XID).params.quantum, 1600);
+    }
+
+    #[test]
+    fn an_xid_a_snapshot_left_out_adds_only_what_is_new_when_it_comes_back() {
+        let mut w = World::new(false);
+        let live = [root()];
+        w.sync(&live, 1000);
+        w.send(9999, 100 << 20);
+        assert_eq!(line(&w.sync(&live, 1010), "default").bytes, 100 << 20);
+        // Not read this time (not marked seen in a fresh seen map): nothing new, nothing lost.
+        let kept = w.obs.snapshot.offered.remove(&9999).unwrap();
+        assert_eq!(line(&w.sync(&live, 1020), "default").bytes, 100 << 20);
+        w.obs.snapshot.offered.insert(9999, kept);
+        w.send(9999, 50 << 20);
+        assert_eq!(line(&w.sync(&live, 1030), "default").bytes, 150 << 20);
     }
 
     #[test]
