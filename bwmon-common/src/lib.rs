@@ -20,6 +20,9 @@ pub mod names {
     /// xid in [`OFFERED_ARRAY`]. The agent reads only the slots of xids seen, not all 65,536
     /// per CPU. Only the classifier writes it (a byte each, so no write can undo another).
     pub const OFFERED_SEEN: &str = "BWMON_OFFERED_SEEN";
+    /// Like [`OFFERED_SEEN`], for [`DROPPED`]: a byte per HTB minor, non-zero once the drop
+    /// program counted a drop there.
+    pub const DROPPED_SEEN: &str = "BWMON_DROPPED_SEEN";
     /// Per-CPU array with one slot: offered bytes of xids that did not fit in [`OFFERED`].
     pub const OFFERED_OVERFLOW: &str = "BWMON_OFFERED_OVERFLOW";
     /// Hash: xid → [`ClassIds`](crate::ClassIds) for xids from
@@ -64,8 +67,12 @@ pub const MAX_XIDS: u32 = 65_536;
 pub const CLASS_ARRAY_XIDS: u32 = 65_536;
 /// Slots of the dropped-bytes array: one per possible HTB minor.
 pub const MAX_MINORS: u32 = 65_536;
-/// Bytes per entry of [`names::OFFERED_SEEN`].
+/// Bytes per entry of [`names::OFFERED_SEEN`] and [`names::DROPPED_SEEN`].
 pub const SEEN_CHUNK: u32 = 4096;
+/// Byte 0 of a seen map made after its array had already counted (its pin was lost, or an
+/// older bwmon counted without one): the map cannot say which slots are used, and the agent
+/// reads the array whole. The programs only ever write 1 into a byte that is 0.
+pub const SEEN_INCOMPLETE: u8 = 2;
 
 /// Capacity of each exempt-destination trie (one per address family).
 pub const MAX_EXEMPT_PREFIXES: u32 = 16_384;

@@ -65,6 +65,10 @@ static OFFERED_ARRAY: PerCpuArray<XidCounters> = PerCpuArray::with_max_entries(C
 static OFFERED_SEEN: Array<[u8; SEEN_CHUNK as usize]> =
     Array::with_max_entries(CLASS_ARRAY_XIDS / SEEN_CHUNK, 0);
 
+#[map(name = "BWMON_DROPPED_SEEN")]
+static DROPPED_SEEN: Array<[u8; SEEN_CHUNK as usize]> =
+    Array::with_max_entries(MAX_MINORS / SEEN_CHUNK, 0);
+
 #[map(name = "BWMON_OFFERED_OVERFLOW")]
 static OFFERED_OVERFLOW: PerCpuArray<XidCounters> = PerCpuArray::with_max_entries(1, 0);
 
@@ -296,7 +300,7 @@ fn classify(ctx: &TcContext) {
     // SAFETY: reading a field of the context.
     let wire_len = u64::from(unsafe { (*ctx.skb.skb).wire_len });
     let counters = if xid < CLASS_ARRAY_XIDS {
-        mark_seen(xid);
+        mark_seen(&OFFERED_SEEN, xid);
         OFFERED_ARRAY.get_ptr_mut(xid)
     } else {
         match OFFERED.get_ptr_mut(&xid) {
@@ -328,14 +332,14 @@ fn classify(ctx: &TcContext) {
     }
 }
 
-/// Sets `xid`'s byte in the seen map (read first: the cache line stays shared once set).
+/// Sets slot `index`'s byte in a seen map (read first: the cache line stays shared once set).
 #[inline(always)]
-fn mark_seen(xid: u32) {
-    if let Some(chunk) = OFFERED_SEEN.get_ptr_mut(xid / SEEN_CHUNK) {
+fn mark_seen(seen: &Array<[u8; SEEN_CHUNK as usize]>, index: u32) {
+    if let Some(chunk) = seen.get_ptr_mut(index / SEEN_CHUNK) {
         // SAFETY: within the chunk (offset below SEEN_CHUNK); a byte store races with nothing
         // that could undo it.
         unsafe {
-            let byte = (chunk as *mut u8).add((xid % SEEN_CHUNK) as usize);
+            let byte = (chunk as *mut u8).add((index % SEEN_CHUNK) as usize);
             if *byte == 0 {
                 *byte = 1;
             }
@@ -418,9 +422,11 @@ unsafe fn count_drop(skb: *const u8) -> Option<()> {
             return None;
         }
         let pkt_len: u32 = read(skb, o.skb_pkt_len)?;
-        let counter = DROPPED.get_ptr_mut(priority & 0xffff)?;
+        let minor = priority & 0xffff;
+        let counter = DROPPED.get_ptr_mut(minor)?;
         // SAFETY: per-CPU slot; nothing else on this CPU writes it while we run.
         (*counter).charge(u64::from(pkt_len));
+        mark_seen(&DROPPED_SEEN, minor);
     }
     Some(())
 }

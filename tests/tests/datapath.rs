@@ -360,26 +360,61 @@ fn counters_an_older_bwmon_kept_in_the_hash_go_on_under_its_epoch() {
 }
 
 #[test]
-fn a_lost_seen_map_is_made_up_for_by_reading_every_slot_once() {
+fn counters_whose_seen_map_was_lost_are_read_whole_and_nothing_is_forgotten() {
     let lab = Lab::new();
-    let dp = open(&lab, &[]);
+    lab.htb_fixture(&[(0x120, "1mbit"), (0x121, "1mbit")]);
     let uid = 4795;
+    let dp = open(&lab, &[(uid, 0x120, 0x121)]);
     let dst = SocketAddr::new(lab.general_v4.into(), 9);
-    send_udp_as(uid, dst, 3, 100);
-    assert_eq!(dp.snapshot().unwrap().offered[&uid].general.packets, 3);
+    send_udp_as(uid, dst, 500, 1200);
+    lab.wait_for_empty_queues();
+    let before = dp.snapshot().unwrap();
+    let dropped = before.dropped[&Minor(0x120)];
+    assert!(dropped.packets > 100, "{dropped:?}");
+    assert_eq!(before.offered[&uid].general.packets, 500);
     drop(dp);
     let pins = lab.pin_root.join(&lab.host_if);
-    std::fs::remove_file(pins.join(bwmon_common::names::OFFERED_SEEN)).unwrap();
+    for seen in [
+        bwmon_common::names::OFFERED_SEEN,
+        bwmon_common::names::DROPPED_SEEN,
+    ] {
+        std::fs::remove_file(pins.join(seen)).unwrap();
+    }
 
+    // The new seen maps cannot know what was counted before them: the arrays are read
+    // whole, at every snapshot, and nothing drops out of them.
     let dp = Datapath::open(&lab.datapath_options()).expect("open the datapath");
-    let first = dp.snapshot().unwrap();
-    assert_eq!(
-        first.offered[&uid].general.packets, 3,
-        "read from every slot"
-    );
-    // Then only what the new seen map marks: the xid is back with its next packet, its
-    // counter whole.
-    assert!(!dp.snapshot().unwrap().offered.contains_key(&uid));
+    for _ in 0..2 {
+        let s = dp.snapshot().unwrap();
+        assert_eq!(s.offered[&uid].general.packets, 500);
+        assert_eq!(s.dropped[&Minor(0x120)], dropped);
+    }
     send_udp_as(uid, dst, 1, 100);
-    assert_eq!(dp.snapshot().unwrap().offered[&uid].general.packets, 4);
+    assert_eq!(dp.snapshot().unwrap().offered[&uid].general.packets, 501);
+    // Still so after a restart that finds the seen maps pinned.
+    drop(dp);
+    let dp = Datapath::open(&lab.datapath_options()).expect("open the datapath");
+    let s = dp.snapshot().unwrap();
+    assert_eq!(s.dropped[&Minor(0x120)], dropped);
+    assert_eq!(s.offered[&uid].general.packets, 501);
+}
+
+#[test]
+fn only_slots_marked_seen_are_read_and_they_are_all_there() {
+    let lab = Lab::new();
+    let dp = open(&lab, &[]);
+    let dst = SocketAddr::new(lab.general_v4.into(), 9);
+    // Spread over the array: a run, a lone xid, the first and last chunk.
+    let uids = [4801, 4802, 4803, 4900, 61_000, 65_535];
+    for uid in uids {
+        send_udp_as(uid, dst, 2, 100);
+    }
+    let s = dp.snapshot().unwrap();
+    for uid in uids {
+        assert_eq!(s.offered[&uid].general.packets, 2, "uid {uid}");
+    }
+    assert!(
+        !s.offered.contains_key(&4804),
+        "untouched slots are left out"
+    );
 }

@@ -32,7 +32,7 @@ use aya::{
     programs::{BtfTracePoint, SchedClassifier},
 };
 use bwmon_common::{Settings, XidSource, names};
-use tracing::warn;
+use tracing::{info, warn};
 
 pub use attach::AttachMode;
 use drops::Device;
@@ -115,9 +115,6 @@ pub struct Datapath {
     /// The link header length the classifier was loaded with: an interface re-created as
     /// another kind of device needs a new load.
     link_header: u32,
-    /// The next snapshot reads every slot of the offered array, not only those marked seen:
-    /// this load made the seen map anew while the array was kept.
-    read_every_slot: std::cell::Cell<bool>,
     pin_dir: PathBuf,
     mode: AttachMode,
 }
@@ -165,7 +162,16 @@ impl Datapath {
         loader.override_global(names::SETTINGS, &settings, true);
         let pinned = pins::map_paths(&pin_dir);
         let had_pin = |name: &str| pin_dir.join(name).exists();
-        let read_every_slot = had_pin(names::OFFERED_ARRAY) && !had_pin(names::OFFERED_SEEN);
+        // A seen map made now beside an array that already counted cannot say which slots
+        // are used.
+        let incomplete: Vec<&'static str> = [
+            (names::OFFERED_ARRAY, names::OFFERED_SEEN),
+            (names::DROPPED, names::DROPPED_SEEN),
+        ]
+        .into_iter()
+        .filter(|(array, seen)| had_pin(array) && !had_pin(seen))
+        .map(|(_, seen)| seen)
+        .collect();
         for (name, path) in &pinned {
             loader.map_pin_path(name, path.as_path());
         }
@@ -187,7 +193,6 @@ impl Datapath {
             boot_id,
             ifindex: device.ifindex,
             link_header: device.link_header,
-            read_every_slot: std::cell::Cell::new(read_every_slot),
             iface,
             pin_dir,
             mode: opts.attach_mode,
@@ -197,6 +202,10 @@ impl Datapath {
         // empty).
         dp.cover_tries_in_filter()?;
         dp.move_low_classes_to_array()?;
+        for seen in incomplete {
+            info!(iface = %dp.iface, map = seen, "a counter map's seen map was made anew: reading the counters whole until the next reboot");
+            dp.mark_seen_incomplete(seen)?;
+        }
         let pin_dir = dp.pin_dir.clone();
         let classifier = dp.classifier()?;
         classifier

@@ -19,12 +19,13 @@ use super::{
 use crate::paths;
 
 /// Maps that outlive the agent (pinned). The rest (log gate, globals) are per load.
-const PINNED_MAPS: [&str; 13] = [
+const PINNED_MAPS: [&str; 14] = [
     names::OFFERED,
     names::OFFERED_ARRAY,
     names::OFFERED_SEEN,
     names::OFFERED_OVERFLOW,
     names::DROPPED,
+    names::DROPPED_SEEN,
     names::DROP_CONTROL,
     names::XID_CLASS,
     names::XID_CLASS_ARRAY,

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use aya::maps::{Array, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
-use bwmon_common::{CLASS_ARRAY_XIDS, Counter, SEEN_CHUNK, XidCounters, names};
+use bwmon_common::{CLASS_ARRAY_XIDS, Counter, SEEN_CHUNK, SEEN_INCOMPLETE, XidCounters, names};
 
 use super::{Datapath, batch, error::Result};
 use crate::{class::PerClass, htb::Minor};
@@ -76,6 +76,10 @@ impl Snapshot {
     }
 }
 
+/// Slots of the arrays read through a seen map: xids below the class array's end, HTB minors.
+const SLOTS: u32 = CLASS_ARRAY_XIDS;
+const _: () = assert!(bwmon_common::MAX_MINORS == SLOTS);
+
 /// Gaps of unseen slots shorter than this are read through: a few slots cost less than
 /// another call.
 const RUN_GAP: u32 = 64;
@@ -129,44 +133,62 @@ impl Datapath {
         Ok((h.finish(), before_array))
     }
 
-    /// The seen map's chunks.
-    fn seen_chunks(&self) -> Result<Vec<[u8; SEEN_CHUNK as usize]>> {
-        let name = names::OFFERED_SEEN;
+    /// Marks seen map `name` incomplete: made after its array had counted. Only before the
+    /// programs that write it are attached: the chunk written here could undo a byte they set.
+    pub(super) fn mark_seen_incomplete(&mut self, name: &'static str) -> Result<()> {
+        let (map, err) = self.map_for_write(name)?;
+        let mut map: Array<&mut MapData, [u8; SEEN_CHUNK as usize]> =
+            Array::try_from(map).map_err(&err)?;
+        let mut first = map.get(&0, 0).map_err(&err)?;
+        first[0] = SEEN_INCOMPLETE;
+        map.set(0, first, 0).map_err(&err)
+    }
+
+    /// The chunks of seen map `name`.
+    fn seen_chunks(&self, name: &'static str) -> Result<Vec<[u8; SEEN_CHUNK as usize]>> {
         let err = |e| self.map_err(name, e);
         let map: Array<&MapData, [u8; SEEN_CHUNK as usize]> =
             Array::try_from(self.map(name)?).map_err(err)?;
-        (0..CLASS_ARRAY_XIDS / SEEN_CHUNK)
+        (0..SLOTS / SEEN_CHUNK)
             .map(|i| map.get(&i, 0).map_err(err))
             .collect()
     }
 
-    /// The offered array's slots `start..start + len`, summed over CPUs.
-    fn offered_slots(
+    /// The slots of per-CPU array `array` that seen map `seen` marks (every one when it is
+    /// incomplete), summed over CPUs by `fold`; untouched slots left out.
+    fn seen_slots<V: aya::Pod + Default + PartialEq>(
         &self,
+        (array, seen): (&'static str, &'static str),
         nr_cpus: usize,
-        start: u32,
-        len: u32,
-    ) -> Result<Vec<(u32, XidCounters)>> {
-        let name = names::OFFERED_ARRAY;
-        let map = self.map(name)?;
-        let batched = match map_data(map) {
-            Some(data) => batch::per_cpu_range(data.fd(), nr_cpus, start, len, XidCounters::merged)
-                .map_err(|e| self.batch_err(name, e))?,
-            None => None,
+        fold: impl Fn(V, V) -> V + Copy,
+    ) -> Result<Vec<(u32, V)>> {
+        let chunks = self.seen_chunks(seen)?;
+        let runs = if chunks.first().is_some_and(|c| c[0] == SEEN_INCOMPLETE) {
+            vec![(0, SLOTS)]
+        } else {
+            seen_runs(&chunks)
         };
-        if let Some(slots) = batched {
-            return Ok(slots);
+        let map = self.map(array)?;
+        let mut out = Vec::new();
+        for (start, len) in runs {
+            let batched = match map_data(map) {
+                Some(data) => batch::per_cpu_range(data.fd(), nr_cpus, start, len, fold)
+                    .map_err(|e| self.batch_err(array, e))?,
+                None => None,
+            };
+            let slots = match batched {
+                Some(slots) => slots,
+                None => {
+                    let err = |e| self.map_err(array, e);
+                    let map: PerCpuArray<&MapData, V> = PerCpuArray::try_from(map).map_err(err)?;
+                    (start..start + len)
+                        .map(|i| Ok((i, sum(&map.get(&i, 0).map_err(err)?, fold))))
+                        .collect::<Result<Vec<_>>>()?
+                }
+            };
+            out.extend(slots.into_iter().filter(|(_, v)| *v != V::default()));
         }
-        let err = |e| self.map_err(name, e);
-        let map: PerCpuArray<&MapData, XidCounters> = PerCpuArray::try_from(map).map_err(err)?;
-        (start..start + len)
-            .map(|xid| {
-                Ok((
-                    xid,
-                    sum(&map.get(&xid, 0).map_err(err)?, XidCounters::merged),
-                ))
-            })
-            .collect()
+        Ok(out)
     }
 
     fn map_id(&self, name: &'static str) -> Result<Option<u32>> {
@@ -190,29 +212,13 @@ impl Datapath {
 
         // Drops first: every dropped packet was offered before it was dropped, so offered
         // bytes read afterwards include it and `offered − dropped` never dips between syncs
-        // (a dip would read as the kernel's counters restarting).
-        let map = self.map(names::DROPPED)?;
-        let dropped = match map_data(map) {
-            Some(data) => {
-                batch::per_cpu_entries::<u32, Counter>(data.fd(), nr_cpus, Counter::merged)
-                    .map_err(|e| self.batch_err(names::DROPPED, e))?
-            }
-            None => None,
-        };
-        let dropped = match dropped {
-            Some(entries) => entries,
-            None => {
-                let err = |e| self.map_err(names::DROPPED, e);
-                let map: PerCpuArray<&MapData, Counter> =
-                    PerCpuArray::try_from(map).map_err(err)?;
-                let mut entries = Vec::new();
-                for minor in 0..bwmon_common::MAX_MINORS {
-                    let values = map.get(&minor, 0).map_err(err)?;
-                    entries.push((minor, sum(&values, Counter::merged)));
-                }
-                entries
-            }
-        };
+        // (a dip would read as the kernel's counters restarting). Only minors that dropped
+        // are read (all of them when the seen map is incomplete).
+        let dropped = self.seen_slots(
+            (names::DROPPED, names::DROPPED_SEEN),
+            nr_cpus,
+            Counter::merged,
+        )?;
         out.dropped.extend(
             dropped
                 .into_iter()
@@ -241,18 +247,13 @@ impl Datapath {
         }
 
         // Xids below the array's end: the slots of those the classifier marked seen (all of
-        // them once after a load that found the seen map gone), plus what an older bwmon
-        // counted for them in the hash. Untouched slots are left out.
-        let runs = if self.read_every_slot.get() {
-            vec![(0, bwmon_common::CLASS_ARRAY_XIDS)]
-        } else {
-            seen_runs(&self.seen_chunks()?)
-        };
-        let mut slots = Vec::new();
-        for (start, len) in runs {
-            slots.extend(self.offered_slots(nr_cpus, start, len)?);
-        }
-        self.read_every_slot.set(false);
+        // them when the seen map is incomplete), plus what an older bwmon
+        // counted for them in the hash.
+        let slots = self.seen_slots(
+            (names::OFFERED_ARRAY, names::OFFERED_SEEN),
+            nr_cpus,
+            XidCounters::merged,
+        )?;
         for (xid, c) in slots {
             if c != XidCounters::default() {
                 let total = out.offered.entry(xid).or_default();
