@@ -37,9 +37,7 @@ impl Snapshot {
     pub fn continues(&self, epoch: u64) -> bool {
         epoch == self.epoch || epoch == self.epoch_before_array
     }
-}
 
-impl Snapshot {
     /// What `xid`, whose leaves are `leaves`, is charged: offered at the egress hook minus
     /// dropped before leaving, per traffic class.
     pub fn charged(&self, xid: u32, leaves: PerClass<Minor>) -> PerClass<Counter> {
