@@ -418,7 +418,7 @@ mount -t tracefs tracefs /host/sys/kernel/tracing 2>/dev/null
 printf '#!/bin/busybox sh\nexec /bin/busybox chroot /host /sbin/modprobe -d {kdir} "$@"\n' > /bin/vm-modprobe
 chmod +x /bin/vm-modprobe
 echo /bin/vm-modprobe > /proc/sys/kernel/modprobe
-chroot /host /sbin/modprobe -d {kdir} -a veth sch_htb cls_bpf sch_ingress 2>&1
+chroot /host /sbin/modprobe -d {kdir} -a veth tun sch_htb cls_bpf sch_ingress 2>&1
 chroot /host /bin/sh {script}
 echo "VMTEST-EXIT=$?"
 poweroff -f
