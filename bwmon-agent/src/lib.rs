@@ -7,34 +7,20 @@
 //! policy, attributes and notices, and none of its unit bugs, limits or lost counters.
 #![deny(missing_docs)]
 
-pub mod allocator;
-pub mod btf;
-pub mod calendar;
 pub mod class;
 pub mod cli;
-pub mod clock;
 pub mod config;
-pub mod connections;
-pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod error_kind;
 pub mod history;
 pub mod htb;
-pub mod instance;
 pub mod interface;
-pub mod levers;
-pub mod mailaddr;
-pub mod metrics;
 pub mod notify;
 pub mod paths;
 pub mod policy;
-pub mod problems;
-pub mod report;
-pub mod rspec;
-pub mod slice_view;
-pub mod slices;
+pub mod serve;
 pub mod state;
-pub mod status;
 pub mod sync;
+pub mod time;
 pub mod units;

@@ -6,14 +6,15 @@ use bwmon_agent::{
     class::TrafficClass,
     cli::{Cli, Command, SliceAction},
     config::Config,
-    control,
-    control::{ReplyBody, RequestBody},
+    config::slices,
     daemon, datapath, history,
     htb::{self, Htb},
-    levers::Lever,
-    paths, policy, report,
-    slice_view::{self, SliceRef},
-    slices, status,
+    paths, policy,
+    policy::levers::Lever,
+    serve::control,
+    serve::control::{ReplyBody, RequestBody},
+    serve::slice_view::{self, SliceRef},
+    serve::status,
     units::{BitsPerSec, Bytes},
 };
 use clap::Parser;
@@ -21,7 +22,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(cli.command, Command::Run { .. }) {
-        bwmon_agent::allocator::tune_for_daemon();
+        bwmon_agent::daemon::allocator::tune_for_daemon();
     } else {
         // A command's output piped into `head` ends it quietly, as for any Unix tool; the
         // daemon keeps ignoring SIGPIPE (a client that goes away must not stop it).
@@ -54,7 +55,7 @@ const SOME_SKIPPED: u8 = 2;
 
 fn exit_code(e: &anyhow::Error) -> ExitCode {
     let needs_operator = e.chain().any(|c| {
-        c.is::<bwmon_agent::problems::FileErrors>()
+        c.is::<bwmon_agent::config::problems::FileErrors>()
             || c.is::<bwmon_agent::interface::InvalidName>()
             || matches!(
                 c.downcast_ref::<bwmon_agent::state::StateError>(),
@@ -218,7 +219,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 } else {
                     print!(
                         "{}",
-                        slice_view::render_tenant(&view, bwmon_agent::clock::now())
+                        slice_view::render_tenant(&view, bwmon_agent::time::now())
                     );
                 }
                 return Ok(ExitCode::SUCCESS);
@@ -243,11 +244,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             match reply {
                 ReplyBody::Slice(d) if json => println!("{}", serde_json::to_string_pretty(&d)?),
                 ReplyBody::Slice(d) => {
-                    print!("{}", slice_view::render(&d, bwmon_agent::clock::now()))
+                    print!("{}", slice_view::render(&d, bwmon_agent::time::now()))
                 }
                 ReplyBody::Pulled(audit, d) => {
                     println!("{audit}");
-                    print!("{}", slice_view::render(&d, bwmon_agent::clock::now()));
+                    print!("{}", slice_view::render(&d, bwmon_agent::time::now()));
                 }
                 other => anyhow::bail!("unexpected reply from {}: {other:?}", socket.display()),
             }
@@ -277,7 +278,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let entries = read_history(&config)?;
             let which = slice.as_deref().map(SliceRef::typed);
-            let text = report::svg(&entries, which.as_ref(), days, bwmon_agent::clock::now())?;
+            let text = history::svg::svg(&entries, which.as_ref(), days, bwmon_agent::time::now())?;
             std::fs::write(&svg, text).with_context(|| format!("writing {}", svg.display()))?;
             Ok(ExitCode::SUCCESS)
         }

@@ -1,6 +1,6 @@
 //! Notices by e-mail (lettre): composed like the seed's, sent through SMTP, the local sendmail
 //! (lettre's transport, never a shell) or nowhere, and retried with backoff until delivered or
-//! stale. Every header value is an address checked by [`crate::mailaddr`] or text lettre
+//! stale. Every header value is an address checked by [`crate::config::mailaddr`] or text lettre
 //! encodes, so nothing from config or slice data can inject a header.
 
 use std::time::Duration;
@@ -13,9 +13,10 @@ use lettre::{
 
 use crate::{
     class::TrafficClass,
+    config::slices::ROOT_NAME,
     config::{Mail, Transport},
-    slices::ROOT_NAME,
     state::{CappedClass, Notice},
+    time::text::{format_period, format_time},
     units::Bytes,
 };
 
@@ -49,51 +50,6 @@ pub enum NotifyError {
         /// Why.
         why: String,
     },
-}
-
-/// The seed's words for a period: "day", "hour", "1.5 hours", "40 seconds".
-pub fn format_period(secs: u64) -> String {
-    let s = secs as f64;
-    if secs == 86_400 {
-        "day".into()
-    } else if secs == 3600 {
-        "hour".into()
-    } else if secs > 86_400 {
-        format!("{:.1} days", s / 86_400.0)
-    } else if secs > 3600 {
-        format!("{:.1} hours", s / 3600.0)
-    } else if secs > 60 {
-        format!("{:.1} minutes", s / 60.0)
-    } else {
-        format!("{secs} seconds")
-    }
-}
-
-/// A Unix time as the seed wrote it (`time.asctime(time.gmtime())` + " GMT").
-pub fn format_time(unix: u64) -> String {
-    let days = (unix / 86_400) as i64;
-    let rem = unix % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
-    let months = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    format!(
-        "{weekday} {} {day:>2} {:02}:{:02}:{:02} {year} GMT",
-        months[(month - 1) as usize],
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 /// Subject line.
@@ -213,7 +169,7 @@ impl Mailer {
             why,
         };
         let mailbox = |name: Option<String>, addr: &str| -> Result<Mailbox, NotifyError> {
-            crate::mailaddr::validate(addr).map_err(err)?;
+            crate::config::mailaddr::validate(addr).map_err(err)?;
             let addr = addr
                 .parse()
                 .map_err(|e: lettre::address::AddressError| err(e.to_string()))?;

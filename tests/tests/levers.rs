@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use bwmon_agent::control::{Reply, ReplyBody};
+use bwmon_agent::serve::control::{Reply, ReplyBody};
 use bwmon_tests::{Daemon, Lab, bwmon_bin, iperf3_as, send_tcp_as, u};
 
 const ALICE: u32 = 4731;

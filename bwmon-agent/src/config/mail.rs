@@ -2,7 +2,7 @@
 
 use toml_edit::Item;
 
-use crate::problems::Collector;
+use crate::config::problems::Collector;
 
 /// How notices are delivered.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,7 +75,7 @@ pub(super) fn parse_mail(c: &mut Collector, item: Option<&Item>) -> Mail {
             ("user", Some(s)) => user = Some(s),
             ("password", Some(s)) => password = Some(s),
             ("from" | "support", Some(s)) => {
-                if let Err(e) = crate::mailaddr::validate(&s) {
+                if let Err(e) = crate::config::mailaddr::validate(&s) {
                     c.add(Some(v), &key, e);
                 }
                 if k == "from" {
@@ -87,7 +87,7 @@ pub(super) fn parse_mail(c: &mut Collector, item: Option<&Item>) -> Mail {
             ("slice_address", Some(s)) => {
                 if !s.contains("{slice}") {
                     c.add(Some(v), &key, "must contain {slice}, e.g. \"{slice}@slices.example.org\"");
-                } else if let Err(e) = crate::mailaddr::validate(&s.replace("{slice}", "slice")) {
+                } else if let Err(e) = crate::config::mailaddr::validate(&s.replace("{slice}", "slice")) {
                     c.add(Some(v), &key, e);
                 }
                 mail.slice_address = s;

@@ -1,6 +1,10 @@
 //! The configuration file (TOML) → a typed, validated [`Config`]. Every problem is reported,
 //! each as `path:line: key: message`, not only the first. `[mail]` is read in [`mail`].
 
+pub mod mailaddr;
+pub mod problems;
+pub mod slices;
+
 mod mail;
 
 use mail::parse_mail;
@@ -15,10 +19,10 @@ use ipnet::IpNet;
 use toml_edit::Value;
 
 use crate::{
-    calendar::{Align, Periods},
+    config::problems::{Collector, FileErrors, Problem, parse_document, plain_value, read_text},
     paths,
-    problems::{Collector, FileErrors, Problem, parse_document, plain_value, read_text},
-    rspec::Attributes,
+    policy::rspec::Attributes,
+    time::calendar::{Align, Periods},
     units::{BWMIN, BitsPerSec, parse_duration},
 };
 use bwmon_common::XidSource;
@@ -70,7 +74,26 @@ pub struct Config {
     /// Accept the loopback interface (labs only).
     pub allow_loopback: bool,
     /// How much history is kept (`history_periods`, `history_sample_days`).
-    pub history: crate::history::Retention,
+    pub history: Retention,
+}
+
+/// How much history is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Finished periods per slice.
+    pub periods: usize,
+    /// Age of the oldest hourly sample, seconds.
+    pub sample_secs: u64,
+}
+
+impl Default for Retention {
+    /// 400 periods and 90 days of hourly samples.
+    fn default() -> Self {
+        Retention {
+            periods: 400,
+            sample_secs: 90 * 86_400,
+        }
+    }
 }
 
 fn rate(v: &Value) -> Result<BitsPerSec, String> {
@@ -425,11 +448,11 @@ impl Config {
             "max_connections",
             1,
             4096,
-            crate::connections::DEFAULT_LIMIT,
+            crate::serve::connections::DEFAULT_LIMIT,
             "connections",
         );
-        let kept = crate::history::Retention::default();
-        let history = crate::history::Retention {
+        let kept = Retention::default();
+        let history = Retention {
             periods: bounded("history_periods", 1, 100_000, kept.periods, "periods"),
             sample_secs: bounded(
                 "history_sample_days",
@@ -708,7 +731,7 @@ listen = "127.0.0.1:9110"
         assert!(err.to_string().contains("max_connections"), "{err}");
         assert_eq!(
             parse("interface = \"eth0\"\n").unwrap().max_connections,
-            crate::connections::DEFAULT_LIMIT
+            crate::serve::connections::DEFAULT_LIMIT
         );
     }
 }

@@ -12,7 +12,7 @@ use aya::programs::{
 use bwmon_common::{DropControl, names};
 use tracing::{debug, info, warn};
 
-use super::{AttachCause, Datapath, DatapathError, drops::Device, error::Result, pins::LINK_PIN};
+use super::{AttachCause, Datapath, DatapathError, Device, error::Result, pins::LINK_PIN};
 
 /// Priority and handle of our filter when attached through clsact (kernels without TCX); fixed
 /// so a restarted agent finds and replaces it.

@@ -4,7 +4,6 @@
 
 use std::{
     fs,
-    os::unix::fs::MetadataExt,
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -15,33 +14,7 @@ use aya::{
 use bwmon_common::{DropControl, names};
 use tracing::{debug, info};
 
-use super::{AttachCause, Datapath, DatapathError, error::Result, pins::DROP_LINK_PIN};
-
-/// The accounted device as the drop program identifies it.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Device {
-    pub ifindex: u32,
-    pub netns_inum: u32,
-    /// [`crate::interface::link_header_len`], which the classifier is loaded with.
-    pub link_header: u32,
-}
-
-impl Device {
-    pub fn lookup(iface: &str) -> Result<Device> {
-        let err = |source| DatapathError::Interface {
-            iface: iface.to_owned(),
-            source,
-        };
-        let ifindex = crate::interface::index(iface).map_err(err)?;
-        let netns_inum = fs::metadata("/proc/self/ns/net").map_err(err)?.ino() as u32;
-        let link_header = crate::interface::link_header_len(iface).map_err(err)?;
-        Ok(Device {
-            ifindex,
-            netns_inum,
-            link_header,
-        })
-    }
-}
+use super::{AttachCause, Datapath, DatapathError, Device, error::Result, pins::DROP_LINK_PIN};
 
 /// A fresh, non-zero generation for this load.
 pub(super) fn new_generation() -> u64 {

@@ -59,7 +59,7 @@ pub enum DatapathError {
         iface: String,
         /// Cause.
         #[source]
-        source: crate::btf::BtfError,
+        source: crate::datapath::btf::BtfError,
     },
     /// aya could not read the running kernel's BTF.
     #[error("reading the running kernel's BTF for the tracepoint on {iface}")]

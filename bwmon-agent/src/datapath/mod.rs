@@ -19,13 +19,18 @@
 
 mod attach;
 mod batch;
+pub mod btf;
 mod drops;
 mod error;
 mod maps;
 pub mod pins;
 mod snapshot;
 
-use std::path::PathBuf;
+use std::{
+    fs, io,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -35,13 +40,12 @@ use bwmon_common::{Settings, XidSource, names};
 use tracing::{info, warn};
 
 pub use attach::AttachMode;
-use drops::Device;
 use error::Result;
 pub use error::{AttachCause, DatapathError};
-pub use pins::{ensure_bpffs, teardown};
+pub use pins::ensure_bpffs;
 pub use snapshot::Snapshot;
 
-use crate::{btf::Btf, paths};
+use crate::{datapath::btf::Btf, paths};
 
 /// The eBPF object built by `cargo xtask build`; empty when the agent was built without it.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bwmon.bpf.o"));
@@ -341,6 +345,65 @@ impl Datapath {
 }
 
 /// A program of the object by name.
+/// The accounted device as the drop program identifies it.
+#[derive(Clone, Copy, Debug)]
+struct Device {
+    ifindex: u32,
+    netns_inum: u32,
+    /// [`crate::interface::link_header_len`], which the classifier is loaded with.
+    link_header: u32,
+}
+
+impl Device {
+    fn lookup(iface: &str) -> Result<Device> {
+        let err = |source| DatapathError::Interface {
+            iface: iface.to_owned(),
+            source,
+        };
+        let ifindex = crate::interface::index(iface).map_err(err)?;
+        let netns_inum = fs::metadata("/proc/self/ns/net").map_err(err)?.ino() as u32;
+        let link_header = crate::interface::link_header_len(iface).map_err(err)?;
+        Ok(Device {
+            ifindex,
+            netns_inum,
+            link_header,
+        })
+    }
+}
+
+/// Removes what [`Datapath::open`] installed for `interface`: the attachment and the
+/// pins.
+///
+/// # Errors
+/// A pin or filter that exists but cannot be removed.
+pub fn teardown(pin_root: &Path, interface: &str) -> Result<()> {
+    crate::interface::validate_name(interface)?;
+    let pin_dir = paths::pin_dir(pin_root, interface);
+    let err = |path: &Path, source| DatapathError::Teardown {
+        iface: interface.to_owned(),
+        path: path.to_owned(),
+        source,
+    };
+    attach::detach_clsact(interface);
+    match fs::read_dir(&pin_dir) {
+        Ok(entries) => {
+            for entry in entries {
+                let entry = entry.map_err(|e| err(&pin_dir, e))?;
+                let path = entry.path();
+                // Unpinning the TCX link drops the last reference: the kernel detaches it.
+                fs::remove_file(&path).map_err(|e| err(&path, e))?;
+            }
+            fs::remove_dir(&pin_dir).map_err(|e| err(&pin_dir, e))?;
+            info!(iface = interface, pin_dir = %pin_dir.display(), "datapath removed");
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            warn!(iface = interface, pin_dir = %pin_dir.display(), "no datapath pins to remove");
+        }
+        Err(e) => return Err(err(&pin_dir, e)),
+    }
+    Ok(())
+}
+
 fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::programs::Program> {
     ebpf.program_mut(name)
         .ok_or(DatapathError::MissingProgram { program: name })

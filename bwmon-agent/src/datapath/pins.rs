@@ -9,13 +9,9 @@ use std::{
 
 use aya::{Ebpf, maps::Map};
 use bwmon_common::names;
-use tracing::{info, warn};
+use tracing::info;
 
-use super::{
-    DatapathError,
-    attach::{self},
-    error::Result,
-};
+use super::{DatapathError, error::Result};
 use crate::paths;
 
 /// Maps that outlive the agent (pinned). The rest (log gate, globals) are per load.
@@ -138,37 +134,4 @@ pub(super) fn check_map(ebpf: &Ebpf, name: &str, path: &Path) -> Result<()> {
 fn layout(map: &Map) -> Option<(u32, u32, u32)> {
     let info = super::snapshot::map_data(map)?.info().ok()?;
     Some((info.key_size(), info.value_size(), info.max_entries()))
-}
-
-/// Removes what [`super::Datapath::open`] installed for `interface`: the attachment and the
-/// pins.
-///
-/// # Errors
-/// A pin or filter that exists but cannot be removed.
-pub fn teardown(pin_root: &Path, interface: &str) -> Result<()> {
-    crate::interface::validate_name(interface)?;
-    let pin_dir = paths::pin_dir(pin_root, interface);
-    let err = |path: &Path, source| DatapathError::Teardown {
-        iface: interface.to_owned(),
-        path: path.to_owned(),
-        source,
-    };
-    attach::detach_clsact(interface);
-    match fs::read_dir(&pin_dir) {
-        Ok(entries) => {
-            for entry in entries {
-                let entry = entry.map_err(|e| err(&pin_dir, e))?;
-                let path = entry.path();
-                // Unpinning the TCX link drops the last reference: the kernel detaches it.
-                fs::remove_file(&path).map_err(|e| err(&path, e))?;
-            }
-            fs::remove_dir(&pin_dir).map_err(|e| err(&pin_dir, e))?;
-            info!(iface = interface, pin_dir = %pin_dir.display(), "datapath removed");
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            warn!(iface = interface, pin_dir = %pin_dir.display(), "no datapath pins to remove");
-        }
-        Err(e) => return Err(err(&pin_dir, e)),
-    }
-    Ok(())
 }

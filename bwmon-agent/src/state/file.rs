@@ -19,7 +19,8 @@ use super::{Notice, SliceState, State};
 use crate::{
     class::PerClass,
     htb::Minor,
-    policy::{ClassRecord, Record, UnixSecs},
+    policy::{ClassRecord, Record},
+    time::UnixSecs,
     units::{BitsPerSec, Bytes},
 };
 
@@ -156,7 +157,7 @@ impl State {
                 why,
             });
         };
-        let stamp = crate::clock::now();
+        let stamp = crate::time::now();
         let mut set_aside = Vec::new();
         for (file, why) in damaged {
             let to = with_suffix(&file, &format!(".damaged-{stamp}"));
@@ -183,7 +184,7 @@ impl State {
     /// # Errors
     /// A file that exists and cannot be moved.
     pub fn discard(path: &Path) -> Result<Vec<PathBuf>, StateError> {
-        let stamp = crate::clock::now();
+        let stamp = crate::time::now();
         let mut moved = Vec::new();
         for file in [path.to_owned(), previous(path)] {
             let to = with_suffix(&file, &format!(".discarded-{stamp}"));
@@ -474,7 +475,7 @@ mod tests {
                 departed: false,
             },
         );
-        let mut levers = crate::levers::Levers::new(1_700_000_000);
+        let mut levers = crate::policy::levers::Levers::new(1_700_000_000);
         levers.grant.general = Bytes(2 << 30);
         levers.limit.exempt = Some(BitsPerSec(3_000_000));
         s.levers.insert(1001, levers);

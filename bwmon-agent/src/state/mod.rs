@@ -12,8 +12,9 @@ pub use file::{Loaded, SetAside, StateError, StateFile, VERSION};
 use crate::{
     class::{PerClass, TrafficClass},
     htb::Minor,
-    levers::Levers,
-    policy::{Record, UnixSecs},
+    policy::Record,
+    policy::levers::Levers,
+    time::UnixSecs,
     units::{BitsPerSec, Bytes},
 };
 

@@ -21,13 +21,14 @@ use plan::{Event, LiveSlice, Memory, Observation, Plan, Settings, Who};
 
 use crate::{
     config::Config,
+    config::slices::{ROOT_NAME, SliceSpec},
     error_kind::{ErrorCounts, ErrorKind},
     htb::{ClassInfo, TreeSpec, minors::Minors},
-    policy::{Capping, Limits, Node, UnixSecs},
-    rspec::Attributes,
-    slices::{ROOT_NAME, SliceSpec},
+    policy::rspec::Attributes,
+    policy::{Capping, Limits, Node},
+    serve::status::StatusReport,
     state::{Notice, NoticeKey, State, StateFile},
-    status::StatusReport,
+    time::UnixSecs,
 };
 
 /// The root slice's share (bwlimit gave it 5).
@@ -450,7 +451,7 @@ mod tests {
         class::{PerClass, TrafficClass},
         datapath::{DatapathError, Snapshot},
         htb::{ClassParams, HtbError, Installed, Leaf, Minor, Op, tree},
-        status::SliceStatus,
+        serve::status::SliceStatus,
         units::{BitsPerSec, KBytes},
     };
 

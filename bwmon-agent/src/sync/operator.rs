@@ -3,10 +3,11 @@
 
 use super::{Kernel, Syncer, Tree};
 use crate::{
-    calendar::Calendar,
-    levers::{self, Lever, Levers},
-    policy::{Limits, UnixSecs},
-    slice_view::{self, SliceDetail, SliceRef},
+    policy::Limits,
+    policy::levers::{self, Lever, Levers},
+    serve::slice_view::{self, SliceDetail, SliceRef},
+    time::UnixSecs,
+    time::calendar::Calendar,
     units::Bytes,
 };
 

@@ -9,18 +9,19 @@ use bwmon_common::ClassIds;
 use ipnet::IpNet;
 
 use crate::{
-    calendar::{Calendar, Periods},
     class::{PerClass, TrafficClass},
+    config::slices::DEFAULT_NAME,
     datapath::Snapshot,
     htb::{
         ClassInfo, ClassParams, Leaf, Minor, Op, TreeSpec,
         minors::Minors,
         tree::{self, DEFAULT_LEAVES},
     },
-    policy::{self, Capping, Counters, Limits, UnixSecs},
-    slices::DEFAULT_NAME,
+    policy::{self, Capping, Counters, Limits},
+    serve::status::SliceStatus,
     state::{CappedClass, Notice, SliceState, State},
-    status::SliceStatus,
+    time::UnixSecs,
+    time::calendar::{Calendar, Periods},
     units::BWMIN,
 };
 
@@ -524,7 +525,7 @@ mod tests {
     use super::*;
     use crate::{
         policy::Node,
-        rspec::Attributes,
+        policy::rspec::Attributes,
         units::{BitsPerSec, Bytes, KBytes},
     };
 
@@ -643,7 +644,7 @@ mod tests {
     fn aligned_periods_start_at_the_calendar_boundary_and_end_at_the_next() {
         let mut w = World::new(false);
         w.settings.periods = Periods {
-            align: crate::calendar::Align::Day { hour: 0, minute: 0 },
+            align: crate::time::calendar::Align::Day { hour: 0, minute: 0 },
             length: 0,
             tz: jiff::tz::TimeZone::UTC,
         };

@@ -3,8 +3,9 @@
 use super::plan::Memory;
 use crate::{
     class::{PerClass, TrafficClass},
-    policy::{Counters, Limits, Record, UnixSecs},
-    status::SliceStatus,
+    policy::{Counters, Limits, Record},
+    serve::status::SliceStatus,
+    time::UnixSecs,
     units::Bytes,
 };
 

@@ -15,7 +15,7 @@ use jiff::{
     tz::TimeZone,
 };
 
-use crate::policy::UnixSecs;
+use crate::time::UnixSecs;
 
 /// How periods are aligned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

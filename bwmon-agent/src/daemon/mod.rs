@@ -3,6 +3,9 @@
 //! the interval, the control socket, the metrics endpoint, notices and the kernel log share one
 //! shutdown signal.
 
+pub mod allocator;
+pub mod instance;
+
 use std::{
     collections::HashSet,
     path::{Path, PathBuf},
@@ -23,20 +26,20 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    clock::now,
     config::Config,
-    control::{self, ReplyBody, SliceRequest},
+    config::slices::SlicesFile,
     datapath::{Datapath, DatapathOptions},
     error_kind::ErrorKind,
     history,
     htb::Htb,
     notify::{self, Mailer},
     paths,
-    slice_view::SliceRef,
-    slices::SlicesFile,
+    serve::control::{self, ReplyBody, SliceRequest},
+    serve::slice_view::SliceRef,
+    serve::status::StatusReport,
     state::{Notice, NoticeKey, State, StateFile},
-    status::StatusReport,
     sync::Syncer,
+    time::now,
 };
 
 /// What the daemon asks of the sync worker.
@@ -87,7 +90,7 @@ async fn start_metrics(
         .await
         .with_context(|| format!("metrics listen address {addr}"))?;
     info!(%addr, "serving Prometheus metrics");
-    Ok(Some(tokio::spawn(crate::metrics::serve(
+    Ok(Some(tokio::spawn(crate::serve::metrics::serve(
         listener,
         config.max_connections,
         status.clone(),
@@ -125,12 +128,12 @@ struct Outlets {
     /// Said at start, shown in every report.
     warnings: Vec<String>,
     /// The history file and how much of it is kept.
-    history: (PathBuf, history::Retention),
+    history: (PathBuf, crate::config::Retention),
 }
 
 /// The history's tracker, from the history file (damaged records said and skipped); the file
 /// is compacted to its retention first.
-fn open_history(path: &Path, retention: history::Retention) -> history::Tracker {
+fn open_history(path: &Path, retention: crate::config::Retention) -> history::Tracker {
     match history::compact(path, retention, now()) {
         // Damaged records are not copied: said here, once.
         Ok(problems) => {
@@ -316,7 +319,7 @@ fn sync_worker(
             let _ = reply.send(body);
         }
         // The previous report and the sync's temporary tables are freed now.
-        crate::allocator::give_back();
+        crate::daemon::allocator::give_back();
     }
     info!("stopping: saving the state; the datapath keeps counting");
     syncer.persist();
@@ -330,7 +333,7 @@ fn sync_worker(
 /// datapath, a foreign root qdisc.
 pub async fn run(mut config: Config, fresh_state: bool) -> anyhow::Result<()> {
     // Before anything is touched: a second daemon on this interface changes nothing.
-    let _instance = crate::instance::lock(Path::new(paths::RUNTIME), &config.interface)?;
+    let _instance = crate::daemon::instance::lock(Path::new(paths::RUNTIME), &config.interface)?;
     if fresh_state {
         for moved in State::discard(&config.state)? {
             warn!(to = %moved.display(), "--fresh-state: the state was moved aside; every budget starts afresh");

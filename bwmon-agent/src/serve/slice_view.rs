@@ -4,11 +4,12 @@
 
 use crate::{
     class::{PerClass, TrafficClass},
-    levers::Levers,
-    policy::{Limits, Node, UnixSecs},
-    rspec::{Attributes, KEYS},
+    policy::levers::Levers,
+    policy::rspec::{Attributes, KEYS},
+    policy::{Limits, Node},
+    serve::status::SliceStatus,
     state::SliceState,
-    status::SliceStatus,
+    time::{UnixSecs, text::from_now},
     units::{BitsPerSec, Bytes},
 };
 
@@ -220,24 +221,6 @@ pub fn detail(
         classes,
         emailed: r.emailed,
         notice_pending,
-    }
-}
-
-/// When `at` is, from `now`: "in 3 h 20 min", "2 min ago".
-fn from_now(at: UnixSecs, now: UnixSecs) -> String {
-    let span = |secs: u64| {
-        let (h, m) = (secs / 3600, secs % 3600 / 60);
-        match (h, m) {
-            (0, 0) => format!("{secs} s"),
-            (0, m) => format!("{m} min"),
-            (h, 0) => format!("{h} h"),
-            (h, m) => format!("{h} h {m} min"),
-        }
-    };
-    if at >= now {
-        format!("in {}", span(at - now))
-    } else {
-        format!("{} ago", span(now - at))
     }
 }
 

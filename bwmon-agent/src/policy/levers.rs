@@ -7,7 +7,8 @@ use std::fmt;
 
 use crate::{
     class::{PerClass, TrafficClass},
-    policy::{ClassRecord, Limits, Record, UnixSecs},
+    policy::{ClassRecord, Limits, Record},
+    time::UnixSecs,
     units::{BWMIN, BitsPerSec, Bytes},
 };
 

@@ -6,6 +6,8 @@
 //! skipped (said, never fatal): reading resumes at the next magic. Old records are dropped by
 //! rewriting the file (temporary file, rename) when it holds more than the retention.
 
+pub mod svg;
+
 use std::{
     collections::{BTreeMap, HashMap},
     fs,
@@ -16,9 +18,10 @@ use std::{
 
 use crate::{
     class::{PerClass, TrafficClass},
-    policy::UnixSecs,
-    slice_view::SliceRef,
-    status::{SliceStatus, StatusReport},
+    config::Retention,
+    serve::slice_view::SliceRef,
+    serve::status::{SliceStatus, StatusReport},
+    time::UnixSecs,
 };
 
 const MAGIC: &[u8; 4] = b"BWH1";
@@ -69,25 +72,6 @@ pub enum Entry {
     Period(PeriodEntry),
     /// An hourly sample of the current period.
     Sample(Sample),
-}
-
-/// How much history is kept.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Retention {
-    /// Finished periods per slice.
-    pub periods: usize,
-    /// Age of the oldest hourly sample, seconds.
-    pub sample_secs: u64,
-}
-
-impl Default for Retention {
-    /// 400 periods and 90 days of hourly samples.
-    fn default() -> Self {
-        Retention {
-            periods: 400,
-            sample_secs: 90 * 86_400,
-        }
-    }
 }
 
 /// The bytes of `entries` as they are appended.
@@ -400,8 +384,8 @@ pub fn render(periods: &[PeriodEntry]) -> String {
         let _ = writeln!(
             out,
             "  {} → {}{}",
-            crate::notify::format_time(p.start),
-            crate::notify::format_time(p.end),
+            crate::time::text::format_time(p.start),
+            crate::time::text::format_time(p.end),
             if p.noticed { "  (noticed)" } else { "" }
         );
         for class in TrafficClass::ALL {
@@ -409,7 +393,7 @@ pub fn render(periods: &[PeriodEntry]) -> String {
             let capped = p.capped_at.of(class).map_or(String::new(), |t| {
                 format!(
                     "  capped at {}, down to {}",
-                    crate::notify::format_time(t),
+                    crate::time::text::format_time(t),
                     crate::units::BitsPerSec(*p.lowest_ceil_bps.of(class))
                 )
             });

@@ -16,7 +16,7 @@ use tokio::{
 use crate::{
     class::PerClass,
     error_kind::ErrorKind,
-    status::{SliceStatus, StatusReport},
+    serve::status::{SliceStatus, StatusReport},
 };
 
 /// Escapes a label value (backslash, quote, newline).
@@ -197,7 +197,7 @@ pub async fn serve(
             stream.shutdown().await
         }
     };
-    crate::connections::serve(listener, "metrics", limit, handle, shutdown).await;
+    crate::serve::connections::serve(listener, "metrics", limit, handle, shutdown).await;
 }
 
 #[cfg(test)]
@@ -293,7 +293,7 @@ mod tests {
             ..Default::default()
         }));
         let dashboard: serde_json::Value =
-            serde_json::from_str(include_str!("../etc/grafana-dashboard.json")).unwrap();
+            serde_json::from_str(include_str!("../../etc/grafana-dashboard.json")).unwrap();
         let panels = dashboard["panels"].as_array().unwrap();
         assert!(
             panels.len() >= 4,
@@ -314,7 +314,7 @@ mod tests {
                 assert!(used.is_subset(&served), "{title}: {e} uses {used:?}");
             }
         }
-        let alerts = include_str!("../etc/alerts.yml");
+        let alerts = include_str!("../../etc/alerts.yml");
         let exprs: Vec<&str> = alerts
             .lines()
             .filter_map(|l| l.trim().strip_prefix("expr:"))

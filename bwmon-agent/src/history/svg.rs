@@ -8,8 +8,8 @@ use plotters::prelude::*;
 
 use crate::{
     history::{Entry, Sample},
-    policy::UnixSecs,
-    slice_view::SliceRef,
+    serve::slice_view::SliceRef,
+    time::UnixSecs,
 };
 
 /// Why no picture was made.
@@ -67,7 +67,7 @@ fn series<'a>(
 
 /// "Nov 26 14h" for an axis label.
 fn hour_label(at: &f64) -> String {
-    let t = crate::notify::format_time(*at as u64);
+    let t = crate::time::text::format_time(*at as u64);
     // "Thu Nov 26 14:00:00 2026 GMT" → "Nov 26 14h"
     let parts: Vec<&str> = t.split_whitespace().collect();
     match parts.as_slice() {
@@ -189,7 +189,7 @@ mod tests {
     use super::*;
     use crate::{
         history::Tracker,
-        status::{SliceStatus, StatusReport},
+        serve::status::{SliceStatus, StatusReport},
     };
 
     fn samples() -> Vec<Entry> {

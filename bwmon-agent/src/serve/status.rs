@@ -3,6 +3,7 @@
 
 use crate::{
     error_kind::ErrorCounts,
+    time::text::human_secs,
     units::{BitsPerSec, Bytes},
 };
 
@@ -109,16 +110,6 @@ fn eta(used: u64, target: u64, rate_bps: u64) -> Option<u64> {
     }
     let per_sec = rate_bps / 8;
     (per_sec > 0).then(|| (target - used).div_ceil(per_sec))
-}
-
-fn human_secs(s: u64) -> String {
-    match s {
-        0 => "now".into(),
-        1..=119 => format!("{s}s"),
-        120..=7199 => format!("{}m", s / 60),
-        7200..=172_799 => format!("{:.1}h", s as f64 / 3600.0),
-        _ => format!("{:.1}d", s as f64 / 86_400.0),
-    }
 }
 
 /// The aligned table `bwmon status` prints.

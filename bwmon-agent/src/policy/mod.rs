@@ -13,10 +13,13 @@
 //! Otherwise an **update**: once `used ≥ thresh` the ceiling becomes `(max − used) × 8 /
 //! (period − elapsed)` bit/s, never below the min rate nor bwmin, never above the max rate. A
 //! slice capped in a period is noticed exactly once in that period, whichever class tripped.
+
+pub mod levers;
+pub mod rspec;
 use crate::{
-    calendar::Calendar,
     class::{PerClass, TrafficClass},
-    rspec::Attributes,
+    policy::rspec::Attributes,
+    time::{UnixSecs, calendar::Calendar},
     units::{BWMIN, BitsPerSec, Bytes, KBytes, KbitPerSec},
 };
 
@@ -24,9 +27,6 @@ use crate::{
 pub const DEFAULT_MAX_KBYTE: KBytes = KBytes(5_662_310);
 /// The seed's default exempt volume per period: 16.4 GiB.
 pub const DEFAULT_I2_MAX_KBYTE: KBytes = KBytes(17_196_646);
-
-/// Seconds since the Unix epoch.
-pub type UnixSecs = u64;
 
 /// The node's limits, from the config.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

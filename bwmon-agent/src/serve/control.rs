@@ -22,9 +22,9 @@ use tokio::{
 use tracing::debug;
 
 use crate::{
-    levers::Lever,
-    slice_view::{self, SliceDetail, SliceRef, TenantView},
-    status::StatusReport,
+    policy::levers::Lever,
+    serve::slice_view::{self, SliceDetail, SliceRef, TenantView},
+    serve::status::StatusReport,
 };
 
 /// The protocol version of this binary.
@@ -267,7 +267,7 @@ pub async fn serve(
             answer(&frame, uid, &status, &asks).await
         })
     };
-    crate::connections::serve(listener, "control", limit, handle, shutdown).await;
+    crate::serve::connections::serve(listener, "control", limit, handle, shutdown).await;
 }
 
 /// Serves the tenant socket until `shutdown`.
@@ -284,7 +284,7 @@ pub async fn serve_tenant(
             answer_tenant(&frame, uid, &status.borrow(), uid_is_xid)
         })
     };
-    crate::connections::serve(listener, "tenant", limit, handle, shutdown).await;
+    crate::serve::connections::serve(listener, "tenant", limit, handle, shutdown).await;
 }
 
 /// Sends `body` to the daemon at `path` and returns its reply (an error reply as `Err`).
@@ -394,7 +394,7 @@ mod tests {
 
     #[test]
     fn the_tenant_socket_answers_only_the_callers_own_slice() {
-        let row = |name: &str, xid| crate::status::SliceStatus {
+        let row = |name: &str, xid| crate::serve::status::SliceStatus {
             name: name.into(),
             xid,
             period_start: 1000,

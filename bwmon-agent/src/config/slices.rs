@@ -21,8 +21,8 @@ use std::{
 use ipnet::IpNet;
 
 use crate::{
-    problems::{Collector, FileErrors, Problem, parse_document, plain_value},
-    rspec::Attributes,
+    config::problems::{Collector, FileErrors, Problem, parse_document, plain_value},
+    policy::rspec::Attributes,
 };
 
 /// The root slice's name and xid: always present, never capped.
@@ -353,7 +353,7 @@ pub const MAX_FILE: u64 = 256 << 20;
 /// # Errors
 /// Not a regular file, larger than [`MAX_FILE`], unreadable, or not TOML.
 pub fn read(path: &Path) -> Result<Parsed, FileErrors> {
-    parse(path, &crate::problems::read_text(path, MAX_FILE)?)
+    parse(path, &crate::config::problems::read_text(path, MAX_FILE)?)
 }
 
 /// The slices file, re-read when it changes.
