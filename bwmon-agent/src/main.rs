@@ -154,15 +154,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             });
             // Classes on demand: only slices whose limits differ from the default leaf's hold
             // leaves from the start; the rest get one when they send.
-            let node = policy::Node {
-                node_cap: config.node_cap,
-                exempt_max: config.exempt_max,
-                period_secs: config.period.as_secs(),
-            };
-            let tree = htb::TreeSpec {
-                node_cap: config.node_cap,
-                exempt_max: config.exempt_max,
-            };
+            let node = config.node();
+            let tree = config.tree_spec();
             let always: usize = parsed
                 .slices
                 .iter()

@@ -20,7 +20,9 @@ use toml_edit::Value;
 
 use crate::{
     config::problems::{Collector, FileErrors, Problem, parse_document, plain_value, read_text},
+    htb::TreeSpec,
     paths,
+    policy::Node,
     policy::rspec::Attributes,
     time::calendar::{Align, Periods},
     units::{BWMIN, BitsPerSec, parse_duration},
@@ -38,8 +40,6 @@ pub struct Config {
     pub node_cap: BitsPerSec,
     /// Ceiling of all exempt traffic.
     pub exempt_max: BitsPerSec,
-    /// Budget period.
-    pub period: Duration,
     /// Where periods start and end (`period_align`, `period_start_time`, `period_start_day`).
     pub periods: Periods,
     /// Sync interval.
@@ -142,6 +142,22 @@ const KEYS: [&str; 24] = [
 ];
 
 impl Config {
+    /// The node's limits the policy resolves slices against.
+    pub fn node(&self) -> Node {
+        Node {
+            node_cap: self.node_cap,
+            exempt_max: self.exempt_max,
+        }
+    }
+
+    /// The HTB tree's fixed part.
+    pub fn tree_spec(&self) -> TreeSpec {
+        TreeSpec {
+            node_cap: self.node_cap,
+            exempt_max: self.exempt_max,
+        }
+    }
+
     /// The keys whose change needs a restart, that differ between `self` and `new`: a reload
     /// that changes one of them is refused whole.
     pub fn fixed_changes(&self, new: &Config) -> Vec<&'static str> {
@@ -531,7 +547,6 @@ impl Config {
             interface,
             node_cap,
             exempt_max,
-            period,
             periods,
             interval,
             slices,
@@ -566,7 +581,7 @@ mod tests {
         let c = parse("interface = \"eth0\"\n").unwrap();
         assert_eq!(c.interface, "eth0");
         assert_eq!(c.node_cap, BitsPerSec(1_000_000_000));
-        assert_eq!(c.period, Duration::from_secs(86_400));
+        assert_eq!(c.periods.length, 86_400);
         assert_eq!(c.interval, Duration::from_secs(10));
         assert_eq!(c.slices, PathBuf::from(paths::SLICES));
         assert_eq!(c.xid_source, XidSource::Uid);
@@ -606,7 +621,7 @@ listen = "127.0.0.1:9110"
         .unwrap();
         assert_eq!(c.node_cap, BitsPerSec(1_500_000));
         assert_eq!(c.exempt_max, BitsPerSec(2_000_000));
-        assert_eq!(c.period, Duration::from_secs(90));
+        assert_eq!(c.periods.length, 90);
         assert_eq!(
             c.slices,
             PathBuf::from("/etc/bwmon/slices.toml"),

@@ -438,7 +438,7 @@ pub async fn run(mut config: Config, fresh_state: bool) -> anyhow::Result<()> {
     info!(
         iface = %config.interface,
         interval = ?config.interval,
-        period = ?config.period,
+        period = config.periods.length,
         align = ?config.periods.align,
         socket = %config.socket.display(),
         "bwmon running"

@@ -35,8 +35,6 @@ pub struct Node {
     pub node_cap: BitsPerSec,
     /// Ceiling of all exempt traffic.
     pub exempt_max: BitsPerSec,
-    /// Length of a period in seconds.
-    pub period_secs: u64,
 }
 
 /// One class's resolved limits.
@@ -280,7 +278,6 @@ pub(crate) mod tests {
     pub(crate) const NODE: Node = Node {
         node_cap: BitsPerSec(100_000_000),
         exempt_max: BitsPerSec(1_000_000_000),
-        period_secs: 86_400,
     };
 
     /// Default limits on [`NODE`] with a budget of `max_kbyte` per class.
@@ -360,7 +357,7 @@ pub(crate) mod tests {
             },
             &l,
             2000,
-            NODE.period_secs,
+            86_400,
             Capping::Policy,
         );
         assert_eq!(d.record.classes.general.ceil, l.general.max_rate);
@@ -588,7 +585,7 @@ pub(crate) mod tests {
         ) {
             // Node fast enough that the formula, not the max rate, limits the slice; min rate
             // at bwmin (a min rate above the fair share is allowed to overrun, by design).
-            let node = Node { node_cap: BitsPerSec(u64::MAX / 16), exempt_max: BitsPerSec(u64::MAX / 16), period_secs: period };
+            let node = Node { node_cap: BitsPerSec(u64::MAX / 16), exempt_max: BitsPerSec(u64::MAX / 16) };
             let a = Attributes { max_kbyte: Some(KBytes(max_kbyte)), ..Default::default() };
             let l = Limits::resolve(&a, &node);
             let budget = l.general.max.0;

@@ -93,11 +93,7 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
                 .flat_map(|s| [s.minors.general, s.minors.exempt])
                 .flatten(),
         );
-        let node = Node {
-            node_cap: config.node_cap,
-            exempt_max: config.exempt_max,
-            period_secs: config.period.as_secs(),
-        };
+        let node = config.node();
         Self {
             config,
             node,
@@ -128,11 +124,7 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
         if config.exempt_prefixes != self.config.exempt_prefixes {
             self.pushed.exempt = false;
         }
-        self.node = Node {
-            node_cap: config.node_cap,
-            exempt_max: config.exempt_max,
-            period_secs: config.period.as_secs(),
-        };
+        self.node = config.node();
         self.config = config;
     }
 
@@ -178,10 +170,7 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
 
     /// The tree's fixed part for this config.
     pub fn tree_spec(&self) -> TreeSpec {
-        TreeSpec {
-            node_cap: self.config.node_cap,
-            exempt_max: self.config.exempt_max,
-        }
+        self.config.tree_spec()
     }
 
     fn error(&mut self, kind: ErrorKind, what: &str, e: &(dyn std::error::Error + 'static)) {

@@ -532,8 +532,8 @@ mod tests {
     const NODE: Node = Node {
         node_cap: BitsPerSec(100_000_000),
         exempt_max: BitsPerSec(1_000_000_000),
-        period_secs: 100,
     };
+    const PERIOD: u64 = 100;
 
     fn limits() -> Limits {
         Limits::resolve(
@@ -547,7 +547,7 @@ mod tests {
 
     fn settings(dry_run: bool) -> Settings {
         Settings {
-            periods: Periods::fixed(NODE.period_secs),
+            periods: Periods::fixed(PERIOD),
             dry_run,
             tree: TreeSpec {
                 node_cap: NODE.node_cap,
