@@ -38,14 +38,15 @@ fn open(lab: &Lab, classes: &[(u32, u16, u16)]) -> Datapath {
 /// Bytes charged to `xid` in its class with `minor` (its general or exempt leaf).
 fn charged(s: &Snapshot, xid: u32, general: u16, exempt: u16, minor: u16) -> u64 {
     let leaves = PerClass {
-        general: Minor(general),
-        exempt: Minor(exempt),
+        general: Some(Minor(general)),
+        exempt: Some(Minor(exempt)),
     };
-    let c = s.charged(xid, leaves);
+    // The production formula, with the leaves' drops counted from zero (fresh minors).
+    let c = s.charged_bytes(xid, leaves, PerClass::default());
     if minor == general {
-        c.general.bytes
+        c.general
     } else {
-        c.exempt.bytes
+        c.exempt
     }
 }
 

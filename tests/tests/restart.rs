@@ -114,10 +114,11 @@ fn agent_killed_and_restarted_under_traffic_loses_and_doubles_nothing() {
     let classes = lab.tc_classes();
     let htb = classes[&(1, u32::from(MINOR))].bytes;
     let leaves = PerClass {
-        general: Minor(MINOR),
-        exempt: Minor(MINOR + 1),
+        general: Some(Minor(MINOR)),
+        exempt: Some(Minor(MINOR + 1)),
     };
-    let charged = snap.charged(UID, leaves).general.bytes;
+    // The production formula, the leaves' drops counted from zero (fresh minors).
+    let charged = snap.charged_bytes(UID, leaves, PerClass::default()).general;
     eprintln!("sent {sent} payload bytes; charged {charged}, HTB class {htb}");
     assert!(charged >= sent, "charged {charged} < payload {sent}");
     assert_eq!(charged, htb, "charged vs the slice's HTB class");

@@ -38,17 +38,6 @@ impl Snapshot {
         epoch == self.epoch || epoch == self.epoch_before_array
     }
 
-    /// What `xid`, whose leaves are `leaves`, is charged: offered at the egress hook minus
-    /// dropped before leaving, per traffic class.
-    pub fn charged(&self, xid: u32, leaves: PerClass<Minor>) -> PerClass<Counter> {
-        let offered = self.offered.get(&xid).copied().unwrap_or_default();
-        let offered = PerClass {
-            general: offered.general,
-            exempt: offered.exempt,
-        };
-        offered.map(|class, c| c.saturating_sub(self.dropped_at(*leaves.of(class))))
-    }
-
     /// The bytes `xid` is charged when its leaves' drops count from `drop_base` on: the drop
     /// counters a reused minor had when the slice got it belong to its previous owner.
     pub fn charged_bytes(
