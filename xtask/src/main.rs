@@ -73,14 +73,18 @@ fn main() -> ExitCode {
         Command::Build { release } => {
             setup::run().and_then(|tools| build::all(&tools, build::Profile::from_flag(release)))
         }
-        Command::Test { filter, no_vm } => setup::run().and_then(|tools| {
-            test::run(&tools, filter.clone())?;
-            // The VM checks run the whole of their tests; a filtered run is for the host.
-            if no_vm || filter.is_some() || VM_TESTS_IN_TEST.is_empty() {
-                return Ok(());
-            }
-            vm::run(&tools, &vm::kernels(VM_TESTS_IN_TEST)?)
-        }),
+        Command::Test { filter, no_vm } => {
+            workspace::phase("setup", setup::run).and_then(|tools| {
+                test::run(&tools, filter.clone())?;
+                // The VM checks run the whole of their tests; a filtered run is for the host.
+                if no_vm || filter.is_some() || VM_TESTS_IN_TEST.is_empty() {
+                    return Ok(());
+                }
+                workspace::phase("vm tests", || {
+                    vm::run(&tools, &vm::kernels(VM_TESTS_IN_TEST)?)
+                })
+            })
+        }
         Command::VmTest { kernel } => {
             setup::run().and_then(|tools| vm::run(&tools, &vm::kernels(&kernel)?))
         }

@@ -6,7 +6,7 @@ use anyhow::bail;
 use crate::{
     build::{self, Profile},
     setup::Tools,
-    workspace::{self, exec},
+    workspace::{self, exec, phase},
 };
 
 /// The user-space crates whose unit tests run without privileges.
@@ -25,33 +25,37 @@ fn check_alert_rules() -> anyhow::Result<()> {
 }
 
 pub fn run(tools: &Tools, filter: Option<String>) -> anyhow::Result<()> {
-    exec(workspace::cargo().args(["fmt", "--all", "--check"]))?;
-    let object = build::ebpf(tools)?;
+    phase("fmt", || {
+        exec(workspace::cargo().args(["fmt", "--all", "--check"]))
+    })?;
+    let object = phase("ebpf", || build::ebpf(tools))?;
     // Every host crate, the end-to-end tests too (they are not default members).
-    exec(build::host_cargo(&object).args([
-        "clippy",
-        "--workspace",
-        "--exclude",
-        "bwmon-ebpf",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    phase("clippy", || {
+        exec(build::host_cargo(&object).args([
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "bwmon-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    })?;
     let mut unit = build::host_cargo(&object);
     unit.arg("test");
     for p in UNIT_PACKAGES {
         unit.args(["--package", p]);
     }
-    exec(&mut unit)?;
-    check_alert_rules()?;
+    phase("unit tests", || exec(&mut unit))?;
+    phase("alert rules", check_alert_rules)?;
 
     if !workspace::is_root() {
         bail!(
             "the integration tests build network namespaces and load eBPF programs: run `cargo xtask test` as root"
         );
     }
-    build::all(tools, Profile::Debug)?;
+    phase("build", || build::all(tools, Profile::Debug))?;
     let mut integration = build::host_cargo(&object);
     integration
         .args(["test", "--package", "tests", "--"])
@@ -60,13 +64,15 @@ pub fn run(tools: &Tools, filter: Option<String>) -> anyhow::Result<()> {
     if let Some(f) = filter {
         integration.arg(f);
     }
-    exec(
-        integration.env(
-            "BWMON_BIN",
-            workspace::root()
-                .join("target")
-                .join(Profile::Debug.dir())
-                .join("bwmon"),
-        ),
-    )
+    phase("integration tests", || {
+        exec(
+            integration.env(
+                "BWMON_BIN",
+                workspace::root()
+                    .join("target")
+                    .join(Profile::Debug.dir())
+                    .join("bwmon"),
+            ),
+        )
+    })
 }

@@ -112,7 +112,9 @@ pub fn kernels(which: &str) -> anyhow::Result<Vec<&'static str>> {
     })
 }
 
-/// Runs the checks on each kernel of `lines`; fails when any check fails on any kernel.
+/// Runs the checks on each kernel of `lines`, the guests side by side (each runs its TCG vCPUs
+/// on about one host core, so two kernels take the time of one); fails when any check fails on
+/// any kernel.
 pub fn run(tools: &Tools, lines: &[&str]) -> anyhow::Result<()> {
     if !workspace::is_root() {
         bail!("the VM tests install packages and use the host's bpffs tools: run as root");
@@ -124,34 +126,34 @@ pub fn run(tools: &Tools, lines: &[&str]) -> anyhow::Result<()> {
     build::all(tools, Profile::Debug)?;
     let binaries = test_binaries()?;
     let bwmon = workspace::root().join("target/debug/bwmon");
-    let mut failed = Vec::new();
+    let mut guests = Vec::new();
     for line in lines {
         let kernel = KERNELS
             .iter()
             .find(|k| k.line == *line)
             .context("unknown kernel line")?;
-        let started = Instant::now();
         let k = fetch_kernel(&vm, kernel)?;
-        let initrd = make_initrd(&vm, &k)?;
         let script = write_run_script(&vm, &k, kernel.tcx, &binaries, &bwmon)?;
-        let _ = script;
-        let (code, log) = boot(&qemu, &k, &initrd)?;
-        let took = started.elapsed().as_secs();
+        let initrd = make_initrd(&vm, &k, &script)?;
+        guests.push(Guest::start(&qemu, k, &initrd)?);
+    }
+    let mut failed = Vec::new();
+    for guest in guests {
+        let (version, took, code, log) = guest.finish()?;
         let summary: Vec<&str> = log
             .lines()
             .filter(|l| l.starts_with("test result:") || l.contains("VMTEST"))
             .collect();
         if code == Some(0) {
-            eprintln!("xtask: vm-test: Linux {} passed in {took} s", k.version);
+            eprintln!("xtask: vm-test: Linux {version} passed in {took} s");
             for l in summary {
                 println!("{l}");
             }
         } else {
             eprintln!(
-                "xtask: vm-test: Linux {} FAILED (exit {code:?}) after {took} s; the guest's log:\n{log}",
-                k.version
+                "xtask: vm-test: Linux {version} FAILED (exit {code:?}) after {took} s; the guest's log:\n{log}"
             );
-            failed.push(k.version.clone());
+            failed.push(version);
         }
     }
     if !failed.is_empty() {
@@ -456,14 +458,13 @@ fn write_run_script(
     Ok(path)
 }
 
-fn make_initrd(vm: &Path, k: &KernelDir) -> anyhow::Result<PathBuf> {
-    let script = vm.join(format!("run-{}.sh", k.version));
+fn make_initrd(vm: &Path, k: &KernelDir, script: &Path) -> anyhow::Result<PathBuf> {
     let mut cpio = Cpio::default();
     for dir in ["bin", "dev", "proc", "sys", "modules", "host", "tmp"] {
         cpio.dir(dir);
     }
     cpio.file("bin/busybox", &fs::read("/bin/busybox")?, 0o755);
-    cpio.file("init", init_script(k, &script).as_bytes(), 0o755);
+    cpio.file("init", init_script(k, script).as_bytes(), 0o755);
     let mut order = String::new();
     for (i, m) in boot_modules(k)?.iter().enumerate() {
         let name = format!("{i:02}.ko");
@@ -477,54 +478,73 @@ fn make_initrd(vm: &Path, k: &KernelDir) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// Boots the guest; returns the exit code it reported and its console log.
-fn boot(qemu: &Qemu, k: &KernelDir, initrd: &Path) -> anyhow::Result<(Option<i32>, String)> {
-    let log_path = initrd.with_extension("log");
-    let log = fs::File::create(&log_path)?;
-    let accel = match std::env::var("BWMON_VM_ACCEL").as_deref() {
-        Ok("kvm") => "kvm",
-        _ => "tcg,thread=multi",
-    };
-    let mut cmd = Command::new(&qemu.binary);
-    cmd.env("QEMU_MODULE_DIR", &qemu.modules);
-    for dir in &qemu.firmware {
-        cmd.arg("-L").arg(dir);
-    }
-    cmd.args(["-accel", accel, "-cpu", "max", "-smp", "2", "-m", "4G"])
-        .args(["-nographic", "-no-reboot", "-nic", "none"])
-        .arg("-kernel")
-        .arg(&k.vmlinuz)
-        .arg("-initrd")
-        .arg(initrd)
-        .args(["-append", "console=ttyS0 panic=-1 loglevel=4 net.ifnames=0"])
-        .args([
-            "-virtfs",
-            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
-        ])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    eprintln!("xtask: vm-test: booting Linux {} under qemu", k.version);
-    let mut child = cmd.spawn().context("starting qemu")?;
-    let deadline = Instant::now() + Duration::from_secs(1800);
-    loop {
-        if child.try_wait()?.is_some() {
-            break;
+/// A booted guest running its checks.
+struct Guest {
+    version: String,
+    child: std::process::Child,
+    log_path: PathBuf,
+    started: Instant,
+}
+
+impl Guest {
+    /// Boots the kernel `k` with `initrd` (its console goes to a log file beside it).
+    fn start(qemu: &Qemu, k: KernelDir, initrd: &Path) -> anyhow::Result<Guest> {
+        let log_path = initrd.with_extension("log");
+        let log = fs::File::create(&log_path)?;
+        let accel = match std::env::var("BWMON_VM_ACCEL").as_deref() {
+            Ok("kvm") => "kvm",
+            _ => "tcg,thread=multi",
+        };
+        let mut cmd = Command::new(&qemu.binary);
+        cmd.env("QEMU_MODULE_DIR", &qemu.modules);
+        for dir in &qemu.firmware {
+            cmd.arg("-L").arg(dir);
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(500));
+        cmd.args(["-accel", accel, "-cpu", "max", "-smp", "2", "-m", "4G"])
+            .args(["-nographic", "-no-reboot", "-nic", "none"])
+            .arg("-kernel")
+            .arg(&k.vmlinuz)
+            .arg("-initrd")
+            .arg(initrd)
+            .args(["-append", "console=ttyS0 panic=-1 loglevel=4 net.ifnames=0"])
+            .args([
+                "-virtfs",
+                "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        eprintln!("xtask: vm-test: booting Linux {} under qemu", k.version);
+        let child = cmd.spawn().context("starting qemu")?;
+        Ok(Guest {
+            version: k.version,
+            child,
+            log_path,
+            started: Instant::now(),
+        })
     }
-    let text = String::from_utf8_lossy(&fs::read(&log_path)?).into_owned();
-    let code = text
-        .lines()
-        .rev()
-        .find_map(|l| l.trim().strip_prefix("VMTEST-EXIT="))
-        .and_then(|c| c.trim().parse().ok());
-    Ok((code, text))
+
+    /// Waits for the guest to power off (30 min at most); returns its kernel version, the
+    /// seconds it ran, the exit code it reported and its console log.
+    fn finish(mut self) -> anyhow::Result<(String, u64, Option<i32>, String)> {
+        let deadline = self.started + Duration::from_secs(1800);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let took = self.started.elapsed().as_secs();
+        let text = String::from_utf8_lossy(&fs::read(&self.log_path)?).into_owned();
+        let code = text
+            .lines()
+            .rev()
+            .find_map(|l| l.trim().strip_prefix("VMTEST-EXIT="))
+            .and_then(|c| c.trim().parse().ok());
+        Ok((self.version, took, code, text))
+    }
 }
 
 /// A `newc` cpio archive, what the kernel unpacks as an initramfs.

@@ -50,3 +50,16 @@ pub fn is_root() -> bool {
 unsafe extern "C" {
     fn geteuid() -> u32;
 }
+
+/// Runs one phase of a long task and says how long it took, in a line `.ci/run` gathers into
+/// its summary ("xtask: phase NAME: N s").
+pub fn phase<T>(name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let started = std::time::Instant::now();
+    let out = f();
+    eprintln!(
+        "xtask: phase {name}: {} s{}",
+        started.elapsed().as_secs(),
+        if out.is_err() { " (failed)" } else { "" }
+    );
+    out
+}
