@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 
 use super::tree::{FIRST_LEAF_MINOR, Minor};
-use crate::class::PerClass;
 
 const FIRST: u16 = FIRST_LEAF_MINOR.0;
 
@@ -54,18 +53,6 @@ impl Minors {
         Some(Minor(m))
     }
 
-    /// Two minors (a slice's general and exempt leaves), or none at all: a slice never holds
-    /// half a pair.
-    pub fn allocate_pair(&mut self) -> Option<PerClass<Minor>> {
-        if self.available() < 2 {
-            return None;
-        }
-        Some(PerClass {
-            general: self.allocate()?,
-            exempt: self.allocate()?,
-        })
-    }
-
     /// Gives `minor` back.
     pub fn release(&mut self, minor: Minor) {
         if minor.0 >= FIRST && u32::from(minor.0) < self.next {
@@ -106,22 +93,6 @@ mod tests {
         m.release(Minor(0x1234));
         assert_eq!(m.allocate(), Some(Minor(0x1234)));
         assert_eq!(m.allocate(), None);
-    }
-
-    #[test]
-    fn the_last_single_minor_is_not_handed_out_as_half_a_pair() {
-        let mut m = Minors::with_assigned(minors(FIRST..0xffff));
-        assert_eq!(m.available(), 1);
-        assert_eq!(m.allocate_pair(), None);
-        assert_eq!(m.available(), 1, "nothing consumed");
-        m.release(Minor(0x200));
-        assert_eq!(
-            m.allocate_pair(),
-            Some(PerClass {
-                general: Minor(0x200),
-                exempt: Minor(0xffff)
-            })
-        );
     }
 
     #[test]

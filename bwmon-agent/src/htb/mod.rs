@@ -84,12 +84,13 @@ pub enum HtbError {
         handle: String,
     },
     /// The kernel's packet scheduler clock could not be read.
-    #[error("reading the packet scheduler clock for {iface}: {why}")]
+    #[error("reading the packet scheduler clock for {iface}")]
     Clock {
         /// Interface.
         iface: String,
         /// What went wrong.
-        why: String,
+        #[source]
+        source: options::PschedError,
     },
     /// The kernel sent something this module cannot read.
     #[error("unexpected netlink reply on {iface}: {what}")]
@@ -147,9 +148,9 @@ impl Htb {
     /// The socket cannot be opened, or the psched clock cannot be read.
     pub fn open(iface: &str) -> Result<Self> {
         let netlink = Netlink::open(iface)?;
-        let clock = Psched::from_kernel().map_err(|why| HtbError::Clock {
+        let clock = Psched::from_kernel().map_err(|source| HtbError::Clock {
             iface: iface.to_owned(),
-            why,
+            source,
         })?;
         Ok(Self {
             iface: iface.to_owned(),

@@ -30,27 +30,45 @@ const RATE32_LIMIT: u64 = 1 << 32;
 pub struct Psched {
     /// Scheduler ticks per microsecond.
     pub ticks_per_usec: f64,
-    /// iproute2's `get_hz()`: the divisor of the default burst.
-    pub hz: u64,
+}
+
+/// `/proc/net/psched` could not be read or understood.
+#[derive(Debug, thiserror::Error)]
+pub enum PschedError {
+    /// The file cannot be read.
+    #[error("reading /proc/net/psched")]
+    Read(#[source] std::io::Error),
+    /// Its text is not what iproute2 reads either.
+    #[error("/proc/net/psched {text:?}: {why}")]
+    Malformed {
+        /// The file's text.
+        text: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
 }
 
 impl Psched {
     /// Parses `/proc/net/psched` ("t2us us2t clock_res hz", hexadecimal) as iproute2's
-    /// `tc_core_init` and `get_hz` do.
+    /// `tc_core_init` does.
     ///
     /// # Errors
     /// The text is not four hexadecimal numbers.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, PschedError> {
+        let malformed = |why| PschedError::Malformed {
+            text: text.to_owned(),
+            why,
+        };
         let nums: Vec<u64> = text
             .split_whitespace()
             .map(|w| u64::from_str_radix(w, 16))
             .collect::<Result<_, _>>()
-            .map_err(|e| format!("/proc/net/psched {text:?}: {e}"))?;
-        let [t2us, us2t, clock_res, hz] = nums[..] else {
-            return Err(format!("/proc/net/psched {text:?}: expected four numbers"));
+            .map_err(|_| malformed("not hexadecimal numbers"))?;
+        let [t2us, us2t, clock_res, _hz] = nums[..] else {
+            return Err(malformed("expected four numbers"));
         };
         if us2t == 0 || t2us == 0 {
-            return Err(format!("/proc/net/psched {text:?}: zero clock ratio"));
+            return Err(malformed("zero clock ratio"));
         }
         // iproute2's compatibility hack for nanosecond clocks.
         let t2us = if clock_res == 1_000_000_000 {
@@ -59,10 +77,8 @@ impl Psched {
             t2us
         };
         let clock_factor = clock_res as f64 / 1_000_000.0;
-        let hz = if clock_res == 1_000_000 { hz } else { 100 };
         Ok(Psched {
             ticks_per_usec: t2us as f64 / us2t as f64 * clock_factor,
-            hz: hz.max(1),
         })
     }
 
@@ -70,17 +86,9 @@ impl Psched {
     ///
     /// # Errors
     /// The file is missing or malformed.
-    pub fn from_kernel() -> Result<Self, String> {
-        let text = std::fs::read_to_string("/proc/net/psched")
-            .map_err(|e| format!("reading /proc/net/psched: {e}"))?;
+    pub fn from_kernel() -> Result<Self, PschedError> {
+        let text = std::fs::read_to_string("/proc/net/psched").map_err(PschedError::Read)?;
         Self::parse(&text)
-    }
-
-    /// Ticks to send `size` bytes at `rate` (iproute2's `tc_calc_xmittime`).
-    pub fn xmittime(&self, rate: BitsPerSec, size: u32) -> u32 {
-        let bytes_per_sec = rate.bytes_per_sec().max(1) as f64;
-        let usecs = 1_000_000.0 * f64::from(size) / bytes_per_sec;
-        (usecs * self.ticks_per_usec).min(f64::from(u32::MAX)) as u32
     }
 
     /// The token bucket bwmon gives a class of `rate`: what the rate sends in
@@ -95,12 +103,6 @@ impl Psched {
             .saturating_add(GSO_MAX_BYTES);
         let usecs = 1_000_000.0 * size as f64 / rate.bytes_per_sec().max(1) as f64;
         (usecs * self.ticks_per_usec).clamp(1.0, f64::from(u32::MAX)) as u32
-    }
-
-    /// iproute2's default burst for `rate`: a tick's worth of bytes plus one MTU.
-    pub fn default_burst(&self, rate: BitsPerSec) -> u32 {
-        let per_tick = rate.bytes_per_sec() / self.hz;
-        u32::try_from(per_tick + u64::from(HTB_MTU)).unwrap_or(u32::MAX)
     }
 }
 
@@ -233,23 +235,27 @@ mod tests {
 
     const PSCHED: &str = "000003e8 00000040 000f4240 3b9aca00";
 
+    /// Ticks to send `size` bytes at `rate` (iproute2's `tc_calc_xmittime`): what `tc` gives a
+    /// class by default, to compare ours with.
+    fn xmittime(p: &Psched, rate: BitsPerSec, size: u32) -> u32 {
+        let usecs = 1_000_000.0 * f64::from(size) / rate.bytes_per_sec().max(1) as f64;
+        (usecs * p.ticks_per_usec).min(f64::from(u32::MAX)) as u32
+    }
+
+    #[test]
+    fn a_tick_conversion_matches_tc() {
+        // `tc class add ... htb rate 1mbit` shows buffer 200000 ticks for its 1600-byte burst.
+        let p = Psched::parse(PSCHED).unwrap();
+        assert_eq!(xmittime(&p, BitsPerSec(1_000_000), 1600), 200_000);
+    }
+
     #[test]
     fn psched_parses_like_iproute2() {
         let p = Psched::parse(PSCHED).unwrap();
         assert_eq!(p.ticks_per_usec, 15.625);
-        assert_eq!(p.hz, 1_000_000_000);
         assert!(Psched::parse("zz").is_err());
         assert!(Psched::parse("1 2 3").is_err());
         assert!(Psched::parse("0 0 0 0").is_err());
-    }
-
-    #[test]
-    fn burst_and_buffer_match_tc() {
-        // `tc class add ... htb rate 1mbit` shows "burst 1600b" and buffer 200000 ticks.
-        let p = Psched::parse(PSCHED).unwrap();
-        let rate = BitsPerSec(1_000_000);
-        assert_eq!(p.default_burst(rate), 1600);
-        assert_eq!(p.xmittime(rate, 1600), 200_000);
     }
 
     #[test]
@@ -278,7 +284,7 @@ mod tests {
         }
         // 100 Gbit/s: 12.5 MB a millisecond plus 64 KiB, not iproute2's 1,612 bytes.
         let fast = p.buffer_ticks(BitsPerSec(100_000_000_000));
-        assert!(fast > 100 * p.xmittime(BitsPerSec(100_000_000_000), 1612));
+        assert!(fast > 100 * xmittime(&p, BitsPerSec(100_000_000_000), 1612));
     }
 
     #[test]
