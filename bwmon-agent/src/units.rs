@@ -235,12 +235,15 @@ impl FromStr for Bytes {
     }
 }
 
+const DURATION_FORM: &str =
+    "a number of seconds of at least 1 with a unit s, m, h, d or w (e.g. '1d', '90s', '1.5h')";
+
 /// Parses "1d", "90s", "1.5h", "10m" or a bare number of seconds (at least one second, at
 /// most 366 days).
 ///
 /// # Errors
 /// Anything else, quoting the text and the expected form.
-pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, ParseError> {
     let t = text.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -256,9 +259,11 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     };
     let secs: f64 = num.parse().unwrap_or(f64::NAN) * mult;
     if !secs.is_finite() || !(1.0..=366.0 * 86_400.0).contains(&secs) {
-        return Err(format!(
-            "invalid duration '{text}', which should be a number of seconds of at least 1 with a unit s, m, h, d or w (e.g. '1d', '90s', '1.5h')"
-        ));
+        return Err(ParseError {
+            what: "duration",
+            text: text.to_owned(),
+            expected: DURATION_FORM,
+        });
     }
     Ok(std::time::Duration::from_secs(secs.round() as u64))
 }
@@ -371,5 +376,9 @@ mod tests {
         for bad in ["", "0s", "1y", "-1d", "d"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+        assert_eq!(
+            parse_duration("soon").unwrap_err().to_string(),
+            "invalid duration 'soon', which should be a number of seconds of at least 1 with a unit s, m, h, d or w (e.g. '1d', '90s', '1.5h')"
+        );
     }
 }

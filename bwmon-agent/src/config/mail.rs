@@ -2,7 +2,20 @@
 
 use toml_edit::Item;
 
-use crate::config::problems::Collector;
+use crate::config::{mailaddr, problems::Collector, read::Field};
+
+/// The keys of `[mail]`, in the order the unknown-key message lists them.
+const KEYS: [&str; 9] = [
+    "transport",
+    "smtp",
+    "starttls",
+    "user",
+    "password",
+    "from",
+    "support",
+    "slice_address",
+    "operator",
+];
 
 /// How notices are delivered.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,18 +50,22 @@ pub struct Mail {
     pub operator: String,
 }
 
+impl Default for Mail {
+    /// Notices logged, not sent; addresses on localhost.
+    fn default() -> Self {
+        Mail {
+            transport: Transport::None,
+            from: "bwmon@localhost".into(),
+            support: "root@localhost".into(),
+            slice_address: "{slice}@localhost".into(),
+            operator: "bwmon".into(),
+        }
+    }
+}
+
 /// Reads `[mail]` (every key optional), collecting its problems.
-pub(super) fn parse_mail(c: &mut Collector, item: Option<&Item>) -> Mail {
-    let mut mail = Mail {
-        transport: Transport::None,
-        from: "bwmon@localhost".into(),
-        support: "root@localhost".into(),
-        slice_address: "{slice}@localhost".into(),
-        operator: "bwmon".into(),
-    };
-    let Some(item) = item else {
-        return mail;
-    };
+pub(super) fn parse_mail(c: &mut Collector, item: &Item) -> Mail {
+    let mut mail = Mail::default();
     let Some(t) = item.as_table_like() else {
         c.add(Some(item), "mail", "must be a table");
         return mail;
@@ -59,24 +76,34 @@ pub(super) fn parse_mail(c: &mut Collector, item: Option<&Item>) -> Mail {
     let (mut user, mut password) = (None, None);
     for (k, v) in t.iter() {
         let key = format!("mail.{k}");
-        let s = v.as_str().map(str::to_owned);
-        match (k, s) {
-            ("transport", Some(s)) => transport = s,
-            ("smtp", Some(s)) => {
-                if s.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
-                    c.add(Some(v), &key, format!("'{s}' must be host:port"));
+        let mut f = Field::new(c, v, &key);
+        if !KEYS.contains(&k) {
+            f.problem(format!("unknown key; known keys are {}", KEYS.join(", ")));
+            continue;
+        }
+        if k == "starttls" {
+            starttls = f.boolean().unwrap_or(starttls);
+            continue;
+        }
+        let Some(s) = f.string().map(str::to_owned) else {
+            continue;
+        };
+        match k {
+            "transport" => transport = s,
+            "smtp" => {
+                if s.rsplit_once(':')
+                    .and_then(|(_, p)| p.parse::<u16>().ok())
+                    .is_none()
+                {
+                    f.problem(format!("'{s}' must be host:port"));
                 }
                 server = Some(s);
             }
-            ("starttls", _) => match v.as_bool() {
-                Some(b) => starttls = b,
-                None => c.add(Some(v), &key, "must be true or false"),
-            },
-            ("user", Some(s)) => user = Some(s),
-            ("password", Some(s)) => password = Some(s),
-            ("from" | "support", Some(s)) => {
-                if let Err(e) = crate::config::mailaddr::validate(&s) {
-                    c.add(Some(v), &key, e);
+            "user" => user = Some(s),
+            "password" => password = Some(s),
+            "from" | "support" => {
+                if let Err(e) = mailaddr::validate(&s) {
+                    f.problem(e);
                 }
                 if k == "from" {
                     mail.from = s;
@@ -84,28 +111,20 @@ pub(super) fn parse_mail(c: &mut Collector, item: Option<&Item>) -> Mail {
                     mail.support = s;
                 }
             }
-            ("slice_address", Some(s)) => {
+            "slice_address" => {
                 if !s.contains("{slice}") {
-                    c.add(Some(v), &key, "must contain {slice}, e.g. \"{slice}@slices.example.org\"");
-                } else if let Err(e) = crate::config::mailaddr::validate(&s.replace("{slice}", "slice")) {
-                    c.add(Some(v), &key, e);
+                    f.problem("must contain {slice}, e.g. \"{slice}@slices.example.org\"");
+                } else if let Err(e) = mailaddr::validate(&s.replace("{slice}", "slice")) {
+                    f.problem(e);
                 }
                 mail.slice_address = s;
             }
-            ("operator", Some(s)) => {
+            _ => {
                 if s.chars().any(|ch| ch.is_control()) || s.is_empty() || s.len() > 64 {
-                    c.add(Some(v), &key, "must be 1 to 64 characters without control characters");
+                    f.problem("must be 1 to 64 characters without control characters");
                 }
                 mail.operator = s;
             }
-            ("transport" | "smtp" | "user" | "password" | "from" | "support" | "slice_address" | "operator", None) => {
-                c.add(Some(v), &key, "must be a string");
-            }
-            _ => c.add(
-                Some(v),
-                &key,
-                "unknown key; known keys are transport, smtp, starttls, user, password, from, support, slice_address, operator",
-            ),
         }
     }
     mail.transport = match transport.as_str() {

@@ -111,6 +111,11 @@ impl Collector {
 
     pub(crate) fn add(&mut self, item: Option<&Item>, key: &str, message: impl Into<String>) {
         let line = self.line_of(item.and_then(Item::span));
+        self.add_line(line, key, message);
+    }
+
+    /// A problem at `line`, for a key that has no value to point at (a missing key).
+    pub(crate) fn add_line(&mut self, line: usize, key: &str, message: impl Into<String>) {
         self.problems.push(Problem {
             line,
             key: key.to_owned(),
@@ -120,11 +125,7 @@ impl Collector {
 
     pub(crate) fn add_value(&mut self, value: &Value, key: &str, message: impl Into<String>) {
         let line = self.line_of(value.span());
-        self.problems.push(Problem {
-            line,
-            key: key.to_owned(),
-            message: message.into(),
-        });
+        self.add_line(line, key, message);
     }
 
     pub(crate) fn finish(mut self, path: &Path) -> Result<(), FileErrors> {

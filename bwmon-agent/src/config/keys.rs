@@ -1,0 +1,504 @@
+//! The configuration's keys, in one table (ripgrep's `flags/defs.rs` is the model: each flag
+//! owns its name, doc and update). Each [`Key`] owns its name, a one-line doc, how its value
+//! is read into the configuration, and whether a running daemon can take a change of it. The
+//! table drives the unknown-key check, the parse and [`Config::fixed_changes`]; a test holds it
+//! to the shipped example, `etc/bwmon.toml`.
+
+use std::{path::Path, path::PathBuf, time::Duration};
+
+use toml_edit::{Item, Table};
+
+use super::{
+    Config, Retention,
+    mail::{Mail, parse_mail},
+    problems::Collector,
+    read::{Field, attributes},
+};
+use crate::{
+    interface::validate_name,
+    paths,
+    policy::rspec::Attributes,
+    time::calendar::{Align, Periods},
+    units::{BWMIN, BitsPerSec},
+};
+use bwmon_common::XidSource;
+
+/// One key of the configuration file.
+pub struct Key {
+    /// Its name in the file.
+    pub name: &'static str,
+    /// What it sets, in one line.
+    pub doc: &'static str,
+    /// Reads its value, present in the file, into the draft.
+    read: for<'a> fn(&mut Field<'a, '_>, &mut Draft<'a>),
+    /// The problem when it is absent; `None`: its default holds.
+    required: Option<&'static str>,
+    /// Whether a reload can apply a change of it.
+    reload: Reload,
+}
+
+/// Whether a reload (SIGHUP) can apply a change of a key.
+enum Reload {
+    /// It can.
+    Live,
+    /// A change needs a restart; the function says whether two configurations differ in it.
+    Restart(fn(&Config, &Config) -> bool),
+    /// Like `Restart`, said under one name for the keys read into one value.
+    RestartAs(&'static str, fn(&Config, &Config) -> bool),
+}
+
+/// Every key, in the order the unknown-key message lists them.
+pub const KEYS: &[Key] = &[
+    Key {
+        name: "interface",
+        doc: "The interface whose egress is accounted.",
+        read: |f, d| {
+            if let Some(name) = f.string() {
+                if let Err(e) = validate_name(name) {
+                    f.problem(e.to_string());
+                }
+                d.config.interface = name.to_owned();
+            }
+        },
+        required: Some(
+            "missing: the interface whose egress is accounted, e.g. interface = \"eth0\"",
+        ),
+        reload: Reload::Restart(|a, b| a.interface != b.interface),
+    },
+    Key {
+        name: "node_cap",
+        doc: "Ceiling of all general traffic (\"1gbit\", or bit/s).",
+        read: |f, d| d.config.node_cap = ceiling(f).unwrap_or(d.config.node_cap),
+        required: None,
+        reload: Reload::Live,
+    },
+    Key {
+        name: "exempt_max",
+        doc: "Ceiling of all exempt traffic (\"1gbit\", or bit/s).",
+        read: |f, d| d.config.exempt_max = ceiling(f).unwrap_or(d.config.exempt_max),
+        required: None,
+        reload: Reload::Live,
+    },
+    Key {
+        name: "period",
+        doc: "Budget period (\"1d\", \"90s\", \"1.5h\") of unaligned periods.",
+        read: |f, d| {
+            if let Some(p) = f.duration() {
+                d.config.periods.length = p.as_secs();
+            }
+        },
+        required: None,
+        reload: Reload::Live,
+    },
+    Key {
+        name: "period_align",
+        doc: "Periods from each slice's first sight (\"none\"), or local days or months.",
+        read: |f, d| {
+            d.config.periods.align = match f.string() {
+                None | Some("none") => Align::None,
+                // The start time and day are read with the other keys (`period_start_*`).
+                Some("day") => Align::Day { hour: 0, minute: 0 },
+                Some("month") => Align::Month { day: 1 },
+                Some(other) => {
+                    f.problem(format!(
+                        "'{other}' is not one of \"none\", \"day\", \"month\""
+                    ));
+                    Align::None
+                }
+            }
+        },
+        required: None,
+        reload: Reload::Live,
+    },
+    Key {
+        name: "period_start_time",
+        doc: "Local time of day when daily periods start (\"06:30\").",
+        read: |f, d| d.start_time = Some(f.item),
+        required: None,
+        reload: Reload::Live,
+    },
+    Key {
+        name: "period_start_day",
+        doc: "Day of the month when monthly periods start (1 to 31).",
+        read: |f, d| d.start_day = Some(f.item),
+        required: None,
+        reload: Reload::Live,
+    },
+    Key {
+        name: "interval",
+        doc: "Sync interval (\"10s\").",
+        read: |f, d| d.config.interval = f.duration().unwrap_or(d.config.interval),
+        required: None,
+        reload: Reload::Live,
+    },
+    Key {
+        name: "slices",
+        doc: "The slices file (relative paths are relative to the configuration file).",
+        read: |f, d| d.config.slices = f.path(&d.base).unwrap_or_else(|| d.config.slices.clone()),
+        required: None,
+        reload: Reload::Live,
+    },
+    Key {
+        name: "state",
+        doc: "The state file.",
+        read: |f, d| d.config.state = f.path(&d.base).unwrap_or_else(|| d.config.state.clone()),
+        required: None,
+        reload: Reload::Restart(|a, b| a.state != b.state),
+    },
+    Key {
+        name: "socket",
+        doc: "The control socket.",
+        read: |f, d| d.config.socket = f.path(&d.base).unwrap_or_else(|| d.config.socket.clone()),
+        required: None,
+        reload: Reload::Restart(|a, b| a.socket != b.socket),
+    },
+    Key {
+        name: "tenant_socket",
+        doc: "The socket where each local user sees their own slice; \"\" turns it off.",
+        read: |f, d| match f.string() {
+            Some("") => d.config.tenant_socket = None,
+            Some(path) => d.config.tenant_socket = Some(d.base.join(path)),
+            None => {}
+        },
+        required: None,
+        reload: Reload::Restart(|a, b| a.tenant_socket != b.tenant_socket),
+    },
+    Key {
+        name: "xid_source",
+        doc: "Where a packet's xid comes from: \"uid\", \"mark\" or \"source\".",
+        read: |f, d| {
+            d.config.xid_source = match f.string() {
+                None | Some("uid") => XidSource::Uid,
+                Some("mark") => XidSource::Mark,
+                Some("source") => XidSource::Source,
+                Some(other) => {
+                    f.problem(format!(
+                        "'{other}' is not one of \"uid\", \"mark\", \"source\""
+                    ));
+                    XidSource::Uid
+                }
+            }
+        },
+        required: None,
+        reload: Reload::Restart(|a, b| a.xid_source != b.xid_source),
+    },
+    Key {
+        name: "exempt_prefixes",
+        doc: "Destinations with their own, separate budget (CIDR prefixes).",
+        read: exempt_prefixes,
+        required: None,
+        reload: Reload::Live,
+    },
+    Key {
+        name: "dry_run",
+        doc: "Account, report and notify, but never lower a ceiling.",
+        read: |f, d| d.config.dry_run = f.boolean().unwrap_or(false),
+        required: None,
+        reload: Reload::Live,
+    },
+    Key {
+        name: "take_over_root_qdisc",
+        doc: "Replace a root qdisc on the interface that bwmon did not create.",
+        read: |f, d| d.config.take_over_root_qdisc = f.boolean().unwrap_or(false),
+        required: None,
+        reload: Reload::Live,
+    },
+    Key {
+        name: "defaults",
+        doc: "Attribute defaults for every slice (a table of rspec keys).",
+        read: |f, d| {
+            if let Some(t) = f.table("must be a table of slice attributes") {
+                attributes(f.c, t, "defaults.", &[], &mut d.config.defaults);
+            }
+        },
+        required: None,
+        reload: Reload::Live,
+    },
+    Key {
+        name: "mail",
+        doc: "How notices are delivered, and the addresses they carry (a table).",
+        read: |f, d| d.config.mail = parse_mail(f.c, f.item),
+        required: None,
+        reload: Reload::Live,
+    },
+    Key {
+        name: "metrics",
+        doc: "The Prometheus endpoint (a table with `listen`).",
+        read: metrics,
+        required: None,
+        reload: Reload::Live,
+    },
+    Key {
+        name: "kernel_log",
+        doc: "Kernel-side diagnostics through aya-log.",
+        read: |f, d| d.config.kernel_log = f.boolean().unwrap_or(false),
+        required: None,
+        reload: Reload::Restart(|a, b| a.kernel_log != b.kernel_log),
+    },
+    Key {
+        name: "max_connections",
+        doc: "Clients served at once by the control socket and, apart, the metrics endpoint.",
+        read: |f, d| {
+            let n = count(f, 1, 4096, "connections");
+            d.config.max_connections = n.unwrap_or(d.config.max_connections);
+        },
+        required: None,
+        reload: Reload::Live,
+    },
+    Key {
+        name: "allow_loopback",
+        doc: "Accept the loopback interface (labs only).",
+        read: |f, d| d.config.allow_loopback = f.boolean().unwrap_or(false),
+        required: None,
+        reload: Reload::Live,
+    },
+    Key {
+        name: "history_periods",
+        doc: "Finished periods kept per slice in the history.",
+        read: |f, d| {
+            let n = count(f, 1, 100_000, "periods");
+            d.config.history.periods = n.unwrap_or(d.config.history.periods);
+        },
+        required: None,
+        reload: Reload::RestartAs(HISTORY, |a, b| a.history != b.history),
+    },
+    Key {
+        name: "history_sample_days",
+        doc: "Days of hourly samples kept in the history.",
+        read: |f, d| {
+            if let Some(days) = count(f, 1, 3660, "days") {
+                d.config.history.sample_secs = days as u64 * 86_400;
+            }
+        },
+        required: None,
+        reload: Reload::RestartAs(HISTORY, |a, b| a.history != b.history),
+    },
+];
+
+/// How a change of the history's retention is named: both keys set it.
+const HISTORY: &str = "history_periods/history_sample_days";
+
+/// The configuration as its keys are read, before the checks across keys (ripgrep's
+/// `LowArgs`); `Config::parse` settles it.
+pub(super) struct Draft<'a> {
+    /// Each key's value once read, its default until then.
+    pub(super) config: Config,
+    /// The configuration file's directory: relative paths are taken from it.
+    base: PathBuf,
+    /// `period_start_time` as given: used when `period_align = "day"`.
+    pub(super) start_time: Option<&'a Item>,
+    /// `period_start_day` as given: used when `period_align = "month"`.
+    pub(super) start_day: Option<&'a Item>,
+}
+
+impl Draft<'_> {
+    /// The defaults, for a configuration read from `path`.
+    pub(super) fn new(path: &Path) -> Self {
+        // Relative paths are taken from the config's directory, made absolute once so that
+        // they keep meaning the same files (`bwmon run --config bwmon.toml` in any directory).
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        let base = absolute.parent().unwrap_or(Path::new("/")).to_owned();
+        let gbit = BitsPerSec(1_000_000_000);
+        let config = Config {
+            path: path.to_owned(),
+            interface: String::new(),
+            node_cap: gbit,
+            exempt_max: gbit,
+            periods: Periods {
+                align: Align::None,
+                length: 86_400,
+                // Local days and months: TZ, else /etc/localtime, else UTC.
+                tz: jiff::tz::TimeZone::system(),
+            },
+            interval: Duration::from_secs(10),
+            slices: base.join(paths::SLICES),
+            state: base.join(paths::STATE),
+            socket: base.join(paths::SOCKET),
+            tenant_socket: Some(base.join(paths::TENANT_SOCKET)),
+            xid_source: XidSource::Uid,
+            exempt_prefixes: Vec::new(),
+            dry_run: false,
+            take_over_root_qdisc: false,
+            defaults: Attributes::default(),
+            mail: Mail::default(),
+            metrics_listen: None,
+            kernel_log: false,
+            max_connections: crate::serve::connections::DEFAULT_LIMIT,
+            allow_loopback: false,
+            history: Retention::default(),
+        };
+        Draft {
+            config,
+            base,
+            start_time: None,
+            start_day: None,
+        }
+    }
+}
+
+/// Reads every key of `root` into `draft`: an unknown key, a missing required one and every
+/// value that cannot be read are reported.
+pub(super) fn read_keys<'a>(c: &mut Collector, root: &'a Table, draft: &mut Draft<'a>) {
+    for (name, item) in root.iter() {
+        if !KEYS.iter().any(|k| k.name == name) {
+            let known: Vec<&str> = KEYS.iter().map(|k| k.name).collect();
+            let message = format!("unknown key; known keys are {}", known.join(", "));
+            c.add(Some(item), name, message);
+        }
+    }
+    for key in KEYS {
+        match (root.get(key.name), key.required) {
+            (Some(item), _) => {
+                (key.read)(&mut Field::new(c, item, key.name), draft);
+            }
+            (None, Some(missing)) => c.add_line(1, key.name, missing),
+            (None, None) => {}
+        }
+    }
+}
+
+/// The keys that need a restart and differ between `old` and `new`, in table order.
+pub(super) fn fixed_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    for key in KEYS {
+        let (shown, changed) = match key.reload {
+            Reload::Live => continue,
+            Reload::Restart(changed) => (key.name, changed),
+            Reload::RestartAs(shown, changed) => (shown, changed),
+        };
+        if changed(old, new) && !out.contains(&shown) {
+            out.push(shown);
+        }
+    }
+    out
+}
+
+/// A ceiling: a rate no lower than the smallest bwmon sets.
+fn ceiling(f: &mut Field<'_, '_>) -> Option<BitsPerSec> {
+    let r = f.rate()?;
+    if r < BWMIN {
+        f.problem(format!(
+            "{r} is below the smallest rate bwmon sets ({BWMIN})"
+        ));
+    }
+    Some(r)
+}
+
+/// A whole number of `what` from `lo` to `hi`.
+fn count(f: &mut Field<'_, '_>, lo: i64, hi: i64, what: &str) -> Option<usize> {
+    let n = f.integer(lo..=hi, || {
+        format!("must be a number of {what} from {lo} to {hi}")
+    })?;
+    Some(n as usize)
+}
+
+/// `exempt_prefixes`: CIDR prefixes, no more per family than the kernel's table holds.
+fn exempt_prefixes(f: &mut Field<'_, '_>, d: &mut Draft<'_>) {
+    let prefixes = f.cidrs(" like \"198.32.0.0/16\" or \"2001:db8::/32\"");
+    let max = bwmon_common::MAX_EXEMPT_PREFIXES as usize;
+    let v4 = prefixes.iter().filter(|p| p.addr().is_ipv4()).count();
+    for (family, count) in [("IPv4", v4), ("IPv6", prefixes.len() - v4)] {
+        if count > max {
+            f.problem(format!(
+                "{count} {family} prefixes; the kernel's table holds {max}"
+            ));
+        }
+    }
+    d.config.exempt_prefixes = prefixes;
+}
+
+/// `[metrics]`: `listen`, the only key.
+fn metrics(f: &mut Field<'_, '_>, d: &mut Draft<'_>) {
+    let Some(t) = f.table("must be a table with `listen`") else {
+        return;
+    };
+    for (k, v) in t.iter().filter(|(k, _)| *k != "listen") {
+        let key = format!("metrics.{k}");
+        f.c.add(Some(v), &key, "unknown key; the only key is listen");
+    }
+    let Some(listen) = t.get("listen") else {
+        return;
+    };
+    d.config.metrics_listen = match listen.as_str().map(str::parse) {
+        Some(Ok(addr)) => Some(addr),
+        _ => {
+            let message = "must be an address like \"127.0.0.1:9110\"";
+            f.c.add(Some(listen), "metrics.listen", message);
+            None
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../etc/bwmon.toml");
+
+    /// The top-level keys the example mentions, set or commented out: `key = …` before the
+    /// first table, and the tables' names (`[mail]`, `# [metrics]`).
+    fn mentioned(example: &str) -> BTreeSet<&str> {
+        let mut out = BTreeSet::new();
+        let mut top = true;
+        for line in example.lines() {
+            let line = line.trim_start_matches(['#', ' ']);
+            if let Some(table) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                top = false;
+                out.insert(table);
+            } else if let Some((key, _)) = line.split_once(" = ")
+                && top
+                && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            {
+                out.insert(key);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_key_is_in_the_shipped_example_and_every_key_there_is_known() {
+        let mentioned = mentioned(EXAMPLE);
+        for key in KEYS {
+            assert!(
+                mentioned.contains(key.name),
+                "{} is not in etc/bwmon.toml",
+                key.name
+            );
+            assert!(
+                !key.doc.is_empty() && !key.doc.contains('\n'),
+                "{}: a one-line doc",
+                key.name
+            );
+        }
+        for name in mentioned {
+            assert!(
+                KEYS.iter().any(|k| k.name == name),
+                "etc/bwmon.toml mentions {name}, which is not a key"
+            );
+        }
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let c = Config::parse(Path::new("/etc/bwmon/bwmon.toml"), EXAMPLE).unwrap();
+        assert_eq!(c.interface, "eth0");
+    }
+
+    #[test]
+    fn a_change_that_needs_a_restart_is_named_once() {
+        let path = Path::new("/etc/bwmon/bwmon.toml");
+        let old = Config::parse(path, "interface = \"eth0\"\n").unwrap();
+        let new = Config::parse(
+            path,
+            "interface = \"eth1\"\nhistory_periods = 5\nhistory_sample_days = 5\nnode_cap = \"1mbit\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            old.fixed_changes(&new),
+            ["interface", "history_periods/history_sample_days"]
+        );
+        assert!(old.fixed_changes(&old).is_empty());
+    }
+}
