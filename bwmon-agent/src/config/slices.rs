@@ -8,8 +8,8 @@
 //! net_max_kbyte = 2000000     # any rspec attribute
 //! ```
 //!
-//! A file with any problem is rejected whole, with every problem located; the caller keeps the
-//! last good one in force.
+//! A slice with any problem is skipped whole, located; the others are applied (see [`parse`]).
+//! Only a file that is not TOML is rejected whole, and the caller keeps the last good one.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -20,8 +20,13 @@ use std::{
 
 use ipnet::IpNet;
 
+use toml_edit::Table;
+
 use crate::{
-    config::problems::{Collector, FileErrors, Problem, parse_document, plain_value},
+    config::{
+        problems::{Collector, FileErrors, parse_document},
+        read::{Field, attributes},
+    },
     policy::rspec::Attributes,
 };
 
@@ -73,6 +78,7 @@ pub fn uid_of(name: &str) -> Option<u32> {
     (rc == 0 && !result.is_null()).then_some(pwd.pw_uid)
 }
 
+/// A slice's keys that are not attributes.
 const SLICE_KEYS: [&str; 3] = ["name", "xid", "sources"];
 
 /// A slices file as read: the slices that can be used, and what was wrong with the rest.
@@ -96,19 +102,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Parsed, FileErrors> {
     let doc = parse_document(path, text)?;
     let mut c = Collector::new(text);
     let root = doc.as_table();
-    for (key, item) in root.iter() {
-        if key != "slice" {
-            c.add(
-                Some(item),
-                key,
-                "unknown key; the file holds [[slice]] tables",
-            );
-        }
+    for (key, item) in root.iter().filter(|(key, _)| *key != "slice") {
+        c.add(
+            Some(item),
+            key,
+            "unknown key; the file holds [[slice]] tables",
+        );
     }
-    let mut out = Vec::new();
+    let mut slices = Vec::new();
     let mut warnings = Vec::new();
-    let mut names: HashMap<String, usize> = HashMap::new();
-    let mut xids: HashSet<u32> = HashSet::new();
     if let Some(item) = root.get("slice") {
         let Some(tables) = item.as_array_of_tables() else {
             c.add(Some(item), "slice", "must be [[slice]] tables");
@@ -117,179 +119,163 @@ pub fn parse(path: &Path, text: &str) -> Result<Parsed, FileErrors> {
                 problems: Vec::new(),
             }));
         };
-        for (i, t) in tables.iter().enumerate() {
-            let problems_before = c.problems.len();
-            let at = format!("slice[{i}]");
-            let table_line = c.line_of(t.span());
-            let problem =
-                |c: &mut Collector, item: Option<&toml_edit::Item>, key: &str, msg: String| {
-                    if item.is_some() {
-                        c.add(item, &format!("{at}.{key}"), msg);
-                    } else {
-                        c.problems.push(Problem {
-                            line: table_line,
-                            key: format!("{at}.{key}"),
-                            message: msg,
-                        });
-                    }
-                };
-            let name = match t.get("name").and_then(|n| n.as_str()) {
-                Some(n) if valid_name(n) => n.to_owned(),
-                Some(n) => {
-                    problem(
-                        &mut c,
-                        t.get("name"),
-                        "name",
-                        format!(
-                            "'{}' must be 1-64 letters, digits, '_', '.', '-', starting with a letter or digit",
-                            n.escape_debug()
-                        ),
-                    );
-                    continue;
-                }
-                None => {
-                    problem(
-                        &mut c,
-                        t.get("name"),
-                        "name",
-                        "missing or not a string".into(),
-                    );
-                    continue;
-                }
+        let mut taken = Taken::default();
+        for (index, table) in tables.iter().enumerate() {
+            let entry = Entry {
+                index,
+                line: c.line_of(table.span()),
+                table,
             };
-            if name == ROOT_NAME || name == DEFAULT_NAME {
-                problem(
-                    &mut c,
-                    t.get("name"),
-                    "name",
-                    format!("'{name}' is reserved (bwmon always accounts it)"),
-                );
+            let Some(slice) = entry.read(&mut c, &mut taken) else {
                 continue;
-            }
-            if names.insert(name.clone(), i).is_some() {
-                problem(
-                    &mut c,
-                    t.get("name"),
-                    "name",
-                    format!("'{name}' appears twice"),
-                );
-                continue;
-            }
-            let xid = match t.get("xid") {
-                Some(item) => match item.as_integer() {
-                    Some(x) if (1..i64::from(u32::MAX)).contains(&x) => x as u32,
-                    _ => {
-                        problem(
-                            &mut c,
-                            Some(item),
-                            "xid",
-                            "must be a whole number from 1 to 4294967294 (0 is the root slice; 4294967295 is (uid_t)-1, the default slice's line)"
-                                .into(),
-                        );
-                        continue;
-                    }
-                },
-                None => match uid_of(&name) {
-                    Some(0) => {
-                        problem(
-                            &mut c,
-                            None,
-                            "xid",
-                            format!("local user '{name}' has uid 0, the root slice's"),
-                        );
-                        continue;
-                    }
-                    Some(uid) => uid,
-                    None => {
-                        problem(
-                            &mut c,
-                            None,
-                            "xid",
-                            format!("missing, and there is no local user '{name}' to take it from"),
-                        );
-                        continue;
-                    }
-                },
             };
-            if !xids.insert(xid) {
-                problem(
-                    &mut c,
-                    t.get("xid"),
-                    "xid",
-                    format!("{xid} is used by another slice"),
-                );
-                continue;
-            }
-            let mut sources = Vec::new();
-            if let Some(item) = t.get("sources") {
-                match item.as_array() {
-                    Some(arr) => {
-                        for v in arr.iter() {
-                            match v.as_str().map(str::parse::<IpNet>) {
-                                Some(Ok(net)) => sources.push(net.trunc()),
-                                _ => c.add_value(
-                                    v,
-                                    &format!("{at}.sources"),
-                                    format!("{} is not a CIDR prefix", v.to_string().trim()),
-                                ),
-                            }
-                        }
-                    }
-                    None => problem(
-                        &mut c,
-                        Some(item),
-                        "sources",
-                        "must be a list of CIDR prefixes".into(),
-                    ),
-                }
-            }
-            let mut attrs = Attributes::default();
-            for (k, v) in t.iter() {
-                if SLICE_KEYS.contains(&k) {
-                    continue;
-                }
-                match v.as_value() {
-                    Some(val) => {
-                        if let Err(e) = attrs.set(k, &plain_value(val)) {
-                            c.add(Some(v), &format!("{at}.{k}"), e);
-                        }
-                    }
-                    None => c.add(Some(v), &format!("{at}.{k}"), "must be a value"),
-                }
-            }
-            if c.problems.len() > problems_before {
-                // Something about it is wrong: skipped whole, never half applied.
-                names.remove(&name);
-                xids.remove(&xid);
-                continue;
-            }
-            let table_warnings = attr_warnings(&name, &attrs);
             warnings.extend(
-                table_warnings
+                attr_warnings(&slice.name, &slice.attrs)
                     .into_iter()
-                    .map(|w| format!("{}:{table_line}: {at}: {w}", path.display())),
+                    .map(|w| format!("{}:{}: slice[{index}]: {w}", path.display(), entry.line)),
             );
-            out.push(SliceSpec {
-                name,
-                xid,
-                sources,
-                attrs,
-            });
+            slices.push(slice);
         }
     }
-    // A source prefix belongs to one slice only: the first that names it keeps it.
+    one_owner_per_source(&mut c, &mut slices);
+    Ok(Parsed {
+        slices,
+        skipped: c.finish(path).err(),
+        warnings,
+    })
+}
+
+/// The names and xids of the slices read so far.
+#[derive(Default)]
+struct Taken {
+    names: HashSet<String>,
+    xids: HashSet<u32>,
+}
+
+/// One `[[slice]]` table being read. Its problems are reported as `slice[index].key`, located
+/// at the key, or at the table when the key is missing.
+struct Entry<'t> {
+    /// Its place in the file, from 0.
+    index: usize,
+    /// The line of its `[[slice]]`.
+    line: usize,
+    table: &'t Table,
+}
+
+impl Entry<'_> {
+    /// The slice, or `None` (its problems reported) when any of it cannot be used: a slice is
+    /// skipped whole, never half applied.
+    fn read(&self, c: &mut Collector, taken: &mut Taken) -> Option<SliceSpec> {
+        let name = self.name(c, taken)?;
+        let xid = self.xid(c, &name)?;
+        if !taken.xids.insert(xid) {
+            self.problem(c, "xid", format!("{xid} is used by another slice"));
+            return None;
+        }
+        let problems_before = c.problems.len();
+        let sources = match self.table.get("sources") {
+            Some(item) => {
+                let key = self.key("sources");
+                Field::new(c, item, &key).cidrs("")
+            }
+            None => Vec::new(),
+        };
+        let mut attrs = Attributes::default();
+        let prefix = self.key("");
+        attributes(c, self.table, &prefix, &SLICE_KEYS, &mut attrs);
+        if c.problems.len() > problems_before {
+            taken.names.remove(&name);
+            taken.xids.remove(&xid);
+            return None;
+        }
+        Some(SliceSpec {
+            name,
+            xid,
+            sources,
+            attrs,
+        })
+    }
+
+    /// Its name: valid, not reserved, not taken by an earlier slice (it is taken then).
+    fn name(&self, c: &mut Collector, taken: &mut Taken) -> Option<String> {
+        let name = match self.table.get("name").and_then(|n| n.as_str()) {
+            Some(n) if valid_name(n) => n.to_owned(),
+            Some(n) => {
+                let message = format!(
+                    "'{}' must be 1-64 letters, digits, '_', '.', '-', starting with a letter or digit",
+                    n.escape_debug()
+                );
+                return self.refuse(c, "name", message);
+            }
+            None => return self.refuse(c, "name", "missing or not a string".into()),
+        };
+        if name == ROOT_NAME || name == DEFAULT_NAME {
+            let message = format!("'{name}' is reserved (bwmon always accounts it)");
+            return self.refuse(c, "name", message);
+        }
+        if !taken.names.insert(name.clone()) {
+            return self.refuse(c, "name", format!("'{name}' appears twice"));
+        }
+        Some(name)
+    }
+
+    /// Its xid: as given, else the uid of the local user of its name.
+    fn xid(&self, c: &mut Collector, name: &str) -> Option<u32> {
+        if let Some(item) = self.table.get("xid") {
+            let message = || {
+                "must be a whole number from 1 to 4294967294 (0 is the root slice; 4294967295 is (uid_t)-1, the default slice's line)".to_owned()
+            };
+            let key = self.key("xid");
+            let xid = Field::new(c, item, &key).integer(1..=i64::from(u32::MAX) - 1, message)?;
+            return Some(xid as u32);
+        }
+        match uid_of(name) {
+            Some(0) => {
+                let message = format!("local user '{name}' has uid 0, the root slice's");
+                self.refuse(c, "xid", message)
+            }
+            Some(uid) => Some(uid),
+            None => {
+                let message =
+                    format!("missing, and there is no local user '{name}' to take it from");
+                self.refuse(c, "xid", message)
+            }
+        }
+    }
+
+    /// `key` as reported: `slice[index].key`.
+    fn key(&self, key: &str) -> String {
+        format!("slice[{}].{key}", self.index)
+    }
+
+    /// Reports `message` against `key` (at the table when the key is missing).
+    fn problem(&self, c: &mut Collector, key: &str, message: String) {
+        let key_at = self.key(key);
+        match self.table.get(key) {
+            Some(item) => c.add(Some(item), &key_at, message),
+            None => c.add_line(self.line, &key_at, message),
+        }
+    }
+
+    /// Reports `message` against `key` and reads nothing.
+    fn refuse<T>(&self, c: &mut Collector, key: &str, message: String) -> Option<T> {
+        self.problem(c, key, message);
+        None
+    }
+}
+
+/// A source prefix belongs to one slice only: the first that names it keeps it, a later
+/// slice naming it too is skipped.
+fn one_owner_per_source(c: &mut Collector, slices: &mut Vec<SliceSpec>) {
     let mut owners: HashMap<IpNet, String> = HashMap::new();
-    out.retain(|s| {
+    slices.retain(|s| {
         let clash = s
             .sources
             .iter()
             .find_map(|p| Some((p, owners.get(p)?.clone())));
         if let Some((p, other)) = clash {
-            c.problems.push(Problem {
-                line: 1,
-                key: format!("{}.sources", s.name),
-                message: format!("{p} is also a source of slice '{other}'"),
-            });
+            let message = format!("{p} is also a source of slice '{other}'");
+            c.add_line(1, &format!("{}.sources", s.name), message);
             return false;
         }
         for p in &s.sources {
@@ -297,11 +283,6 @@ pub fn parse(path: &Path, text: &str) -> Result<Parsed, FileErrors> {
         }
         true
     });
-    Ok(Parsed {
-        slices: out,
-        skipped: c.finish(path).err(),
-        warnings,
-    })
 }
 
 /// Attribute values bwmon corrects rather than refuses (the policy clamps them), said so.
