@@ -37,6 +37,47 @@ pub struct Key {
     reload: Reload,
 }
 
+impl Key {
+    /// A key read by `read`, optional, whose change a reload applies.
+    const fn new(
+        name: &'static str,
+        doc: &'static str,
+        read: for<'a> fn(&mut Field<'a, '_>, &mut Draft<'a>),
+    ) -> Key {
+        Key {
+            name,
+            doc,
+            read,
+            required: None,
+            reload: Reload::Live,
+        }
+    }
+
+    /// Required: `missing` is the problem when it is absent.
+    const fn required(self, missing: &'static str) -> Key {
+        Key {
+            required: Some(missing),
+            ..self
+        }
+    }
+
+    /// A change of it needs a restart; `changed` says whether two configurations differ in it.
+    const fn restart(self, changed: fn(&Config, &Config) -> bool) -> Key {
+        Key {
+            reload: Reload::Restart(changed),
+            ..self
+        }
+    }
+
+    /// Like [`Key::restart`], said as `shown` (the name of the keys read into one value).
+    const fn restart_as(self, shown: &'static str, changed: fn(&Config, &Config) -> bool) -> Key {
+        Key {
+            reload: Reload::RestartAs(shown, changed),
+            ..self
+        }
+    }
+}
+
 /// Whether a reload (SIGHUP) can apply a change of a key.
 enum Reload {
     /// It can.
@@ -49,10 +90,10 @@ enum Reload {
 
 /// Every key, in the order the unknown-key message lists them.
 pub const KEYS: &[Key] = &[
-    Key {
-        name: "interface",
-        doc: "The interface whose egress is accounted.",
-        read: |f, d| {
+    Key::new(
+        "interface",
+        "The interface whose egress is accounted.",
+        |f, d| {
             if let Some(name) = f.string() {
                 if let Err(e) = validate_name(name) {
                     f.problem(e.to_string());
@@ -60,40 +101,33 @@ pub const KEYS: &[Key] = &[
                 d.config.interface = name.to_owned();
             }
         },
-        required: Some(
-            "missing: the interface whose egress is accounted, e.g. interface = \"eth0\"",
-        ),
-        reload: Reload::Restart(|a, b| a.interface != b.interface),
-    },
-    Key {
-        name: "node_cap",
-        doc: "Ceiling of all general traffic (\"1gbit\", or bit/s).",
-        read: |f, d| d.config.node_cap = ceiling(f).unwrap_or(d.config.node_cap),
-        required: None,
-        reload: Reload::Live,
-    },
-    Key {
-        name: "exempt_max",
-        doc: "Ceiling of all exempt traffic (\"1gbit\", or bit/s).",
-        read: |f, d| d.config.exempt_max = ceiling(f).unwrap_or(d.config.exempt_max),
-        required: None,
-        reload: Reload::Live,
-    },
-    Key {
-        name: "period",
-        doc: "Budget period (\"1d\", \"90s\", \"1.5h\") of unaligned periods.",
-        read: |f, d| {
-            if let Some(p) = f.duration() {
-                d.config.periods.length = p.as_secs();
-            }
+    )
+    .required("missing: the interface whose egress is accounted, e.g. interface = \"eth0\"")
+    .restart(|a, b| a.interface != b.interface),
+    Key::new(
+        "node_cap",
+        "Ceiling of all general traffic (\"1gbit\", or bit/s).",
+        |f, d| set(&mut d.config.node_cap, ceiling(f)),
+    ),
+    Key::new(
+        "exempt_max",
+        "Ceiling of all exempt traffic (\"1gbit\", or bit/s).",
+        |f, d| set(&mut d.config.exempt_max, ceiling(f)),
+    ),
+    Key::new(
+        "period",
+        "Budget period (\"1d\", \"90s\", \"1.5h\") of unaligned periods.",
+        |f, d| {
+            set(
+                &mut d.config.periods.length,
+                f.duration().map(|p| p.as_secs()),
+            )
         },
-        required: None,
-        reload: Reload::Live,
-    },
-    Key {
-        name: "period_align",
-        doc: "Periods from each slice's first sight (\"none\"), or local days or months.",
-        read: |f, d| {
+    ),
+    Key::new(
+        "period_align",
+        "Periods from each slice's first sight (\"none\"), or local days or months.",
+        |f, d| {
             d.config.periods.align = match f.string() {
                 None | Some("none") => Align::None,
                 // The start time and day are read with the other keys (`period_start_*`).
@@ -107,66 +141,47 @@ pub const KEYS: &[Key] = &[
                 }
             }
         },
-        required: None,
-        reload: Reload::Live,
-    },
-    Key {
-        name: "period_start_time",
-        doc: "Local time of day when daily periods start (\"06:30\").",
-        read: |f, d| d.start_time = Some(f.item),
-        required: None,
-        reload: Reload::Live,
-    },
-    Key {
-        name: "period_start_day",
-        doc: "Day of the month when monthly periods start (1 to 31).",
-        read: |f, d| d.start_day = Some(f.item),
-        required: None,
-        reload: Reload::Live,
-    },
-    Key {
-        name: "interval",
-        doc: "Sync interval (\"10s\").",
-        read: |f, d| d.config.interval = f.duration().unwrap_or(d.config.interval),
-        required: None,
-        reload: Reload::Live,
-    },
-    Key {
-        name: "slices",
-        doc: "The slices file (relative paths are relative to the configuration file).",
-        read: |f, d| d.config.slices = f.path(&d.base).unwrap_or_else(|| d.config.slices.clone()),
-        required: None,
-        reload: Reload::Live,
-    },
-    Key {
-        name: "state",
-        doc: "The state file.",
-        read: |f, d| d.config.state = f.path(&d.base).unwrap_or_else(|| d.config.state.clone()),
-        required: None,
-        reload: Reload::Restart(|a, b| a.state != b.state),
-    },
-    Key {
-        name: "socket",
-        doc: "The control socket.",
-        read: |f, d| d.config.socket = f.path(&d.base).unwrap_or_else(|| d.config.socket.clone()),
-        required: None,
-        reload: Reload::Restart(|a, b| a.socket != b.socket),
-    },
-    Key {
-        name: "tenant_socket",
-        doc: "The socket where each local user sees their own slice; \"\" turns it off.",
-        read: |f, d| match f.string() {
+    ),
+    Key::new(
+        "period_start_time",
+        "Local time of day when daily periods start (\"06:30\").",
+        |f, d| d.start_time = Some(f.item),
+    ),
+    Key::new(
+        "period_start_day",
+        "Day of the month when monthly periods start (1 to 31).",
+        |f, d| d.start_day = Some(f.item),
+    ),
+    Key::new("interval", "Sync interval (\"10s\").", |f, d| {
+        set(&mut d.config.interval, f.duration())
+    }),
+    Key::new(
+        "slices",
+        "The slices file (relative paths are relative to the configuration file).",
+        |f, d| set(&mut d.config.slices, f.path(&d.base)),
+    ),
+    Key::new("state", "The state file.", |f, d| {
+        set(&mut d.config.state, f.path(&d.base))
+    })
+    .restart(|a, b| a.state != b.state),
+    Key::new("socket", "The control socket.", |f, d| {
+        set(&mut d.config.socket, f.path(&d.base))
+    })
+    .restart(|a, b| a.socket != b.socket),
+    Key::new(
+        "tenant_socket",
+        "The socket where each local user sees their own slice; \"\" turns it off.",
+        |f, d| match f.string() {
             Some("") => d.config.tenant_socket = None,
             Some(path) => d.config.tenant_socket = Some(d.base.join(path)),
             None => {}
         },
-        required: None,
-        reload: Reload::Restart(|a, b| a.tenant_socket != b.tenant_socket),
-    },
-    Key {
-        name: "xid_source",
-        doc: "Where a packet's xid comes from: \"uid\", \"mark\" or \"source\".",
-        read: |f, d| {
+    )
+    .restart(|a, b| a.tenant_socket != b.tenant_socket),
+    Key::new(
+        "xid_source",
+        "Where a packet's xid comes from: \"uid\", \"mark\" or \"source\".",
+        |f, d| {
             d.config.xid_source = match f.string() {
                 None | Some("uid") => XidSource::Uid,
                 Some("mark") => XidSource::Mark,
@@ -179,100 +194,86 @@ pub const KEYS: &[Key] = &[
                 }
             }
         },
-        required: None,
-        reload: Reload::Restart(|a, b| a.xid_source != b.xid_source),
-    },
-    Key {
-        name: "exempt_prefixes",
-        doc: "Destinations with their own, separate budget (CIDR prefixes).",
-        read: exempt_prefixes,
-        required: None,
-        reload: Reload::Live,
-    },
-    Key {
-        name: "dry_run",
-        doc: "Account, report and notify, but never lower a ceiling.",
-        read: |f, d| d.config.dry_run = f.boolean().unwrap_or(false),
-        required: None,
-        reload: Reload::Live,
-    },
-    Key {
-        name: "take_over_root_qdisc",
-        doc: "Replace a root qdisc on the interface that bwmon did not create.",
-        read: |f, d| d.config.take_over_root_qdisc = f.boolean().unwrap_or(false),
-        required: None,
-        reload: Reload::Live,
-    },
-    Key {
-        name: "defaults",
-        doc: "Attribute defaults for every slice (a table of rspec keys).",
-        read: |f, d| {
+    )
+    .restart(|a, b| a.xid_source != b.xid_source),
+    Key::new(
+        "exempt_prefixes",
+        "Destinations with their own, separate budget (CIDR prefixes).",
+        exempt_prefixes,
+    ),
+    Key::new(
+        "dry_run",
+        "Account, report and notify, but never lower a ceiling.",
+        |f, d| set(&mut d.config.dry_run, f.boolean()),
+    ),
+    Key::new(
+        "take_over_root_qdisc",
+        "Replace a root qdisc on the interface that bwmon did not create.",
+        |f, d| set(&mut d.config.take_over_root_qdisc, f.boolean()),
+    ),
+    Key::new(
+        "defaults",
+        "Attribute defaults for every slice (a table of rspec keys).",
+        |f, d| {
             if let Some(t) = f.table("must be a table of slice attributes") {
                 attributes(f.c, t, "defaults.", &[], &mut d.config.defaults);
             }
         },
-        required: None,
-        reload: Reload::Live,
-    },
-    Key {
-        name: "mail",
-        doc: "How notices are delivered, and the addresses they carry (a table).",
-        read: |f, d| d.config.mail = parse_mail(f.c, f.item),
-        required: None,
-        reload: Reload::Live,
-    },
-    Key {
-        name: "metrics",
-        doc: "The Prometheus endpoint (a table with `listen`).",
-        read: metrics,
-        required: None,
-        reload: Reload::Live,
-    },
-    Key {
-        name: "kernel_log",
-        doc: "Kernel-side diagnostics through aya-log.",
-        read: |f, d| d.config.kernel_log = f.boolean().unwrap_or(false),
-        required: None,
-        reload: Reload::Restart(|a, b| a.kernel_log != b.kernel_log),
-    },
-    Key {
-        name: "max_connections",
-        doc: "Clients served at once by the control socket and, apart, the metrics endpoint.",
-        read: |f, d| {
-            let n = count(f, 1, 4096, "connections");
-            d.config.max_connections = n.unwrap_or(d.config.max_connections);
+    ),
+    Key::new(
+        "mail",
+        "How notices are delivered, and the addresses they carry (a table).",
+        |f, d| d.config.mail = parse_mail(f.c, f.item),
+    ),
+    Key::new(
+        "metrics",
+        "The Prometheus endpoint (a table with `listen`).",
+        metrics,
+    ),
+    Key::new(
+        "kernel_log",
+        "Kernel-side diagnostics through aya-log.",
+        |f, d| set(&mut d.config.kernel_log, f.boolean()),
+    )
+    .restart(|a, b| a.kernel_log != b.kernel_log),
+    Key::new(
+        "max_connections",
+        "Clients served at once by the control socket and, apart, the metrics endpoint.",
+        |f, d| {
+            set(
+                &mut d.config.max_connections,
+                count(f, 1, 4096, "connections"),
+            )
         },
-        required: None,
-        reload: Reload::Live,
-    },
-    Key {
-        name: "allow_loopback",
-        doc: "Accept the loopback interface (labs only).",
-        read: |f, d| d.config.allow_loopback = f.boolean().unwrap_or(false),
-        required: None,
-        reload: Reload::Live,
-    },
-    Key {
-        name: "history_periods",
-        doc: "Finished periods kept per slice in the history.",
-        read: |f, d| {
-            let n = count(f, 1, 100_000, "periods");
-            d.config.history.periods = n.unwrap_or(d.config.history.periods);
+    ),
+    Key::new(
+        "allow_loopback",
+        "Accept the loopback interface (labs only).",
+        |f, d| set(&mut d.config.allow_loopback, f.boolean()),
+    ),
+    Key::new(
+        "history_periods",
+        "Finished periods kept per slice in the history.",
+        |f, d| {
+            set(
+                &mut d.config.history.periods,
+                count(f, 1, 100_000, "periods"),
+            )
         },
-        required: None,
-        reload: Reload::RestartAs(HISTORY, |a, b| a.history != b.history),
-    },
-    Key {
-        name: "history_sample_days",
-        doc: "Days of hourly samples kept in the history.",
-        read: |f, d| {
-            if let Some(days) = count(f, 1, 3660, "days") {
-                d.config.history.sample_secs = days as u64 * 86_400;
-            }
+    )
+    .restart_as(HISTORY, |a, b| a.history != b.history),
+    Key::new(
+        "history_sample_days",
+        "Days of hourly samples kept in the history.",
+        |f, d| {
+            let days = count(f, 1, 3660, "days");
+            set(
+                &mut d.config.history.sample_secs,
+                days.map(|n| n as u64 * 86_400),
+            );
         },
-        required: None,
-        reload: Reload::RestartAs(HISTORY, |a, b| a.history != b.history),
-    },
+    )
+    .restart_as(HISTORY, |a, b| a.history != b.history),
 ];
 
 /// How a change of the history's retention is named: both keys set it.
@@ -371,6 +372,13 @@ pub(super) fn fixed_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         }
     }
     out
+}
+
+/// `value` when it was read; else `into` keeps its default.
+fn set<T>(into: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *into = value;
+    }
 }
 
 /// A ceiling: a rate no lower than the smallest bwmon sets.
