@@ -1,7 +1,10 @@
 //! bwmon's HTB tree as data: class ids, the fixed classes, leaves, the changes to make, and
 //! the classes that belong to nobody. Pure: no netlink here (that is [`super::Htb`]).
 
-use std::{collections::HashSet, fmt};
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+};
 
 use bwmon_common::{DEFAULT_EXEMPT_MINOR, DEFAULT_GENERAL_MINOR, HTB_MAJOR, tc_handle};
 use netlink_packet_route::tc::TcHandle;
@@ -260,6 +263,21 @@ pub fn orphans(listed: &[ClassInfo], wanted: &HashSet<Minor>) -> Vec<Minor> {
     out
 }
 
+/// The changes that make the tree's leaves `wanted`, given the classes it has (`listed`): each
+/// leaf that is missing or differs (at the kernel's precision) is upserted, in `wanted`'s order;
+/// then the [`orphans`] are removed.
+pub fn diff_leaves(listed: &[ClassInfo], wanted: &[Leaf]) -> Vec<Op> {
+    let by_minor: HashMap<Minor, &ClassInfo> = listed.iter().map(|c| (c.minor, c)).collect();
+    let mut ops: Vec<Op> = wanted
+        .iter()
+        .filter(|leaf| !by_minor.get(&leaf.minor).is_some_and(|c| c.is(leaf)))
+        .map(|leaf| Op::Upsert(*leaf))
+        .collect();
+    let minors: HashSet<Minor> = wanted.iter().map(|l| l.minor).collect();
+    ops.extend(orphans(listed, &minors).into_iter().map(Op::Remove));
+    ops
+}
+
 /// The outcome of [`super::Htb::ensure_tree`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Installed {
@@ -297,6 +315,70 @@ mod tests {
         assert_eq!(
             orphans(&listed, &Default::default()),
             vec![Minor(0x100), Minor(0x101), Minor(0x1ff)]
+        );
+    }
+
+    fn leaf(minor: u16, ceil: u64) -> Leaf {
+        Leaf {
+            minor: Minor(minor),
+            class: TrafficClass::General,
+            params: ClassParams::with_shares(BWMIN, BitsPerSec(ceil), 1),
+        }
+    }
+
+    /// The fixed classes, and `leaves` as the kernel lists them.
+    fn listing(leaves: &[Leaf]) -> Vec<ClassInfo> {
+        let spec = TreeSpec {
+            node_cap: BitsPerSec(100_000_000),
+            exempt_max: BitsPerSec(1_000_000_000),
+        };
+        let fixed = spec.fixed_classes().into_iter();
+        fixed
+            .map(|f| ClassInfo::created(f.minor, f.parent, f.params))
+            .chain(leaves.iter().map(ClassInfo::of_leaf))
+            .collect()
+    }
+
+    #[test]
+    fn a_tree_that_has_every_leaf_as_wanted_needs_no_change() {
+        let wanted = [leaf(0x100, 1_000_000), leaf(0x101, 2_000_000)];
+        assert_eq!(diff_leaves(&listing(&wanted), &wanted), []);
+        assert_eq!(
+            diff_leaves(&listing(&[]), &[]),
+            [],
+            "the fixed classes stay"
+        );
+    }
+
+    #[test]
+    fn missing_leaves_are_added_and_changed_ones_changed_in_place() {
+        let listed = listing(&[leaf(0x100, 1_000_000)]);
+        let wanted = [leaf(0x101, 5_000), leaf(0x100, 8_000)];
+        assert_eq!(
+            diff_leaves(&listed, &wanted),
+            [Op::Upsert(wanted[0]), Op::Upsert(wanted[1])]
+        );
+    }
+
+    #[test]
+    fn a_leaf_under_the_wrong_parent_is_upserted() {
+        let mut exempt = leaf(0x100, 1_000_000);
+        exempt.class = TrafficClass::Exempt;
+        let listed = listing(&[leaf(0x100, 1_000_000)]);
+        assert_eq!(diff_leaves(&listed, &[exempt]), [Op::Upsert(exempt)]);
+    }
+
+    #[test]
+    fn leaves_nobody_wants_are_removed_after_the_upserts() {
+        let listed = listing(&[leaf(0x1ff, 1000), leaf(0x100, 1000)]);
+        let wanted = [leaf(0x102, 1000)];
+        assert_eq!(
+            diff_leaves(&listed, &wanted),
+            [
+                Op::Upsert(wanted[0]),
+                Op::Remove(Minor(0x100)),
+                Op::Remove(Minor(0x1ff))
+            ]
         );
     }
 
