@@ -20,7 +20,7 @@ use crate::{
     class::{PerClass, TrafficClass},
     config::Retention,
     serve::slice_view::SliceRef,
-    serve::status::{SliceStatus, StatusReport},
+    serve::status::{ClassStatus, SliceStatus, StatusReport},
     time::UnixSecs,
 };
 
@@ -452,7 +452,8 @@ impl Tracker {
         let hour = now - now % HOUR;
         let mut out = Vec::new();
         for row in &report.slices {
-            let seen = period_of(row);
+            let classes = row.per_class();
+            let seen = period_of(row, &classes);
             let (mut period, sampled) = match self.open.remove(&row.xid) {
                 Some(o) if o.period.start == seen.start => (o.period, o.at == hour),
                 Some(o) => {
@@ -464,18 +465,11 @@ impl Tracker {
                 }
                 None => (seen.clone(), false),
             };
-            let capped = PerClass {
-                general: row.capped,
-                exempt: row.exempt_capped,
-            };
-            merge(&mut period, &seen, capped, now);
+            merge(&mut period, &seen, classes.map(|_, c| c.capped), now);
             let sample = Sample {
                 period,
                 at: hour,
-                threshold: PerClass {
-                    general: row.thresh_kbyte * 1024,
-                    exempt: row.i2_thresh_kbyte * 1024,
-                },
+                threshold: classes.map(|_, c| c.thresh.bytes().0),
             };
             let now_written = (sample.period.start, sample.period.bytes);
             if !sampled && self.written.get(&row.xid) != Some(&now_written) {
@@ -527,26 +521,18 @@ impl Resume {
     }
 }
 
-/// A status line as the period it describes so far (caps are [`merge`]d in with their time).
-fn period_of(row: &SliceStatus) -> PeriodEntry {
+/// A status line (and its `classes`) as the period it describes so far (caps are [`merge`]d in
+/// with their time).
+fn period_of(row: &SliceStatus, classes: &PerClass<ClassStatus>) -> PeriodEntry {
     PeriodEntry {
         slice: row.name.clone(),
         xid: row.xid,
         start: row.period_start,
         end: row.period_end,
-        bytes: PerClass {
-            general: row.bytes,
-            exempt: row.exempt_bytes,
-        },
-        budget: PerClass {
-            general: row.max_kbyte * 1024,
-            exempt: row.i2_max_kbyte * 1024,
-        },
+        bytes: classes.map(|_, c| c.used.0),
+        budget: classes.map(|_, c| c.budget.bytes().0),
         capped_at: PerClass::default(),
-        lowest_ceil_bps: PerClass {
-            general: row.ceil_bps,
-            exempt: row.exempt_ceil_bps,
-        },
+        lowest_ceil_bps: classes.map(|_, c| c.ceil.0),
         noticed: row.emailed,
     }
 }

@@ -40,64 +40,43 @@ const PER_CLASS: [ClassMetric; 7] = [
         "bwmon_slice_bytes_total",
         "Bytes a slice sent in the current period, by traffic class.",
         "counter",
-        |s| PerClass {
-            general: s.bytes,
-            exempt: s.exempt_bytes,
-        },
+        |s| s.per_class().map(|_, c| c.used.0),
     ),
     (
         "bwmon_slice_ceil_bits_per_second",
         "The HTB ceiling in force, by traffic class.",
         "gauge",
-        |s| PerClass {
-            general: s.ceil_bps,
-            exempt: s.exempt_ceil_bps,
-        },
+        |s| s.per_class().map(|_, c| c.ceil.0),
     ),
     (
         "bwmon_slice_ceil_bytes_per_second",
         "The HTB ceiling in force in bytes per second, by traffic class.",
         "gauge",
-        |s| PerClass {
-            general: s.ceil_bps / 8,
-            exempt: s.exempt_ceil_bps / 8,
-        },
+        |s| s.per_class().map(|_, c| c.ceil.bytes_per_sec()),
     ),
     (
         "bwmon_slice_used_bytes",
         "Bytes a slice used in the current period, by traffic class.",
         "gauge",
-        |s| PerClass {
-            general: s.bytes,
-            exempt: s.exempt_bytes,
-        },
+        |s| s.per_class().map(|_, c| c.used.0),
     ),
     (
         "bwmon_slice_budget_bytes",
         "A slice's budget for the current period (grants included), by traffic class.",
         "gauge",
-        |s| PerClass {
-            general: s.max_kbyte * 1024,
-            exempt: s.i2_max_kbyte * 1024,
-        },
+        |s| s.per_class().map(|_, c| c.budget.bytes().0),
     ),
     (
         "bwmon_slice_threshold_bytes",
         "Use after which a slice's ceiling is lowered, by traffic class.",
         "gauge",
-        |s| PerClass {
-            general: s.thresh_kbyte * 1024,
-            exempt: s.i2_thresh_kbyte * 1024,
-        },
+        |s| s.per_class().map(|_, c| c.thresh.bytes().0),
     ),
     (
         "bwmon_slice_capped",
         "1 when the slice's ceiling is lowered, by traffic class.",
         "gauge",
-        |s| PerClass {
-            general: u64::from(s.capped),
-            exempt: u64::from(s.exempt_capped),
-        },
+        |s| s.per_class().map(|_, c| u64::from(c.capped)),
     ),
 ];
 

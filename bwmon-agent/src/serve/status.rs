@@ -2,9 +2,10 @@
 //! design's field names (more may be added, none renamed).
 
 use crate::{
+    class::{PerClass, TrafficClass},
     error_kind::ErrorCounts,
-    time::text::human_secs,
-    units::{BitsPerSec, Bytes},
+    time::{UnixSecs, text::human_secs},
+    units::{BitsPerSec, Bytes, KBytes},
 };
 
 /// One slice's line.
@@ -82,24 +83,118 @@ pub struct StatusReport {
     pub version: String,
 }
 
-impl SliceStatus {
-    /// Percentage of the general budget used.
-    pub fn percent_used(&self) -> f64 {
-        pct(self.bytes, self.max_kbyte)
-    }
+/// What a status line says of the slice itself, beside its classes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SliceHead {
+    /// Name.
+    pub name: String,
+    /// xid.
+    pub xid: u32,
+    /// Start of its current period.
+    pub period_start: UnixSecs,
+    /// End of its current period.
+    pub period_end: UnixSecs,
+    /// Noticed this period.
+    pub emailed: bool,
+    /// Bytes its leaves dropped before they left.
+    pub dropped: Bytes,
+    /// Its HTB leaves, as tc writes them.
+    pub leaves: Vec<String>,
+}
 
-    /// Percentage of the exempt budget used.
-    pub fn exempt_percent_used(&self) -> f64 {
-        pct(self.exempt_bytes, self.i2_max_kbyte)
+/// What a status line says of one traffic class of a slice.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassStatus {
+    /// Used in the current period.
+    pub used: Bytes,
+    /// The ceiling in force.
+    pub ceil: BitsPerSec,
+    /// Volume per period (grants included).
+    pub budget: KBytes,
+    /// Use after which the ceiling is lowered.
+    pub thresh: KBytes,
+    /// The ceiling is lowered.
+    pub capped: bool,
+    /// The ceiling when not capped.
+    pub max_rate: BitsPerSec,
+    /// Average rate over the last sync interval.
+    pub rate: BitsPerSec,
+}
+
+impl ClassStatus {
+    /// Percentage of the budget used.
+    pub fn percent_used(&self) -> f64 {
+        let max = self.budget.bytes().0;
+        if max == 0 {
+            0.0
+        } else {
+            self.used.0 as f64 * 100.0 / max as f64
+        }
     }
 }
 
-fn pct(bytes: u64, max_kbyte: u64) -> f64 {
-    let max = max_kbyte.saturating_mul(1024);
-    if max == 0 {
-        0.0
-    } else {
-        bytes as f64 * 100.0 / max as f64
+// The report's JSON names each class's fields apart (`bytes`/`exempt_bytes`,
+// `max_kbyte`/`i2_max_kbyte`, …), a documented contract: these two functions are the one place
+// that writes and the one place that reads those pairs.
+impl SliceStatus {
+    /// A status line from what it says of the slice and of each class.
+    pub fn new(head: SliceHead, classes: PerClass<ClassStatus>) -> SliceStatus {
+        let PerClass {
+            general: g,
+            exempt: e,
+        } = classes;
+        SliceStatus {
+            name: head.name,
+            xid: head.xid,
+            period_start: head.period_start,
+            bytes: g.used.0,
+            exempt_bytes: e.used.0,
+            ceil_bps: g.ceil.0,
+            exempt_ceil_bps: e.ceil.0,
+            max_kbyte: g.budget.0,
+            thresh_kbyte: g.thresh.0,
+            i2_max_kbyte: e.budget.0,
+            i2_thresh_kbyte: e.thresh.0,
+            capped: g.capped,
+            exempt_capped: e.capped,
+            emailed: head.emailed,
+            max_rate_bps: g.max_rate.0,
+            i2_max_rate_bps: e.max_rate.0,
+            dropped_bytes: head.dropped.0,
+            rate_bps: g.rate.0,
+            exempt_rate_bps: e.rate.0,
+            classes: head.leaves,
+            period_end: head.period_end,
+        }
+    }
+
+    /// What the line says of `class`.
+    pub fn class(&self, class: TrafficClass) -> ClassStatus {
+        match class {
+            TrafficClass::General => ClassStatus {
+                used: Bytes(self.bytes),
+                ceil: BitsPerSec(self.ceil_bps),
+                budget: KBytes(self.max_kbyte),
+                thresh: KBytes(self.thresh_kbyte),
+                capped: self.capped,
+                max_rate: BitsPerSec(self.max_rate_bps),
+                rate: BitsPerSec(self.rate_bps),
+            },
+            TrafficClass::Exempt => ClassStatus {
+                used: Bytes(self.exempt_bytes),
+                ceil: BitsPerSec(self.exempt_ceil_bps),
+                budget: KBytes(self.i2_max_kbyte),
+                thresh: KBytes(self.i2_thresh_kbyte),
+                capped: self.exempt_capped,
+                max_rate: BitsPerSec(self.i2_max_rate_bps),
+                rate: BitsPerSec(self.exempt_rate_bps),
+            },
+        }
+    }
+
+    /// What the line says of each class.
+    pub fn per_class(&self) -> PerClass<ClassStatus> {
+        PerClass::from_fn(|c| self.class(c))
     }
 }
 
@@ -129,14 +224,18 @@ pub fn table(report: &StatusReport) -> String {
     ];
     let mut rows: Vec<[String; 11]> = Vec::new();
     for s in &report.slices {
-        let capped = match (s.capped, s.exempt_capped) {
+        let PerClass {
+            general: g,
+            exempt: e,
+        } = s.per_class();
+        let capped = match (g.capped, e.capped) {
             (true, true) => "both",
             (true, false) => "general",
             (false, true) => "exempt",
             (false, false) => "-",
         };
-        let forecast = |target_kbyte: u64| {
-            eta(s.bytes, target_kbyte.saturating_mul(1024), s.rate_bps)
+        let forecast = |target: KBytes| {
+            eta(g.used.0, target.bytes().0, g.rate.0)
                 .filter(|t| s.period_end > report.now + t)
                 .map(human_secs)
                 .unwrap_or_else(|| "-".into())
@@ -144,15 +243,15 @@ pub fn table(report: &StatusReport) -> String {
         rows.push([
             s.name.clone(),
             s.xid.to_string(),
-            Bytes(s.bytes).to_string(),
-            format!("{:.0}", s.percent_used()),
-            BitsPerSec(s.ceil_bps).to_string(),
-            Bytes(s.exempt_bytes).to_string(),
-            format!("{:.0}", s.exempt_percent_used()),
-            BitsPerSec(s.exempt_ceil_bps).to_string(),
+            g.used.to_string(),
+            format!("{:.0}", g.percent_used()),
+            g.ceil.to_string(),
+            e.used.to_string(),
+            format!("{:.0}", e.percent_used()),
+            e.ceil.to_string(),
             capped.into(),
-            forecast(s.thresh_kbyte),
-            forecast(s.max_kbyte),
+            forecast(g.thresh),
+            forecast(g.budget),
         ]);
     }
     let mut widths = headers.map(str::len);
@@ -255,6 +354,46 @@ mod tests {
         let end = lines[1].find("CEIL").unwrap() + "CEIL".len();
         assert_eq!(&lines[2][end - 7..end], "1.5mbit");
         assert_eq!(&lines[3][end - 7..end], "1.5mbit");
+    }
+
+    #[test]
+    fn a_line_reads_back_each_class_as_written_under_the_documented_names() {
+        let class = |n: u64| ClassStatus {
+            used: Bytes(n),
+            ceil: BitsPerSec(n + 1),
+            budget: KBytes(n + 2),
+            thresh: KBytes(n + 3),
+            capped: n > 10,
+            max_rate: BitsPerSec(n + 4),
+            rate: BitsPerSec(n + 5),
+        };
+        let classes = PerClass {
+            general: class(10),
+            exempt: class(20),
+        };
+        let line = SliceStatus::new(SliceHead::default(), classes);
+        assert_eq!(line.per_class(), classes);
+        let json = serde_json::to_value(&line).unwrap();
+        for (key, value) in [
+            ("bytes", 10),
+            ("exempt_bytes", 20),
+            ("ceil_bps", 11),
+            ("exempt_ceil_bps", 21),
+            ("max_kbyte", 12),
+            ("i2_max_kbyte", 22),
+            ("thresh_kbyte", 13),
+            ("i2_thresh_kbyte", 23),
+            ("max_rate_bps", 14),
+            ("i2_max_rate_bps", 24),
+            ("rate_bps", 15),
+            ("exempt_rate_bps", 25),
+        ] {
+            assert_eq!(json[key], value, "{key}");
+        }
+        assert_eq!(
+            (json["capped"].clone(), json["exempt_capped"].clone()),
+            (false.into(), true.into())
+        );
     }
 
     #[test]
