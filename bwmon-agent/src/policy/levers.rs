@@ -8,7 +8,7 @@ use std::fmt;
 use crate::{
     class::{PerClass, TrafficClass},
     policy::{ClassRecord, Limits, Record},
-    time::UnixSecs,
+    time::{UnixSecs, calendar::Calendar},
     units::{BWMIN, BitsPerSec, Bytes},
 };
 
@@ -85,6 +85,13 @@ impl Levers {
         self.grant.iter().all(|(_, g)| g.0 == 0) && self.limit.iter().all(|(_, l)| l.is_none())
     }
 
+    /// Whether these levers count for `record` at `now`: only in the period they were given in,
+    /// and only while that period has not expired (the sync that starts the next one drops
+    /// them).
+    pub fn in_force<C: Calendar>(&self, record: &Record, now: UnixSecs, period: C) -> bool {
+        self.period_start == record.period_start && !record.expired(now, period)
+    }
+
     /// `limits` with the grants added and the limits applied. A limit below the guaranteed
     /// rate lowers that too (HTB needs rate ≤ ceil).
     pub fn apply(&self, limits: &Limits) -> Limits {
@@ -125,6 +132,22 @@ impl Levers {
             Lever::Reset => return Ok(Levers::new(self.period_start)),
         }
         Ok(self)
+    }
+}
+
+impl Limits {
+    /// The limits in force for a slice whose limits are `self` before levers and whose record
+    /// is `record`: with its `levers` applied when they are [in force](Levers::in_force).
+    pub fn in_force<C: Calendar>(
+        &self,
+        levers: Option<&Levers>,
+        record: &Record,
+        now: UnixSecs,
+        period: C,
+    ) -> Limits {
+        levers
+            .filter(|lv| lv.in_force(record, now, period))
+            .map_or(*self, |lv| lv.apply(self))
     }
 }
 
@@ -267,6 +290,38 @@ mod tests {
             Capping::Policy,
         );
         assert_eq!(next.record.used(TrafficClass::General), Bytes(500));
+    }
+
+    #[test]
+    fn levers_count_only_in_their_own_period_and_while_it_lasts() {
+        let l = limits(1024);
+        let record = crate::policy::start(PerClass::default(), &l, 1000);
+        let lv = Levers::new(1000)
+            .pull(Lever::Grant {
+                class: TrafficClass::General,
+                amount: Bytes(1 << 20),
+            })
+            .unwrap();
+        let granted = l.general.max.0 + (1 << 20);
+        assert_eq!(
+            l.in_force(Some(&lv), &record, 1050, 100).general.max.0,
+            granted
+        );
+        assert_eq!(
+            l.in_force(Some(&lv), &record, 1100, 100),
+            l,
+            "the period expired"
+        );
+        let old = Levers {
+            period_start: 900,
+            ..lv
+        };
+        assert_eq!(
+            l.in_force(Some(&old), &record, 1050, 100),
+            l,
+            "another period's"
+        );
+        assert_eq!(l.in_force(None, &record, 1050, 100), l);
     }
 
     proptest! {

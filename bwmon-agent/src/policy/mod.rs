@@ -56,6 +56,12 @@ pub struct ClassLimits {
 pub type Limits = PerClass<ClassLimits>;
 
 impl Limits {
+    /// A slice's limits before the operator's levers: its own attributes over the config's
+    /// `[defaults]`, resolved against the node. Every reader of a slice's limits starts here.
+    pub fn base(attrs: &Attributes, defaults: &Attributes, node: &Node) -> Limits {
+        Limits::resolve(&attrs.or(*defaults), node)
+    }
+
     /// Resolves attributes (already merged with the config's defaults) against the node:
     /// defaults of the seed, `net_min_rate` clamped to 25 % of the node cap, then
     /// bwmin ≤ min ≤ max ≤ cap (exempt: ≤ exempt max); thresholds default to 80 % of the max
