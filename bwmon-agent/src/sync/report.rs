@@ -1,54 +1,60 @@
-//! A slice's line of the status report, from its record, counters and limits.
+//! A slice's line of the status report, from its record, the limits in force and what the plan
+//! measured.
 
-use super::plan::Memory;
 use crate::{
-    class::{PerClass, TrafficClass},
-    policy::{Counters, Limits, Record},
-    serve::status::SliceStatus,
+    class::PerClass,
+    policy::{Limits, Record},
+    serve::status::{ClassStatus, SliceHead, SliceStatus},
     time::UnixSecs,
-    units::Bytes,
+    units::{BitsPerSec, Bytes, KBytes},
 };
 
-/// A status line; `memory` remembers counters between syncs for the rate.
-pub(super) fn row(
-    memory: &mut Memory,
-    name: &str,
-    xid: u32,
-    r: &Record,
-    counters: Counters,
-    limits: &Limits,
-    now: UnixSecs,
-) -> SliceStatus {
-    let rate = match memory.previous.insert(xid, (counters, now)) {
-        Some((prev, at)) if now > at => {
-            PerClass::from_fn(|c| counters.of(c).saturating_sub(*prev.of(c)) * 8 / (now - at))
-        }
-        _ => PerClass::default(),
-    };
-    let kb = |b: Bytes| b.0 / 1024;
-    let used = PerClass::from_fn(|c| r.used(c).0);
-    SliceStatus {
-        name: name.to_owned(),
-        xid,
-        period_start: r.period_start,
-        bytes: used.general,
-        exempt_bytes: used.exempt,
-        ceil_bps: r.classes.general.ceil.0,
-        exempt_ceil_bps: r.classes.exempt.ceil.0,
-        max_kbyte: kb(limits.general.max),
-        thresh_kbyte: kb(limits.general.thresh),
-        i2_max_kbyte: kb(limits.exempt.max),
-        i2_thresh_kbyte: kb(limits.exempt.thresh),
-        capped: r.capped(TrafficClass::General, limits),
-        exempt_capped: r.capped(TrafficClass::Exempt, limits),
-        emailed: r.emailed,
-        max_rate_bps: limits.general.max_rate.0,
-        i2_max_rate_bps: limits.exempt.max_rate.0,
-        dropped_bytes: 0,
-        rate_bps: rate.general,
-        exempt_rate_bps: rate.exempt,
-        classes: Vec::new(),
-        // The caller's, who knows the calendar.
-        period_end: 0,
+/// Everything a slice's status line is made of.
+pub(super) struct Line<'a> {
+    /// The slice's name.
+    pub(super) name: &'a str,
+    /// Its xid.
+    pub(super) xid: u32,
+    /// Its record after this sync.
+    pub(super) record: &'a Record,
+    /// When its period ends, by the calendar.
+    pub(super) period_end: UnixSecs,
+    /// Its limits in force.
+    pub(super) limits: &'a Limits,
+    /// Its rate per class since the previous sync.
+    pub(super) rate: PerClass<BitsPerSec>,
+    /// What its leaves dropped.
+    pub(super) dropped: Bytes,
+    /// Its leaves, as tc writes them.
+    pub(super) leaves: Vec<String>,
+}
+
+impl Line<'_> {
+    /// The status line.
+    pub(super) fn status(self) -> SliceStatus {
+        let (r, limits) = (self.record, self.limits);
+        let kb = |b: Bytes| KBytes(b.0 / 1024);
+        let head = SliceHead {
+            name: self.name.to_owned(),
+            xid: self.xid,
+            period_start: r.period_start,
+            period_end: self.period_end,
+            emailed: r.emailed,
+            dropped: self.dropped,
+            leaves: self.leaves,
+        };
+        let classes = PerClass::from_fn(|c| {
+            let l = limits.of(c);
+            ClassStatus {
+                used: r.used(c),
+                ceil: r.classes.of(c).ceil,
+                budget: kb(l.max),
+                thresh: kb(l.thresh),
+                capped: r.capped(c, limits),
+                max_rate: l.max_rate,
+                rate: *self.rate.of(c),
+            }
+        });
+        SliceStatus::new(head, classes)
     }
 }

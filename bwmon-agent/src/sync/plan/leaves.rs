@@ -1,0 +1,80 @@
+//! A live slice's leaves and steering: classes on demand (a class gets its leaf when it has
+//! sent in this period or its limits differ from the default leaf's, and keeps it until a whole
+//! period passes idle), each leaf's parameters, and the tree's changes.
+
+use super::{Draft, Event};
+use crate::{
+    class::{PerClass, TrafficClass},
+    datapath::Snapshot,
+    htb::{ClassInfo, ClassParams, Leaf, Op, TreeSpec, minors::Minors, tree},
+    policy::Limits,
+    state::SliceState,
+    units::BWMIN,
+};
+
+/// Whether a slice's class needs a leaf of its own even without traffic: its limits differ
+/// from what the default leaf gives (guaranteed rate, ceiling, share).
+pub fn differs_from_default(limits: &Limits, tree: &TreeSpec) -> PerClass<bool> {
+    PerClass::from_fn(|c| {
+        let l = limits.of(c);
+        l.min_rate != BWMIN || l.max_rate != *tree.ceilings().of(c) || l.share != 1
+    })
+}
+
+/// Gives each class of `s` that `needs` a leaf and has none a minor from `minors` (its drops
+/// counted from what that leaf dropped so far). Returns how many classes found no minor left.
+pub(super) fn grow(
+    s: &mut SliceState,
+    needs: PerClass<bool>,
+    minors: &mut Minors,
+    snap: &Snapshot,
+) -> usize {
+    let mut short = 0;
+    for class in TrafficClass::ALL {
+        if !needs.of(class) || s.minors.of(class).is_some() {
+            continue;
+        }
+        match minors.allocate() {
+            Some(m) => {
+                *s.minors.of_mut(class) = Some(m);
+                *s.drop_base.of_mut(class) = snap.dropped_at(m).bytes;
+            }
+            None => short += 1,
+        }
+    }
+    short
+}
+
+/// The leaves of `s` under `limits`. A dry run accounts and reports the lowered ceiling, and
+/// applies none.
+pub(super) fn of_slice<'a>(
+    s: &'a SliceState,
+    limits: &'a Limits,
+    dry_run: bool,
+) -> impl Iterator<Item = Leaf> + 'a {
+    s.minors.iter().filter_map(move |(class, m)| {
+        let lim = limits.of(class);
+        let ceil = if dry_run {
+            lim.max_rate
+        } else {
+            s.record.classes.of(class).ceil
+        };
+        m.map(|minor| Leaf {
+            minor,
+            class,
+            params: ClassParams::with_shares(lim.min_rate, ceil, lim.share),
+        })
+    })
+}
+
+impl Draft<'_> {
+    /// The tree's changes for `leaves` ([`tree::diff_leaves`]); each orphan removed is an event.
+    pub(super) fn tree_ops(&mut self, listed: &[ClassInfo], leaves: &[Leaf]) -> Vec<Op> {
+        let ops = tree::diff_leaves(listed, leaves);
+        self.events.extend(ops.iter().filter_map(|op| match op {
+            Op::Remove(m) => Some(Event::Orphan(*m)),
+            Op::Upsert(_) => None,
+        }));
+        ops
+    }
+}

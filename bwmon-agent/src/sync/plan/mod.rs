@@ -1,0 +1,263 @@
+//! The plan of one sync: a pure function from what bwmon remembers, what it observed and what
+//! the config says to everything the sync will do — new records, leaves to create, change and
+//! remove, the xid → class steering, notices, the report, and the events to log. No clock, no
+//! I/O: the kernel, the tree, the state file and the log only carry the plan out.
+//!
+//! [`plan`] runs in named stages, each in a file of its own: the counters' restart and the
+//! slices' membership (`membership`: new, returning, departed, forgotten), each live slice's
+//! policy decision, notice and report line (`slice`), its leaves and steering (`leaves`, the
+//! tree's diff in [`crate::htb::tree::diff_leaves`]), and the default pseudo-slice
+//! (`default_slice`).
+
+mod default_slice;
+mod leaves;
+mod membership;
+mod slice;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet};
+
+use bwmon_common::ClassIds;
+pub use default_slice::DEFAULT_XID;
+use ipnet::IpNet;
+pub use leaves::differs_from_default;
+
+use crate::{
+    class::PerClass,
+    datapath::Snapshot,
+    htb::{ClassInfo, Leaf, Minor, Op, TreeSpec, minors::Minors},
+    policy::{Capping, Counters, Limits},
+    serve::status::SliceStatus,
+    state::{CappedClass, Notice, State},
+    time::UnixSecs,
+    time::calendar::Periods,
+    units::BitsPerSec,
+};
+
+/// A slice that is in force this sync: root, or one of the slices file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveSlice {
+    /// Name.
+    pub name: String,
+    /// xid.
+    pub xid: u32,
+    /// Its limits, resolved against the node.
+    pub limits: Limits,
+    /// Whether the policy may cap it (root: never).
+    pub capping: Capping,
+    /// Source prefixes (for `xid_source = "source"`).
+    pub sources: Vec<IpNet>,
+}
+
+/// What the config decides for a plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Where periods start and end.
+    pub periods: Periods,
+    /// Account, report and notify, but leave every leaf at its max rate.
+    pub dry_run: bool,
+    /// The tree's fixed part.
+    pub tree: TreeSpec,
+    /// The default pseudo-slice's limits (the config's `[defaults]`).
+    pub default_limits: Limits,
+    /// Whether source prefixes steer xids (`xid_source = "source"`).
+    pub source_prefixes: bool,
+}
+
+/// What one sync saw, at one instant.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observation {
+    /// When (seconds since the epoch).
+    pub now: UnixSecs,
+    /// The kernel's counters.
+    pub snapshot: Snapshot,
+    /// The tree's classes with their counters.
+    pub listed: Vec<ClassInfo>,
+    /// The tree was (re)created since the last sync: its counters restarted from zero.
+    pub tree_created: bool,
+}
+
+/// What bwmon remembers between syncs, besides the persisted state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Memory {
+    /// Each xid's counters at the previous sync, and when, for the rates in the report.
+    pub previous: HashMap<u32, (Counters, UnixSecs)>,
+    /// Every xid's offered bytes at the previous sync (and the overflow slot's, under
+    /// [`OVERFLOW_KEY`]): the default pseudo-slice grows by what xids without a slice added.
+    pub offered: HashMap<u32, Counters>,
+}
+
+/// The key of the overflow slot among [`Memory::offered`] (no xid can have it: it is
+/// `(uid_t)-1`, which the slices file refuses).
+const OVERFLOW_KEY: u32 = u32::MAX;
+
+/// The slice an event is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Who {
+    /// Its name.
+    pub slice: String,
+    /// Its xid.
+    pub xid: u32,
+}
+
+impl Who {
+    fn of(slice: &str, xid: u32) -> Who {
+        Who {
+            slice: slice.to_owned(),
+            xid,
+        }
+    }
+}
+
+/// Something the log should say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A slice seen for the first time (or after its record expired): its period starts.
+    NewSlice(Who),
+    /// A departed slice came back within its period and continues it.
+    Returned(Who),
+    /// A slice left the slices file; its record stays until its period ends.
+    Departed(Who),
+    /// A departed slice's period ended: forgotten, minors freed.
+    Forgotten(Who),
+    /// No minors are left for a slice's leaves.
+    NoMinors(Who),
+    /// A queued notice whose period is over was dropped.
+    StaleNotice(Who),
+    /// A slice's new period began: limits back to the max rates.
+    NewPeriod(Who),
+    /// A slice was capped (the class and its numbers) and a notice queued.
+    Capped(Who, CappedClass),
+    /// Dry run: the slice would have been capped and told so (nobody is mailed).
+    WouldNotify(Who, Vec<CappedClass>),
+    /// A class of the tree belongs to no slice and is removed.
+    Orphan(Minor),
+    /// The kernel's counters restarted from zero (reboot, lost pins): usage is carried.
+    CountersRestarted,
+}
+
+/// Everything one sync will do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// The state after this sync.
+    pub state: State,
+    /// The minor allocator after this sync.
+    pub minors: Minors,
+    /// What the plan remembers for the next one.
+    pub memory: Memory,
+    /// xid → class ids for the classifier.
+    pub steering: HashMap<u32, ClassIds>,
+    /// Source prefix → xid, when source prefixes steer.
+    pub sources: Option<Vec<(IpNet, u32)>>,
+    /// Changes to the tree: missing or different leaves, orphans.
+    pub tree_ops: Vec<Op>,
+    /// Notices decided in this sync (also queued in `state`).
+    pub new_notices: Vec<Notice>,
+    /// The report's lines: root, default, then the slices in file order.
+    pub rows: Vec<SliceStatus>,
+    /// What to log.
+    pub events: Vec<Event>,
+    /// The clock is earlier than a slice's period start (periods held).
+    pub clock_behind: bool,
+}
+
+/// The average rate of each class between the `previous` counters (and when they were read)
+/// and `counters` at `now`; zero without an earlier reading or time between the two.
+fn rate(
+    previous: Option<&(Counters, UnixSecs)>,
+    counters: Counters,
+    now: UnixSecs,
+) -> PerClass<BitsPerSec> {
+    match previous {
+        Some((prev, at)) if now > *at => PerClass::from_fn(|c| {
+            BitsPerSec(counters.of(c).saturating_sub(*prev.of(c)) * 8 / (now - at))
+        }),
+        _ => PerClass::default(),
+    }
+}
+
+impl Memory {
+    /// The rate of `xid` since the previous sync ([`rate`]); `counters` are remembered for the
+    /// next one.
+    fn measure(&mut self, xid: u32, counters: Counters, now: UnixSecs) -> PerClass<BitsPerSec> {
+        let rate = rate(self.previous.get(&xid), counters, now);
+        self.previous.insert(xid, (counters, now));
+        rate
+    }
+}
+
+/// A plan under way: what the stages read, and what they carry forward to the next.
+struct Draft<'a> {
+    now: UnixSecs,
+    snap: &'a Snapshot,
+    settings: &'a Settings,
+    /// The state after this sync, so far.
+    state: State,
+    minors: Minors,
+    memory: Memory,
+    events: Vec<Event>,
+}
+
+/// What the live slices' stages produce besides the state.
+#[derive(Default)]
+struct SliceOutputs {
+    /// Their report lines, in the file's order.
+    rows: Vec<SliceStatus>,
+    /// Their leaves as the tree should have them.
+    leaves: Vec<Leaf>,
+    /// xid → class ids of those with a leaf of their own.
+    steering: HashMap<u32, ClassIds>,
+    new_notices: Vec<Notice>,
+    clock_behind: bool,
+}
+
+/// Plans one sync.
+pub fn plan(
+    state: &State,
+    minors: &Minors,
+    memory: &Memory,
+    live: &[LiveSlice],
+    obs: &Observation,
+    settings: &Settings,
+) -> Plan {
+    let mut draft = Draft {
+        now: obs.now,
+        snap: &obs.snapshot,
+        settings,
+        state: state.clone(),
+        minors: minors.clone(),
+        memory: memory.clone(),
+        events: Vec::new(),
+    };
+    let live_xids: HashSet<u32> = live.iter().map(|l| l.xid).collect();
+    let restarted = draft.restart_counters();
+    draft.admit(live);
+    draft.depart(&live_xids);
+    draft.drop_stale_notices();
+    let mut out = SliceOutputs::default();
+    for l in live {
+        draft.slice(l, &mut out);
+    }
+    draft.end_levers();
+    let tree_ops = draft.tree_ops(&obs.listed, &out.leaves);
+    let default_row = draft.default_slice(state.default, &live_xids, restarted);
+    out.rows.insert(1.min(out.rows.len()), default_row);
+    let sources = settings.source_prefixes.then(|| {
+        live.iter()
+            .flat_map(|l| l.sources.iter().map(|p| (*p, l.xid)))
+            .collect()
+    });
+    Plan {
+        state: draft.state,
+        minors: draft.minors,
+        memory: draft.memory,
+        steering: out.steering,
+        sources,
+        tree_ops,
+        new_notices: out.new_notices,
+        rows: out.rows,
+        events: draft.events,
+        clock_behind: out.clock_behind,
+    }
+}
