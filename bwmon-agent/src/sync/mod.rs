@@ -1,10 +1,12 @@
 //! One sync, in three steps: **observe** (the tree, the attachment, the counters, the clock —
 //! one snapshot), **plan** (pure, in [`plan`]: records, leaves, steering, notices, report),
-//! **act** (carry the plan out on the kernel and the tree, then persist). This is the one place
-//! that wires the modules together; the kernel is reached through the two small traits of
+//! **act** (carry the plan out on the kernel and the tree, log its events (`log`), then
+//! persist). The [`Syncer`] owns the state between syncs, so it also answers the operator's
+//! requests on a slice (`operator`). The kernel is reached through the two small traits of
 //! [`kernel`], so the logic is tested without root (and for real in `tests/`).
 
 pub mod kernel;
+mod log;
 mod operator;
 pub mod plan;
 mod report;
@@ -13,11 +15,11 @@ use std::collections::{HashMap, HashSet};
 
 use bwmon_common::{ClassIds, ROOT_XID, XidSource};
 use ipnet::IpNet;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 pub use kernel::{Attachment, Kernel, Tree};
 pub use operator::Pulled;
-use plan::{Event, LiveSlice, Memory, Observation, Plan, Settings, Who};
+use plan::{LiveSlice, Memory, Observation, Plan, Settings};
 
 use crate::{
     config::Config,
@@ -33,8 +35,6 @@ use crate::{
 
 /// The root slice's share (bwlimit gave it 5).
 const ROOT_SHARE: u32 = 5;
-/// More new slices than this in one sync are logged as one line (a first start, a big file).
-const MANY_NEW_SLICES: usize = 20;
 
 /// What one sync produced.
 #[derive(Debug)]
@@ -299,38 +299,7 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
 
     /// Carries `plan` out: the log, the maps, the tree; then persists and reports.
     fn act(&mut self, plan: Plan, now: UnixSecs, started: std::time::Instant) -> Outcome {
-        // A first start with thousands of slices says so in one line, not one per slice.
-        let new = plan
-            .events
-            .iter()
-            .filter(|e| matches!(e, Event::NewSlice(_)))
-            .count();
-        if new > MANY_NEW_SLICES {
-            info!(
-                count = new,
-                "new slices: their periods start now (each named at debug level)"
-            );
-        }
-        for event in &plan.events {
-            if new > MANY_NEW_SLICES
-                && let Event::NewSlice(Who { slice, xid }) = event
-            {
-                debug!(slice, xid, "new slice: its period starts now");
-                continue;
-            }
-            self.log(event);
-        }
-        if plan.clock_behind != self.clock_behind {
-            if plan.clock_behind {
-                warn!(
-                    now,
-                    "the clock is earlier than slices' period starts; holding their periods and usage until it catches up"
-                );
-            } else {
-                info!(now, "the clock caught up with the period starts");
-            }
-            self.clock_behind = plan.clock_behind;
-        }
+        self.log_events(&plan.events, plan.clock_behind, now);
         if !self.pushed.exempt {
             match self.kernel.set_exempt(&self.config.exempt_prefixes) {
                 Ok(()) => self.pushed.exempt = true,
@@ -382,49 +351,6 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
             report,
             state_changed,
             new_notices: plan.new_notices,
-        }
-    }
-
-    fn log(&mut self, event: &Event) {
-        match event {
-            Event::NewSlice(Who { slice, xid }) => {
-                info!(slice, xid, "new slice: its period starts now")
-            }
-            Event::Returned(Who { slice, xid }) => {
-                info!(slice, xid, "slice is back within its period: continuing it")
-            }
-            Event::Departed(Who { slice, xid }) => {
-                info!(
-                    slice,
-                    xid, "slice left; keeping its record until its period ends"
-                )
-            }
-            Event::Forgotten(Who { slice, xid }) => {
-                info!(slice, xid, "departed slice's period ended; forgotten")
-            }
-            Event::NoMinors(Who { slice, xid }) => {
-                self.count_error(ErrorKind::Minors);
-                warn!(slice, xid, "no HTB minors left for this slice");
-            }
-            Event::StaleNotice(Who { slice, xid }) => {
-                warn!(slice, xid, "dropping a notice whose period is over")
-            }
-            Event::NewPeriod(Who { slice, xid }) => {
-                info!(slice, xid, "new period: limits back to the max rates")
-            }
-            Event::Capped(Who { slice, xid }, c) => {
-                info!(slice, xid, class = c.class.name(), used = %c.used, ceil = %c.ceil, "capped; notice queued")
-            }
-            Event::WouldNotify(Who { slice, xid }, capped) => {
-                let classes: Vec<&str> = capped.iter().map(|c| c.class.name()).collect();
-                info!(slice, xid, classes = ?classes, "dry run: would notify the slice that it is capped")
-            }
-            Event::CountersRestarted => warn!(
-                "the kernel's counters restarted from zero (reboot, or pins removed): usage is carried on; bytes sent since the last sync before that are lost"
-            ),
-            Event::Orphan(minor) => {
-                info!(class = %minor, "removing a class that belongs to no slice")
-            }
         }
     }
 }
