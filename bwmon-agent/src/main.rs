@@ -160,7 +160,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .slices
                 .iter()
                 .map(|s| {
-                    let limits = policy::Limits::resolve(&s.attrs.or(config.defaults), &node);
+                    let limits = policy::Limits::base(&s.attrs, &config.defaults, &node);
                     let differs = bwmon_agent::sync::plan::differs_from_default(&limits, &tree);
                     differs.iter().filter(|(_, d)| **d).count()
                 })

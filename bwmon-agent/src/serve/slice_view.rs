@@ -3,13 +3,17 @@
 //! state, the slice's attributes and the last sync's report line.
 
 use crate::{
-    class::{PerClass, TrafficClass},
+    class::TrafficClass,
+    policy::Limits,
     policy::levers::Levers,
     policy::rspec::{Attributes, KEYS},
-    policy::{Limits, Node},
     serve::status::SliceStatus,
     state::SliceState,
-    time::{UnixSecs, text::from_now},
+    time::{
+        UnixSecs,
+        calendar::{Calendar, Periods},
+        text::from_now,
+    },
     units::{BitsPerSec, Bytes},
 };
 
@@ -124,8 +128,8 @@ pub fn forecast(used: u64, rate_bps: u64, ceil_bps: u64, remaining_secs: u64) ->
     used.saturating_add(per_sec.saturating_mul(remaining_secs))
 }
 
-/// The value in force of attribute `key`, in its unit.
-fn in_force(key: &str, l: &Limits) -> u64 {
+/// The value of attribute `key` under `l`, in its unit.
+fn attribute_value(key: &str, l: &Limits) -> u64 {
     let kbit = |b: crate::units::BitsPerSec| b.0 / 1000;
     let kib = |b: crate::units::Bytes| b.0 / 1024;
     match key {
@@ -142,35 +146,44 @@ fn in_force(key: &str, l: &Limits) -> u64 {
     }
 }
 
-/// A slice's view. `attrs` are its own attributes (`None` when it departed), `defaults` the
-/// config's `[defaults]`; `row` is its line of the last report (rates), when it has one;
-/// `period_end` is when its period ends, by the calendar.
-#[allow(clippy::too_many_arguments)]
-pub fn detail(
-    xid: u32,
-    state: &SliceState,
-    attrs: Option<&Attributes>,
-    defaults: &Attributes,
-    node: &Node,
-    levers: Option<&Levers>,
-    row: Option<&SliceStatus>,
-    notice_pending: bool,
-    period_end: UnixSecs,
-    now: UnixSecs,
-) -> SliceDetail {
-    let r = &state.record;
-    let base = Limits::resolve(&attrs.copied().unwrap_or_default().or(*defaults), node);
-    let levers = levers.filter(|l| l.period_start == r.period_start);
-    let limits = levers.map_or(base, |l| l.apply(&base));
-    let attributes = attrs
+/// What the syncer knows of one slice, for its view.
+#[derive(Clone, Copy, Debug)]
+pub struct Known<'a> {
+    /// Its xid.
+    pub xid: u32,
+    /// Its state.
+    pub state: &'a SliceState,
+    /// Its own attributes; `None` when it departed.
+    pub attrs: Option<&'a Attributes>,
+    /// The config's `[defaults]`.
+    pub defaults: &'a Attributes,
+    /// Its limits before levers ([`Limits::base`]).
+    pub base: Limits,
+    /// The operator's levers on it, of whichever period: only those [in
+    /// force](Levers::in_force) are shown.
+    pub levers: Option<&'a Levers>,
+    /// Its line of the last report (rates), when it has one.
+    pub row: Option<&'a SliceStatus>,
+    /// A notice waits for delivery.
+    pub notice_pending: bool,
+}
+
+/// A slice's view at `now`, its period's end from `periods`.
+pub fn detail(k: &Known<'_>, periods: &Periods, now: UnixSecs) -> SliceDetail {
+    let r = &k.state.record;
+    let period_end = periods.end(r.period_start);
+    let levers = k.levers.filter(|lv| lv.in_force(r, now, periods));
+    let limits = k.base.in_force(k.levers, r, now, periods);
+    let attributes = k
+        .attrs
         .map(|a| {
             KEYS.iter()
                 .map(|key| AttributeSource {
                     key: (*key).to_owned(),
-                    value: in_force(key, &base),
+                    value: attribute_value(key, &k.base),
                     source: if a.get(key).is_some() {
                         "slices file"
-                    } else if defaults.get(key).is_some() {
+                    } else if k.defaults.get(key).is_some() {
                         "[defaults]"
                     } else {
                         "built-in"
@@ -181,16 +194,13 @@ pub fn detail(
         })
         .unwrap_or_default();
     let remaining = period_end.saturating_sub(now);
-    let rates = row.map_or(PerClass::default(), |row| PerClass {
-        general: row.rate_bps,
-        exempt: row.exempt_rate_bps,
-    });
     let classes = TrafficClass::ALL
         .into_iter()
         .map(|class| {
             let l = limits.of(class);
             let used = r.used(class).0;
             let ceil = r.classes.of(class).ceil.0;
+            let rate = k.row.map_or(0, |row| row.class(class).rate.0);
             ClassView {
                 class: class.name().to_owned(),
                 used_bytes: used,
@@ -201,17 +211,18 @@ pub fn detail(
                 max_rate_bps: l.max_rate.0,
                 limit_bps: levers.and_then(|lv| lv.limit.of(class).map(|b| b.0)),
                 capped: r.capped(class, &limits),
-                rate_bps: *rates.of(class),
-                forecast_bytes: forecast(used, *rates.of(class), ceil, remaining),
+                rate_bps: rate,
+                forecast_bytes: forecast(used, rate, ceil, remaining),
             }
         })
         .collect();
     SliceDetail {
-        name: state.name.clone(),
-        xid,
-        departed: state.departed,
+        name: k.state.name.clone(),
+        xid: k.xid,
+        departed: k.state.departed,
         attributes,
-        leaves: state
+        leaves: k
+            .state
             .minors
             .iter()
             .filter_map(|(_, m)| m.map(|m| m.to_string()))
@@ -220,7 +231,7 @@ pub fn detail(
         period_end,
         classes,
         emailed: r.emailed,
-        notice_pending,
+        notice_pending: k.notice_pending,
     }
 }
 
@@ -319,39 +330,19 @@ pub fn tenant(row: &SliceStatus, now: UnixSecs) -> TenantView {
     let classes = TrafficClass::ALL
         .into_iter()
         .map(|class| {
-            // (used, budget KiB, threshold KiB, ceiling, max rate, capped, rate)
-            let (used, max, thresh, ceil, max_rate, capped, rate) = match class {
-                TrafficClass::General => (
-                    row.bytes,
-                    row.max_kbyte,
-                    row.thresh_kbyte,
-                    row.ceil_bps,
-                    row.max_rate_bps,
-                    row.capped,
-                    row.rate_bps,
-                ),
-                TrafficClass::Exempt => (
-                    row.exempt_bytes,
-                    row.i2_max_kbyte,
-                    row.i2_thresh_kbyte,
-                    row.exempt_ceil_bps,
-                    row.i2_max_rate_bps,
-                    row.exempt_capped,
-                    row.exempt_rate_bps,
-                ),
-            };
+            let c = row.class(class);
             ClassView {
                 class: class.name().to_owned(),
-                used_bytes: used,
-                budget_bytes: max * 1024,
-                threshold_bytes: thresh * 1024,
+                used_bytes: c.used.0,
+                budget_bytes: c.budget.bytes().0,
+                threshold_bytes: c.thresh.bytes().0,
                 granted_bytes: 0,
-                ceil_bps: ceil,
-                max_rate_bps: max_rate,
+                ceil_bps: c.ceil.0,
+                max_rate_bps: c.max_rate.0,
                 limit_bps: None,
-                capped,
-                rate_bps: rate,
-                forecast_bytes: forecast(used, rate, ceil, remaining),
+                capped: c.capped,
+                rate_bps: c.rate.0,
+                forecast_bytes: forecast(c.used.0, c.rate.0, c.ceil.0, remaining),
             }
         })
         .collect();
@@ -361,5 +352,73 @@ pub fn tenant(row: &SliceStatus, now: UnixSecs) -> TenantView {
         period_start: row.period_start,
         period_end,
         classes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        class::PerClass,
+        policy::{
+            self,
+            levers::Lever,
+            tests::{NODE, limits},
+        },
+    };
+
+    /// A slice whose period started at 1000 and was granted 1 MiB in it.
+    fn granted() -> (SliceState, Levers) {
+        let l = limits(1024);
+        let state = SliceState {
+            name: "alice".into(),
+            record: policy::start(PerClass::default(), &l, 1000),
+            minors: PerClass::default(),
+            drop_base: PerClass::default(),
+            departed: false,
+        };
+        let lv = Levers::new(1000)
+            .pull(Lever::Grant {
+                class: TrafficClass::General,
+                amount: Bytes(1 << 20),
+            })
+            .unwrap();
+        (state, lv)
+    }
+
+    fn view(state: &SliceState, levers: &Levers, now: UnixSecs) -> SliceDetail {
+        let attrs = Attributes::default();
+        let known = Known {
+            xid: 1001,
+            state,
+            attrs: Some(&attrs),
+            defaults: &attrs,
+            base: Limits::base(&attrs, &attrs, &NODE),
+            levers: Some(levers),
+            row: None,
+            notice_pending: false,
+        };
+        detail(&known, &Periods::fixed(100), now)
+    }
+
+    #[test]
+    fn a_lever_counts_while_its_period_lasts() {
+        let (state, lv) = granted();
+        let base = Limits::base(&Attributes::default(), &Attributes::default(), &NODE);
+        let general = &view(&state, &lv, 1050).classes[0];
+        assert_eq!(general.granted_bytes, 1 << 20);
+        assert_eq!(general.budget_bytes, base.general.max.0 + (1 << 20));
+    }
+
+    #[test]
+    fn a_lever_from_an_expired_period_is_not_shown_as_in_force() {
+        let (state, lv) = granted();
+        let base = Limits::base(&Attributes::default(), &Attributes::default(), &NODE);
+        // The period ended at 1100; the sync that starts the next has not run yet.
+        let d = view(&state, &lv, 1100);
+        let general = &d.classes[0];
+        assert_eq!(general.granted_bytes, 0);
+        assert_eq!(general.budget_bytes, base.general.max.0);
+        assert_eq!(d.period_end, 1100);
     }
 }

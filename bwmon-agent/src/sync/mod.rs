@@ -185,25 +185,29 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
         warn!(kind = kind.name(), error = %why, "{what}; retrying next interval");
     }
 
+    /// A slice's limits before levers, from its own attributes ([`Limits::base`]).
+    fn base_limits(&self, attrs: &Attributes) -> Limits {
+        Limits::base(attrs, &self.config.defaults, &self.node)
+    }
+
     /// Root and the slices of the file, with their limits resolved.
     fn live(&self) -> Vec<LiveSlice> {
         let root_attrs = Attributes {
             share: Some(ROOT_SHARE),
             i2_share: Some(ROOT_SHARE),
             ..Default::default()
-        }
-        .or(self.config.defaults);
+        };
         let mut live = vec![LiveSlice {
             name: ROOT_NAME.into(),
             xid: ROOT_XID,
-            limits: Limits::resolve(&root_attrs, &self.node),
+            limits: self.base_limits(&root_attrs),
             capping: Capping::Never,
             sources: Vec::new(),
         }];
         live.extend(self.slices.iter().map(|s| LiveSlice {
             name: s.name.clone(),
             xid: s.xid,
-            limits: Limits::resolve(&s.attrs.or(self.config.defaults), &self.node),
+            limits: self.base_limits(&s.attrs),
             capping: Capping::Policy,
             sources: s.sources.clone(),
         }));
@@ -215,7 +219,7 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
             periods: self.config.periods.clone(),
             dry_run: self.config.dry_run,
             tree: self.tree_spec(),
-            default_limits: Limits::resolve(&self.config.defaults, &self.node),
+            default_limits: self.base_limits(&Attributes::default()),
             source_prefixes: self.config.xid_source == XidSource::Source,
         }
     }

@@ -5,10 +5,9 @@ use super::{Kernel, Syncer, Tree};
 use crate::{
     policy::Limits,
     policy::levers::{self, Lever, Levers},
+    policy::rspec::Attributes,
     serve::slice_view::{self, SliceDetail, SliceRef},
     time::UnixSecs,
-    time::calendar::Calendar,
-    units::Bytes,
 };
 
 /// What a pulled lever changed, for the audit line: the slice, and the value it moved.
@@ -39,12 +38,9 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
         found.ok_or_else(|| format!("no slice {which} (bwmon status lists them)"))
     }
 
-    /// The limits of a live slice, before levers.
-    fn base_limits(&self, xid: u32) -> Option<Limits> {
-        self.slices
-            .iter()
-            .find(|s| s.xid == xid)
-            .map(|s| Limits::resolve(&s.attrs.or(self.config.defaults), &self.node))
+    /// The attributes of the live slice `xid`; `None` once it departed.
+    fn attributes(&self, xid: u32) -> Option<&Attributes> {
+        self.slices.iter().find(|s| s.xid == xid).map(|s| &s.attrs)
     }
 
     /// Everything known of the slice `which`.
@@ -53,23 +49,21 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
     /// No such slice.
     pub fn slice_detail(&self, which: &SliceRef, now: UnixSecs) -> Result<SliceDetail, String> {
         let xid = self.find(which)?;
-        let state = &self.state.slices[&xid];
-        let attrs = self.slices.iter().find(|s| s.xid == xid).map(|s| &s.attrs);
-        let row = self.last_report.slices.iter().find(|r| r.xid == xid);
-        let pending = self.state.notices.iter().any(|n| n.xid == xid);
-        Ok(slice_view::detail(
+        let attrs = self.attributes(xid);
+        let known = slice_view::Known {
             xid,
-            state,
+            state: &self.state.slices[&xid],
             attrs,
-            &self.config.defaults,
-            &self.node,
-            self.state.levers.get(&xid),
-            row,
-            pending,
-            // From the calendar: a departed slice has no report line to take it from.
-            (&self.config.periods).end(state.record.period_start),
-            now,
-        ))
+            defaults: &self.config.defaults,
+            // A departed slice's: the defaults'.
+            base: self.base_limits(attrs.unwrap_or(&Attributes::default())),
+            levers: self.state.levers.get(&xid),
+            row: self.last_report.slices.iter().find(|r| r.xid == xid),
+            notice_pending: self.state.notices.iter().any(|n| n.xid == xid),
+        };
+        // The period's end from the calendar: a departed slice has no report line to take it
+        // from.
+        Ok(slice_view::detail(&known, &self.config.periods, now))
     }
 
     /// Pulls `lever` on the live slice `which` and saves the state; the caller syncs next so
@@ -84,15 +78,17 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
         now: UnixSecs,
     ) -> Result<Pulled, String> {
         let xid = self.find(which)?;
-        let Some(base) = self.base_limits(xid) else {
+        let Some(base) = self.attributes(xid).map(|a| self.base_limits(a)) else {
             return Err(format!(
                 "slice {which} has left the slices file; its period runs out untouched"
             ));
         };
+        let periods = &self.config.periods;
         let Some(slice) = self.state.slices.get_mut(&xid) else {
             return Err(format!("no slice {which}"));
         };
-        let period = slice.record.period_start;
+        let record = slice.record;
+        let period = record.period_start;
         let current = self
             .state
             .levers
@@ -113,7 +109,10 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
             }
             Lever::Grant { class, .. } => {
                 let next = current.pull(lever).map_err(|e| e.to_string())?;
-                let budget = |l: &Levers| Bytes(l.apply(&base).of(class).max.0);
+                let budget = |l: &Levers| {
+                    let limits: Limits = base.in_force(Some(l), &record, now, periods);
+                    limits.of(class).max
+                };
                 let said = (
                     format!("{} budget {}", class.name(), budget(&current)),
                     format!("{} budget {}", class.name(), budget(&next)),
