@@ -224,13 +224,13 @@ fn sync_worker(
                 SliceRequest::Show(which) => {
                     let reply = syncer
                         .slice_detail(&which, now())
-                        .map_or_else(ReplyBody::Error, ReplyBody::Slice);
+                        .map_or_else(|e| ReplyBody::Error(e.to_string()), ReplyBody::Slice);
                     let _ = asked.reply.send(reply);
                     continue;
                 }
                 SliceRequest::Pull(which, lever) => match syncer.pull(&which, lever, now()) {
                     Err(why) => {
-                        let _ = asked.reply.send(ReplyBody::Error(why));
+                        let _ = asked.reply.send(ReplyBody::Error(why.to_string()));
                         continue;
                     }
                     Ok(p) => {
@@ -313,9 +313,10 @@ fn sync_worker(
         }
         let _ = out.status.send(Arc::new(report));
         if let Some((reply, audit, xid)) = after_sync.take() {
-            let body = syncer
-                .slice_detail(&SliceRef::Xid(xid), now())
-                .map_or_else(ReplyBody::Error, |d| ReplyBody::Pulled(audit, d));
+            let body = syncer.slice_detail(&SliceRef::Xid(xid), now()).map_or_else(
+                |e| ReplyBody::Error(e.to_string()),
+                |d| ReplyBody::Pulled(audit, d),
+            );
             let _ = reply.send(body);
         }
         // The previous report and the sync's temporary tables are freed now.

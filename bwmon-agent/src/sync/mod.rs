@@ -18,7 +18,7 @@ use ipnet::IpNet;
 use tracing::{info, warn};
 
 pub use kernel::{Attachment, Kernel, Tree};
-pub use operator::Pulled;
+pub use operator::{OperatorError, Pulled};
 use plan::{LiveSlice, Memory, Observation, Plan, Settings};
 
 use crate::{

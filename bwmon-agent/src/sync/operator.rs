@@ -4,7 +4,7 @@
 use super::{Kernel, Syncer, Tree};
 use crate::{
     policy::Limits,
-    policy::levers::{self, Lever, Levers},
+    policy::levers::{self, Lever, LeverError, Levers},
     policy::rspec::Attributes,
     serve::slice_view::{self, SliceDetail, SliceRef},
     time::UnixSecs,
@@ -23,9 +23,23 @@ pub struct Pulled {
     pub after: String,
 }
 
+/// Why an operator's request on a slice was refused (the text goes back to the CLI).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OperatorError {
+    /// No slice in the state has that name or xid.
+    #[error("no slice {0} (bwmon status lists them)")]
+    NoSlice(SliceRef),
+    /// The slice left the slices file: its levers are gone with it.
+    #[error("slice {0} has left the slices file; its period runs out untouched")]
+    Departed(SliceRef),
+    /// The lever itself was refused.
+    #[error(transparent)]
+    Lever(#[from] LeverError),
+}
+
 impl<K: Kernel, T: Tree> Syncer<K, T> {
     /// The xid of the slice `which` names, among those in the state.
-    fn find(&self, which: &SliceRef) -> Result<u32, String> {
+    fn find(&self, which: &SliceRef) -> Result<u32, OperatorError> {
         let found = match which {
             SliceRef::Xid(xid) => self.state.slices.contains_key(xid).then_some(*xid),
             SliceRef::Name(name) => self
@@ -35,7 +49,7 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
                 .find(|(_, s)| &s.name == name)
                 .map(|(xid, _)| *xid),
         };
-        found.ok_or_else(|| format!("no slice {which} (bwmon status lists them)"))
+        found.ok_or_else(|| OperatorError::NoSlice(which.clone()))
     }
 
     /// The attributes of the live slice `xid`; `None` once it departed.
@@ -47,7 +61,11 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
     ///
     /// # Errors
     /// No such slice.
-    pub fn slice_detail(&self, which: &SliceRef, now: UnixSecs) -> Result<SliceDetail, String> {
+    pub fn slice_detail(
+        &self,
+        which: &SliceRef,
+        now: UnixSecs,
+    ) -> Result<SliceDetail, OperatorError> {
         let xid = self.find(which)?;
         let attrs = self.attributes(xid);
         let known = slice_view::Known {
@@ -76,16 +94,14 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
         which: &SliceRef,
         lever: Lever,
         now: UnixSecs,
-    ) -> Result<Pulled, String> {
+    ) -> Result<Pulled, OperatorError> {
         let xid = self.find(which)?;
         let Some(base) = self.attributes(xid).map(|a| self.base_limits(a)) else {
-            return Err(format!(
-                "slice {which} has left the slices file; its period runs out untouched"
-            ));
+            return Err(OperatorError::Departed(which.clone()));
         };
         let periods = &self.config.periods;
         let Some(slice) = self.state.slices.get_mut(&xid) else {
-            return Err(format!("no slice {which}"));
+            return Err(OperatorError::NoSlice(which.clone()));
         };
         let record = slice.record;
         let period = record.period_start;
@@ -108,7 +124,7 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
                 (before, format!("period from {now}, nothing used"))
             }
             Lever::Grant { class, .. } => {
-                let next = current.pull(lever).map_err(|e| e.to_string())?;
+                let next = current.pull(lever)?;
                 let budget = |l: &Levers| {
                     let limits: Limits = base.in_force(Some(l), &record, now, periods);
                     limits.of(class).max
@@ -121,7 +137,7 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
                 said
             }
             Lever::Limit { class, .. } => {
-                let next = current.pull(lever).map_err(|e| e.to_string())?;
+                let next = current.pull(lever)?;
                 let limit = |l: &Levers| {
                     l.limit
                         .of(class)
