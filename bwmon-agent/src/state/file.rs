@@ -405,7 +405,7 @@ mod tests {
     use super::*;
     use crate::{
         class::TrafficClass,
-        state::{CappedClass, Notice},
+        state::{CappedClass, Notice, atomic::names as files},
     };
 
     fn sample() -> State {
@@ -454,15 +454,6 @@ mod tests {
             next_attempt: 0,
         });
         s
-    }
-
-    fn files(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
     }
 
     #[test]
