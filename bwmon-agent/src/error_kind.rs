@@ -19,6 +19,8 @@ pub enum ErrorKind {
     Config,
     /// Saving the state.
     State,
+    /// Writing or compacting the history.
+    History,
     /// Delivering a notice.
     Notify,
     /// No HTB minors left for a slice.
@@ -27,12 +29,13 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, in the order metrics list them.
-    pub const ALL: [ErrorKind; 7] = [
+    pub const ALL: [ErrorKind; 8] = [
         ErrorKind::Datapath,
         ErrorKind::Htb,
         ErrorKind::Slices,
         ErrorKind::Config,
         ErrorKind::State,
+        ErrorKind::History,
         ErrorKind::Notify,
         ErrorKind::Minors,
     ];
@@ -45,6 +48,7 @@ impl ErrorKind {
             ErrorKind::Slices => "slices",
             ErrorKind::Config => "config",
             ErrorKind::State => "state",
+            ErrorKind::History => "history",
             ErrorKind::Notify => "notify",
             ErrorKind::Minors => "minors",
         }
@@ -53,3 +57,20 @@ impl ErrorKind {
 
 /// Errors counted by kind since start.
 pub type ErrorCounts = BTreeMap<ErrorKind, u64>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_is_listed_once_under_its_serialized_name() {
+        let names: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.name()).collect();
+        let unique: std::collections::BTreeSet<&str> = names.iter().copied().collect();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        for kind in ErrorKind::ALL {
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.name()));
+        }
+        assert!(names.contains(&"history"));
+    }
+}

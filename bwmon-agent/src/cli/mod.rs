@@ -1,149 +1,26 @@
-//! The command line, in two stages: clap's structs here, validated configuration in `config`.
+//! The command line, in two stages: clap's structs in [`args`], validated configuration in
+//! `config`; then one function per subcommand, each in its own file, which `main` dispatches
+//! to.
 
-use std::path::PathBuf;
+mod args;
+pub mod check;
+pub mod generate;
+pub mod history;
+pub mod report;
+pub mod run;
+pub mod slice;
+pub mod status;
+pub mod teardown;
 
-use clap::{Parser, Subcommand};
+pub use args::{Cli, Command, SliceAction};
 
-use crate::paths;
+use anyhow::Context as _;
 
-/// Per-slice traffic accounting and bandwidth budgets with eBPF and HTB.
-#[derive(Parser, Debug)]
-#[command(name = "bwmon", version, about, propagate_version = true)]
-pub struct Cli {
-    /// Log level (error, warn, info, debug, trace); RUST_LOG wins when set.
-    #[arg(long, global = true, value_name = "LEVEL")]
-    pub log_level: Option<String>,
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-/// Subcommands.
-#[derive(Subcommand, Debug)]
-pub enum Command {
-    /// Run the daemon: account, cap, notify, serve status.
-    Run {
-        /// Configuration file (TOML), e.g. /etc/bwmon/bwmon.toml.
-        #[arg(long, short, value_name = "FILE", default_value = paths::CONFIG)]
-        config: PathBuf,
-        /// Start with every budget afresh: move the state files aside (`<state>.discarded-<time>`)
-        /// instead of loading them. Only for when no generation of the state loads.
-        #[arg(long)]
-        fresh_state: bool,
-    },
-    /// Validate the configuration and slices files; exit non-zero naming file, line and key.
-    Check {
-        /// Configuration file (TOML).
-        #[arg(long, short, value_name = "FILE", default_value = paths::CONFIG)]
-        config: PathBuf,
-    },
-    /// Per-slice usage from the running daemon.
-    Status {
-        /// Print the JSON document instead of the table.
-        #[arg(long)]
-        json: bool,
-        /// Configuration file, for the control socket's path.
-        #[arg(long, short, value_name = "FILE", default_value = paths::CONFIG)]
-        config: PathBuf,
-    },
-    /// One slice: everything bwmon knows of it, or the operator's levers (root, through the
-    /// running daemon; applied at once, kept in the state, logged).
-    Slice {
-        /// What to do.
-        #[command(subcommand)]
-        action: SliceAction,
-        /// Configuration file, for the control socket's path.
-        #[arg(long, short, value_name = "FILE", default_value = paths::CONFIG, global = true)]
-        config: PathBuf,
-    },
-    /// Past periods per slice from the history file (read directly; no daemon needed), each
-    /// with a bar of its use against its budget.
-    History {
-        /// Only this slice (name or xid).
-        slice: Option<String>,
-        /// The newest N periods of each slice.
-        #[arg(long, default_value_t = 10, value_name = "N")]
-        periods: usize,
-        /// Print JSON instead of the table.
-        #[arg(long)]
-        json: bool,
-        /// Configuration file, for the state file's path.
-        #[arg(long, short, value_name = "FILE", default_value = paths::CONFIG)]
-        config: PathBuf,
-    },
-    /// A picture (SVG) of the history's hourly samples: each slice's use over the last days
-    /// against its budget and threshold, and when it was capped.
-    Report {
-        /// Where to write the SVG.
-        #[arg(long, value_name = "FILE")]
-        svg: PathBuf,
-        /// Only this slice (name or xid).
-        slice: Option<String>,
-        /// How many days back.
-        #[arg(long, default_value_t = 7, value_name = "DAYS")]
-        days: u64,
-        /// Configuration file, for the state file's path.
-        #[arg(long, short, value_name = "FILE", default_value = paths::CONFIG)]
-        config: PathBuf,
-    },
-    /// Write shell completions and the man page (used by `cargo xtask install`).
-    #[command(hide = true)]
-    Generate {
-        /// Directory to write `bwmon.bash`, `_bwmon`, `bwmon.fish` and `bwmon.1` into.
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-    },
-    /// Remove everything bwmon installed on the interface: programs, pins, HTB tree.
-    Teardown {
-        /// Configuration file (TOML).
-        #[arg(long, short, value_name = "FILE", default_value = paths::CONFIG)]
-        config: PathBuf,
-        /// Also delete the state file (every budget starts afresh next time).
-        #[arg(long)]
-        forget_state: bool,
-    },
-}
-
-/// `bwmon slice` actions. SLICE is a slice's name or xid.
-#[derive(Subcommand, Debug)]
-pub enum SliceAction {
-    /// Everything bwmon knows of one slice: attributes and their sources, leaves, usage,
-    /// ceilings, period, forecast, levers, notices.
-    Show {
-        /// Name or xid.
-        slice: String,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Extra budget for the current period only, e.g. `2GiB` or `500MB`.
-    Grant {
-        /// Name or xid.
-        slice: String,
-        /// How much more: a size with a unit (B, KiB, MiB, GiB, TiB, kB, MB, GB, TB).
-        #[arg(allow_hyphen_values = true)]
-        amount: String,
-        /// Grant exempt traffic's budget instead of the general one.
-        #[arg(long)]
-        exempt: bool,
-    },
-    /// Start the slice's period now: nothing used, ceilings back, a new notice possible.
-    Reset {
-        /// Name or xid.
-        slice: String,
-    },
-    /// Hold the slice at a rate (e.g. `10mbit`) until cleared or its period ends.
-    Limit {
-        /// Name or xid.
-        slice: String,
-        /// The ceiling, in tc's notation.
-        #[arg(allow_hyphen_values = true, required_unless_present = "clear")]
-        rate: Option<String>,
-        /// Remove the limit instead.
-        #[arg(long, conflicts_with = "rate")]
-        clear: bool,
-        /// Limit exempt traffic instead of general traffic.
-        #[arg(long)]
-        exempt: bool,
-    },
+/// The async runtime a subcommand that talks to the daemon (or is the daemon) runs in.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }

@@ -9,13 +9,11 @@
 use std::{
     collections::BTreeMap,
     ffi::OsString,
-    fs,
-    io::{self, Write},
-    os::unix::fs::OpenOptionsExt,
+    fs, io,
     path::{Path, PathBuf},
 };
 
-use super::{Notice, SliceState, State};
+use super::{Notice, SliceState, State, atomic::atomic_replace};
 use crate::{
     class::PerClass,
     htb::Minor,
@@ -254,54 +252,15 @@ impl State {
     /// # Errors
     /// Any I/O failure (a full or read-only disk); the files are then as they were.
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
-        let err = |source| StateError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        // A bare file name's parent is "", which no call opens: it means ".".
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        fs::create_dir_all(dir).map_err(err)?;
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
-        let pid = std::process::id();
-        let tmp = dir.join(format!(".{name}.tmp-{pid}"));
-        let prev_tmp = dir.join(format!(".{name}.prev-tmp-{pid}"));
-        let result = (|| {
-            write_private(&tmp, &self.encode())?;
-            // The current file becomes the previous generation (a hard link costs no space);
-            // a crash between the renames leaves `.prev` alone, which loads.
-            match fs::hard_link(path, &prev_tmp) {
-                Ok(()) => fs::rename(&prev_tmp, previous(path))?,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
+        let bytes = self.encode();
+        // A crash between the renames leaves `.prev` alone, which loads.
+        atomic_replace(path, Some(&previous(path)), |w| w.write_all(&bytes)).map_err(|source| {
+            StateError::Io {
+                path: path.to_owned(),
+                source,
             }
-            fs::rename(&tmp, path)?;
-            fs::File::open(dir)?.sync_all()
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-            let _ = fs::remove_file(&prev_tmp);
-        }
-        result.map_err(err)
+        })
     }
-}
-
-/// Writes `bytes` as the whole of a new file at `path`, readable by root only (it names
-/// slices and their usage), and waits until they are on disk.
-///
-/// # Errors
-/// The file cannot be created, written or synced.
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
 }
 
 /// Where the state is saved, and whether the copy in memory is newer than the file. A failed
@@ -446,7 +405,7 @@ mod tests {
     use super::*;
     use crate::{
         class::TrafficClass,
-        state::{CappedClass, Notice},
+        state::{CappedClass, Notice, atomic::names as files},
     };
 
     fn sample() -> State {
@@ -495,15 +454,6 @@ mod tests {
             next_attempt: 0,
         });
         s
-    }
-
-    fn files(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! What bwmon remembers across restarts: every slice's period, usage, last counters,
 //! ceilings, `emailed` flag and leaf minors, departed slices until their period ends, and
 //! notices not yet delivered. How it is kept on disk (checksummed, in two generations) is
-//! [`file`].
+//! [`file`]; files are replaced whole by [`atomic::atomic_replace`].
 
+pub mod atomic;
 mod file;
 
 use std::collections::BTreeMap;

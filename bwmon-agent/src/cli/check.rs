@@ -1,0 +1,189 @@
+//! `bwmon check`: the configuration and slices files validated, and whether the slices fit
+//! an HTB tree.
+
+use std::{path::Path, process::ExitCode};
+
+use anyhow::Context as _;
+
+use crate::{
+    config::{Config, slices, slices::SliceSpec},
+    htb::minors::Minors,
+    policy::Limits,
+};
+
+/// `bwmon check`'s exit code when the files are usable but some slices are skipped.
+const SOME_SKIPPED: u8 = 2;
+
+/// Validates the configuration at `config` and the slices file it names: every problem is
+/// printed; success is 0, usable with skipped slices is 2.
+///
+/// # Errors
+/// A file that does not load, a missing interface, or more leaves needed from the start than
+/// an HTB tree holds.
+pub fn check(config: &Path) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config)?;
+    // The interface must exist where the daemon will run (labs: create it first).
+    crate::interface::index(&config.interface)
+        .with_context(|| format!("{}: interface", config.path.display()))?;
+    let parsed = slices::read(&config.slices)?;
+    for w in &parsed.warnings {
+        eprintln!("bwmon: warning: {w}");
+    }
+    let skipped = parsed.skipped.map(|s| {
+        eprintln!("{s}");
+        s.problems.len()
+    });
+    let leaves = Leaves::needed(&config, &parsed.slices);
+    let Leaves {
+        from_start,
+        capacity,
+        ..
+    } = leaves;
+    if !leaves.fit() {
+        anyhow::bail!(
+            "{}: {from_start} leaves are needed from the start (slices whose rates or shares differ from the defaults) but an HTB tree holds {capacity}; give fewer slices their own rates",
+            config.slices.display()
+        );
+    }
+    if leaves.shared() {
+        println!(
+            "note: {} slices, {capacity} leaves: only slices that send (or have rates of their own) hold leaves; when all are taken, the others share the default leaves and are still counted",
+            parsed.slices.len()
+        );
+    }
+    println!(
+        "{}: ok; {}: {} slices{}",
+        config.path.display(),
+        config.slices.display(),
+        parsed.slices.len(),
+        skipped.map_or(String::new(), |n| format!(
+            ", {n} problems: those slices are skipped"
+        ))
+    );
+    Ok(if skipped.is_some() {
+        ExitCode::from(SOME_SKIPPED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// How a slices file fits an HTB tree's leaves. Classes on demand: only a class whose limits
+/// differ from the default leaf's holds a leaf from the start; the others get one when they
+/// send, and share the default leaves (still counted) when none is free.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leaves {
+    /// Leaves held from the start.
+    pub from_start: usize,
+    /// The slices in the file.
+    pub slices: usize,
+    /// The leaves an HTB tree holds.
+    pub capacity: usize,
+}
+
+impl Leaves {
+    /// What `slices` need under `config`.
+    pub fn needed(config: &Config, slices: &[SliceSpec]) -> Leaves {
+        let node = config.node();
+        let tree = config.tree_spec();
+        let from_start = slices
+            .iter()
+            .map(|s| {
+                let limits = Limits::base(&s.attrs, &config.defaults, &node);
+                let differs = crate::sync::plan::differs_from_default(&limits, &tree);
+                differs.iter().filter(|(_, d)| **d).count()
+            })
+            .sum();
+        Leaves {
+            from_start,
+            slices: slices.len(),
+            capacity: Minors::default().available(),
+        }
+    }
+
+    /// Whether the leaves needed from the start fit the tree (else the daemon could not
+    /// apply every slice's rates).
+    pub fn fit(&self) -> bool {
+        self.from_start <= self.capacity
+    }
+
+    /// Whether not every slice can hold both its leaves at once: then only those that send
+    /// (or have rates of their own) do.
+    pub fn shared(&self) -> bool {
+        self.slices * 2 > self.capacity
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::rspec::Attributes;
+
+    fn config(text: &str) -> Config {
+        Config::parse(Path::new("/etc/bwmon/bwmon.toml"), text).unwrap()
+    }
+
+    fn slices(n: u32, attrs: Attributes) -> Vec<SliceSpec> {
+        (0..n)
+            .map(|i| SliceSpec {
+                name: format!("s{i}"),
+                xid: 1000 + i,
+                sources: Vec::new(),
+                attrs,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn slices_with_the_default_limits_hold_no_leaf_from_the_start() {
+        let leaves = Leaves::needed(
+            &config("interface = \"eth0\"\n"),
+            &slices(3, Attributes::default()),
+        );
+        assert_eq!(leaves.from_start, 0);
+        assert_eq!(leaves.slices, 3);
+        assert!(leaves.fit());
+        assert!(!leaves.shared());
+    }
+
+    #[test]
+    fn each_class_with_limits_of_its_own_holds_a_leaf_from_the_start() {
+        let general = Attributes {
+            share: Some(2),
+            ..Attributes::default()
+        };
+        let both = Attributes {
+            i2_share: Some(3),
+            ..general
+        };
+        let c = config("interface = \"eth0\"\n");
+        assert_eq!(Leaves::needed(&c, &slices(5, general)).from_start, 5);
+        assert_eq!(Leaves::needed(&c, &slices(5, both)).from_start, 10);
+    }
+
+    #[test]
+    fn the_defaults_count_as_a_slices_own_limits() {
+        let c = config("interface = \"eth0\"\n[defaults]\nnet_share = 4\n");
+        assert_eq!(
+            Leaves::needed(&c, &slices(7, Attributes::default())).from_start,
+            7
+        );
+    }
+
+    #[test]
+    fn more_leaves_from_the_start_than_a_tree_holds_do_not_fit() {
+        let c = config("interface = \"eth0\"\n");
+        let capacity = Minors::default().available();
+        let own = Attributes {
+            share: Some(2),
+            ..Attributes::default()
+        };
+        let n = u32::try_from(capacity).unwrap();
+        let at = Leaves::needed(&c, &slices(n, own));
+        assert!(at.fit(), "{at:?}");
+        assert!(at.shared(), "{at:?}");
+        assert!(!Leaves::needed(&c, &slices(n + 1, own)).fit());
+        // Many slices sharing the default leaves still fit.
+        let quiet = Leaves::needed(&c, &slices(n + 1, Attributes::default()));
+        assert!(quiet.fit() && quiet.shared(), "{quiet:?}");
+    }
+}

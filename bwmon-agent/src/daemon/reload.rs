@@ -1,0 +1,122 @@
+//! SIGHUP: the configuration read again and, when it is accepted, what it changes of the
+//! daemon's edges rebuilt — the interval's ticker, the mailer, the metrics listener — before
+//! the worker gets it.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use tokio::{
+    sync::watch,
+    task::JoinHandle,
+    time::{Interval, MissedTickBehavior},
+};
+use tracing::{info, warn};
+
+use super::worker::Command;
+use crate::{
+    config::Config,
+    notify::{self, Mailer},
+    serve::status::StatusReport,
+};
+
+/// The parts of the running daemon a reload may rebuild, and the configuration they were
+/// built from.
+pub(super) struct Edges {
+    /// The configuration in force.
+    pub(super) config: Config,
+    /// A sync every interval.
+    pub(super) ticker: Interval,
+    /// The notifier's mailer.
+    pub(super) mailer: watch::Sender<Arc<Mailer>>,
+    /// The metrics endpoint, when `[metrics] listen` is set.
+    pub(super) metrics: Option<JoinHandle<()>>,
+    /// The reports the metrics endpoint serves.
+    pub(super) status: watch::Receiver<Arc<StatusReport>>,
+    /// The shutdown signal a new metrics endpoint listens to.
+    pub(super) shutdown: watch::Receiver<bool>,
+}
+
+impl Edges {
+    /// Reads the configuration again and applies what changed to the edges; the command that
+    /// hands it (or its refusal) to the worker.
+    pub(super) async fn reload(&mut self) -> Command {
+        info!("SIGHUP: re-reading the slices file and the configuration");
+        let new = match reloaded(&self.config) {
+            Ok(new) => new,
+            Err(why) => {
+                warn!("{why}; the running configuration stays");
+                return Command::Reload(None);
+            }
+        };
+        if new.interval != self.config.interval {
+            self.ticker = ticker(new.interval);
+        }
+        if new.mail != self.config.mail || new.periods != self.config.periods {
+            match Mailer::new(&new.mail, notify::hostname(), new.periods.nominal_secs()) {
+                Ok(m) => {
+                    let _ = self.mailer.send(Arc::new(m));
+                }
+                Err(e) => warn!(error = %e, "the new [mail] cannot be used; the old one stays"),
+            }
+        }
+        if (new.metrics_listen, new.max_connections)
+            != (self.config.metrics_listen, self.config.max_connections)
+        {
+            if let Some(old) = self.metrics.take() {
+                old.abort();
+            }
+            match start_metrics(&new, &self.status, &self.shutdown).await {
+                Ok(m) => self.metrics = m,
+                Err(e) => warn!(error = format!("{e:#}"), "metrics endpoint not started"),
+            }
+        }
+        self.config = new.clone();
+        Command::Reload(Some(Box::new(new)))
+    }
+}
+
+/// The configuration file read again for a reload.
+///
+/// # Errors
+/// A message for the log: the file's problems (file:line: key: why), or the keys that need a
+/// restart.
+fn reloaded(running: &Config) -> Result<Config, String> {
+    let new = Config::load(&running.path)
+        .map_err(|e| format!("configuration rejected on reload:\n{e}"))?;
+    let fixed = running.fixed_changes(&new);
+    if !fixed.is_empty() {
+        return Err(format!(
+            "configuration rejected on reload: {} changed; that needs a restart (systemctl restart bwmon)",
+            fixed.join(", ")
+        ));
+    }
+    Ok(new)
+}
+
+/// A tick every `interval`; a late one does not bring the next ones forward.
+pub(super) fn ticker(interval: Duration) -> Interval {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticker
+}
+
+/// Serves metrics when `[metrics] listen` is set.
+pub(super) async fn start_metrics(
+    config: &Config,
+    status: &watch::Receiver<Arc<StatusReport>>,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<Option<JoinHandle<()>>> {
+    let Some(addr) = config.metrics_listen else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("metrics listen address {addr}"))?;
+    info!(%addr, "serving Prometheus metrics");
+    Ok(Some(tokio::spawn(crate::serve::metrics::serve(
+        listener,
+        config.max_connections,
+        status.clone(),
+        shutdown.clone(),
+    ))))
+}

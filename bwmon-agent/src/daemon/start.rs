@@ -1,0 +1,161 @@
+//! The daemon's start, in the order it must happen: the state loaded (never silently afresh),
+//! the datapath opened, the HTB tree installed, the control sockets bound.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use bwmon_common::XidSource;
+use tokio::{
+    io::unix::AsyncFd,
+    sync::{mpsc, watch},
+};
+use tracing::warn;
+
+use crate::{
+    config::Config,
+    datapath::{Datapath, DatapathOptions},
+    htb::Htb,
+    serve::{control, status::StatusReport},
+    state::{State, StateFile},
+    sync::Syncer,
+    time::now,
+};
+
+/// The state at `config.state` (moved aside first with `fresh_state`), and a warning for
+/// every damaged generation set aside.
+///
+/// # Errors
+/// No generation loads, or a file cannot be read or moved.
+pub(super) fn load_state(
+    config: &Config,
+    fresh_state: bool,
+) -> anyhow::Result<(State, Vec<String>)> {
+    if fresh_state {
+        for moved in State::discard(&config.state)? {
+            warn!(to = %moved.display(), "--fresh-state: the state was moved aside; every budget starts afresh");
+        }
+    }
+    let loaded = State::load(&config.state)?;
+    let mut warnings = Vec::new();
+    for s in &loaded.set_aside {
+        let w = format!(
+            "state file {} was damaged ({}) and moved to {}; loaded {}",
+            s.from.display(),
+            s.why,
+            s.to.display(),
+            loaded
+                .from
+                .as_ref()
+                .map_or("nothing".into(), |p| p.display().to_string())
+        );
+        warn!("{w}");
+        warnings.push(w);
+    }
+    Ok((loaded.state, warnings))
+}
+
+/// The syncer over the datapath (opened, with its kernel log followed until `shutdown` when
+/// asked) and the HTB tree (installed: a foreign root qdisc stops the start).
+///
+/// # Errors
+/// The datapath cannot be opened, or the tree cannot be installed.
+pub(super) async fn syncer(
+    config: &Config,
+    state: State,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<Syncer<Datapath, Htb>> {
+    let mut opts = DatapathOptions::new(config.interface.clone());
+    opts.xid_source = config.xid_source;
+    opts.kernel_log = config.kernel_log;
+    let mut datapath = tokio::task::spawn_blocking(move || Datapath::open(&opts))
+        .await
+        .context("datapath loader")??;
+    if config.kernel_log {
+        follow_kernel_log(&mut datapath, shutdown.clone())?;
+    }
+    let htb = Htb::open(&config.interface)?;
+    let state_file = StateFile::new(config.state.clone());
+    let mut syncer = Syncer::new(config.clone(), datapath, htb, state_file, state, Vec::new());
+    // The tree is installed before anything else, so a foreign root qdisc stops the start.
+    let syncer = tokio::task::spawn_blocking(move || syncer.install_tree().map(|_| syncer))
+        .await
+        .context("installing the HTB tree")??;
+    Ok(syncer)
+}
+
+/// Copies the eBPF programs' log lines into ours as they come, until `shutdown`.
+fn follow_kernel_log(
+    datapath: &mut Datapath,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let logger = datapath.kernel_logger(log::logger())?;
+    // SAFETY: the logger owns the ring buffer's fd and keeps it open while registered.
+    let fd = unsafe { AsyncFd::register(logger) }.context("polling the kernel log")?;
+    tokio::spawn(async move {
+        let mut fd = fd;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                guard = fd.readable_mut() => match guard {
+                    Ok(mut g) => {
+                        g.get_inner_mut().flush();
+                        g.clear_ready();
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "kernel log stopped");
+                        return;
+                    }
+                },
+            }
+        }
+    });
+    Ok(())
+}
+
+/// What status shows until the first sync: what is known, and that it is coming (never
+/// `now = 0`).
+pub(super) fn first_report(config: &Config) -> StatusReport {
+    StatusReport {
+        now: now(),
+        period_secs: config.periods.nominal_secs(),
+        interface: config.interface.clone(),
+        dry_run: config.dry_run,
+        warnings: vec!["starting: the first sync has not finished yet".into()],
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        ..StatusReport::default()
+    }
+}
+
+/// Serves the control socket (and the tenant socket, when configured) until `shutdown`; the
+/// requests on one slice come out of the returned channel.
+///
+/// # Errors
+/// A socket cannot be bound.
+pub(super) fn serve_control(
+    config: &Config,
+    status: &watch::Receiver<Arc<StatusReport>>,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<mpsc::UnboundedReceiver<control::Asked>> {
+    let listener = control::bind(&config.socket, 0o600)
+        .with_context(|| format!("control socket {}", config.socket.display()))?;
+    let (asks_tx, asks_rx) = mpsc::unbounded_channel::<control::Asked>();
+    tokio::spawn(control::serve(
+        listener,
+        config.max_connections,
+        status.clone(),
+        shutdown.clone(),
+        asks_tx,
+    ));
+    if let Some(path) = &config.tenant_socket {
+        let listener = control::bind(path, 0o666)
+            .with_context(|| format!("tenant socket {}", path.display()))?;
+        tokio::spawn(control::serve_tenant(
+            listener,
+            config.max_connections,
+            status.clone(),
+            shutdown.clone(),
+            config.xid_source == XidSource::Uid,
+        ));
+    }
+    Ok(asks_rx)
+}
