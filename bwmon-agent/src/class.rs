@@ -18,7 +18,7 @@ impl TrafficClass {
     pub const ALL: [TrafficClass; 2] = [TrafficClass::General, TrafficClass::Exempt];
 
     /// The name used in mail, metrics and JSON: "general" or "exempt".
-    pub const fn name(self) -> &'static str {
+    pub(crate) const fn name(self) -> &'static str {
         match self {
             TrafficClass::General => "general",
             TrafficClass::Exempt => "exempt",
@@ -39,7 +39,7 @@ pub struct PerClass<T> {
 
 impl<T> PerClass<T> {
     /// A pair from a value per class.
-    pub fn from_fn(mut f: impl FnMut(TrafficClass) -> T) -> Self {
+    pub(crate) fn from_fn(mut f: impl FnMut(TrafficClass) -> T) -> Self {
         PerClass {
             general: f(TrafficClass::General),
             exempt: f(TrafficClass::Exempt),
@@ -47,7 +47,7 @@ impl<T> PerClass<T> {
     }
 
     /// The value of `class`.
-    pub fn of(&self, class: TrafficClass) -> &T {
+    pub(crate) fn of(&self, class: TrafficClass) -> &T {
         match class {
             TrafficClass::General => &self.general,
             TrafficClass::Exempt => &self.exempt,
@@ -55,7 +55,7 @@ impl<T> PerClass<T> {
     }
 
     /// The value of `class`, to change.
-    pub fn of_mut(&mut self, class: TrafficClass) -> &mut T {
+    pub(crate) fn of_mut(&mut self, class: TrafficClass) -> &mut T {
         match class {
             TrafficClass::General => &mut self.general,
             TrafficClass::Exempt => &mut self.exempt,
@@ -63,7 +63,7 @@ impl<T> PerClass<T> {
     }
 
     /// Both values transformed, class by class.
-    pub fn map<U>(self, mut f: impl FnMut(TrafficClass, T) -> U) -> PerClass<U> {
+    pub(crate) fn map<U>(self, mut f: impl FnMut(TrafficClass, T) -> U) -> PerClass<U> {
         PerClass {
             general: f(TrafficClass::General, self.general),
             exempt: f(TrafficClass::Exempt, self.exempt),
@@ -71,7 +71,7 @@ impl<T> PerClass<T> {
     }
 
     /// `(class, &value)` for both classes, general first.
-    pub fn iter(&self) -> impl Iterator<Item = (TrafficClass, &T)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (TrafficClass, &T)> {
         [
             (TrafficClass::General, &self.general),
             (TrafficClass::Exempt, &self.exempt),

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]
 #[serde(rename_all = "lowercase")]
-pub enum ErrorKind {
+pub(crate) enum ErrorKind {
     /// The eBPF programs or maps.
     Datapath,
     /// The HTB tree.
@@ -29,7 +29,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, in the order metrics list them.
-    pub const ALL: [ErrorKind; 8] = [
+    pub(crate) const ALL: [ErrorKind; 8] = [
         ErrorKind::Datapath,
         ErrorKind::Htb,
         ErrorKind::Slices,
@@ -41,7 +41,7 @@ impl ErrorKind {
     ];
 
     /// The label value: "datapath", "htb", …
-    pub const fn name(self) -> &'static str {
+    pub(crate) const fn name(self) -> &'static str {
         match self {
             ErrorKind::Datapath => "datapath",
             ErrorKind::Htb => "htb",
@@ -56,7 +56,7 @@ impl ErrorKind {
 }
 
 /// Errors counted by kind since start.
-pub type ErrorCounts = BTreeMap<ErrorKind, u64>;
+pub(crate) type ErrorCounts = BTreeMap<ErrorKind, u64>;
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,7 @@ use std::{ffi::CString, io};
 ///
 /// # Errors
 /// No such interface (the error names it), or a name with a NUL byte.
-pub fn index(name: &str) -> io::Result<u32> {
+pub(crate) fn index(name: &str) -> io::Result<u32> {
     let c_name = CString::new(name).map_err(io::Error::other)?;
     // SAFETY: valid NUL-terminated name.
     let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
@@ -73,9 +73,9 @@ pub fn link_header_len(name: &str) -> io::Result<u32> {
 #[error("invalid interface name {name:?}: {reason}")]
 pub struct InvalidName {
     /// The name as given.
-    pub name: String,
+    pub(crate) name: String,
     /// Why it is rejected.
-    pub reason: &'static str,
+    pub(crate) reason: &'static str,
 }
 
 /// Checks that `name` can be a Linux interface name (it also becomes a path component under
@@ -83,7 +83,7 @@ pub struct InvalidName {
 ///
 /// # Errors
 /// The name is empty, too long, or has a character Linux (or a path) refuses.
-pub fn validate_name(name: &str) -> Result<(), InvalidName> {
+pub(crate) fn validate_name(name: &str) -> Result<(), InvalidName> {
     let reason = if name.is_empty() {
         "empty"
     } else if name.len() > 15 {

@@ -22,7 +22,7 @@ use crate::{
 
 /// What went wrong with a notice.
 #[derive(Debug, thiserror::Error)]
-pub enum NotifyError {
+pub(crate) enum NotifyError {
     /// The message could not be built (an address failed the checks).
     #[error("composing the notice for slice {slice}: {why}")]
     Compose {
@@ -53,12 +53,12 @@ pub enum NotifyError {
 }
 
 /// Subject line.
-pub fn subject(operator: &str, slice: &str, host: &str) -> String {
+pub(crate) fn subject(operator: &str, slice: &str, host: &str) -> String {
     format!("{operator} capped bandwidth of slice {slice} on {host}")
 }
 
 /// The body: one paragraph per capped class, then the seed's footer.
-pub fn body(n: &Notice, host: &str, period_secs: u64, now: u64) -> String {
+pub(crate) fn body(n: &Notice, host: &str, period_secs: u64, now: u64) -> String {
     let mut out = String::new();
     for CappedClass {
         class,
@@ -105,7 +105,7 @@ enum Sender {
 }
 
 /// Composes and sends notices.
-pub struct Mailer {
+pub(crate) struct Mailer {
     mail: Mail,
     host: String,
     period_secs: u64,
@@ -125,7 +125,7 @@ impl Mailer {
     ///
     /// # Errors
     /// An SMTP relay that cannot be set up (bad host name).
-    pub fn new(mail: &Mail, host: String, period_secs: u64) -> Result<Self, NotifyError> {
+    pub(crate) fn new(mail: &Mail, host: String, period_secs: u64) -> Result<Self, NotifyError> {
         let sender = match &mail.transport {
             Transport::None => Sender::None,
             Transport::Sendmail => Sender::Sendmail(SendmailTransport::new()),
@@ -163,7 +163,7 @@ impl Mailer {
     ///
     /// # Errors
     /// An address (support, from, the slice's) that is not a plain address.
-    pub fn compose(&self, n: &Notice, now: u64) -> Result<Message, NotifyError> {
+    pub(crate) fn compose(&self, n: &Notice, now: u64) -> Result<Message, NotifyError> {
         let err = |why: String| NotifyError::Compose {
             slice: n.slice.clone(),
             why,
@@ -209,7 +209,7 @@ impl Mailer {
     ///
     /// # Errors
     /// Composition or transport failures.
-    pub fn send(&self, n: &Notice, now: u64) -> Result<(), NotifyError> {
+    pub(crate) fn send(&self, n: &Notice, now: u64) -> Result<(), NotifyError> {
         let msg = self.compose(n, now)?;
         let fail = |via: &str, why: String| NotifyError::Send {
             slice: n.slice.clone(),
@@ -232,7 +232,7 @@ impl Mailer {
 
 /// How long to wait before the next attempt after `attempts` failures: 5 s doubling, at most
 /// 5 minutes.
-pub fn backoff(attempts: u32) -> u64 {
+pub(crate) fn backoff(attempts: u32) -> u64 {
     (5u64 << attempts.min(6)).min(300)
 }
 

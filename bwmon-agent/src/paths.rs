@@ -3,23 +3,23 @@
 use std::path::{Path, PathBuf};
 
 /// Where bpffs is mounted.
-pub const BPFFS: &str = "/sys/fs/bpf";
+pub(crate) const BPFFS: &str = "/sys/fs/bpf";
 /// Root of bwmon's pins: maps and links live under `<PIN_ROOT>/<interface>/`.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/bwmon";
 /// Default configuration file.
-pub const CONFIG: &str = "/etc/bwmon/bwmon.toml";
+pub(crate) const CONFIG: &str = "/etc/bwmon/bwmon.toml";
 /// Default slices file.
-pub const SLICES: &str = "/etc/bwmon/slices.toml";
+pub(crate) const SLICES: &str = "/etc/bwmon/slices.toml";
 /// Default state file.
-pub const STATE: &str = "/var/lib/bwmon/state";
+pub(crate) const STATE: &str = "/var/lib/bwmon/state";
 /// Runtime files: the per-interface instance locks.
-pub const RUNTIME: &str = "/run/bwmon";
+pub(crate) const RUNTIME: &str = "/run/bwmon";
 /// Default control socket.
-pub const SOCKET: &str = "/run/bwmon/bwmon.sock";
+pub(crate) const SOCKET: &str = "/run/bwmon/bwmon.sock";
 /// The tenants' socket: every local user may ask it for their own slice.
-pub const TENANT_SOCKET: &str = "/run/bwmon/tenant.sock";
+pub(crate) const TENANT_SOCKET: &str = "/run/bwmon/tenant.sock";
 
 /// The pin directory of one interface.
-pub fn pin_dir(pin_root: &Path, interface: &str) -> PathBuf {
+pub(crate) fn pin_dir(pin_root: &Path, interface: &str) -> PathBuf {
     pin_root.join(interface)
 }

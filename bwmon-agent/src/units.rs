@@ -35,7 +35,7 @@ pub struct BitsPerSec(pub u64);
     serde::Deserialize,
 )]
 #[serde(transparent)]
-pub struct Bytes(pub u64);
+pub(crate) struct Bytes(pub(crate) u64);
 
 /// A volume in KBytes of 1024 bytes (PlanetLab's `*_kbyte` attributes).
 #[derive(
@@ -52,7 +52,7 @@ pub struct Bytes(pub u64);
     serde::Deserialize,
 )]
 #[serde(transparent)]
-pub struct KBytes(pub u64);
+pub(crate) struct KBytes(pub(crate) u64);
 
 /// A rate in kbit/s of 1000 bit/s (PlanetLab's `*_rate` attributes).
 #[derive(
@@ -69,28 +69,28 @@ pub struct KBytes(pub u64);
     serde::Deserialize,
 )]
 #[serde(transparent)]
-pub struct KbitPerSec(pub u64);
+pub(crate) struct KbitPerSec(pub(crate) u64);
 
 impl KBytes {
     /// In bytes (saturating: no KByte count overflows silently).
-    pub const fn bytes(self) -> Bytes {
+    pub(crate) const fn bytes(self) -> Bytes {
         Bytes(self.0.saturating_mul(1024))
     }
 }
 
 impl KbitPerSec {
     /// In bit/s.
-    pub const fn bits(self) -> BitsPerSec {
+    pub(crate) const fn bits(self) -> BitsPerSec {
         BitsPerSec(self.0.saturating_mul(1000))
     }
 }
 
 /// The smallest rate bwmon ever sets (bwlimit's `bwmin`).
-pub const BWMIN: BitsPerSec = BitsPerSec(1000);
+pub(crate) const BWMIN: BitsPerSec = BitsPerSec(1000);
 
 impl BitsPerSec {
     /// In bytes per second, rounded down (what tc's rate specs carry).
-    pub const fn bytes_per_sec(self) -> u64 {
+    pub(crate) const fn bytes_per_sec(self) -> u64 {
         self.0 / 8
     }
 }
@@ -100,11 +100,11 @@ impl BitsPerSec {
 #[error("invalid {what} '{text}', which should be {expected}")]
 pub struct ParseError {
     /// What was being parsed ("rate", "duration").
-    pub what: &'static str,
+    pub(crate) what: &'static str,
     /// The text as given.
-    pub text: String,
+    pub(crate) text: String,
     /// The expected form, with an example.
-    pub expected: &'static str,
+    pub(crate) expected: &'static str,
 }
 
 /// "1.5 GiB" → (1.5, "gib"): a non-negative decimal number, then a unit in lower case.
@@ -243,7 +243,7 @@ const DURATION_FORM: &str =
 ///
 /// # Errors
 /// Anything else, quoting the text and the expected form.
-pub fn parse_duration(text: &str) -> Result<std::time::Duration, ParseError> {
+pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, ParseError> {
     let t = text.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

@@ -119,7 +119,7 @@ macro_rules! setting {
 }
 
 #[classifier]
-pub fn bwmon_classify(ctx: TcContext) -> i32 {
+fn bwmon_classify(ctx: TcContext) -> i32 {
     classify(&ctx);
     // "Next": never drop, and let the programs after us run.
     TC_ACT_UNSPEC
@@ -370,7 +370,7 @@ fn may_be_exempt((word, bit): (u32, u64)) -> bool {
 }
 
 #[btf_tracepoint(function = "kfree_skb")]
-pub fn bwmon_drop(ctx: BtfTracePointContext) -> i32 {
+fn bwmon_drop(ctx: BtfTracePointContext) -> i32 {
     // kfree_skb(skb, location, reason, rx_sk)
     let reason: u32 = ctx.arg(2);
     if !settings().counts_drop_reason(reason) {

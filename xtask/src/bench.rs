@@ -13,7 +13,7 @@ use crate::{
 
 const BENCHES: &[&str] = &["bench_datapath", "bench_htb", "bench_compare"];
 
-pub fn run(tools: &Tools) -> anyhow::Result<()> {
+pub(crate) fn run(tools: &Tools) -> anyhow::Result<()> {
     if !workspace::is_root() {
         bail!("the benchmarks load eBPF programs and build network namespaces: run as root");
     }

@@ -10,18 +10,18 @@ use crate::{
 /// Debug or release build of the user-space crates (the eBPF object is always optimised: the
 /// verifier rejects most unoptimised BPF code).
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Profile {
+pub(crate) enum Profile {
     Debug,
     Release,
 }
 
 impl Profile {
-    pub fn from_flag(release: bool) -> Self {
+    pub(crate) fn from_flag(release: bool) -> Self {
         if release { Self::Release } else { Self::Debug }
     }
 
     /// The directory under `target/` cargo uses for this profile.
-    pub fn dir(self) -> &'static str {
+    pub(crate) fn dir(self) -> &'static str {
         match self {
             Self::Debug => "debug",
             Self::Release => "release",
@@ -30,17 +30,17 @@ impl Profile {
 }
 
 /// Target directory of the eBPF build, apart from the host build: another compiler builds it.
-pub fn ebpf_target_dir() -> PathBuf {
+pub(crate) fn ebpf_target_dir() -> PathBuf {
     workspace::root().join("target/bpf")
 }
 
 /// Path of the built eBPF object.
-pub fn ebpf_object() -> PathBuf {
+pub(crate) fn ebpf_object() -> PathBuf {
     ebpf_target_dir().join("bpfel-unknown-none/release/bwmon")
 }
 
 /// Builds the eBPF object and returns its path.
-pub fn ebpf(tools: &Tools) -> anyhow::Result<PathBuf> {
+pub(crate) fn ebpf(tools: &Tools) -> anyhow::Result<PathBuf> {
     let mut cmd = workspace::cargo();
     cmd.args([
         "build",
@@ -65,14 +65,14 @@ pub fn ebpf(tools: &Tools) -> anyhow::Result<PathBuf> {
 }
 
 /// A cargo command for the host crates that embeds `object`.
-pub fn host_cargo(object: &std::path::Path) -> std::process::Command {
+pub(crate) fn host_cargo(object: &std::path::Path) -> std::process::Command {
     let mut cmd = workspace::cargo();
     cmd.env("BWMON_EBPF_OBJECT", object);
     cmd
 }
 
 /// Builds everything: `target/<profile>/bwmon` with the object embedded.
-pub fn all(tools: &Tools, profile: Profile) -> anyhow::Result<()> {
+pub(crate) fn all(tools: &Tools, profile: Profile) -> anyhow::Result<()> {
     let object = ebpf(tools)?;
     let mut cmd = host_cargo(&object);
     cmd.args(["build", "--package", "bwmon-agent", "--bin", "bwmon"]);

@@ -159,7 +159,7 @@ fn capped(json: &str) -> HashSet<String> {
     out
 }
 
-pub fn run_demo(tools: &Tools) -> anyhow::Result<()> {
+pub(crate) fn run_demo(tools: &Tools) -> anyhow::Result<()> {
     if !workspace::is_root() {
         bail!("the demo builds a network namespace and loads eBPF programs: run it as root");
     }

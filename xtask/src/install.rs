@@ -47,7 +47,7 @@ fn under(root: &Path, path: &Path) -> PathBuf {
     root.join(path.strip_prefix("/").unwrap_or(path))
 }
 
-pub fn run(tools: &Tools, prefix: &Path, root: &Path) -> anyhow::Result<()> {
+pub(crate) fn run(tools: &Tools, prefix: &Path, root: &Path) -> anyhow::Result<()> {
     build::all(tools, Profile::Release)?;
     let ws = workspace::root();
     let binary = ws.join("target/release/bwmon");

@@ -61,18 +61,18 @@ const PACKAGES: &[Package] = &[
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// Debian's rustc from `rustc-web`.
-pub const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+pub(crate) const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 
 /// Paths of the tools the build uses, once they are known to be there.
-pub struct Tools {
+pub(crate) struct Tools {
     /// Debian's rustc, for the eBPF crate.
-    pub bpf_rustc: PathBuf,
+    pub(crate) bpf_rustc: PathBuf,
     /// bpf-linker.
-    pub bpf_linker: PathBuf,
+    pub(crate) bpf_linker: PathBuf,
 }
 
 /// Checks every requirement, installs what is missing, and says what it did.
-pub fn run() -> anyhow::Result<Tools> {
+pub(crate) fn run() -> anyhow::Result<Tools> {
     let missing: Vec<&Package> = PACKAGES
         .iter()
         .filter(|p| !dpkg_installed(p.name))

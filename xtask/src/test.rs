@@ -24,7 +24,7 @@ fn check_alert_rules() -> anyhow::Result<()> {
     )
 }
 
-pub fn run(tools: &Tools, filter: Option<String>) -> anyhow::Result<()> {
+pub(crate) fn run(tools: &Tools, filter: Option<String>) -> anyhow::Result<()> {
     phase("fmt", || {
         exec(workspace::cargo().args(["fmt", "--all", "--check"]))
     })?;

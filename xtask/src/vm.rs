@@ -98,7 +98,7 @@ const HOST_PACKAGES: &[&str] = &[
 const QEMU_PACKAGES: &[&str] = &["qemu-system-x86", "qemu-system-data", "qemu-system-common"];
 
 /// Which kernels to test.
-pub fn kernels(which: &str) -> anyhow::Result<Vec<&'static str>> {
+pub(crate) fn kernels(which: &str) -> anyhow::Result<Vec<&'static str>> {
     Ok(match which {
         "all" => KERNELS.iter().map(|k| k.line).collect(),
         line if KERNELS.iter().any(|k| k.line == line) => vec![
@@ -115,7 +115,7 @@ pub fn kernels(which: &str) -> anyhow::Result<Vec<&'static str>> {
 /// Runs the checks on each kernel of `lines`, the guests side by side (each runs its TCG vCPUs
 /// on about one host core, so two kernels take the time of one); fails when any check fails on
 /// any kernel.
-pub fn run(tools: &Tools, lines: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn run(tools: &Tools, lines: &[&str]) -> anyhow::Result<()> {
     if !workspace::is_root() {
         bail!("the VM tests install packages and use the host's bpffs tools: run as root");
     }

@@ -8,7 +8,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 /// The workspace root (the parent of `xtask/`).
-pub fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives one level below the workspace root")
@@ -16,14 +16,14 @@ pub fn root() -> PathBuf {
 }
 
 /// The cargo that runs us, so nested builds use the same toolchain.
-pub fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(root());
     cmd
 }
 
 /// Runs `cmd`, failing with the command line when it exits non-zero.
-pub fn exec(cmd: &mut Command) -> anyhow::Result<()> {
+pub(crate) fn exec(cmd: &mut Command) -> anyhow::Result<()> {
     let line = describe(cmd);
     eprintln!("xtask: $ {line}");
     let status = cmd.status().with_context(|| format!("starting `{line}`"))?;
@@ -34,14 +34,14 @@ pub fn exec(cmd: &mut Command) -> anyhow::Result<()> {
 }
 
 /// A command as a human would type it (for messages only; never executed through a shell).
-pub fn describe(cmd: &Command) -> String {
+pub(crate) fn describe(cmd: &Command) -> String {
     let mut parts = vec![cmd.get_program().to_string_lossy().into_owned()];
     parts.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
     parts.join(" ")
 }
 
 /// Whether we run as root (installing packages and the namespace tests need it).
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { geteuid() == 0 }
 }
@@ -53,7 +53,7 @@ unsafe extern "C" {
 
 /// Runs one phase of a long task and says how long it took, in a line `.ci/run` gathers into
 /// its summary ("xtask: phase NAME: N s").
-pub fn phase<T>(name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+pub(crate) fn phase<T>(name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
     let started = std::time::Instant::now();
     let out = f();
     eprintln!(

@@ -71,18 +71,18 @@ pub fn check(config: &Path) -> anyhow::Result<ExitCode> {
 /// differ from the default leaf's holds a leaf from the start; the others get one when they
 /// send, and share the default leaves (still counted) when none is free.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Leaves {
+pub(crate) struct Leaves {
     /// Leaves held from the start.
-    pub from_start: usize,
+    pub(crate) from_start: usize,
     /// The slices in the file.
-    pub slices: usize,
+    pub(crate) slices: usize,
     /// The leaves an HTB tree holds.
-    pub capacity: usize,
+    pub(crate) capacity: usize,
 }
 
 impl Leaves {
     /// What `slices` need under `config`.
-    pub fn needed(config: &Config, slices: &[SliceSpec]) -> Leaves {
+    pub(crate) fn needed(config: &Config, slices: &[SliceSpec]) -> Leaves {
         let node = config.node();
         let tree = config.tree_spec();
         let from_start = slices
@@ -102,13 +102,13 @@ impl Leaves {
 
     /// Whether the leaves needed from the start fit the tree (else the daemon could not
     /// apply every slice's rates).
-    pub fn fit(&self) -> bool {
+    pub(crate) fn fit(&self) -> bool {
         self.from_start <= self.capacity
     }
 
     /// Whether not every slice can hold both its leaves at once: then only those that send
     /// (or have rates of their own) do.
-    pub fn shared(&self) -> bool {
+    pub(crate) fn shared(&self) -> bool {
         self.slices * 2 > self.capacity
     }
 }

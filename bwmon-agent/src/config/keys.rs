@@ -24,11 +24,11 @@ use crate::{
 use bwmon_common::XidSource;
 
 /// One key of the configuration file.
-pub struct Key {
+pub(crate) struct Key {
     /// Its name in the file.
-    pub name: &'static str,
+    pub(crate) name: &'static str,
     /// What it sets, in one line.
-    pub doc: &'static str,
+    pub(crate) doc: &'static str,
     /// Reads its value, present in the file, into the draft.
     read: for<'a> fn(&mut Field<'a, '_>, &mut Draft<'a>),
     /// The problem when it is absent; `None`: its default holds.
@@ -88,8 +88,13 @@ enum Reload {
     RestartAs(&'static str, fn(&Config, &Config) -> bool),
 }
 
+/// Every key's name and one-line doc, in the table's order (for the man page).
+pub(crate) fn documented() -> impl Iterator<Item = (&'static str, &'static str)> {
+    KEYS.iter().map(|k| (k.name, k.doc))
+}
+
 /// Every key, in the order the unknown-key message lists them.
-pub const KEYS: &[Key] = &[
+pub(crate) const KEYS: &[Key] = &[
     Key::new(
         "interface",
         "The interface whose egress is accounted.",

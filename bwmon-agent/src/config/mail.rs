@@ -19,7 +19,7 @@ const KEYS: [&str; 9] = [
 
 /// How notices are delivered.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Transport {
+pub(crate) enum Transport {
     /// SMTP to `host:port`.
     Smtp {
         /// `host:port`
@@ -37,17 +37,17 @@ pub enum Transport {
 
 /// `[mail]`
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mail {
+pub(crate) struct Mail {
     /// Delivery.
-    pub transport: Transport,
+    pub(crate) transport: Transport,
     /// The envelope and header sender address.
-    pub from: String,
+    pub(crate) from: String,
     /// The support address (always a recipient).
-    pub support: String,
+    pub(crate) support: String,
     /// The slice's address, with `{slice}` replaced by its name.
-    pub slice_address: String,
+    pub(crate) slice_address: String,
     /// The operator's name ("PlanetLab").
-    pub operator: String,
+    pub(crate) operator: String,
 }
 
 impl Default for Mail {

@@ -6,7 +6,7 @@
 ///
 /// # Errors
 /// A message that names what is wrong.
-pub fn validate(addr: &str) -> Result<(), String> {
+pub(crate) fn validate(addr: &str) -> Result<(), String> {
     if addr.len() > 254 {
         return Err(format!(
             "address '{}…' is longer than 254 bytes",

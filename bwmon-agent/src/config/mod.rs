@@ -3,15 +3,15 @@
 //! [`keys`]; their values are read by the typed readers of `read` (shared with [`slices`]);
 //! `[mail]` is read in `mail`.
 
-pub mod keys;
-pub mod mailaddr;
+pub(crate) mod keys;
+pub(crate) mod mailaddr;
 pub mod problems;
-pub mod slices;
+pub(crate) mod slices;
 
 mod mail;
 mod read;
 
-pub use mail::{Mail, Transport};
+pub(crate) use mail::{Mail, Transport};
 
 use std::{
     path::{Path, PathBuf},
@@ -37,59 +37,59 @@ use bwmon_common::XidSource;
 
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Config {
+pub(crate) struct Config {
     /// The file it came from.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// Interface whose egress is accounted.
-    pub interface: String,
+    pub(crate) interface: String,
     /// Ceiling of all general traffic.
-    pub node_cap: BitsPerSec,
+    pub(crate) node_cap: BitsPerSec,
     /// Ceiling of all exempt traffic.
-    pub exempt_max: BitsPerSec,
+    pub(crate) exempt_max: BitsPerSec,
     /// Where periods start and end (`period_align`, `period_start_time`, `period_start_day`).
-    pub periods: Periods,
+    pub(crate) periods: Periods,
     /// Sync interval.
-    pub interval: Duration,
+    pub(crate) interval: Duration,
     /// Slices file.
-    pub slices: PathBuf,
+    pub(crate) slices: PathBuf,
     /// State file.
-    pub state: PathBuf,
+    pub(crate) state: PathBuf,
     /// Control socket.
-    pub socket: PathBuf,
+    pub(crate) socket: PathBuf,
     /// The tenants' socket (mode 0666: each user sees their own slice); `None` when
     /// `tenant_socket = ""` turns it off.
-    pub tenant_socket: Option<PathBuf>,
+    pub(crate) tenant_socket: Option<PathBuf>,
     /// Where a packet's xid comes from.
-    pub xid_source: XidSource,
+    pub(crate) xid_source: XidSource,
     /// Exempt destination prefixes.
-    pub exempt_prefixes: Vec<IpNet>,
+    pub(crate) exempt_prefixes: Vec<IpNet>,
     /// Account, report and notify, never lower a ceiling.
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
     /// Replace a root qdisc bwmon did not create.
-    pub take_over_root_qdisc: bool,
+    pub(crate) take_over_root_qdisc: bool,
     /// Attribute defaults for every slice.
-    pub defaults: Attributes,
+    pub(crate) defaults: Attributes,
     /// Notices.
-    pub mail: Mail,
+    pub(crate) mail: Mail,
     /// Prometheus listen address, if any.
-    pub metrics_listen: Option<std::net::SocketAddr>,
+    pub(crate) metrics_listen: Option<std::net::SocketAddr>,
     /// Kernel-side diagnostics through aya-log.
-    pub kernel_log: bool,
+    pub(crate) kernel_log: bool,
     /// Clients served at once by the control socket and, separately, the metrics endpoint.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// Accept the loopback interface (labs only).
-    pub allow_loopback: bool,
+    pub(crate) allow_loopback: bool,
     /// How much history is kept (`history_periods`, `history_sample_days`).
-    pub history: Retention,
+    pub(crate) history: Retention,
 }
 
 /// How much history is kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Retention {
+pub(crate) struct Retention {
     /// Finished periods per slice.
-    pub periods: usize,
+    pub(crate) periods: usize,
     /// Age of the oldest hourly sample, seconds.
-    pub sample_secs: u64,
+    pub(crate) sample_secs: u64,
 }
 
 impl Default for Retention {
@@ -104,7 +104,7 @@ impl Default for Retention {
 
 impl Config {
     /// The node's limits the policy resolves slices against.
-    pub fn node(&self) -> Node {
+    pub(crate) fn node(&self) -> Node {
         Node {
             node_cap: self.node_cap,
             exempt_max: self.exempt_max,
@@ -112,7 +112,7 @@ impl Config {
     }
 
     /// The HTB tree's fixed part.
-    pub fn tree_spec(&self) -> TreeSpec {
+    pub(crate) fn tree_spec(&self) -> TreeSpec {
         TreeSpec {
             node_cap: self.node_cap,
             exempt_max: self.exempt_max,
@@ -121,7 +121,7 @@ impl Config {
 
     /// The keys whose change needs a restart, that differ between `self` and `new`: a reload
     /// that changes one of them is refused whole.
-    pub fn fixed_changes(&self, new: &Config) -> Vec<&'static str> {
+    pub(crate) fn fixed_changes(&self, new: &Config) -> Vec<&'static str> {
         keys::fixed_changes(self, new)
     }
 
@@ -129,7 +129,7 @@ impl Config {
     ///
     /// # Errors
     /// The file cannot be read, or has problems (all of them are reported).
-    pub fn load(path: &Path) -> Result<Config, FileErrors> {
+    pub(crate) fn load(path: &Path) -> Result<Config, FileErrors> {
         /// A configuration is a few hundred bytes; a megabyte is a mistake.
         const MAX: u64 = 1 << 20;
         Self::parse(path, &read_text(path, MAX)?)
@@ -139,7 +139,7 @@ impl Config {
     ///
     /// # Errors
     /// Every problem, located.
-    pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
+    pub(crate) fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
         let doc = parse_document(path, text)?;
         let root = doc.as_table();
         let mut c = Collector::new(text);

@@ -10,22 +10,22 @@ use toml_edit::{ImDocument, Item, Value};
 
 /// One problem in a file.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
+pub(crate) struct Problem {
     /// 1-based line.
-    pub line: usize,
+    pub(crate) line: usize,
     /// The key, dotted ("mail.smtp").
-    pub key: String,
+    pub(crate) key: String,
     /// What is wrong.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 /// Everything wrong with a file.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub struct FileErrors {
     /// The file.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// The problems, in file order.
-    pub problems: Vec<Problem>,
+    pub(crate) problems: Vec<Problem>,
 }
 
 impl fmt::Display for FileErrors {
@@ -53,7 +53,7 @@ impl fmt::Display for FileErrors {
 ///
 /// # Errors
 /// Not a regular file, too large, unreadable, or not UTF-8.
-pub fn read_text(path: &Path, max: u64) -> Result<String, FileErrors> {
+pub(crate) fn read_text(path: &Path, max: u64) -> Result<String, FileErrors> {
     use std::io::Read as _;
     let refuse = |message: String| FileErrors {
         path: path.to_owned(),

@@ -31,26 +31,26 @@ use crate::{
 };
 
 /// The root slice's name and xid: always present, never capped.
-pub const ROOT_NAME: &str = "root";
+pub(crate) const ROOT_NAME: &str = "root";
 /// The name under which traffic of xids without a slice is shown.
-pub const DEFAULT_NAME: &str = "default";
+pub(crate) const DEFAULT_NAME: &str = "default";
 
 /// One slice as the file gives it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SliceSpec {
+pub(crate) struct SliceSpec {
     /// Name.
-    pub name: String,
+    pub(crate) name: String,
     /// Its xid (uid, mark, or source-prefix id).
-    pub xid: u32,
+    pub(crate) xid: u32,
     /// Source prefixes (for `xid_source = "source"`).
-    pub sources: Vec<IpNet>,
+    pub(crate) sources: Vec<IpNet>,
     /// Attributes given for it (not yet merged with defaults).
-    pub attrs: Attributes,
+    pub(crate) attrs: Attributes,
 }
 
 /// Whether `name` can be a slice name: 1 to 64 of letters, digits, `_`, `.`, `-`, starting
 /// with a letter or digit (safe in a mail header, a metric label and a file name).
-pub fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name
@@ -59,7 +59,7 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 /// The uid of local user `name`, from the passwd database (as bwlimit did).
-pub fn uid_of(name: &str) -> Option<u32> {
+pub(crate) fn uid_of(name: &str) -> Option<u32> {
     let c_name = CString::new(name).ok()?;
     // SAFETY: passwd is plain C data; all-zero is a valid value for getpwnam_r to fill in.
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
@@ -83,13 +83,13 @@ const SLICE_KEYS: [&str; 3] = ["name", "xid", "sources"];
 
 /// A slices file as read: the slices that can be used, and what was wrong with the rest.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Parsed {
+pub(crate) struct Parsed {
     /// Every valid slice, in file order.
-    pub slices: Vec<SliceSpec>,
+    pub(crate) slices: Vec<SliceSpec>,
     /// The entries skipped (and other problems), located; `None` when there were none.
-    pub skipped: Option<FileErrors>,
+    pub(crate) skipped: Option<FileErrors>,
     /// Values used after a correction, located (a min rate above the max rate, …).
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
 /// Parses slices file text (as if read from `path`). As the seed did, a slice that cannot be
@@ -98,7 +98,7 @@ pub struct Parsed {
 /// # Errors
 /// Only a file that is not TOML, or whose `slice` is not a list of tables: then nothing in it
 /// can be trusted.
-pub fn parse(path: &Path, text: &str) -> Result<Parsed, FileErrors> {
+pub(crate) fn parse(path: &Path, text: &str) -> Result<Parsed, FileErrors> {
     let doc = parse_document(path, text)?;
     let mut c = Collector::new(text);
     let root = doc.as_table();
@@ -327,19 +327,19 @@ fn attr_warnings(name: &str, a: &Attributes) -> Vec<String> {
 }
 
 /// The largest slices file read: 100,000 slices with attributes fit in a tenth of it.
-pub const MAX_FILE: u64 = 256 << 20;
+pub(crate) const MAX_FILE: u64 = 256 << 20;
 
 /// Reads and parses the slices file at `path`.
 ///
 /// # Errors
 /// Not a regular file, larger than [`MAX_FILE`], unreadable, or not TOML.
-pub fn read(path: &Path) -> Result<Parsed, FileErrors> {
+pub(crate) fn read(path: &Path) -> Result<Parsed, FileErrors> {
     parse(path, &crate::config::problems::read_text(path, MAX_FILE)?)
 }
 
 /// The slices file, re-read when it changes.
 #[derive(Debug)]
-pub struct SlicesFile {
+pub(crate) struct SlicesFile {
     path: PathBuf,
     /// The file's stamp when it was last read (`Some(None)`: it was missing then).
     seen: Option<Option<(i64, i64, u64, u64)>>,
@@ -347,13 +347,8 @@ pub struct SlicesFile {
 
 impl SlicesFile {
     /// Watches `path`.
-    pub fn new(path: PathBuf) -> Self {
+    pub(crate) fn new(path: PathBuf) -> Self {
         Self { path, seen: None }
-    }
-
-    /// The file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn stamp(&self) -> Option<(i64, i64, u64, u64)> {
@@ -363,7 +358,7 @@ impl SlicesFile {
     }
 
     /// Whether the file changed since it was last read (a cheap `stat`).
-    pub fn changed(&self) -> bool {
+    pub(crate) fn changed(&self) -> bool {
         self.seen != Some(self.stamp())
     }
 
@@ -371,7 +366,7 @@ impl SlicesFile {
     ///
     /// # Errors
     /// The file cannot be read, or has problems (the caller keeps the last good slices).
-    pub fn poll(&mut self, force: bool) -> Option<Result<Parsed, FileErrors>> {
+    pub(crate) fn poll(&mut self, force: bool) -> Option<Result<Parsed, FileErrors>> {
         let stamp = self.stamp();
         if !force && self.seen == Some(stamp) {
             return None;

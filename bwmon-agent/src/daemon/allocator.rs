@@ -19,7 +19,7 @@ pub fn tune_for_daemon() {
 }
 
 /// Returns freed heap pages to the kernel (after a sync has dropped its temporary tables).
-pub fn give_back() {
+pub(crate) fn give_back() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim is thread-safe and only releases free memory.
     unsafe {

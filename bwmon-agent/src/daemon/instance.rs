@@ -12,7 +12,7 @@ use std::{
 
 /// Why the lock was not taken.
 #[derive(Debug, thiserror::Error)]
-pub enum InstanceError {
+pub(crate) enum InstanceError {
     /// Another daemon holds it.
     #[error("bwmon already runs on {iface} (pid {pid}); it holds {path}")]
     Running {
@@ -36,7 +36,7 @@ pub enum InstanceError {
 
 /// The held lock; dropping it (or exiting) releases it.
 #[derive(Debug)]
-pub struct InstanceLock {
+pub(crate) struct InstanceLock {
     _file: File,
 }
 
@@ -44,7 +44,7 @@ pub struct InstanceLock {
 ///
 /// # Errors
 /// Another daemon runs on `iface`, or the file cannot be opened.
-pub fn lock(dir: &Path, iface: &str) -> Result<InstanceLock, InstanceError> {
+pub(crate) fn lock(dir: &Path, iface: &str) -> Result<InstanceLock, InstanceError> {
     let path = dir.join(format!("{iface}.lock"));
     let err = |source| InstanceError::Io {
         path: path.clone(),

@@ -4,7 +4,7 @@
 //! shutdown signal.
 
 pub mod allocator;
-pub mod instance;
+pub(crate) mod instance;
 mod notifier;
 mod reload;
 mod start;
@@ -38,7 +38,7 @@ use crate::{
 /// # Errors
 /// Anything that prevents starting: bad config or slices file, unreadable state, no
 /// datapath, a foreign root qdisc.
-pub async fn run(config: Config, fresh_state: bool) -> anyhow::Result<()> {
+pub(crate) async fn run(config: Config, fresh_state: bool) -> anyhow::Result<()> {
     // Before anything is touched: a second daemon on this interface changes nothing.
     let _instance = instance::lock(Path::new(paths::RUNTIME), &config.interface)?;
     let (state, warnings) = start::load_state(&config, fresh_state)?;

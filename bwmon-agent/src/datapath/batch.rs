@@ -32,7 +32,7 @@ struct BatchAttr {
 ///
 /// # Errors
 /// A syscall error other than "not supported".
-pub fn per_cpu_entries<K: Pod + Default, V: Pod + Default>(
+pub(crate) fn per_cpu_entries<K: Pod + Default, V: Pod + Default>(
     fd: &impl AsFd,
     nr_cpus: usize,
     fold: impl Fn(V, V) -> V,
@@ -49,7 +49,7 @@ pub fn per_cpu_entries<K: Pod + Default, V: Pod + Default>(
 ///
 /// # Errors
 /// A syscall error other than "not supported".
-pub fn per_cpu_range<V: Pod + Default>(
+pub(crate) fn per_cpu_range<V: Pod + Default>(
     fd: &impl AsFd,
     nr_cpus: usize,
     start: u32,
@@ -66,7 +66,7 @@ pub fn per_cpu_range<V: Pod + Default>(
 ///
 /// # Errors
 /// A syscall error other than "not supported".
-pub fn entries<K: Pod + Default, V: Pod + Default>(
+pub(crate) fn entries<K: Pod + Default, V: Pod + Default>(
     fd: &impl AsFd,
 ) -> io::Result<Option<Vec<(K, V)>>> {
     lookup_batch(fd, 1, size_of::<V>(), None, |_, v| v)

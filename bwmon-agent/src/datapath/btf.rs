@@ -10,7 +10,7 @@ use std::{borrow::Cow, path::Path};
 use bwmon_common::KernelOffsets;
 
 /// Where the running kernel publishes its BTF.
-pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+pub(crate) const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
 /// What went wrong reading BTF, and where.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +73,7 @@ struct Type {
 
 /// Parsed kernel BTF: types and strings.
 #[derive(Debug)]
-pub struct Btf {
+pub(crate) struct Btf {
     types: Vec<Type>,
     strings: Vec<u8>,
 }
@@ -89,7 +89,7 @@ impl Btf {
     ///
     /// # Errors
     /// The file cannot be read or is not BTF.
-    pub fn from_kernel() -> Result<Self, BtfError> {
+    pub(crate) fn from_kernel() -> Result<Self, BtfError> {
         Self::from_file(Path::new(VMLINUX))
     }
 
@@ -97,7 +97,7 @@ impl Btf {
     ///
     /// # Errors
     /// The file cannot be read or is not BTF.
-    pub fn from_file(path: &Path) -> Result<Self, BtfError> {
+    pub(crate) fn from_file(path: &Path) -> Result<Self, BtfError> {
         let data = std::fs::read(path).map_err(|source| BtfError::Read {
             path: path.display().to_string(),
             source,
@@ -109,7 +109,7 @@ impl Btf {
     ///
     /// # Errors
     /// The data is truncated, has a wrong magic, or holds a type kind this parser does not know.
-    pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
+    pub(crate) fn parse(data: &[u8]) -> Result<Self, BtfError> {
         if data.get(0..2) != Some(&[0x9f, 0xeb]) {
             return Err(BtfError::Malformed(
                 "bad magic (not little-endian BTF)".into(),
@@ -256,7 +256,7 @@ impl Btf {
     ///
     /// # Errors
     /// The struct or a field is missing, or a field is not byte-aligned.
-    pub fn offset_of(&self, name: &str, path: &[&str]) -> Result<u32, BtfError> {
+    pub(crate) fn offset_of(&self, name: &str, path: &[&str]) -> Result<u32, BtfError> {
         let missing = || BtfError::Missing(format!("{name}.{}", path.join(".")));
         let mut ty = &self.types[self.struct_id(name)? as usize];
         let mut bits = 0u32;
@@ -280,7 +280,7 @@ impl Btf {
     ///
     /// # Errors
     /// No such enum.
-    pub fn enum_values(&self, name: &str) -> Result<Vec<(String, i64)>, BtfError> {
+    pub(crate) fn enum_values(&self, name: &str) -> Result<Vec<(String, i64)>, BtfError> {
         let t = self
             .types
             .iter()
@@ -298,7 +298,7 @@ impl Btf {
     ///
     /// # Errors
     /// The kernel has no `enum skb_drop_reason`, or none of those reasons.
-    pub fn qdisc_drop_reasons(&self) -> Result<[u64; 4], BtfError> {
+    pub(crate) fn qdisc_drop_reasons(&self) -> Result<[u64; 4], BtfError> {
         let mut bits = [0u64; 4];
         let mut any = false;
         for (name, value) in self.enum_values("skb_drop_reason")? {
@@ -322,7 +322,7 @@ impl Btf {
     ///
     /// # Errors
     /// A field it needs is missing from this kernel.
-    pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
+    pub(crate) fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
         Ok(KernelOffsets {
             skb_dev: self.offset_of("sk_buff", &["dev"])?,
             skb_priority: self.offset_of("sk_buff", &["priority"])?,

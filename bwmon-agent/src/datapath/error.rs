@@ -184,4 +184,4 @@ impl From<aya::programs::ProgramError> for AttachCause {
 }
 
 /// The datapath's result.
-pub type Result<T, E = DatapathError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = DatapathError> = std::result::Result<T, E>;

@@ -288,7 +288,7 @@ fn missing(name: &'static str) -> MapError {
 
 /// The exempt filter's words for `prefixes`: the bit of every leading octet (IPv4) or leading
 /// 16 bits (IPv6) some prefix covers.
-pub fn exempt_filter(prefixes: &[IpNet]) -> Vec<u64> {
+pub(crate) fn exempt_filter(prefixes: &[IpNet]) -> Vec<u64> {
     let mut words = vec![0u64; EXEMPT_FILTER_WORDS as usize];
     let mut set = |(word, bit): (u32, u64)| words[word as usize] |= bit;
     for net in prefixes {

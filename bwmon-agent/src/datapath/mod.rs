@@ -19,11 +19,11 @@
 
 mod attach;
 mod batch;
-pub mod btf;
+pub(crate) mod btf;
 mod drops;
 mod error;
 mod maps;
-pub mod pins;
+pub(crate) mod pins;
 mod snapshot;
 
 use std::{
@@ -42,7 +42,7 @@ use tracing::{info, warn};
 pub use attach::AttachMode;
 use error::Result;
 pub use error::{AttachCause, DatapathError};
-pub use pins::ensure_bpffs;
+pub(crate) use pins::ensure_bpffs;
 pub use snapshot::Snapshot;
 
 use crate::{datapath::btf::Btf, paths};
@@ -295,7 +295,7 @@ impl Datapath {
     ///
     /// # Errors
     /// Opening again failed; the old datapath stays as it was.
-    pub fn ensure_pinned(&mut self) -> Result<bool> {
+    pub(crate) fn ensure_pinned(&mut self) -> Result<bool> {
         let missing = pins::missing(&self.pin_dir, self.mode.uses_tcx());
         if missing.is_empty() {
             return Ok(false);
@@ -308,11 +308,6 @@ impl Datapath {
         let fresh = Datapath::open(&self.opts)?;
         *self = fresh;
         Ok(true)
-    }
-
-    /// The interface this datapath accounts.
-    pub fn interface(&self) -> &str {
-        &self.iface
     }
 
     /// The link-layer header length the classifier was loaded with

@@ -33,9 +33,9 @@ const PINNED_MAPS: [&str; 14] = [
 ];
 
 /// Pinned TCX link of the classifier, inside an interface's pin directory.
-pub const LINK_PIN: &str = "link_egress";
+pub(crate) const LINK_PIN: &str = "link_egress";
 /// Pinned link of the drop program.
-pub const DROP_LINK_PIN: &str = "link_drop";
+pub(crate) const DROP_LINK_PIN: &str = "link_drop";
 
 /// Makes the pin directory of `iface` under `pin_root`.
 pub(super) fn make_dir(pin_root: &Path, iface: &str) -> Result<PathBuf> {
@@ -71,7 +71,7 @@ pub(super) fn missing(pin_dir: &Path, tcx: bool) -> Vec<&'static str> {
 ///
 /// # Errors
 /// The mount point cannot be checked, or mounting fails.
-pub fn ensure_bpffs() -> Result<()> {
+pub(crate) fn ensure_bpffs() -> Result<()> {
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
     let path = Path::new(paths::BPFFS);
     let err = |source| DatapathError::Bpffs {

@@ -58,7 +58,7 @@ impl Snapshot {
     }
 
     /// Bytes and packets the leaf `minor` dropped.
-    pub fn dropped_at(&self, minor: Minor) -> Counter {
+    pub(crate) fn dropped_at(&self, minor: Minor) -> Counter {
         self.dropped.get(&minor).copied().unwrap_or_default()
     }
 }

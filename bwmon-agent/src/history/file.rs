@@ -13,7 +13,7 @@ use super::records::{Entry, PeriodEntry, encode, scan};
 use crate::{config::Retention, state::atomic::atomic_replace, time::UnixSecs};
 
 /// The history file beside the state file `state`.
-pub fn path_for(state: &Path) -> PathBuf {
+pub(crate) fn path_for(state: &Path) -> PathBuf {
     let mut name = state.as_os_str().to_owned();
     name.push(".history");
     PathBuf::from(name)
@@ -23,7 +23,7 @@ pub fn path_for(state: &Path) -> PathBuf {
 ///
 /// # Errors
 /// The file cannot be opened or written (a full disk): nothing already there is lost.
-pub fn append(path: &Path, entries: &[Entry]) -> io::Result<()> {
+pub(crate) fn append(path: &Path, entries: &[Entry]) -> io::Result<()> {
     if entries.is_empty() {
         return Ok(());
     }
@@ -41,7 +41,7 @@ pub fn append(path: &Path, entries: &[Entry]) -> io::Result<()> {
 ///
 /// # Errors
 /// The file exists and cannot be read.
-pub fn read(path: &Path) -> io::Result<(Vec<Entry>, Vec<String>)> {
+pub(crate) fn read(path: &Path) -> io::Result<(Vec<Entry>, Vec<String>)> {
     let mut entries = Vec::new();
     let problems = scan_file(path, |e| entries.push(e))?;
     Ok((entries, problems))
@@ -52,7 +52,7 @@ pub fn read(path: &Path) -> io::Result<(Vec<Entry>, Vec<String>)> {
 ///
 /// # Errors
 /// The file exists and cannot be read.
-pub fn scan_file(path: &Path, f: impl FnMut(Entry)) -> io::Result<Vec<String>> {
+pub(crate) fn scan_file(path: &Path, f: impl FnMut(Entry)) -> io::Result<Vec<String>> {
     match fs::File::open(path) {
         Ok(file) => scan(file, f),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
@@ -62,7 +62,7 @@ pub fn scan_file(path: &Path, f: impl FnMut(Entry)) -> io::Result<Vec<String>> {
 
 /// What `entries` keep under `retention` at `now`: the newest periods of each slice (one per
 /// slice and start: a period written twice is kept once), samples young enough.
-pub fn retain(entries: Vec<Entry>, retention: Retention, now: UnixSecs) -> Vec<Entry> {
+pub(crate) fn retain(entries: Vec<Entry>, retention: Retention, now: UnixSecs) -> Vec<Entry> {
     let mut periods: BTreeMap<(u32, UnixSecs), PeriodEntry> = BTreeMap::new();
     let mut samples = Vec::new();
     for e in entries {
@@ -97,7 +97,7 @@ pub fn retain(entries: Vec<Entry>, retention: Retention, now: UnixSecs) -> Vec<E
 ///
 /// # Errors
 /// The file cannot be read, written or renamed; the old one is then as it was.
-pub fn compact(path: &Path, retention: Retention, now: UnixSecs) -> io::Result<Vec<String>> {
+pub(crate) fn compact(path: &Path, retention: Retention, now: UnixSecs) -> io::Result<Vec<String>> {
     let mut count: HashMap<u32, usize> = HashMap::new();
     let problems = scan_file(path, |e| {
         if let Entry::Period(p) = e {

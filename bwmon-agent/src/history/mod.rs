@@ -9,20 +9,20 @@
 
 mod file;
 mod records;
-pub mod svg;
+pub(crate) mod svg;
 mod tracker;
 mod view;
 
-pub use file::{append, compact, path_for, read, retain, scan_file};
-pub use records::{Entry, PeriodEntry, Sample, decode, encode};
-pub use tracker::Tracker;
-pub use view::{periods, render};
+pub(crate) use file::{append, compact, path_for, read};
+pub(crate) use records::{Entry, Sample};
+pub(crate) use tracker::Tracker;
+pub(crate) use view::{periods, render};
 
 /// Status rows and reports for the tests.
 #[cfg(test)]
 mod fixtures {
     use crate::{
-        history::{Entry, PeriodEntry},
+        history::{Entry, records::PeriodEntry},
         serve::status::{SliceStatus, StatusReport},
         time::UnixSecs,
     };

@@ -13,41 +13,41 @@ const MAX_RECORD: usize = 64 << 10;
 
 /// A finished period of one slice.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PeriodEntry {
+pub(crate) struct PeriodEntry {
     /// Slice name.
-    pub slice: String,
+    pub(crate) slice: String,
     /// Xid.
-    pub xid: u32,
+    pub(crate) xid: u32,
     /// Period start (Unix seconds).
-    pub start: UnixSecs,
+    pub(crate) start: UnixSecs,
     /// Period end.
-    pub end: UnixSecs,
+    pub(crate) end: UnixSecs,
     /// Bytes used, per class.
-    pub bytes: PerClass<u64>,
+    pub(crate) bytes: PerClass<u64>,
     /// The budget, per class (grants included).
-    pub budget: PerClass<u64>,
+    pub(crate) budget: PerClass<u64>,
     /// When each class was first seen capped, if it was.
-    pub capped_at: PerClass<Option<UnixSecs>>,
+    pub(crate) capped_at: PerClass<Option<UnixSecs>>,
     /// The lowest ceiling each class had, bit/s.
-    pub lowest_ceil_bps: PerClass<u64>,
+    pub(crate) lowest_ceil_bps: PerClass<u64>,
     /// The slice was sent a notice.
-    pub noticed: bool,
+    pub(crate) noticed: bool,
 }
 
 /// One slice's use so far in its period, at the start of an hour.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// The period as it stands: bytes so far, budget, caps so far.
-    pub period: PeriodEntry,
+    pub(crate) period: PeriodEntry,
     /// When (the start of the hour it was taken in).
-    pub at: UnixSecs,
+    pub(crate) at: UnixSecs,
     /// Use after which the ceiling is lowered, per class.
-    pub threshold: PerClass<u64>,
+    pub(crate) threshold: PerClass<u64>,
 }
 
 /// One record of the history file.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Entry {
+pub(crate) enum Entry {
     /// A finished period.
     Period(PeriodEntry),
     /// An hourly sample of the current period.
@@ -55,7 +55,7 @@ pub enum Entry {
 }
 
 /// The bytes of `entries` as they are appended.
-pub fn encode(entries: &[Entry]) -> Vec<u8> {
+pub(crate) fn encode(entries: &[Entry]) -> Vec<u8> {
     let mut out = Vec::new();
     for e in entries {
         // Serializing plain data into a Vec cannot fail.
@@ -174,7 +174,8 @@ pub(super) fn scan(r: impl io::Read, mut f: impl FnMut(Entry)) -> io::Result<Vec
 }
 
 /// Every good record in `bytes`, and what was wrong with the others (by offset).
-pub fn decode(bytes: &[u8]) -> (Vec<Entry>, Vec<String>) {
+#[cfg(test)]
+fn decode(bytes: &[u8]) -> (Vec<Entry>, Vec<String>) {
     let mut entries = Vec::new();
     // Reading a slice cannot fail.
     let problems = scan(bytes, |e| entries.push(e)).unwrap_or_default();

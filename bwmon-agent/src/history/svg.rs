@@ -14,7 +14,7 @@ use crate::{
 
 /// Why no picture was made.
 #[derive(Debug, thiserror::Error)]
-pub enum ReportError {
+pub(crate) enum ReportError {
     /// Nothing to draw.
     #[error("no hourly samples{0} in the history yet")]
     Empty(String),
@@ -80,7 +80,7 @@ fn hour_label(at: &f64) -> String {
 ///
 /// # Errors
 /// No samples to draw, or plotters failed.
-pub fn svg(
+pub(crate) fn svg(
     entries: &[Entry],
     which: Option<&SliceRef>,
     days: u64,

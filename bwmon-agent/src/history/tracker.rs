@@ -17,7 +17,7 @@ const HOUR: UnixSecs = 3600;
 
 /// What the history knows of each slice's current period, between syncs.
 #[derive(Clone, Debug, Default)]
-pub struct Tracker {
+pub(crate) struct Tracker {
     open: HashMap<u32, Sample>,
     /// The period and bytes of each slice's last written sample: an idle slice writes none
     /// (10,000 configured slices, 1,000 of them active, write 1,000 samples an hour, not 10,000).
@@ -30,7 +30,7 @@ impl Tracker {
     ///
     /// # Errors
     /// The file exists and cannot be read.
-    pub fn resume_file(path: &Path) -> io::Result<(Tracker, Vec<String>)> {
+    pub(crate) fn resume_file(path: &Path) -> io::Result<(Tracker, Vec<String>)> {
         let mut r = Resume::default();
         let problems = scan_file(path, |e| r.add(e))?;
         Ok((r.tracker(), problems))
@@ -39,7 +39,7 @@ impl Tracker {
     /// The records one sync's report makes: a finished period for every slice whose period
     /// changed, a sample for every slice not yet sampled in this hour whose use moved since its
     /// last sample.
-    pub fn observe(&mut self, report: &StatusReport) -> Vec<Entry> {
+    pub(crate) fn observe(&mut self, report: &StatusReport) -> Vec<Entry> {
         let now = report.now;
         let hour = now - now % HOUR;
         let mut out = Vec::new();

@@ -9,7 +9,7 @@ use crate::{class::TrafficClass, config::Retention, serve::slice_view::SliceRef}
 
 /// The finished periods in `entries` of the slice `which` (all when `None`), the newest `n`
 /// of each, oldest first; a period recorded twice is shown once.
-pub fn periods(entries: &[Entry], which: Option<&SliceRef>, n: usize) -> Vec<PeriodEntry> {
+pub(crate) fn periods(entries: &[Entry], which: Option<&SliceRef>, n: usize) -> Vec<PeriodEntry> {
     let matches = |p: &PeriodEntry| match which {
         None => true,
         Some(SliceRef::Name(name)) => &p.slice == name,
@@ -47,7 +47,7 @@ fn bar(used: u64, budget: u64) -> String {
 
 /// `bwmon history` as text: per slice, a line per period and class with a bar of its use
 /// against its budget.
-pub fn render(periods: &[PeriodEntry]) -> String {
+pub(crate) fn render(periods: &[PeriodEntry]) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let mut last = None;

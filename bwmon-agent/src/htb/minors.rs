@@ -9,7 +9,7 @@ const FIRST: u16 = FIRST_LEAF_MINOR.0;
 
 /// The minors in use, and which are free.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Minors {
+pub(crate) struct Minors {
     /// Lowest minor never handed out.
     next: u32,
     /// Minors below `next` that are free again.
@@ -24,7 +24,7 @@ impl Default for Minors {
 
 impl Minors {
     /// An allocator that knows `assigned` minors are taken.
-    pub fn with_assigned(assigned: impl IntoIterator<Item = Minor>) -> Self {
+    pub(crate) fn with_assigned(assigned: impl IntoIterator<Item = Minor>) -> Self {
         let used: BTreeSet<u16> = assigned
             .into_iter()
             .map(|m| m.0)
@@ -41,7 +41,7 @@ impl Minors {
     }
 
     /// The lowest free minor, or `None` when all 65,280 are taken.
-    pub fn allocate(&mut self) -> Option<Minor> {
+    pub(crate) fn allocate(&mut self) -> Option<Minor> {
         if let Some(m) = self.freed.pop_first() {
             return Some(Minor(m));
         }
@@ -54,14 +54,14 @@ impl Minors {
     }
 
     /// Gives `minor` back.
-    pub fn release(&mut self, minor: Minor) {
+    pub(crate) fn release(&mut self, minor: Minor) {
         if minor.0 >= FIRST && u32::from(minor.0) < self.next {
             self.freed.insert(minor.0);
         }
     }
 
     /// How many more minors can be handed out.
-    pub fn available(&self) -> usize {
+    pub(crate) fn available(&self) -> usize {
         self.freed.len() + (0x1_0000 - self.next.min(0x1_0000)) as usize
     }
 }

@@ -16,9 +16,9 @@
 //! A class is changed in place (`RTM_NEWTCLASS` with `NLM_F_REPLACE`): its counters and queue
 //! are kept. The tree as data is [`tree`]; the netlink batching is in `netlink`.
 
-pub mod minors;
+pub(crate) mod minors;
 mod netlink;
-pub mod options;
+pub(crate) mod options;
 pub mod tree;
 
 use std::io;
@@ -106,7 +106,7 @@ type Result<T> = std::result::Result<T, HtbError>;
 
 /// What sits at the root of the interface's egress.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Root {
+pub(crate) enum Root {
     /// The kernel's default (handle `0:`, e.g. noqueue or pfifo_fast): free to replace.
     Default,
     /// bwmon's HTB tree.
@@ -159,11 +159,6 @@ impl Htb {
         })
     }
 
-    /// The interface.
-    pub fn interface(&self) -> &str {
-        &self.iface
-    }
-
     fn ifindex(&self) -> Result<i32> {
         let index = crate::interface::index(&self.iface).map_err(|source| HtbError::Interface {
             iface: self.iface.clone(),
@@ -212,7 +207,7 @@ impl Htb {
     ///
     /// # Errors
     /// Netlink failures.
-    pub fn root(&mut self) -> Result<Root> {
+    pub(crate) fn root(&mut self) -> Result<Root> {
         Ok(self.root_and_classes()?.0)
     }
 
@@ -476,7 +471,7 @@ impl Htb {
     ///
     /// # Errors
     /// A kernel refusal other than "not there".
-    pub fn remove_tree(&mut self) -> Result<()> {
+    pub(crate) fn remove_tree(&mut self) -> Result<()> {
         if self.root()? != Root::Ours {
             return Ok(());
         }

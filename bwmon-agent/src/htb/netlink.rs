@@ -13,11 +13,11 @@ use super::HtbError;
 /// One request in a batch, kept to name it in errors.
 pub(super) struct Request {
     /// The operation ("add or change class", "delete class", …).
-    pub op: &'static str,
+    pub(crate) op: &'static str,
     /// The class or qdisc, as tc writes it.
-    pub target: String,
+    pub(crate) target: String,
     /// The message.
-    pub message: NetlinkMessage<RouteNetlinkMessage>,
+    pub(crate) message: NetlinkMessage<RouteNetlinkMessage>,
 }
 
 /// A route netlink socket for one interface's tc objects.
@@ -29,7 +29,7 @@ pub(super) struct Netlink {
 
 impl Netlink {
     /// Opens and connects the socket.
-    pub fn open(iface: &str) -> Result<Self, HtbError> {
+    pub(crate) fn open(iface: &str) -> Result<Self, HtbError> {
         let sock_err = |source| HtbError::Socket {
             iface: iface.to_owned(),
             source,
@@ -50,7 +50,7 @@ impl Netlink {
     }
 
     /// A request message with the next sequence number.
-    pub fn request(
+    pub(crate) fn request(
         &mut self,
         flags: u16,
         payload: RouteNetlinkMessage,
@@ -74,7 +74,7 @@ impl Netlink {
     /// Sends the requests in as few `sendmsg` calls as fit the socket buffer, then reads one
     /// acknowledgement per request. Every request is attempted; the first failure is returned
     /// after all were sent.
-    pub fn send_batch(&mut self, batch: Vec<Request>) -> Result<(), HtbError> {
+    pub(crate) fn send_batch(&mut self, batch: Vec<Request>) -> Result<(), HtbError> {
         // About a hundred requests per sendmsg: the kernel queues one ack (~1 KiB of socket
         // buffer) per request before we read them.
         const CHUNK: usize = 16 * 1024;
@@ -151,7 +151,7 @@ impl Netlink {
     }
 
     /// Sends a dump request and collects the tc messages of its reply.
-    pub fn dump(
+    pub(crate) fn dump(
         &mut self,
         req: NetlinkMessage<RouteNetlinkMessage>,
     ) -> Result<Vec<TcMessage>, HtbError> {

@@ -5,23 +5,23 @@
 use crate::units::BitsPerSec;
 
 /// `TCA_HTB_PARMS`
-pub const TCA_HTB_PARMS: u16 = 1;
+pub(crate) const TCA_HTB_PARMS: u16 = 1;
 /// `TCA_HTB_INIT`
-pub const TCA_HTB_INIT: u16 = 2;
+pub(crate) const TCA_HTB_INIT: u16 = 2;
 /// `TCA_HTB_RATE64`
-pub const TCA_HTB_RATE64: u16 = 6;
+pub(crate) const TCA_HTB_RATE64: u16 = 6;
 /// `TCA_HTB_CEIL64`
-pub const TCA_HTB_CEIL64: u16 = 7;
+pub(crate) const TCA_HTB_CEIL64: u16 = 7;
 
 /// `TC_LINKLAYER_ETHERNET`
 const LINKLAYER_ETHERNET: u8 = 1;
 /// iproute2's default MTU for HTB's rate tables and bursts.
-pub const HTB_MTU: u32 = 1600;
+pub(crate) const HTB_MTU: u32 = 1600;
 /// The largest GSO packet a class must be able to send at once.
-pub const GSO_MAX_BYTES: u64 = 64 << 10;
+pub(crate) const GSO_MAX_BYTES: u64 = 64 << 10;
 /// How late the kernel's HTB watchdog may fire (hrtimer slack and scheduling): the burst a
 /// class needs to keep its rate when it is woken that late.
-pub const TIMER_SLACK_NS: u64 = 1_000_000;
+pub(crate) const TIMER_SLACK_NS: u64 = 1_000_000;
 /// Rates at or above this many bytes/s do not fit `tc_ratespec.rate` (about 34.4 Gbit/s).
 const RATE32_LIMIT: u64 = 1 << 32;
 
@@ -29,7 +29,7 @@ const RATE32_LIMIT: u64 = 1 << 32;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Psched {
     /// Scheduler ticks per microsecond.
-    pub ticks_per_usec: f64,
+    pub(crate) ticks_per_usec: f64,
 }
 
 /// `/proc/net/psched` could not be read or understood.
@@ -54,7 +54,7 @@ impl Psched {
     ///
     /// # Errors
     /// The text is not four hexadecimal numbers.
-    pub fn parse(text: &str) -> Result<Self, PschedError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, PschedError> {
         let malformed = |why| PschedError::Malformed {
             text: text.to_owned(),
             why,
@@ -86,7 +86,7 @@ impl Psched {
     ///
     /// # Errors
     /// The file is missing or malformed.
-    pub fn from_kernel() -> Result<Self, PschedError> {
+    pub(crate) fn from_kernel() -> Result<Self, PschedError> {
         let text = std::fs::read_to_string("/proc/net/psched").map_err(PschedError::Read)?;
         Self::parse(&text)
     }
@@ -96,7 +96,7 @@ impl Psched {
     /// packet without going into debt, and a fast class is not held to one packet per timer
     /// event (iproute2's default is one MTU plus a tick's worth: at 100 Gbit/s, 1,612 bytes).
     /// In scheduler ticks, as `tc_htb_opt` carries it; never zero.
-    pub fn buffer_ticks(&self, rate: BitsPerSec) -> u32 {
+    pub(crate) fn buffer_ticks(&self, rate: BitsPerSec) -> u32 {
         let bytes = u128::from(rate.bytes_per_sec()) * u128::from(TIMER_SLACK_NS) / 1_000_000_000;
         let size = u64::try_from(bytes)
             .unwrap_or(u64::MAX)
@@ -150,7 +150,7 @@ impl ClassParams {
 }
 
 /// The `TCA_OPTIONS` attributes of an HTB class: `(type, payload)` pairs.
-pub fn class_options(p: &ClassParams, clock: &Psched) -> Vec<(u16, Vec<u8>)> {
+pub(crate) fn class_options(p: &ClassParams, clock: &Psched) -> Vec<(u16, Vec<u8>)> {
     let buffer = clock.buffer_ticks(p.rate);
     let cbuffer = clock.buffer_ticks(p.ceil);
     let mut opt = Vec::with_capacity(44);
@@ -178,7 +178,7 @@ pub fn class_options(p: &ClassParams, clock: &Psched) -> Vec<(u16, Vec<u8>)> {
 }
 
 /// The `TCA_OPTIONS` attributes of the root HTB qdisc with default class `defcls`.
-pub fn qdisc_options(defcls: u32) -> Vec<(u16, Vec<u8>)> {
+pub(crate) fn qdisc_options(defcls: u32) -> Vec<(u16, Vec<u8>)> {
     let mut glob = Vec::with_capacity(20);
     glob.extend_from_slice(&3u32.to_ne_bytes()); // version
     glob.extend_from_slice(&10u32.to_ne_bytes()); // rate2quantum (quanta are explicit)
@@ -190,7 +190,7 @@ pub fn qdisc_options(defcls: u32) -> Vec<(u16, Vec<u8>)> {
 
 /// Splits a buffer of netlink attributes into `(type, payload)` pairs; stops at the first
 /// malformed one.
-pub fn parse_nested(mut buf: &[u8]) -> Vec<(u16, Vec<u8>)> {
+pub(crate) fn parse_nested(mut buf: &[u8]) -> Vec<(u16, Vec<u8>)> {
     let mut out = Vec::new();
     while buf.len() >= 4 {
         let len = usize::from(u16::from_ne_bytes([buf[0], buf[1]]));
@@ -205,7 +205,7 @@ pub fn parse_nested(mut buf: &[u8]) -> Vec<(u16, Vec<u8>)> {
 }
 
 /// Rate, ceil and quantum of a class, decoded from its dumped `TCA_OPTIONS`.
-pub fn parse_class_options(attrs: &[(u16, Vec<u8>)]) -> Option<ClassParams> {
+pub(crate) fn parse_class_options(attrs: &[(u16, Vec<u8>)]) -> Option<ClassParams> {
     let parms = attrs
         .iter()
         .find(|(k, _)| *k == TCA_HTB_PARMS)?

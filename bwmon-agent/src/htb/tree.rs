@@ -33,7 +33,7 @@ use crate::{
 pub struct Minor(pub u16);
 
 /// The qdisc's major, `1:`.
-pub const MAJOR: u16 = HTB_MAJOR as u16;
+pub(crate) const MAJOR: u16 = HTB_MAJOR as u16;
 /// `1:1`, the class under the root that carries everything.
 pub const TOP: Minor = Minor(0x1);
 /// `1:10`, the parent of general leaves.
@@ -41,22 +41,22 @@ pub const GENERAL_PARENT: Minor = Minor(0x10);
 /// `1:20`, the parent of exempt leaves.
 pub const EXEMPT_PARENT: Minor = Minor(0x20);
 /// The default leaves (xids without a slice): `1:2` general, `1:3` exempt.
-pub const DEFAULT_LEAVES: PerClass<Minor> = PerClass {
+pub(crate) const DEFAULT_LEAVES: PerClass<Minor> = PerClass {
     general: Minor(DEFAULT_GENERAL_MINOR as u16),
     exempt: Minor(DEFAULT_EXEMPT_MINOR as u16),
 };
 /// The first minor a slice's leaf may have.
-pub const FIRST_LEAF_MINOR: Minor = Minor(0x100);
+pub(crate) const FIRST_LEAF_MINOR: Minor = Minor(0x100);
 /// bwlimit's quantum per share, in bytes: the smallest quantum a share gets.
-pub const QUANTUM_PER_SHARE: u32 = 1600;
+pub(crate) const QUANTUM_PER_SHARE: u32 = 1600;
 /// HTB's `r2q` (rate to quantum): a class's quantum is its rate in bytes/s over this.
-pub const R2Q: u64 = 10;
+pub(crate) const R2Q: u64 = 10;
 /// The largest quantum HTB takes without a warning.
-pub const MAX_QUANTUM: u32 = 200_000;
+pub(crate) const MAX_QUANTUM: u32 = 200_000;
 
 impl Minor {
     /// The kernel's handle of the class.
-    pub fn handle(self) -> TcHandle {
+    pub(crate) fn handle(self) -> TcHandle {
         TcHandle {
             major: MAJOR,
             minor: self.0,
@@ -64,17 +64,12 @@ impl Minor {
     }
 
     /// The class id as `skb->priority` carries it (`major << 16 | minor`).
-    pub fn class_id(self) -> u32 {
+    pub(crate) fn class_id(self) -> u32 {
         tc_handle(HTB_MAJOR, u32::from(self.0))
     }
 
-    /// The minor of a class id of bwmon's tree; `None` for another major.
-    pub fn from_class_id(id: u32) -> Option<Minor> {
-        (id >> 16 == HTB_MAJOR).then_some(Minor(id as u16))
-    }
-
     /// The parent of a traffic class's leaves.
-    pub fn parent_of(class: TrafficClass) -> Minor {
+    pub(crate) fn parent_of(class: TrafficClass) -> Minor {
         match class {
             TrafficClass::General => GENERAL_PARENT,
             TrafficClass::Exempt => EXEMPT_PARENT,
@@ -91,7 +86,7 @@ impl fmt::Display for Minor {
 
 /// The class ids of a slice's leaves, as the classifier's xid → class map holds them; a class
 /// without a leaf of its own goes to the default leaf.
-pub fn class_ids(leaves: PerClass<Option<Minor>>) -> bwmon_common::ClassIds {
+pub(crate) fn class_ids(leaves: PerClass<Option<Minor>>) -> bwmon_common::ClassIds {
     let ids = leaves.map(|class, m| m.unwrap_or(*DEFAULT_LEAVES.of(class)).class_id());
     bwmon_common::ClassIds {
         general: ids.general,
@@ -103,7 +98,7 @@ impl ClassParams {
     /// A class's parameters with a quantum of `shares` times its rate's (HTB's `rate / r2q`,
     /// at least [`QUANTUM_PER_SHARE`]), at most [`MAX_QUANTUM`]: slices borrow spare bandwidth
     /// in proportion to their shares, and a fast guaranteed rate gets rounds to match.
-    pub fn with_shares(rate: BitsPerSec, ceil: BitsPerSec, shares: u32) -> Self {
+    pub(crate) fn with_shares(rate: BitsPerSec, ceil: BitsPerSec, shares: u32) -> Self {
         let per_share = u32::try_from(rate.bytes_per_sec() / R2Q)
             .unwrap_or(u32::MAX)
             .max(QUANTUM_PER_SHARE);
@@ -126,18 +121,18 @@ pub struct TreeSpec {
 
 /// A class to have in the tree: its minor, its parent's and its parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FixedClass {
+pub(crate) struct FixedClass {
     /// The class.
-    pub minor: Minor,
+    pub(crate) minor: Minor,
     /// Its parent; `None` directly under the qdisc.
-    pub parent: Option<Minor>,
+    pub(crate) parent: Option<Minor>,
     /// Rate, ceil and quantum.
-    pub params: ClassParams,
+    pub(crate) params: ClassParams,
 }
 
 impl TreeSpec {
     /// The ceiling of each traffic class's parent.
-    pub fn ceilings(&self) -> PerClass<BitsPerSec> {
+    pub(crate) fn ceilings(&self) -> PerClass<BitsPerSec> {
         PerClass {
             general: self.node_cap,
             exempt: self.exempt_max,
@@ -145,7 +140,7 @@ impl TreeSpec {
     }
 
     /// The fixed classes, parents first: `1:1`, `1:10`, `1:20`, then the default leaves.
-    pub fn fixed_classes(&self) -> Vec<FixedClass> {
+    pub(crate) fn fixed_classes(&self) -> Vec<FixedClass> {
         let top = self.exempt_max.max(self.node_cap);
         let mut out = vec![FixedClass {
             minor: TOP,
@@ -210,16 +205,18 @@ pub struct ClassInfo {
     /// Bytes sent.
     pub bytes: u64,
     /// Packets sent (GSO segments, as HTB counts them).
-    pub packets: u64,
+    pub(crate) packets: u64,
     /// Packets dropped.
-    pub drops: u64,
+    pub(crate) drops: u64,
     /// Packets queued now.
-    pub qlen: u32,
+    pub(crate) qlen: u32,
 }
 
 impl ClassInfo {
-    /// A class as the kernel lists it right after it was created: no counters yet.
-    pub fn created(minor: Minor, parent: Option<Minor>, params: ClassParams) -> ClassInfo {
+    /// A class as the kernel lists it right after it was created: no counters yet (the unit
+    /// tests' fake tree).
+    #[cfg(test)]
+    pub(crate) fn created(minor: Minor, parent: Option<Minor>, params: ClassParams) -> ClassInfo {
         ClassInfo {
             minor,
             parent,
@@ -231,13 +228,14 @@ impl ClassInfo {
         }
     }
 
-    /// The class `leaf` creates.
-    pub fn of_leaf(leaf: &Leaf) -> ClassInfo {
+    /// The class `leaf` creates (the unit tests' fake tree).
+    #[cfg(test)]
+    pub(crate) fn of_leaf(leaf: &Leaf) -> ClassInfo {
         ClassInfo::created(leaf.minor, Some(Minor::parent_of(leaf.class)), leaf.params)
     }
 
     /// Whether the kernel's class already is `leaf` (at the kernel's precision).
-    pub fn is(&self, leaf: &Leaf) -> bool {
+    pub(crate) fn is(&self, leaf: &Leaf) -> bool {
         self.minor == leaf.minor
             && self.parent == Some(Minor::parent_of(leaf.class))
             && self.params.same_in_kernel(&leaf.params)
@@ -246,7 +244,7 @@ impl ClassInfo {
 
 /// The leaves in `listed` that are in bwmon's tree but in neither `wanted` nor the fixed
 /// classes: classes that belong to no slice, to be removed.
-pub fn orphans(listed: &[ClassInfo], wanted: &HashSet<Minor>) -> Vec<Minor> {
+pub(crate) fn orphans(listed: &[ClassInfo], wanted: &HashSet<Minor>) -> Vec<Minor> {
     let fixed = [
         TOP,
         GENERAL_PARENT,
@@ -266,7 +264,7 @@ pub fn orphans(listed: &[ClassInfo], wanted: &HashSet<Minor>) -> Vec<Minor> {
 /// The changes that make the tree's leaves `wanted`, given the classes it has (`listed`): each
 /// leaf that is missing or differs (at the kernel's precision) is upserted, in `wanted`'s order;
 /// then the [`orphans`] are removed.
-pub fn diff_leaves(listed: &[ClassInfo], wanted: &[Leaf]) -> Vec<Op> {
+pub(crate) fn diff_leaves(listed: &[ClassInfo], wanted: &[Leaf]) -> Vec<Op> {
     let by_minor: HashMap<Minor, &ClassInfo> = listed.iter().map(|c| (c.minor, c)).collect();
     let mut ops: Vec<Op> = wanted
         .iter()
@@ -400,10 +398,8 @@ mod tests {
     }
 
     #[test]
-    fn class_ids_round_trip_and_other_majors_are_not_ours() {
+    fn class_ids_are_major_one() {
         assert_eq!(Minor(0x1a3).class_id(), 0x1_01a3);
-        assert_eq!(Minor::from_class_id(0x1_01a3), Some(Minor(0x1a3)));
-        assert_eq!(Minor::from_class_id(0x2_01a3), None);
     }
 
     #[test]

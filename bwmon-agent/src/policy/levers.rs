@@ -14,18 +14,18 @@ use crate::{
 
 /// What the operator changed on a slice for one period.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Levers {
+pub(crate) struct Levers {
     /// The period they belong to (its start); in any other they are void.
-    pub period_start: UnixSecs,
+    pub(crate) period_start: UnixSecs,
     /// Extra budget per class, added to the budget and to the threshold.
-    pub grant: PerClass<Bytes>,
+    pub(crate) grant: PerClass<Bytes>,
     /// Operator ceiling per class, on top of the policy's.
-    pub limit: PerClass<Option<BitsPerSec>>,
+    pub(crate) limit: PerClass<Option<BitsPerSec>>,
 }
 
 /// One pull of a lever, as asked over the control socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Lever {
+pub(crate) enum Lever {
     /// More budget for `class` in this period.
     Grant {
         /// The class.
@@ -46,7 +46,7 @@ pub enum Lever {
 
 /// Why a lever was not pulled.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum LeverError {
+pub(crate) enum LeverError {
     /// A grant of nothing.
     #[error("a grant must be more than 0 bytes")]
     ZeroGrant,
@@ -73,7 +73,7 @@ impl fmt::Display for Lever {
 
 impl Levers {
     /// No lever pulled yet in the period starting at `period_start`.
-    pub fn new(period_start: UnixSecs) -> Levers {
+    pub(crate) fn new(period_start: UnixSecs) -> Levers {
         Levers {
             period_start,
             ..Levers::default()
@@ -81,20 +81,20 @@ impl Levers {
     }
 
     /// Whether nothing is granted or limited.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.grant.iter().all(|(_, g)| g.0 == 0) && self.limit.iter().all(|(_, l)| l.is_none())
     }
 
     /// Whether these levers count for `record` at `now`: only in the period they were given in,
     /// and only while that period has not expired (the sync that starts the next one drops
     /// them).
-    pub fn in_force<C: Calendar>(&self, record: &Record, now: UnixSecs, period: C) -> bool {
+    pub(crate) fn in_force<C: Calendar>(&self, record: &Record, now: UnixSecs, period: C) -> bool {
         self.period_start == record.period_start && !record.expired(now, period)
     }
 
     /// `limits` with the grants added and the limits applied. A limit below the guaranteed
     /// rate lowers that too (HTB needs rate ≤ ceil).
-    pub fn apply(&self, limits: &Limits) -> Limits {
+    pub(crate) fn apply(&self, limits: &Limits) -> Limits {
         limits.map(|class, l| {
             let grant = self.grant.of(class).0;
             let mut l = l;
@@ -112,7 +112,7 @@ impl Levers {
     ///
     /// # Errors
     /// A grant of zero bytes, a limit below bwmin.
-    pub fn pull(mut self, lever: Lever) -> Result<Levers, LeverError> {
+    pub(crate) fn pull(mut self, lever: Lever) -> Result<Levers, LeverError> {
         match lever {
             Lever::Grant { class, amount } => {
                 if amount.0 == 0 {
@@ -138,7 +138,7 @@ impl Levers {
 impl Limits {
     /// The limits in force for a slice whose limits are `self` before levers and whose record
     /// is `record`: with its `levers` applied when they are [in force](Levers::in_force).
-    pub fn in_force<C: Calendar>(
+    pub(crate) fn in_force<C: Calendar>(
         &self,
         levers: Option<&Levers>,
         record: &Record,
@@ -154,7 +154,7 @@ impl Limits {
 /// `record` with its period started at `now`: nothing used, not noticed, the counters' last
 /// values kept (what they count from now on is the new period's). The next decision sets the
 /// ceilings.
-pub fn reset(record: &Record, now: UnixSecs) -> Record {
+pub(crate) fn reset(record: &Record, now: UnixSecs) -> Record {
     Record {
         period_start: now,
         classes: record.classes.map(|_, c| ClassRecord {

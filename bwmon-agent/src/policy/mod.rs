@@ -14,8 +14,8 @@
 //! (period − elapsed)` bit/s, never below the min rate nor bwmin, never above the max rate. A
 //! slice capped in a period is noticed exactly once in that period, whichever class tripped.
 
-pub mod levers;
-pub mod rspec;
+pub(crate) mod levers;
+pub(crate) mod rspec;
 use crate::{
     class::{PerClass, TrafficClass},
     policy::rspec::Attributes,
@@ -24,41 +24,41 @@ use crate::{
 };
 
 /// The seed's default volume per period: 5.4 GiB.
-pub const DEFAULT_MAX_KBYTE: KBytes = KBytes(5_662_310);
+pub(crate) const DEFAULT_MAX_KBYTE: KBytes = KBytes(5_662_310);
 /// The seed's default exempt volume per period: 16.4 GiB.
-pub const DEFAULT_I2_MAX_KBYTE: KBytes = KBytes(17_196_646);
+pub(crate) const DEFAULT_I2_MAX_KBYTE: KBytes = KBytes(17_196_646);
 
 /// The node's limits, from the config.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Node {
+pub(crate) struct Node {
     /// Ceiling of all general traffic.
-    pub node_cap: BitsPerSec,
+    pub(crate) node_cap: BitsPerSec,
     /// Ceiling of all exempt traffic.
-    pub exempt_max: BitsPerSec,
+    pub(crate) exempt_max: BitsPerSec,
 }
 
 /// One class's resolved limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ClassLimits {
+pub(crate) struct ClassLimits {
     /// Guaranteed rate (HTB rate).
-    pub min_rate: BitsPerSec,
+    pub(crate) min_rate: BitsPerSec,
     /// Ceiling when not capped.
-    pub max_rate: BitsPerSec,
+    pub(crate) max_rate: BitsPerSec,
     /// Volume per period.
-    pub max: Bytes,
+    pub(crate) max: Bytes,
     /// Volume after which the ceiling is lowered.
-    pub thresh: Bytes,
+    pub(crate) thresh: Bytes,
     /// HTB share (the leaf's quantum is proportional to it).
-    pub share: u32,
+    pub(crate) share: u32,
 }
 
 /// A slice's resolved limits for both classes.
-pub type Limits = PerClass<ClassLimits>;
+pub(crate) type Limits = PerClass<ClassLimits>;
 
 impl Limits {
     /// A slice's limits before the operator's levers: its own attributes over the config's
     /// `[defaults]`, resolved against the node. Every reader of a slice's limits starts here.
-    pub fn base(attrs: &Attributes, defaults: &Attributes, node: &Node) -> Limits {
+    pub(crate) fn base(attrs: &Attributes, defaults: &Attributes, node: &Node) -> Limits {
         Limits::resolve(&attrs.or(*defaults), node)
     }
 
@@ -66,7 +66,7 @@ impl Limits {
     /// defaults of the seed, `net_min_rate` clamped to 25 % of the node cap, then
     /// bwmin ≤ min ≤ max ≤ cap (exempt: ≤ exempt max); thresholds default to 80 % of the max
     /// and never exceed it.
-    pub fn resolve(a: &Attributes, node: &Node) -> Limits {
+    pub(crate) fn resolve(a: &Attributes, node: &Node) -> Limits {
         let clamp_rates = |min: BitsPerSec, max: BitsPerSec, cap: BitsPerSec| {
             let max = max.min(cap).max(BWMIN);
             let min = min.max(BWMIN).min(max);
@@ -116,20 +116,20 @@ impl Limits {
 
 /// A class's accounting within the current period.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ClassRecord {
+pub(crate) struct ClassRecord {
     /// Bytes charged in this period so far.
-    pub used: Bytes,
+    pub(crate) used: Bytes,
     /// The counter's value at the last sync.
-    pub last: u64,
+    pub(crate) last: u64,
     /// The ceiling in force.
-    pub ceil: BitsPerSec,
+    pub(crate) ceil: BitsPerSec,
 }
 
 impl ClassRecord {
     /// The record with `counter` carried into it: what the counter grew by since the last
     /// sync is added. A counter below the last one (a packet charged, then dropped) adds
     /// nothing and leaves `last`, so those bytes are not charged twice.
-    pub fn carried(self, counter: u64) -> ClassRecord {
+    pub(crate) fn carried(self, counter: u64) -> ClassRecord {
         if counter < self.last {
             return self;
         }
@@ -143,29 +143,29 @@ impl ClassRecord {
 
 /// A slice's accounting within the current period (persisted).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Record {
+pub(crate) struct Record {
     /// When the period began.
-    pub period_start: UnixSecs,
+    pub(crate) period_start: UnixSecs,
     /// Per traffic class.
-    pub classes: PerClass<ClassRecord>,
+    pub(crate) classes: PerClass<ClassRecord>,
     /// A notice was sent (or queued) for this period.
-    pub emailed: bool,
+    pub(crate) emailed: bool,
 }
 
 impl Record {
     /// Bytes used in this period by `class` (as of the sync that made this record).
-    pub fn used(&self, class: TrafficClass) -> Bytes {
+    pub(crate) fn used(&self, class: TrafficClass) -> Bytes {
         self.classes.of(class).used
     }
 
     /// Whether this record's period is over at `now`.
-    pub fn expired<C: Calendar>(&self, now: UnixSecs, period: C) -> bool {
+    pub(crate) fn expired<C: Calendar>(&self, now: UnixSecs, period: C) -> bool {
         now >= period.end(self.period_start)
     }
 
     /// The record after the kernel's counters restarted from zero: everything they count from
     /// now on is new to this period.
-    pub fn restarted(mut self) -> Record {
+    pub(crate) fn restarted(mut self) -> Record {
         for class in TrafficClass::ALL {
             self.classes.of_mut(class).last = 0;
         }
@@ -173,18 +173,18 @@ impl Record {
     }
 
     /// Whether `class`'s ceiling is below its max rate.
-    pub fn capped(&self, class: TrafficClass, limits: &Limits) -> bool {
+    pub(crate) fn capped(&self, class: TrafficClass, limits: &Limits) -> bool {
         self.classes.of(class).ceil < limits.of(class).max_rate
     }
 }
 
 /// The counters of a slice's two classes (monotonic bytes charged).
-pub type Counters = PerClass<u64>;
+pub(crate) type Counters = PerClass<u64>;
 
 /// Whether the policy may lower a slice's ceilings. Root and the default pseudo-slice are
 /// accounted and shown, never capped: that is an input of the decision, not undone after it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Capping {
+pub(crate) enum Capping {
     /// The seed's rules: capped past the threshold, noticed once per period.
     Policy,
     /// Ceilings stay at the max rates; never noticed.
@@ -193,19 +193,19 @@ pub enum Capping {
 
 /// What the policy decided for one slice at one sync.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Decision {
+pub(crate) struct Decision {
     /// The record to keep.
-    pub record: Record,
+    pub(crate) record: Record,
     /// A new period began.
-    pub reset: bool,
+    pub(crate) reset: bool,
     /// The clock is earlier than the period's start: the period is held, not reset.
-    pub clock_behind: bool,
+    pub(crate) clock_behind: bool,
     /// Send the slice its notice for this period now.
-    pub notify: bool,
+    pub(crate) notify: bool,
 }
 
 /// Starts a slice's first period (a new slice, or one whose record expired).
-pub fn start(counters: Counters, limits: &Limits, now: UnixSecs) -> Record {
+pub(crate) fn start(counters: Counters, limits: &Limits, now: UnixSecs) -> Record {
     Record {
         period_start: now,
         classes: PerClass::from_fn(|c| ClassRecord {
@@ -219,7 +219,12 @@ pub fn start(counters: Counters, limits: &Limits, now: UnixSecs) -> Record {
 
 /// The ceiling for one class that has used `used` of its budget `elapsed` seconds into a
 /// period of `period_secs`.
-pub fn ceiling(limits: &ClassLimits, used: Bytes, elapsed: u64, period_secs: u64) -> BitsPerSec {
+pub(crate) fn ceiling(
+    limits: &ClassLimits,
+    used: Bytes,
+    elapsed: u64,
+    period_secs: u64,
+) -> BitsPerSec {
     if used < limits.thresh {
         return limits.max_rate;
     }
@@ -232,7 +237,7 @@ pub fn ceiling(limits: &ClassLimits, used: Bytes, elapsed: u64, period_secs: u64
 }
 
 /// One sync's decision for a slice: reset or update, both classes, and whether to notify.
-pub fn decide<C: Calendar>(
+pub(crate) fn decide<C: Calendar>(
     record: &Record,
     counters: Counters,
     limits: &Limits,

@@ -4,7 +4,7 @@
 use crate::units::{BitsPerSec, Bytes, KBytes, KbitPerSec, ParseError};
 
 /// The attribute keys, in the order they are documented.
-pub const KEYS: [&str; 10] = [
+pub(crate) const KEYS: [&str; 10] = [
     "net_min_rate",
     "net_max_rate",
     "net_i2_min_rate",
@@ -19,27 +19,27 @@ pub const KEYS: [&str; 10] = [
 
 /// Attributes given for a slice or as defaults; `None` where not given.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Attributes {
+pub(crate) struct Attributes {
     /// `net_min_rate`
-    pub min_rate: Option<KbitPerSec>,
+    pub(crate) min_rate: Option<KbitPerSec>,
     /// `net_max_rate`
-    pub max_rate: Option<KbitPerSec>,
+    pub(crate) max_rate: Option<KbitPerSec>,
     /// `net_i2_min_rate`
-    pub i2_min_rate: Option<KbitPerSec>,
+    pub(crate) i2_min_rate: Option<KbitPerSec>,
     /// `net_i2_max_rate`
-    pub i2_max_rate: Option<KbitPerSec>,
+    pub(crate) i2_max_rate: Option<KbitPerSec>,
     /// `net_max_kbyte`
-    pub max_kbyte: Option<KBytes>,
+    pub(crate) max_kbyte: Option<KBytes>,
     /// `net_thresh_kbyte`
-    pub thresh_kbyte: Option<KBytes>,
+    pub(crate) thresh_kbyte: Option<KBytes>,
     /// `net_i2_max_kbyte`
-    pub i2_max_kbyte: Option<KBytes>,
+    pub(crate) i2_max_kbyte: Option<KBytes>,
     /// `net_i2_thresh_kbyte`
-    pub i2_thresh_kbyte: Option<KBytes>,
+    pub(crate) i2_thresh_kbyte: Option<KBytes>,
     /// `net_share`
-    pub share: Option<u32>,
+    pub(crate) share: Option<u32>,
     /// `net_i2_share`
-    pub i2_share: Option<u32>,
+    pub(crate) i2_share: Option<u32>,
 }
 
 impl Attributes {
@@ -47,7 +47,7 @@ impl Attributes {
     ///
     /// # Errors
     /// An unknown key, or a value that is not a non-negative integer in range.
-    pub fn set(&mut self, key: &str, value: &toml::Value) -> Result<(), String> {
+    pub(crate) fn set(&mut self, key: &str, value: &toml::Value) -> Result<(), String> {
         let n = match value {
             toml::Value::Integer(n) if *n >= 0 => *n as u64,
             toml::Value::Integer(n) => return Err(format!("must not be negative, got {n}")),
@@ -96,7 +96,7 @@ impl Attributes {
     }
 
     /// The value of `key` when given, in its unit (kbit/s, KiB, a share).
-    pub fn get(&self, key: &str) -> Option<u64> {
+    pub(crate) fn get(&self, key: &str) -> Option<u64> {
         match key {
             "net_min_rate" => self.min_rate.map(|r| r.0),
             "net_max_rate" => self.max_rate.map(|r| r.0),
@@ -113,7 +113,7 @@ impl Attributes {
     }
 
     /// These attributes, with `base` filling what is not given here.
-    pub fn or(self, base: Attributes) -> Attributes {
+    pub(crate) fn or(self, base: Attributes) -> Attributes {
         Attributes {
             min_rate: self.min_rate.or(base.min_rate),
             max_rate: self.max_rate.or(base.max_rate),

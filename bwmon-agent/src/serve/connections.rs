@@ -17,14 +17,14 @@ use tokio::{
 use tracing::{debug, warn};
 
 /// How long one connection may take, idle or not.
-pub const PER_CONNECTION: Duration = Duration::from_secs(5);
+pub(crate) const PER_CONNECTION: Duration = Duration::from_secs(5);
 /// The default of `max_connections`.
-pub const DEFAULT_LIMIT: usize = 64;
+pub(crate) const DEFAULT_LIMIT: usize = 64;
 /// How often an accept error is logged at most.
 const LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// A listener that hands out streams.
-pub trait Accept {
+pub(crate) trait Accept {
     /// The stream of one connection.
     type Stream: Send + 'static;
     /// Waits for the next connection.
@@ -72,7 +72,7 @@ impl ErrorLog {
 
 /// Accepts connections until `shutdown` flips, running `handle` on each in its own task, at
 /// most `limit` at once.
-pub async fn serve<L, F, Fut>(
+pub(crate) async fn serve<L, F, Fut>(
     listener: L,
     what: &'static str,
     limit: usize,

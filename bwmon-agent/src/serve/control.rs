@@ -28,7 +28,7 @@ use crate::{
 };
 
 /// The protocol version of this binary.
-pub const PROTOCOL: u16 = 1;
+pub(crate) const PROTOCOL: u16 = 1;
 /// The largest request the daemon reads (requests are a few bytes).
 const MAX_REQUEST: u32 = 64 << 10;
 /// The largest reply a client reads (a status of 100,000 slices fits).
@@ -36,16 +36,16 @@ const MAX_REPLY: u32 = 256 << 20;
 
 /// A request.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Request {
+pub(crate) struct Request {
     /// [`PROTOCOL`] of the sender.
-    pub version: u16,
+    pub(crate) version: u16,
     /// What is asked.
-    pub body: RequestBody,
+    pub(crate) body: RequestBody,
 }
 
 /// What a request asks for.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum RequestBody {
+pub(crate) enum RequestBody {
     /// The status report.
     Status,
     /// Everything known of one slice (root only).
@@ -60,7 +60,7 @@ pub enum RequestBody {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Reply {
     /// [`PROTOCOL`] of the daemon.
-    pub version: u16,
+    pub(crate) version: u16,
     /// The answer.
     pub body: ReplyBody,
 }
@@ -83,18 +83,18 @@ pub enum ReplyBody {
 /// A request only the sync worker can answer (it owns the state), who asked, and where the
 /// answer goes.
 #[derive(Debug)]
-pub struct Asked {
+pub(crate) struct Asked {
     /// What.
-    pub what: SliceRequest,
+    pub(crate) what: SliceRequest,
     /// The caller's uid, from the kernel (`SO_PEERCRED`).
-    pub uid: u32,
+    pub(crate) uid: u32,
     /// Where the reply goes.
-    pub reply: oneshot::Sender<ReplyBody>,
+    pub(crate) reply: oneshot::Sender<ReplyBody>,
 }
 
 /// The requests on one slice.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SliceRequest {
+pub(crate) enum SliceRequest {
     /// Its whole view.
     Show(SliceRef),
     /// A lever.
@@ -103,7 +103,7 @@ pub enum SliceRequest {
 
 /// What went wrong talking to the daemon.
 #[derive(Debug, thiserror::Error)]
-pub enum ControlError {
+pub(crate) enum ControlError {
     /// Could not connect or talk.
     #[error("socket {path} (is `bwmon run` running? its control socket is root's)")]
     Io {
@@ -159,7 +159,7 @@ fn decode(frame: &[u8]) -> Result<RequestBody, String> {
 
 /// The control socket's answer to `frame` from `uid`; requests on a slice are asked of the
 /// sync worker through `asks`.
-pub async fn answer(
+pub(crate) async fn answer(
     frame: &[u8],
     uid: u32,
     status: &watch::Receiver<Arc<StatusReport>>,
@@ -191,7 +191,12 @@ pub async fn answer(
 }
 
 /// The tenant socket's answer to `frame` from `uid`: that uid's slice, when `uid_is_xid`.
-pub fn answer_tenant(frame: &[u8], uid: u32, status: &StatusReport, uid_is_xid: bool) -> ReplyBody {
+pub(crate) fn answer_tenant(
+    frame: &[u8],
+    uid: u32,
+    status: &StatusReport,
+    uid_is_xid: bool,
+) -> ReplyBody {
     match decode(frame) {
         Err(why) => ReplyBody::Error(why),
         Ok(RequestBody::Mine) if !uid_is_xid => ReplyBody::Error(format!(
@@ -215,7 +220,7 @@ pub fn answer_tenant(frame: &[u8], uid: u32, status: &StatusReport, uid_is_xid: 
 ///
 /// # Errors
 /// The directory cannot be made, the old socket removed, or the new one bound.
-pub fn bind(path: &Path, mode: u32) -> io::Result<UnixListener> {
+pub(crate) fn bind(path: &Path, mode: u32) -> io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -253,7 +258,7 @@ where
 }
 
 /// Serves the control socket until `shutdown`.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: UnixListener,
     limit: usize,
     status: watch::Receiver<Arc<StatusReport>>,
@@ -271,7 +276,7 @@ pub async fn serve(
 }
 
 /// Serves the tenant socket until `shutdown`.
-pub async fn serve_tenant(
+pub(crate) async fn serve_tenant(
     listener: UnixListener,
     limit: usize,
     status: watch::Receiver<Arc<StatusReport>>,
@@ -291,7 +296,7 @@ pub async fn serve_tenant(
 ///
 /// # Errors
 /// No daemon, a broken reply, or the daemon's error message.
-pub async fn request(path: &Path, body: RequestBody) -> Result<ReplyBody, ControlError> {
+pub(crate) async fn request(path: &Path, body: RequestBody) -> Result<ReplyBody, ControlError> {
     let io_err = |source| ControlError::Io {
         path: path.to_owned(),
         source,
@@ -321,7 +326,7 @@ pub async fn request(path: &Path, body: RequestBody) -> Result<ReplyBody, Contro
 ///
 /// # Errors
 /// No daemon, or a broken reply.
-pub async fn status(path: &Path) -> Result<StatusReport, ControlError> {
+pub(crate) async fn status(path: &Path) -> Result<StatusReport, ControlError> {
     match request(path, RequestBody::Status).await? {
         ReplyBody::Status(s) => Ok(s),
         other => Err(ControlError::Protocol {

@@ -81,7 +81,7 @@ const PER_CLASS: [ClassMetric; 7] = [
 ];
 
 /// The exposition text for a report.
-pub fn render(r: &StatusReport) -> String {
+pub(crate) fn render(r: &StatusReport) -> String {
     let mut out = String::new();
     for (name, help, kind, values) in PER_CLASS {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -150,7 +150,7 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<String>> {
 }
 
 /// Serves `GET /metrics` until `shutdown` flips, at most `limit` clients at once.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     limit: usize,
     status: watch::Receiver<Arc<StatusReport>>,

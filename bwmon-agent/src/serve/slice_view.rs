@@ -19,7 +19,7 @@ use crate::{
 
 /// A slice named in a request: by name, or by xid.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum SliceRef {
+pub(crate) enum SliceRef {
     /// Its name.
     Name(String),
     /// Its xid.
@@ -28,7 +28,7 @@ pub enum SliceRef {
 
 impl SliceRef {
     /// A slice as typed: a number is an xid, anything else a name.
-    pub fn typed(text: &str) -> SliceRef {
+    pub(crate) fn typed(text: &str) -> SliceRef {
         text.parse()
             .map_or_else(|_| SliceRef::Name(text.to_owned()), SliceRef::Xid)
     }
@@ -45,85 +45,85 @@ impl std::fmt::Display for SliceRef {
 
 /// One attribute's value in force and where it came from.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct AttributeSource {
+pub(crate) struct AttributeSource {
     /// The rspec key (`net_max_kbyte`, …).
-    pub key: String,
+    pub(crate) key: String,
     /// The value in force, in the key's unit (kbit/s, KiB, a share), after the node's caps.
-    pub value: u64,
+    pub(crate) value: u64,
     /// "slices file", "[defaults]" or "built-in".
-    pub source: String,
+    pub(crate) source: String,
 }
 
 /// One class of a slice as it stands.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ClassView {
+pub(crate) struct ClassView {
     /// "general" or "exempt".
-    pub class: String,
+    pub(crate) class: String,
     /// Bytes used this period.
-    pub used_bytes: u64,
+    pub(crate) used_bytes: u64,
     /// The period's budget, grants included.
-    pub budget_bytes: u64,
+    pub(crate) budget_bytes: u64,
     /// Use after which the ceiling is lowered, grants included.
-    pub threshold_bytes: u64,
+    pub(crate) threshold_bytes: u64,
     /// Extra budget the operator granted for this period.
-    pub granted_bytes: u64,
+    pub(crate) granted_bytes: u64,
     /// The ceiling in force, bit/s.
-    pub ceil_bps: u64,
+    pub(crate) ceil_bps: u64,
     /// The ceiling when not capped (after an operator limit), bit/s.
-    pub max_rate_bps: u64,
+    pub(crate) max_rate_bps: u64,
     /// The operator's limit, bit/s, if one is set.
-    pub limit_bps: Option<u64>,
+    pub(crate) limit_bps: Option<u64>,
     /// Below its max rate because of its use.
-    pub capped: bool,
+    pub(crate) capped: bool,
     /// Rate over the last interval, bit/s.
-    pub rate_bps: u64,
+    pub(crate) rate_bps: u64,
     /// Use at the period's end at the current rate (at most the ceiling's worth).
-    pub forecast_bytes: u64,
+    pub(crate) forecast_bytes: u64,
 }
 
 /// Everything bwmon knows of one slice.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SliceDetail {
     /// Name.
-    pub name: String,
+    pub(crate) name: String,
     /// Xid.
-    pub xid: u32,
+    pub(crate) xid: u32,
     /// Left the slices file; kept until its period ends.
-    pub departed: bool,
+    pub(crate) departed: bool,
     /// Attributes in force and their sources (empty for a departed slice).
-    pub attributes: Vec<AttributeSource>,
+    pub(crate) attributes: Vec<AttributeSource>,
     /// Its HTB leaves ("1:10a"); none while it shares the default leaves.
-    pub leaves: Vec<String>,
+    pub(crate) leaves: Vec<String>,
     /// Period start, seconds since the epoch.
-    pub period_start: UnixSecs,
+    pub(crate) period_start: UnixSecs,
     /// Period end.
-    pub period_end: UnixSecs,
+    pub(crate) period_end: UnixSecs,
     /// General, then exempt.
-    pub classes: Vec<ClassView>,
+    pub(crate) classes: Vec<ClassView>,
     /// Told of its cap in this period.
-    pub emailed: bool,
+    pub(crate) emailed: bool,
     /// A notice waits for delivery.
-    pub notice_pending: bool,
+    pub(crate) notice_pending: bool,
 }
 
 /// What a tenant sees of their own slice.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TenantView {
     /// Name.
-    pub name: String,
+    pub(crate) name: String,
     /// Xid (the caller's uid).
-    pub xid: u32,
+    pub(crate) xid: u32,
     /// Period start.
-    pub period_start: UnixSecs,
+    pub(crate) period_start: UnixSecs,
     /// Period end.
-    pub period_end: UnixSecs,
+    pub(crate) period_end: UnixSecs,
     /// General, then exempt.
-    pub classes: Vec<ClassView>,
+    pub(crate) classes: Vec<ClassView>,
 }
 
 /// What `class` will have used at the period's end: `used` plus the current rate over what
 /// remains, never more than the ceiling allows.
-pub fn forecast(used: u64, rate_bps: u64, ceil_bps: u64, remaining_secs: u64) -> u64 {
+pub(crate) fn forecast(used: u64, rate_bps: u64, ceil_bps: u64, remaining_secs: u64) -> u64 {
     let per_sec = rate_bps.min(ceil_bps) / 8;
     used.saturating_add(per_sec.saturating_mul(remaining_secs))
 }
@@ -148,28 +148,28 @@ fn attribute_value(key: &str, l: &Limits) -> u64 {
 
 /// What the syncer knows of one slice, for its view.
 #[derive(Clone, Copy, Debug)]
-pub struct Known<'a> {
+pub(crate) struct Known<'a> {
     /// Its xid.
-    pub xid: u32,
+    pub(crate) xid: u32,
     /// Its state.
-    pub state: &'a SliceState,
+    pub(crate) state: &'a SliceState,
     /// Its own attributes; `None` when it departed.
-    pub attrs: Option<&'a Attributes>,
+    pub(crate) attrs: Option<&'a Attributes>,
     /// The config's `[defaults]`.
-    pub defaults: &'a Attributes,
+    pub(crate) defaults: &'a Attributes,
     /// Its limits before levers ([`Limits::base`]).
-    pub base: Limits,
+    pub(crate) base: Limits,
     /// The operator's levers on it, of whichever period: only those [in
     /// force](Levers::in_force) are shown.
-    pub levers: Option<&'a Levers>,
+    pub(crate) levers: Option<&'a Levers>,
     /// Its line of the last report (rates), when it has one.
-    pub row: Option<&'a SliceStatus>,
+    pub(crate) row: Option<&'a SliceStatus>,
     /// A notice waits for delivery.
-    pub notice_pending: bool,
+    pub(crate) notice_pending: bool,
 }
 
 /// A slice's view at `now`, its period's end from `periods`.
-pub fn detail(k: &Known<'_>, periods: &Periods, now: UnixSecs) -> SliceDetail {
+pub(crate) fn detail(k: &Known<'_>, periods: &Periods, now: UnixSecs) -> SliceDetail {
     let r = &k.state.record;
     let period_end = periods.end(r.period_start);
     let levers = k.levers.filter(|lv| lv.in_force(r, now, periods));
@@ -268,7 +268,7 @@ fn render_classes(out: &mut String, classes: &[ClassView]) {
 }
 
 /// `bwmon slice show` as text.
-pub fn render(d: &SliceDetail, now: UnixSecs) -> String {
+pub(crate) fn render(d: &SliceDetail, now: UnixSecs) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(
@@ -309,7 +309,7 @@ pub fn render(d: &SliceDetail, now: UnixSecs) -> String {
 }
 
 /// `bwmon status` as a tenant.
-pub fn render_tenant(v: &TenantView, now: UnixSecs) -> String {
+pub(crate) fn render_tenant(v: &TenantView, now: UnixSecs) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(
@@ -324,7 +324,7 @@ pub fn render_tenant(v: &TenantView, now: UnixSecs) -> String {
 }
 
 /// A tenant's view of their slice from its line of the last report.
-pub fn tenant(row: &SliceStatus, now: UnixSecs) -> TenantView {
+pub(crate) fn tenant(row: &SliceStatus, now: UnixSecs) -> TenantView {
     let period_end = row.period_end;
     let remaining = period_end.saturating_sub(now);
     let classes = TrafficClass::ALL

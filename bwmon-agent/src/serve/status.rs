@@ -10,120 +10,120 @@ use crate::{
 
 /// One slice's line.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SliceStatus {
+pub(crate) struct SliceStatus {
     /// Name.
-    pub name: String,
+    pub(crate) name: String,
     /// xid.
-    pub xid: u32,
+    pub(crate) xid: u32,
     /// Start of its current period (Unix seconds).
-    pub period_start: u64,
+    pub(crate) period_start: u64,
     /// General bytes used in the current period.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     /// Exempt bytes used in the current period.
-    pub exempt_bytes: u64,
+    pub(crate) exempt_bytes: u64,
     /// General ceiling in force, bit/s.
-    pub ceil_bps: u64,
+    pub(crate) ceil_bps: u64,
     /// Exempt ceiling in force, bit/s.
-    pub exempt_ceil_bps: u64,
+    pub(crate) exempt_ceil_bps: u64,
     /// General volume per period, KBytes.
-    pub max_kbyte: u64,
+    pub(crate) max_kbyte: u64,
     /// General threshold, KBytes.
-    pub thresh_kbyte: u64,
+    pub(crate) thresh_kbyte: u64,
     /// Exempt volume per period, KBytes.
-    pub i2_max_kbyte: u64,
+    pub(crate) i2_max_kbyte: u64,
     /// Exempt threshold, KBytes.
-    pub i2_thresh_kbyte: u64,
+    pub(crate) i2_thresh_kbyte: u64,
     /// General ceiling lowered.
-    pub capped: bool,
+    pub(crate) capped: bool,
     /// Exempt ceiling lowered.
-    pub exempt_capped: bool,
+    pub(crate) exempt_capped: bool,
     /// Noticed this period.
-    pub emailed: bool,
+    pub(crate) emailed: bool,
     /// General max rate, bit/s (the ceiling when not capped).
-    pub max_rate_bps: u64,
+    pub(crate) max_rate_bps: u64,
     /// Exempt max rate, bit/s.
-    pub i2_max_rate_bps: u64,
+    pub(crate) i2_max_rate_bps: u64,
     /// Bytes its leaves dropped before they left (qdisc full), since the datapath was loaded.
-    pub dropped_bytes: u64,
+    pub(crate) dropped_bytes: u64,
     /// Average rate over the last sync interval, general, bit/s.
-    pub rate_bps: u64,
+    pub(crate) rate_bps: u64,
     /// Average rate over the last sync interval, exempt, bit/s.
-    pub exempt_rate_bps: u64,
+    pub(crate) exempt_rate_bps: u64,
     /// Its HTB leaves, as tc writes them ("1:100"); empty for the default pseudo-slice's
     /// fixed classes.
-    pub classes: Vec<String>,
+    pub(crate) classes: Vec<String>,
     /// End of its current period (Unix seconds): a calendar day or month when periods are
     /// aligned, else the start plus the period.
     #[serde(default)]
-    pub period_end: u64,
+    pub(crate) period_end: u64,
 }
 
 /// The whole report.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StatusReport {
     /// When it was made (Unix seconds).
-    pub now: u64,
+    pub(crate) now: u64,
     /// Length of a period, seconds.
-    pub period_secs: u64,
+    pub(crate) period_secs: u64,
     /// The interface.
-    pub interface: String,
+    pub(crate) interface: String,
     /// Dry run: ceilings are computed but not applied.
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
     /// Slices: root, default, then by name.
-    pub slices: Vec<SliceStatus>,
+    pub(crate) slices: Vec<SliceStatus>,
     /// Duration of the last sync, seconds.
-    pub last_sync_secs: f64,
+    pub(crate) last_sync_secs: f64,
     /// Errors so far, by kind.
-    pub errors: ErrorCounts,
+    pub(crate) errors: ErrorCounts,
     /// What an operator should know (a damaged state file set aside, …).
     #[serde(default)]
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
     /// The daemon's version.
     #[serde(default)]
-    pub version: String,
+    pub(crate) version: String,
 }
 
 /// What a status line says of the slice itself, beside its classes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SliceHead {
+pub(crate) struct SliceHead {
     /// Name.
-    pub name: String,
+    pub(crate) name: String,
     /// xid.
-    pub xid: u32,
+    pub(crate) xid: u32,
     /// Start of its current period.
-    pub period_start: UnixSecs,
+    pub(crate) period_start: UnixSecs,
     /// End of its current period.
-    pub period_end: UnixSecs,
+    pub(crate) period_end: UnixSecs,
     /// Noticed this period.
-    pub emailed: bool,
+    pub(crate) emailed: bool,
     /// Bytes its leaves dropped before they left.
-    pub dropped: Bytes,
+    pub(crate) dropped: Bytes,
     /// Its HTB leaves, as tc writes them.
-    pub leaves: Vec<String>,
+    pub(crate) leaves: Vec<String>,
 }
 
 /// What a status line says of one traffic class of a slice.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ClassStatus {
+pub(crate) struct ClassStatus {
     /// Used in the current period.
-    pub used: Bytes,
+    pub(crate) used: Bytes,
     /// The ceiling in force.
-    pub ceil: BitsPerSec,
+    pub(crate) ceil: BitsPerSec,
     /// Volume per period (grants included).
-    pub budget: KBytes,
+    pub(crate) budget: KBytes,
     /// Use after which the ceiling is lowered.
-    pub thresh: KBytes,
+    pub(crate) thresh: KBytes,
     /// The ceiling is lowered.
-    pub capped: bool,
+    pub(crate) capped: bool,
     /// The ceiling when not capped.
-    pub max_rate: BitsPerSec,
+    pub(crate) max_rate: BitsPerSec,
     /// Average rate over the last sync interval.
-    pub rate: BitsPerSec,
+    pub(crate) rate: BitsPerSec,
 }
 
 impl ClassStatus {
     /// Percentage of the budget used.
-    pub fn percent_used(&self) -> f64 {
+    pub(crate) fn percent_used(&self) -> f64 {
         let max = self.budget.bytes().0;
         if max == 0 {
             0.0
@@ -138,7 +138,7 @@ impl ClassStatus {
 // that writes and the one place that reads those pairs.
 impl SliceStatus {
     /// A status line from what it says of the slice and of each class.
-    pub fn new(head: SliceHead, classes: PerClass<ClassStatus>) -> SliceStatus {
+    pub(crate) fn new(head: SliceHead, classes: PerClass<ClassStatus>) -> SliceStatus {
         let PerClass {
             general: g,
             exempt: e,
@@ -169,7 +169,7 @@ impl SliceStatus {
     }
 
     /// What the line says of `class`.
-    pub fn class(&self, class: TrafficClass) -> ClassStatus {
+    pub(crate) fn class(&self, class: TrafficClass) -> ClassStatus {
         match class {
             TrafficClass::General => ClassStatus {
                 used: Bytes(self.bytes),
@@ -193,7 +193,7 @@ impl SliceStatus {
     }
 
     /// What the line says of each class.
-    pub fn per_class(&self) -> PerClass<ClassStatus> {
+    pub(crate) fn per_class(&self) -> PerClass<ClassStatus> {
         PerClass::from_fn(|c| self.class(c))
     }
 }
@@ -208,7 +208,7 @@ fn eta(used: u64, target: u64, rate_bps: u64) -> Option<u64> {
 }
 
 /// The aligned table `bwmon status` prints.
-pub fn table(report: &StatusReport) -> String {
+pub(crate) fn table(report: &StatusReport) -> String {
     let headers = [
         "SLICE",
         "XID",

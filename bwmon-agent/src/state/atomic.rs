@@ -17,7 +17,7 @@ use std::{
 /// # Errors
 /// `write` fails, or the file cannot be created, synced or renamed: the files are then as they
 /// were, and no temporary file is left.
-pub fn atomic_replace(
+pub(crate) fn atomic_replace(
     path: &Path,
     keep_old_as: Option<&Path>,
     write: impl FnOnce(&mut dyn Write) -> io::Result<()>,

@@ -27,7 +27,7 @@ const MAGIC: &[u8; 8] = b"BWMONSC\x02";
 /// The first format: magic, version 1, postcard, no checksum (read to migrate it).
 const MAGIC_V1: &[u8; 8] = b"BWMONST\x01";
 /// The format version this binary writes (3: the operator's levers after the rest).
-pub const VERSION: u16 = 3;
+pub(crate) const VERSION: u16 = 3;
 
 /// Why the state could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -73,28 +73,28 @@ pub enum StateError {
 
 /// A damaged generation moved out of the way at start.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SetAside {
+pub(crate) struct SetAside {
     /// Where it was.
-    pub from: PathBuf,
+    pub(crate) from: PathBuf,
     /// Where it is now.
-    pub to: PathBuf,
+    pub(crate) to: PathBuf,
     /// What was wrong with it.
-    pub why: String,
+    pub(crate) why: String,
 }
 
 /// The state as loaded at start.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Loaded {
+pub(crate) struct Loaded {
     /// The state (empty at a first start).
-    pub state: State,
+    pub(crate) state: State,
     /// The file it came from; `None` at a first start.
-    pub from: Option<PathBuf>,
+    pub(crate) from: Option<PathBuf>,
     /// Damaged generations moved aside.
-    pub set_aside: Vec<SetAside>,
+    pub(crate) set_aside: Vec<SetAside>,
 }
 
 /// The previous generation of the state file at `path`: `<path>.prev`.
-pub fn previous(path: &Path) -> PathBuf {
+pub(crate) fn previous(path: &Path) -> PathBuf {
     with_suffix(path, ".prev")
 }
 
@@ -109,7 +109,7 @@ impl State {
     ///
     /// # Errors
     /// Unreadable, damaged, or newer files.
-    pub fn read(path: &Path) -> Result<Option<State>, StateError> {
+    pub(crate) fn read(path: &Path) -> Result<Option<State>, StateError> {
         match fs::read(path) {
             Ok(bytes) => Self::decode(path, &bytes).map(Some),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -126,7 +126,7 @@ impl State {
     ///
     /// # Errors
     /// No generation loads; a file cannot be read or moved; a newer format.
-    pub fn load(path: &Path) -> Result<Loaded, StateError> {
+    pub(crate) fn load(path: &Path) -> Result<Loaded, StateError> {
         let prev = previous(path);
         let mut damaged: Vec<(PathBuf, String)> = Vec::new();
         let mut found = None;
@@ -181,7 +181,7 @@ impl State {
     ///
     /// # Errors
     /// A file that exists and cannot be moved.
-    pub fn discard(path: &Path) -> Result<Vec<PathBuf>, StateError> {
+    pub(crate) fn discard(path: &Path) -> Result<Vec<PathBuf>, StateError> {
         let stamp = crate::time::now();
         let mut moved = Vec::new();
         for file in [path.to_owned(), previous(path)] {
@@ -236,7 +236,7 @@ impl State {
     }
 
     /// The encoded file contents.
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut body = VERSION.to_le_bytes().to_vec();
         // Serializing plain data into a Vec cannot fail.
         body.extend(postcard::to_stdvec(self).unwrap_or_default());
@@ -251,7 +251,7 @@ impl State {
     ///
     /// # Errors
     /// Any I/O failure (a full or read-only disk); the files are then as they were.
-    pub fn save(&self, path: &Path) -> Result<(), StateError> {
+    pub(crate) fn save(&self, path: &Path) -> Result<(), StateError> {
         let bytes = self.encode();
         // A crash between the renames leaves `.prev` alone, which loads.
         atomic_replace(path, Some(&previous(path)), |w| w.write_all(&bytes)).map_err(|source| {
@@ -266,24 +266,19 @@ impl State {
 /// Where the state is saved, and whether the copy in memory is newer than the file. A failed
 /// save leaves it dirty, so the next [`StateFile::save_if_dirty`] tries again.
 #[derive(Debug)]
-pub struct StateFile {
+pub(crate) struct StateFile {
     path: PathBuf,
     dirty: bool,
 }
 
 impl StateFile {
     /// The state file at `path`, taken to hold what is in memory.
-    pub fn new(path: PathBuf) -> Self {
+    pub(crate) fn new(path: PathBuf) -> Self {
         Self { path, dirty: false }
     }
 
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The state in memory changed.
-    pub fn mark_dirty(&mut self) {
+    pub(crate) fn mark_dirty(&mut self) {
         self.dirty = true;
     }
 
@@ -291,7 +286,7 @@ impl StateFile {
     ///
     /// # Errors
     /// The save failed: the old files are intact and the next call tries again.
-    pub fn save_if_dirty(&mut self, state: &State) -> Result<(), StateError> {
+    pub(crate) fn save_if_dirty(&mut self, state: &State) -> Result<(), StateError> {
         if self.dirty {
             state.save(&self.path)?;
             self.dirty = false;
@@ -305,20 +300,20 @@ mod v1 {
     use super::*;
 
     #[derive(serde::Deserialize)]
-    pub struct ClassRecordV1 {
+    pub(crate) struct ClassRecordV1 {
         baseline: u64,
         ceil: BitsPerSec,
     }
 
     #[derive(serde::Deserialize)]
-    pub struct RecordV1 {
+    pub(crate) struct RecordV1 {
         period_start: UnixSecs,
         classes: PerClass<ClassRecordV1>,
         emailed: bool,
     }
 
     #[derive(serde::Deserialize)]
-    pub struct SliceStateV1 {
+    pub(crate) struct SliceStateV1 {
         name: String,
         record: RecordV1,
         minors: PerClass<Minor>,
@@ -326,7 +321,7 @@ mod v1 {
     }
 
     #[derive(serde::Deserialize)]
-    pub struct State {
+    pub(crate) struct State {
         slices: BTreeMap<u32, SliceStateV1>,
         default: Option<RecordV1>,
         notices: Vec<Notice>,
@@ -380,7 +375,7 @@ mod v2 {
     use super::*;
 
     #[derive(serde::Deserialize)]
-    pub struct State {
+    pub(crate) struct State {
         slices: BTreeMap<u32, SliceState>,
         default: Option<Record>,
         notices: Vec<Notice>,

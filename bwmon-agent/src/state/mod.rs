@@ -3,12 +3,13 @@
 //! notices not yet delivered. How it is kept on disk (checksummed, in two generations) is
 //! [`file`]; files are replaced whole by [`atomic::atomic_replace`].
 
-pub mod atomic;
+pub(crate) mod atomic;
 mod file;
 
 use std::collections::BTreeMap;
 
-pub use file::{Loaded, SetAside, StateError, StateFile, VERSION};
+pub use file::StateError;
+pub(crate) use file::StateFile;
 
 use crate::{
     class::{PerClass, TrafficClass},
@@ -21,50 +22,50 @@ use crate::{
 
 /// A notice decided by the policy and not yet delivered.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Notice {
+pub(crate) struct Notice {
     /// Slice name.
-    pub slice: String,
+    pub(crate) slice: String,
     /// Slice xid.
-    pub xid: u32,
+    pub(crate) xid: u32,
     /// The period it belongs to (its start).
-    pub period_start: UnixSecs,
+    pub(crate) period_start: UnixSecs,
     /// When the period ends (the notice is stale after).
-    pub period_end: UnixSecs,
+    pub(crate) period_end: UnixSecs,
     /// Every class that is capped.
-    pub capped: Vec<CappedClass>,
+    pub(crate) capped: Vec<CappedClass>,
     /// When the policy decided it.
-    pub decided_at: UnixSecs,
+    pub(crate) decided_at: UnixSecs,
     /// Delivery attempts so far.
-    pub attempts: u32,
+    pub(crate) attempts: u32,
     /// Not before this time (backoff).
-    pub next_attempt: UnixSecs,
+    pub(crate) next_attempt: UnixSecs,
 }
 
 /// One capped class of a notice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct CappedClass {
+pub(crate) struct CappedClass {
     /// The class.
-    pub class: TrafficClass,
+    pub(crate) class: TrafficClass,
     /// Bytes used in the period when it was capped.
-    pub used: Bytes,
+    pub(crate) used: Bytes,
     /// The new ceiling.
-    pub ceil: BitsPerSec,
+    pub(crate) ceil: BitsPerSec,
     /// The period's budget.
-    pub budget: Bytes,
+    pub(crate) budget: Bytes,
 }
 
 /// What identifies a notice: one per slice and period.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NoticeKey {
+pub(crate) struct NoticeKey {
     /// The slice's xid.
-    pub xid: u32,
+    pub(crate) xid: u32,
     /// The start of the period it belongs to.
-    pub period_start: UnixSecs,
+    pub(crate) period_start: UnixSecs,
 }
 
 impl Notice {
     /// What identifies this notice.
-    pub fn key(&self) -> NoticeKey {
+    pub(crate) fn key(&self) -> NoticeKey {
         NoticeKey {
             xid: self.xid,
             period_start: self.period_start,
@@ -74,41 +75,44 @@ impl Notice {
 
 /// One slice's persisted accounting.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SliceState {
+pub(crate) struct SliceState {
     /// Name (for departed slices and notices).
-    pub name: String,
+    pub(crate) name: String,
     /// The policy's record for the current period.
-    pub record: Record,
+    pub(crate) record: Record,
     /// Its leaves' minors, per class; `None` while it has no leaf of that class (classes on
     /// demand: its packets go to the default leaf, and are counted all the same).
-    pub minors: PerClass<Option<Minor>>,
+    pub(crate) minors: PerClass<Option<Minor>>,
     /// Bytes its leaves had dropped when it got them (a reused minor's drops are its
     /// previous owner's).
-    pub drop_base: PerClass<u64>,
+    pub(crate) drop_base: PerClass<u64>,
     /// The slice left the slices file; kept until its period ends.
-    pub departed: bool,
+    pub(crate) departed: bool,
 }
 
 /// Everything persisted.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct State {
+pub(crate) struct State {
     /// Slices by xid, live and departed (root included, xid 0).
-    pub slices: BTreeMap<u32, SliceState>,
+    pub(crate) slices: BTreeMap<u32, SliceState>,
     /// The default pseudo-slice (xids without a slice).
-    pub default: Option<Record>,
+    pub(crate) default: Option<Record>,
     /// Notices waiting for delivery.
-    pub notices: Vec<Notice>,
+    pub(crate) notices: Vec<Notice>,
     /// The instance of the kernel's counters the records' `last` values came from (see
     /// `Snapshot::epoch`); `None` before the first sync.
-    pub counters_epoch: Option<u64>,
+    pub(crate) counters_epoch: Option<u64>,
     /// The operator's grants and limits by xid, each for the period it was given in
     /// (format 3 on).
-    pub levers: BTreeMap<u32, Levers>,
+    pub(crate) levers: BTreeMap<u32, Levers>,
 }
 
 impl State {
     /// Drops the notices whose keys are in `delivered`; says whether any was dropped.
-    pub fn forget_notices(&mut self, delivered: &std::collections::HashSet<NoticeKey>) -> bool {
+    pub(crate) fn forget_notices(
+        &mut self,
+        delivered: &std::collections::HashSet<NoticeKey>,
+    ) -> bool {
         let before = self.notices.len();
         self.notices.retain(|n| !delivered.contains(&n.key()));
         self.notices.len() != before

@@ -13,7 +13,7 @@ use crate::{
 
 /// What [`Kernel::ensure_attached`] had to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Attachment {
+pub(crate) enum Attachment {
     /// Everything was in place.
     InPlace,
     /// The classifier no longer reached the interface (re-created) and was attached again.
@@ -23,7 +23,7 @@ pub enum Attachment {
 }
 
 /// The counters and maps in the kernel.
-pub trait Kernel {
+pub(crate) trait Kernel {
     /// Loads the datapath again if its pins were lost, attaches again if the interface was
     /// re-created; says which.
     ///
@@ -53,7 +53,7 @@ pub trait Kernel {
 }
 
 /// The HTB tree.
-pub trait Tree {
+pub(crate) trait Tree {
     /// Installs the fixed part; says whether it was (re)created and lists the classes.
     ///
     /// # Errors

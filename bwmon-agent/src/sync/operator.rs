@@ -12,20 +12,20 @@ use crate::{
 
 /// What a pulled lever changed, for the audit line: the slice, and the value it moved.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Pulled {
+pub(crate) struct Pulled {
     /// The slice's name.
-    pub slice: String,
+    pub(crate) slice: String,
     /// Its xid.
-    pub xid: u32,
+    pub(crate) xid: u32,
     /// What it was.
-    pub before: String,
+    pub(crate) before: String,
     /// What it is now.
-    pub after: String,
+    pub(crate) after: String,
 }
 
 /// Why an operator's request on a slice was refused (the text goes back to the CLI).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum OperatorError {
+pub(crate) enum OperatorError {
     /// No slice in the state has that name or xid.
     #[error("no slice {0} (bwmon status lists them)")]
     NoSlice(SliceRef),
@@ -61,7 +61,7 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
     ///
     /// # Errors
     /// No such slice.
-    pub fn slice_detail(
+    pub(crate) fn slice_detail(
         &self,
         which: &SliceRef,
         now: UnixSecs,
@@ -89,7 +89,7 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
     ///
     /// # Errors
     /// No such live slice; a zero grant or a limit below bwmin.
-    pub fn pull(
+    pub(crate) fn pull(
         &mut self,
         which: &SliceRef,
         lever: Lever,

@@ -19,7 +19,7 @@ use crate::time::UnixSecs;
 
 /// How periods are aligned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Align {
+pub(crate) enum Align {
     /// From a slice's first sight, `period` long.
     None,
     /// Local days starting at this time.
@@ -37,7 +37,7 @@ pub enum Align {
 }
 
 /// Where periods start and end.
-pub trait Calendar: Copy {
+pub(crate) trait Calendar: Copy {
     /// The start of the period that a slice first seen (or whose period ended) at `now` is in.
     fn start_at(self, now: UnixSecs) -> UnixSecs;
     /// When the period that started at `start` ends (always after `start`).
@@ -57,18 +57,19 @@ impl Calendar for u64 {
 
 /// The periods of a configuration: alignment, length (for [`Align::None`]) and time zone.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Periods {
+pub(crate) struct Periods {
     /// The alignment.
-    pub align: Align,
+    pub(crate) align: Align,
     /// Length in seconds when not aligned.
-    pub length: u64,
+    pub(crate) length: u64,
     /// The zone local days and months are in.
-    pub tz: TimeZone,
+    pub(crate) tz: TimeZone,
 }
 
 impl Periods {
-    /// Periods of `length` seconds from first sight.
-    pub fn fixed(length: u64) -> Periods {
+    /// Periods of `length` seconds from first sight (the tests' calendar).
+    #[cfg(test)]
+    pub(crate) fn fixed(length: u64) -> Periods {
         Periods {
             align: Align::None,
             length,
@@ -77,7 +78,7 @@ impl Periods {
     }
 
     /// A typical length, seconds (for wording: "per day").
-    pub fn nominal_secs(&self) -> u64 {
+    pub(crate) fn nominal_secs(&self) -> u64 {
         match self.align {
             Align::None => self.length,
             Align::Day { .. } => 86_400,

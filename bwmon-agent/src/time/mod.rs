@@ -4,16 +4,16 @@
 //! The wall clock, read in one place: the policy and the plan take time as an argument; the
 //! daemon and the state file (for the names of files set aside) ask here.
 
-pub mod calendar;
-pub mod text;
+pub(crate) mod calendar;
+pub(crate) mod text;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Seconds since the Unix epoch.
-pub type UnixSecs = u64;
+pub(crate) type UnixSecs = u64;
 
 /// Seconds since the Unix epoch now (0 for a clock set before 1970).
-pub fn now() -> UnixSecs {
+pub(crate) fn now() -> UnixSecs {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -4,7 +4,7 @@
 use super::UnixSecs;
 
 /// The seed's words for a period: "day", "hour", "1.5 hours", "40 seconds".
-pub fn format_period(secs: u64) -> String {
+pub(crate) fn format_period(secs: u64) -> String {
     let s = secs as f64;
     if secs == 86_400 {
         "day".into()
@@ -22,7 +22,7 @@ pub fn format_period(secs: u64) -> String {
 }
 
 /// A Unix time as the seed wrote it (`time.asctime(time.gmtime())` + " GMT").
-pub fn format_time(unix: u64) -> String {
+pub(crate) fn format_time(unix: u64) -> String {
     let days = (unix / 86_400) as i64;
     let rem = unix % 86_400;
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -49,7 +49,7 @@ pub fn format_time(unix: u64) -> String {
 }
 
 /// A span of seconds, short, for tables: "now", "45s", "12m", "3.5h", "2.0d".
-pub fn human_secs(s: u64) -> String {
+pub(crate) fn human_secs(s: u64) -> String {
     match s {
         0 => "now".into(),
         1..=119 => format!("{s}s"),
@@ -60,7 +60,7 @@ pub fn human_secs(s: u64) -> String {
 }
 
 /// When `at` is, from `now`: "in 3 h 20 min", "2 min ago".
-pub fn from_now(at: UnixSecs, now: UnixSecs) -> String {
+pub(crate) fn from_now(at: UnixSecs, now: UnixSecs) -> String {
     let span = |secs: u64| {
         let (h, m) = (secs / 3600, secs % 3600 / 60);
         match (h, m) {

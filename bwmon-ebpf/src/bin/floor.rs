@@ -7,7 +7,7 @@
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
 
 #[classifier]
-pub fn bwmon_floor(_ctx: TcContext) -> i32 {
+fn bwmon_floor(_ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 

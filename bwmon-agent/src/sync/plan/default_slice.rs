@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// The xid the default pseudo-slice's line shows (no slice can have it).
-pub const DEFAULT_XID: u32 = u32::MAX;
+pub(crate) const DEFAULT_XID: u32 = u32::MAX;
 
 /// What `xids` other than live slices' offered since the previous sync (the default
 /// pseudo-slice's traffic, counted by the classifier like every xid's), and the counters to

@@ -14,7 +14,7 @@ use crate::{
 
 /// Whether a slice's class needs a leaf of its own even without traffic: its limits differ
 /// from what the default leaf gives (guaranteed rate, ceiling, share).
-pub fn differs_from_default(limits: &Limits, tree: &TreeSpec) -> PerClass<bool> {
+pub(crate) fn differs_from_default(limits: &Limits, tree: &TreeSpec) -> PerClass<bool> {
     PerClass::from_fn(|c| {
         let l = limits.of(c);
         l.min_rate != BWMIN || l.max_rate != *tree.ceilings().of(c) || l.share != 1

@@ -19,9 +19,8 @@ mod tests;
 use std::collections::{HashMap, HashSet};
 
 use bwmon_common::ClassIds;
-pub use default_slice::DEFAULT_XID;
 use ipnet::IpNet;
-pub use leaves::differs_from_default;
+pub(crate) use leaves::differs_from_default;
 
 use crate::{
     class::PerClass,
@@ -37,55 +36,55 @@ use crate::{
 
 /// A slice that is in force this sync: root, or one of the slices file.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LiveSlice {
+pub(crate) struct LiveSlice {
     /// Name.
-    pub name: String,
+    pub(crate) name: String,
     /// xid.
-    pub xid: u32,
+    pub(crate) xid: u32,
     /// Its limits, resolved against the node.
-    pub limits: Limits,
+    pub(crate) limits: Limits,
     /// Whether the policy may cap it (root: never).
-    pub capping: Capping,
+    pub(crate) capping: Capping,
     /// Source prefixes (for `xid_source = "source"`).
-    pub sources: Vec<IpNet>,
+    pub(crate) sources: Vec<IpNet>,
 }
 
 /// What the config decides for a plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// Where periods start and end.
-    pub periods: Periods,
+    pub(crate) periods: Periods,
     /// Account, report and notify, but leave every leaf at its max rate.
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
     /// The tree's fixed part.
-    pub tree: TreeSpec,
+    pub(crate) tree: TreeSpec,
     /// The default pseudo-slice's limits (the config's `[defaults]`).
-    pub default_limits: Limits,
+    pub(crate) default_limits: Limits,
     /// Whether source prefixes steer xids (`xid_source = "source"`).
-    pub source_prefixes: bool,
+    pub(crate) source_prefixes: bool,
 }
 
 /// What one sync saw, at one instant.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Observation {
+pub(crate) struct Observation {
     /// When (seconds since the epoch).
-    pub now: UnixSecs,
+    pub(crate) now: UnixSecs,
     /// The kernel's counters.
-    pub snapshot: Snapshot,
+    pub(crate) snapshot: Snapshot,
     /// The tree's classes with their counters.
-    pub listed: Vec<ClassInfo>,
+    pub(crate) listed: Vec<ClassInfo>,
     /// The tree was (re)created since the last sync: its counters restarted from zero.
-    pub tree_created: bool,
+    pub(crate) tree_created: bool,
 }
 
 /// What bwmon remembers between syncs, besides the persisted state.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Memory {
+pub(crate) struct Memory {
     /// Each xid's counters at the previous sync, and when, for the rates in the report.
-    pub previous: HashMap<u32, (Counters, UnixSecs)>,
+    pub(crate) previous: HashMap<u32, (Counters, UnixSecs)>,
     /// Every xid's offered bytes at the previous sync (and the overflow slot's, under
     /// [`OVERFLOW_KEY`]): the default pseudo-slice grows by what xids without a slice added.
-    pub offered: HashMap<u32, Counters>,
+    pub(crate) offered: HashMap<u32, Counters>,
 }
 
 /// The key of the overflow slot among [`Memory::offered`] (no xid can have it: it is
@@ -94,11 +93,11 @@ const OVERFLOW_KEY: u32 = u32::MAX;
 
 /// The slice an event is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Who {
+pub(crate) struct Who {
     /// Its name.
-    pub slice: String,
+    pub(crate) slice: String,
     /// Its xid.
-    pub xid: u32,
+    pub(crate) xid: u32,
 }
 
 impl Who {
@@ -112,7 +111,7 @@ impl Who {
 
 /// Something the log should say.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
+pub(crate) enum Event {
     /// A slice seen for the first time (or after its record expired): its period starts.
     NewSlice(Who),
     /// A departed slice came back within its period and continues it.
@@ -139,27 +138,27 @@ pub enum Event {
 
 /// Everything one sync will do.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// The state after this sync.
-    pub state: State,
+    pub(crate) state: State,
     /// The minor allocator after this sync.
-    pub minors: Minors,
+    pub(crate) minors: Minors,
     /// What the plan remembers for the next one.
-    pub memory: Memory,
+    pub(crate) memory: Memory,
     /// xid → class ids for the classifier.
-    pub steering: HashMap<u32, ClassIds>,
+    pub(crate) steering: HashMap<u32, ClassIds>,
     /// Source prefix → xid, when source prefixes steer.
-    pub sources: Option<Vec<(IpNet, u32)>>,
+    pub(crate) sources: Option<Vec<(IpNet, u32)>>,
     /// Changes to the tree: missing or different leaves, orphans.
-    pub tree_ops: Vec<Op>,
+    pub(crate) tree_ops: Vec<Op>,
     /// Notices decided in this sync (also queued in `state`).
-    pub new_notices: Vec<Notice>,
+    pub(crate) new_notices: Vec<Notice>,
     /// The report's lines: root, default, then the slices in file order.
-    pub rows: Vec<SliceStatus>,
+    pub(crate) rows: Vec<SliceStatus>,
     /// What to log.
-    pub events: Vec<Event>,
+    pub(crate) events: Vec<Event>,
     /// The clock is earlier than a slice's period start (periods held).
-    pub clock_behind: bool,
+    pub(crate) clock_behind: bool,
 }
 
 /// The average rate of each class between the `previous` counters (and when they were read)
@@ -213,7 +212,7 @@ struct SliceOutputs {
 }
 
 /// Plans one sync.
-pub fn plan(
+pub(crate) fn plan(
     state: &State,
     minors: &Minors,
     memory: &Memory,
