@@ -169,7 +169,7 @@ impl Mailer {
             why,
         };
         let mailbox = |name: Option<String>, addr: &str| -> Result<Mailbox, NotifyError> {
-            crate::config::mailaddr::validate(addr).map_err(err)?;
+            crate::config::mailaddr::validate(addr).map_err(|e| err(e.to_string()))?;
             let addr = addr
                 .parse()
                 .map_err(|e: lettre::address::AddressError| err(e.to_string()))?;

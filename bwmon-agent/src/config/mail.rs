@@ -103,7 +103,7 @@ pub(super) fn parse_mail(c: &mut Collector, item: &Item) -> Mail {
             "password" => password = Some(s),
             "from" | "support" => {
                 if let Err(e) = mailaddr::validate(&s) {
-                    f.problem(e);
+                    f.problem(e.to_string());
                 }
                 if k == "from" {
                     mail.from = s;
@@ -115,7 +115,7 @@ pub(super) fn parse_mail(c: &mut Collector, item: &Item) -> Mail {
                 if !s.contains("{slice}") {
                     f.problem("must contain {slice}, e.g. \"{slice}@slices.example.org\"");
                 } else if let Err(e) = mailaddr::validate(&s.replace("{slice}", "slice")) {
-                    f.problem(e);
+                    f.problem(e.to_string());
                 }
                 mail.slice_address = s;
             }

@@ -1,23 +1,37 @@
 //! Checks on e-mail addresses built from config or slice data, so nothing can smuggle a header
 //! line (CR, LF) or an extra recipient into a notice.
 
+/// Why a string is not an address bwmon puts in a header.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum AddressError {
+    /// Over 254 bytes (its start is shown).
+    #[error("address '{start}…' is longer than 254 bytes")]
+    TooLong {
+        /// Its first 32 characters.
+        start: String,
+    },
+    /// No `@`.
+    #[error("'{0}' is not an address like name@example.org")]
+    NoAt(String),
+    /// Characters an unquoted address cannot have.
+    #[error("'{0}' is not an address like name@example.org (letters, digits and .-_+ only)")]
+    Characters(String),
+}
+
 /// Accepts `local@domain` with the characters RFC 5322 allows unquoted; refuses everything
 /// else (spaces, commas, angle brackets, control characters, more than 254 bytes).
 ///
 /// # Errors
-/// A message that names what is wrong.
-pub(crate) fn validate(addr: &str) -> Result<(), String> {
+/// What is wrong with it.
+pub(crate) fn validate(addr: &str) -> Result<(), AddressError> {
     if addr.len() > 254 {
-        return Err(format!(
-            "address '{}…' is longer than 254 bytes",
-            &addr[..32.min(addr.len())]
-        ));
+        // By characters: a byte index could fall inside one and panic.
+        return Err(AddressError::TooLong {
+            start: addr.chars().take(32).collect(),
+        });
     }
     let Some((local, domain)) = addr.rsplit_once('@') else {
-        return Err(format!(
-            "'{}' is not an address like name@example.org",
-            addr.escape_debug()
-        ));
+        return Err(AddressError::NoAt(addr.escape_debug().to_string()));
     };
     let local_ok = !local.is_empty()
         && local
@@ -31,10 +45,7 @@ pub(crate) fn validate(addr: &str) -> Result<(), String> {
     if local_ok && domain_ok {
         Ok(())
     } else {
-        Err(format!(
-            "'{}' is not an address like name@example.org (letters, digits and .-_+ only)",
-            addr.escape_debug()
-        ))
+        Err(AddressError::Characters(addr.escape_debug().to_string()))
     }
 }
 
@@ -62,6 +73,8 @@ mod tests {
             "@b",
             "a@.b",
             &format!("{}@b", "x".repeat(300)),
+            // Long, and a character across the 32nd byte: said, not a panic.
+            &format!("{}é{}@b", "x".repeat(31), "y".repeat(300)),
         ] {
             assert!(validate(bad).is_err(), "{bad:?}");
         }

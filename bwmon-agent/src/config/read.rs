@@ -165,7 +165,7 @@ pub(super) fn attributes(
         match v.as_value() {
             Some(val) => {
                 if let Err(e) = into.set(k, &plain_value(val)) {
-                    c.add(Some(v), &key, e);
+                    c.add(Some(v), &key, e.to_string());
                 }
             }
             None => c.add(Some(v), &key, "must be a value"),

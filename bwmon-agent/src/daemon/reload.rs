@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use super::worker::Command;
 use crate::{
-    config::Config,
+    config::{Config, problems::FileErrors},
     notify::{self, Mailer},
     serve::status::StatusReport,
 };
@@ -75,20 +75,29 @@ impl Edges {
     }
 }
 
+/// Why a reload keeps the running configuration.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    /// The file has problems.
+    #[error("configuration rejected on reload:\n{0}")]
+    Problems(FileErrors),
+    /// Keys that need a restart changed.
+    #[error(
+        "configuration rejected on reload: {} changed; that needs a restart (systemctl restart bwmon)",
+        .0.join(", ")
+    )]
+    NeedsRestart(Vec<&'static str>),
+}
+
 /// The configuration file read again for a reload.
 ///
 /// # Errors
-/// A message for the log: the file's problems (file:line: key: why), or the keys that need a
-/// restart.
-fn reloaded(running: &Config) -> Result<Config, String> {
-    let new = Config::load(&running.path)
-        .map_err(|e| format!("configuration rejected on reload:\n{e}"))?;
+/// The file's problems (file:line: key: why), or the keys that need a restart.
+fn reloaded(running: &Config) -> Result<Config, Refused> {
+    let new = Config::load(&running.path).map_err(Refused::Problems)?;
     let fixed = running.fixed_changes(&new);
     if !fixed.is_empty() {
-        return Err(format!(
-            "configuration rejected on reload: {} changed; that needs a restart (systemctl restart bwmon)",
-            fixed.join(", ")
-        ));
+        return Err(Refused::NeedsRestart(fixed));
     }
     Ok(new)
 }

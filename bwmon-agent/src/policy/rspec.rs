@@ -42,37 +42,61 @@ pub(crate) struct Attributes {
     pub(crate) i2_share: Option<u32>,
 }
 
+/// Why an attribute's value cannot be used.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub(crate) enum AttrError {
+    /// A negative number.
+    #[error("must not be negative, got {0}")]
+    Negative(i64),
+    /// A size or rate written as text that does not parse.
+    #[error(transparent)]
+    Text(#[from] ParseError),
+    /// Neither a number nor text of its unit.
+    #[error("must be a whole number ({unit}), got {got}")]
+    NotANumber {
+        /// The key's unit, as the message names it.
+        unit: &'static str,
+        /// The TOML type given.
+        got: &'static str,
+    },
+    /// A share out of range.
+    #[error("must be between 1 and 10000, got {0}")]
+    Share(u64),
+    /// Not an rspec key.
+    #[error("unknown attribute; known ones are {}", KEYS.join(", "))]
+    Unknown,
+}
+
 impl Attributes {
     /// Sets `key` to `value`; `Err` names what is wrong with it.
     ///
     /// # Errors
     /// An unknown key, or a value that is not a non-negative integer in range.
-    pub(crate) fn set(&mut self, key: &str, value: &toml::Value) -> Result<(), String> {
+    pub(crate) fn set(&mut self, key: &str, value: &toml::Value) -> Result<(), AttrError> {
         let n = match value {
             toml::Value::Integer(n) if *n >= 0 => *n as u64,
-            toml::Value::Integer(n) => return Err(format!("must not be negative, got {n}")),
+            toml::Value::Integer(n) => return Err(AttrError::Negative(*n)),
             // Sizes and rates as people type them: "5GiB", "500MB", "10mbit".
             toml::Value::String(text) if key.ends_with("_kbyte") => {
-                let bytes: Bytes = text.parse().map_err(|e: ParseError| e.to_string())?;
+                let bytes: Bytes = text.parse()?;
                 bytes.0.div_ceil(1024)
             }
             toml::Value::String(text) if key.ends_with("_rate") => {
-                let rate: BitsPerSec = text.parse().map_err(|e: ParseError| e.to_string())?;
+                let rate: BitsPerSec = text.parse()?;
                 rate.0.div_ceil(1000)
             }
             other => {
-                return Err(format!(
-                    "must be a whole number ({}), got {}",
-                    unit_of(key),
-                    other.type_str()
-                ));
+                return Err(AttrError::NotANumber {
+                    unit: unit_of(key),
+                    got: other.type_str(),
+                });
             }
         };
         let share = || {
             u32::try_from(n)
                 .ok()
                 .filter(|s| (1..=10_000).contains(s))
-                .ok_or_else(|| format!("must be between 1 and 10000, got {n}"))
+                .ok_or(AttrError::Share(n))
         };
         match key {
             "net_min_rate" => self.min_rate = Some(KbitPerSec(n)),
@@ -85,12 +109,7 @@ impl Attributes {
             "net_i2_thresh_kbyte" => self.i2_thresh_kbyte = Some(KBytes(n)),
             "net_share" => self.share = Some(share()?),
             "net_i2_share" => self.i2_share = Some(share()?),
-            _ => {
-                return Err(format!(
-                    "unknown attribute; known ones are {}",
-                    KEYS.join(", ")
-                ));
-            }
+            _ => return Err(AttrError::Unknown),
         }
         Ok(())
     }
@@ -156,7 +175,7 @@ mod tests {
         }
         assert_eq!(Attributes::default().get("net_max_rate"), None);
         let e = a.set("net_max_rate", &toml::Value::Boolean(true));
-        assert!(e.unwrap_err().contains("kbit/s"));
+        assert!(e.unwrap_err().to_string().contains("kbit/s"));
         let text = |s: &str| toml::Value::String(s.into());
         a.set("net_max_rate", &text("1.5mbit")).unwrap();
         assert_eq!(a.max_rate, Some(KbitPerSec(1500)));
@@ -168,7 +187,10 @@ mod tests {
             Some(KBytes(488_282)),
             "rounded up to whole KiB"
         );
-        let e = a.set("net_thresh_kbyte", &text("5 gigs")).unwrap_err();
+        let e = a
+            .set("net_thresh_kbyte", &text("5 gigs"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("'5 gigs'") && e.contains("GiB"), "{e}");
         assert!(a.set("net_share", &text("2")).is_err());
         assert!(a.set("net_share", &toml::Value::Integer(0)).is_err());
@@ -176,6 +198,7 @@ mod tests {
         assert!(
             a.set("net_bogus", &toml::Value::Integer(1))
                 .unwrap_err()
+                .to_string()
                 .contains("unknown")
         );
     }
