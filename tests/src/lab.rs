@@ -72,6 +72,34 @@ pub struct Lab {
     pub pin_root: PathBuf,
     /// This lab's number: its subnets are 10.211.N.0/24, 10.212.N.0/24, fd00:211:N::/64, ….
     pub lab_no: u32,
+    /// The machine-wide claim on `lab_no` (released when the lab is dropped).
+    _claim: File,
+}
+
+/// Where lab numbers are claimed, one lock file each.
+const LAB_CLAIMS: &str = "/run/bwmon-test-labs";
+
+/// A lab number no other lab on this machine holds, and its claim: a lock on
+/// `/run/bwmon-test-labs/N`, held while the lab lives. Two test processes at once (two
+/// checkouts, CI beside a developer) never build the same subnets; a crashed process's claim
+/// ends with it.
+fn claim_lab_no(start: u32) -> (u32, File) {
+    std::fs::create_dir_all(LAB_CLAIMS).unwrap_or_else(|e| panic!("creating {LAB_CLAIMS}: {e}"));
+    for i in 0..200 {
+        let no = (start + i) % 200 + 20;
+        let path = format!("{LAB_CLAIMS}/{no}");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("opening {path}: {e}"));
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return (no, file);
+        }
+    }
+    panic!("all 200 lab numbers are held by running labs");
 }
 
 impl Lab {
@@ -81,7 +109,7 @@ impl Lab {
         let n = LAB_SEQ.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
         let tag = format!("{}{}", pid % 100_000, n);
-        let lab_no = (pid.wrapping_mul(7).wrapping_add(n)) % 200 + 20;
+        let (lab_no, claim) = claim_lab_no(pid.wrapping_mul(7).wrapping_add(n));
         let lab = Lab {
             netns: format!("bwmon-t{tag}"),
             host_if: format!("bwt{tag}a"),
@@ -94,6 +122,7 @@ impl Lab {
             exempt_net_v6: format!("fd00:212:{lab_no}::/64"),
             pin_root: PathBuf::from(format!("/sys/fs/bpf/bwmon-test-{tag}")),
             lab_no,
+            _claim: claim,
         };
         let ns = lab.netns.as_str();
         cmd("ip", &["netns", "add", ns]);
