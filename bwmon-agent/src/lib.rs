@@ -1,6 +1,20 @@
 //! bwmon's agent: per-slice traffic accounting and bandwidth budgets on a shared Linux host.
 //!
-//! One module per concern; the daemon loop (`sync`) is the only place that wires them together.
+//! The wings, from the ground up (a wing imports only from wings below it):
+//!
+//! - `units`, `class`, `time`, `paths`, `error_kind`, `interface`: the vocabulary — sizes and
+//!   rates as types, general/exempt pairs, seconds and calendars, where files live.
+//! - `policy`: the budget arithmetic (pure), the operator's levers, the rspec attributes.
+//! - `config`: what the operator wrote — `bwmon.toml` through one key table, the slices file.
+//! - `datapath` (the eBPF programs, their maps and pins), `htb` (the tree over netlink),
+//!   `state` (what survives a restart, written atomically).
+//! - `serve`: the documents bwmon shows (status, slice view) and the sockets and endpoint
+//!   that serve them.
+//! - `history`, `notify`: what is kept of finished periods, and what is told to tenants.
+//! - `sync`: one sync — observe, plan (pure), act; the one place that wires the kernel, the
+//!   tree, the state and the policy together.
+//! - `daemon`: `bwmon run`, the async edges around the sync thread; `cli`: one function per
+//!   subcommand.
 //!
 //! **The seed**, wherever these docs say so, is PlanetLab's node manager bandwidth monitor:
 //! `bwmon.py` with `bwlimit.py` doing the HTB work, as of its 2007 change. bwmon keeps its
