@@ -70,10 +70,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => cli::history::history(&config, slice.as_deref(), periods, json),
         Command::Report {
             svg,
-            slice,
+            slices,
+            top,
             days,
             config,
-        } => cli::report::report(&config, &svg, slice.as_deref(), days),
+        } => cli::report::report(&config, &svg, &slices, top, days),
         Command::Generate { out } => cli::generate::generate(&out),
         Command::Teardown {
             config,

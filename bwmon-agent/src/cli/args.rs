@@ -71,14 +71,18 @@ pub enum Command {
         #[arg(long, short, value_name = "FILE", default_value = paths::CONFIG)]
         config: PathBuf,
     },
-    /// A picture (SVG) of the history's hourly samples: each slice's use over the last days
-    /// against its budget and threshold, and when it was capped.
+    /// A picture (SVG) of the history's hourly samples: each slice's use over the last days as
+    /// a share of its budget, with its threshold, and when it was capped.
     Report {
         /// Where to write the SVG.
         #[arg(long, value_name = "FILE")]
         svg: PathBuf,
-        /// Only this slice (name or xid).
-        slice: Option<String>,
+        /// Only these slices (names or xids); else the ones nearest their budget (`--top`).
+        slices: Vec<String>,
+        /// Draw the N slices that came nearest their budget in the span [default: 10].
+        #[arg(long, value_name = "N", conflicts_with = "slices",
+              value_parser = clap::value_parser!(u16).range(1..))]
+        top: Option<u16>,
         /// How many days back.
         #[arg(long, default_value_t = 7, value_name = "DAYS")]
         days: u64,

@@ -32,6 +32,14 @@ impl SliceRef {
         text.parse()
             .map_or_else(|_| SliceRef::Name(text.to_owned()), SliceRef::Xid)
     }
+
+    /// Whether this names the slice `name` with `xid`.
+    pub(crate) fn is(&self, name: &str, xid: u32) -> bool {
+        match self {
+            SliceRef::Name(n) => n == name,
+            SliceRef::Xid(x) => *x == xid,
+        }
+    }
 }
 
 impl std::fmt::Display for SliceRef {
