@@ -59,7 +59,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             config,
             fresh_state,
         } => cli::run::run(&config, fresh_state),
-        Command::Check { config } => cli::check::check(&config),
+        Command::Check {
+            config,
+            configured: false,
+        } => cli::check::check(&config),
+        Command::Check {
+            config,
+            configured: true,
+        } => Ok(cli::check::configured(&config)),
         Command::Status { json, config } => cli::status::status(&config, json),
         Command::Slice { action, config } => cli::slice::slice(&config, action),
         Command::History {

@@ -36,6 +36,11 @@ pub enum Command {
         /// Configuration file (TOML).
         #[arg(long, short, value_name = "FILE", default_value = paths::CONFIG)]
         config: PathBuf,
+        /// Only say whether the file names an interface yet: exit 0 when it does, 1 when it
+        /// does not (the unit's ExecCondition: an installed but unconfigured bwmon is skipped,
+        /// not failed). A file with other problems passes; `bwmon run` names them.
+        #[arg(long)]
+        configured: bool,
     },
     /// Per-slice usage from the running daemon.
     Status {

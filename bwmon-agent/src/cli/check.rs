@@ -67,6 +67,39 @@ pub fn check(config: &Path) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `bwmon check --configured`'s exit code when the file names no interface.
+const NOT_CONFIGURED: u8 = 1;
+
+/// Whether the configuration at `config` names an interface: 0 when it does, 1 (and a note on
+/// stderr) when it does not or does not exist. The Debian package ships its `bwmon.toml` with
+/// `interface` unset and the unit runs this as its `ExecCondition`, so an installed but
+/// unconfigured bwmon is skipped (at boot, on install), not failed. A file that cannot be read
+/// or parsed passes: `bwmon run` then says what is wrong, as a failure.
+pub fn configured(config: &Path) -> ExitCode {
+    let text = match std::fs::read_to_string(config) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!(
+                "bwmon: {} does not exist: bwmon is not configured",
+                config.display()
+            );
+            return ExitCode::from(NOT_CONFIGURED);
+        }
+        Err(_) => return ExitCode::SUCCESS,
+    };
+    let names_interface = text
+        .parse::<toml::Table>()
+        .map_or(true, |t| t.contains_key("interface"));
+    if names_interface {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!(
+        "bwmon: {} names no interface yet: set `interface` (and the budgets), then `systemctl start bwmon`",
+        config.display()
+    );
+    ExitCode::from(NOT_CONFIGURED)
+}
+
 /// How a slices file fits an HTB tree's leaves. Classes on demand: only a class whose limits
 /// differ from the default leaf's holds a leaf from the start; the others get one when they
 /// send, and share the default leaves (still counted) when none is free.
@@ -131,6 +164,41 @@ mod tests {
                 attrs,
             })
             .collect()
+    }
+
+    #[test]
+    fn configured_only_when_the_file_names_an_interface() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let code = |path: &Path| configured(path);
+        assert_eq!(code(&dir.path().join("absent.toml")), ExitCode::from(1));
+        assert_eq!(
+            code(&file(
+                "example.toml",
+                "# interface = \"eth0\"\nperiod = \"1d\"\n"
+            )),
+            ExitCode::from(1)
+        );
+        assert_eq!(
+            code(&file("set.toml", "interface = \"eth0\"\n")),
+            ExitCode::SUCCESS
+        );
+        // Broken otherwise: passes, so that `bwmon run` fails and says why.
+        assert_eq!(
+            code(&file("broken.toml", "interface = = 1\n")),
+            ExitCode::SUCCESS
+        );
+        assert_eq!(
+            code(&file(
+                "bad-key.toml",
+                "interface = \"eth0\"\nnode_cap = 1\n"
+            )),
+            ExitCode::SUCCESS
+        );
     }
 
     #[test]

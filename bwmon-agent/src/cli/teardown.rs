@@ -14,9 +14,16 @@ use crate::{config::Config, datapath, htb::Htb, paths};
 pub fn teardown(config: &Path, forget_state: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(config)?;
     datapath::teardown(Path::new(paths::PIN_ROOT), &config.interface)?;
-    let mut tree = Htb::open(&config.interface)?;
-    tree.remove_tree()?;
-    tree.remove_empty_clsact()?;
+    // The HTB tree and the clsact qdisc go with their interface: when it is gone (or was never
+    // here, as in the chroot a package is tested in), there is nothing left on it.
+    match crate::interface::index(&config.interface) {
+        Ok(_) => {
+            let mut tree = Htb::open(&config.interface)?;
+            tree.remove_tree()?;
+            tree.remove_empty_clsact()?;
+        }
+        Err(e) => eprintln!("bwmon: {e}: no HTB tree or filter to remove"),
+    }
     if forget_state {
         match std::fs::remove_file(&config.state) {
             Ok(()) => eprintln!("bwmon: removed {}", config.state.display()),
