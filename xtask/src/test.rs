@@ -1,7 +1,7 @@
 //! `cargo xtask test`: formatting, lints, unit tests, then the integration tests in network
 //! namespaces (root only: they refuse to run otherwise rather than skip).
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 
 use crate::{
     build::{self, Profile},
@@ -12,16 +12,58 @@ use crate::{
 /// The user-space crates whose unit tests run without privileges.
 const UNIT_PACKAGES: &[&str] = &["bwmon-common", "bwmon-agent", "xtask"];
 
-/// `promtool check rules` on the shipped alerting rules, with the promtool of Debian's
-/// `prometheus` package extracted under `target/` (not installed: no server is started).
-fn check_alert_rules() -> anyhow::Result<()> {
+/// The shipped Prometheus files, checked by the promtool of Debian's `prometheus` package
+/// (extracted under `target/`, not installed: no server is started): the alerting and
+/// recording rules parse (`check rules`), behave on the fleet they are written for (`test
+/// rules`), and every Grafana query parses too (each as a recording rule, the dashboards'
+/// variables standing for any value).
+fn check_prometheus_files() -> anyhow::Result<()> {
     let dir = workspace::root().join("target/tools/prometheus");
     crate::vm::extract(&dir, &["prometheus"])?;
+    let promtool = dir.join("root/usr/bin/promtool");
+    let etc = workspace::root().join("bwmon-agent/etc");
+    let queries = dir.join("dashboard-queries.yml");
+    std::fs::write(&queries, dashboard_queries_as_rules(&etc)?)?;
     exec(
-        std::process::Command::new(dir.join("root/usr/bin/promtool"))
+        std::process::Command::new(&promtool)
             .args(["check", "rules"])
-            .arg(workspace::root().join("bwmon-agent/etc/alerts.yml")),
+            .arg(etc.join("alerts.yml"))
+            .arg(etc.join("recording-rules.yml"))
+            .arg(&queries),
+    )?;
+    exec(
+        std::process::Command::new(&promtool)
+            .args(["test", "rules"])
+            .arg(etc.join("rules.test.yml")),
     )
+}
+
+/// The queries of the shipped dashboards as a rules file, one recording rule each.
+fn dashboard_queries_as_rules(etc: &std::path::Path) -> anyhow::Result<String> {
+    let mut out = String::from("groups:\n  - name: dashboards\n    rules:\n");
+    let mut n = 0;
+    for file in ["grafana-dashboard.json", "grafana-fleet-dashboard.json"] {
+        let path = etc.join(file);
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path)?)
+                .with_context(|| format!("parsing {}", path.display()))?;
+        let targets = dashboard["panels"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["targets"].as_array())
+            .flatten();
+        for expr in targets.filter_map(|t| t["expr"].as_str()) {
+            n += 1;
+            let expr = expr.replace("$instance", ".*").replace("$slice", ".*");
+            // A JSON string is a YAML double-quoted scalar.
+            out.push_str(&format!(
+                "      - record: dashboard:query:{n}\n        expr: {}\n",
+                serde_json::to_string(&expr)?
+            ));
+        }
+    }
+    Ok(out)
 }
 
 pub(crate) fn run(tools: &Tools, filter: Option<String>) -> anyhow::Result<()> {
@@ -48,7 +90,7 @@ pub(crate) fn run(tools: &Tools, filter: Option<String>) -> anyhow::Result<()> {
         unit.args(["--package", p]);
     }
     phase("unit tests", || exec(&mut unit))?;
-    phase("alert rules", check_alert_rules)?;
+    phase("prometheus rules", check_prometheus_files)?;
 
     if !workspace::is_root() {
         bail!(

@@ -265,27 +265,64 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn the_shipped_dashboard_and_alerts_use_only_metrics_bwmon_serves() {
-        let served = metric_names(&render(&StatusReport {
+    /// Each panel's title and queries in a Grafana dashboard.
+    fn panel_queries(dashboard: &serde_json::Value) -> Vec<(&str, Vec<&str>)> {
+        let panels = dashboard["panels"].as_array().unwrap();
+        panels
+            .iter()
+            .map(|panel| {
+                let title = panel["title"].as_str().unwrap();
+                let exprs = panel["targets"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t["expr"].as_str().unwrap())
+                    .collect();
+                (title, exprs)
+            })
+            .collect()
+    }
+
+    /// The `expr:` lines of a Prometheus rules file.
+    fn rule_exprs(rules: &str) -> Vec<&str> {
+        rules
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("expr:"))
+            .collect()
+    }
+
+    /// Whether `expr` asks Prometheus about the scrapes of the job "bwmon" (its own `up`),
+    /// which is the only way to see a host whose bwmon is not there.
+    fn about_the_scrapes(expr: &str) -> bool {
+        expr.contains("up{job=\"bwmon\"")
+    }
+
+    /// The names bwmon serves.
+    fn served() -> std::collections::BTreeSet<String> {
+        metric_names(&render(&StatusReport {
             slices: vec![SliceStatus::default()],
             ..Default::default()
-        }));
+        }))
+    }
+
+    /// Whether `expr` names only metrics bwmon serves, and at least one unless it is about
+    /// the scrapes.
+    fn uses_served_metrics(expr: &str) -> bool {
+        let used = metric_names(expr);
+        (!used.is_empty() || about_the_scrapes(expr)) && used.is_subset(&served())
+    }
+
+    #[test]
+    fn the_shipped_dashboard_and_alerts_use_only_metrics_bwmon_serves() {
+        let served = served();
         let dashboard: serde_json::Value =
             serde_json::from_str(include_str!("../../etc/grafana-dashboard.json")).unwrap();
-        let panels = dashboard["panels"].as_array().unwrap();
+        let panels = panel_queries(&dashboard);
         assert!(
             panels.len() >= 4,
             "usage vs budget, capped, sync duration, errors"
         );
-        for panel in panels {
-            let title = panel["title"].as_str().unwrap();
-            let exprs: Vec<&str> = panel["targets"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| t["expr"].as_str().unwrap())
-                .collect();
+        for (title, exprs) in panels {
             assert!(!exprs.is_empty(), "{title}: no query");
             for e in exprs {
                 let used = metric_names(e);
@@ -293,22 +330,81 @@ mod tests {
                 assert!(used.is_subset(&served), "{title}: {e} uses {used:?}");
             }
         }
-        let alerts = include_str!("../../etc/alerts.yml");
-        let exprs: Vec<&str> = alerts
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("expr:"))
-            .collect();
+        let exprs = rule_exprs(include_str!("../../etc/alerts.yml"));
         assert_eq!(
             exprs.len(),
-            4,
-            "near budget, capped, sync stalled, errors rising"
+            7,
+            "near budget, capped, sync stalled, errors rising; down, gone, not scraped"
         );
         for e in exprs {
-            let used = metric_names(e);
+            assert!(uses_served_metrics(e), "{e} uses {:?}", metric_names(e));
+        }
+        assert_eq!(
+            rule_exprs(include_str!("../../etc/alerts.yml"))
+                .into_iter()
+                .filter(|e| about_the_scrapes(e))
+                .count(),
+            3,
+            "an alert for a host that does not answer, one for a host no longer scraped, one for no host at all"
+        );
+    }
+
+    #[test]
+    fn the_fleet_dashboard_and_recording_rules_use_only_metrics_bwmon_serves() {
+        let fleet: serde_json::Value =
+            serde_json::from_str(include_str!("../../etc/grafana-fleet-dashboard.json")).unwrap();
+        let variables = fleet["templating"]["list"].as_array().unwrap();
+        let instance = variables
+            .iter()
+            .find(|v| v["name"] == "instance")
+            .expect("an instance variable");
+        assert_eq!(instance["multi"], true, "several hosts at once");
+        assert_eq!(instance["includeAll"], true, "all hosts");
+        let panels = panel_queries(&fleet);
+        let titles: Vec<&str> = panels.iter().map(|(t, _)| *t).collect();
+        for wanted in [
+            "Per-slice use across hosts",
+            "Top capped slices of the fleet",
+        ] {
             assert!(
-                !used.is_empty() && used.is_subset(&served),
-                "{e} uses {used:?}"
+                titles.iter().any(|t| t.starts_with(wanted)),
+                "no panel {wanted:?} in {titles:?}"
             );
+        }
+        for (title, exprs) in panels {
+            assert!(!exprs.is_empty(), "{title}: no query");
+            for e in exprs {
+                assert!(
+                    uses_served_metrics(e),
+                    "{title}: {e} uses {:?}",
+                    metric_names(e)
+                );
+                assert!(
+                    e.contains("$instance"),
+                    "{title}: {e} ignores the hosts chosen"
+                );
+            }
+        }
+        let rules = include_str!("../../etc/recording-rules.yml");
+        let exprs = rule_exprs(rules);
+        assert!(exprs.len() >= 5, "{exprs:?}");
+        for e in exprs {
+            assert!(
+                uses_served_metrics(e) && !about_the_scrapes(e),
+                "{e} uses {:?}",
+                metric_names(e)
+            );
+        }
+        // Recorded as level:metric:operations, each name once.
+        let records: Vec<&str> = rules
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("- record:"))
+            .map(str::trim)
+            .collect();
+        let unique: std::collections::BTreeSet<&&str> = records.iter().collect();
+        assert_eq!(unique.len(), records.len(), "{records:?}");
+        for r in records {
+            assert_eq!(r.split(':').count(), 3, "{r}");
         }
     }
 }
