@@ -10,6 +10,7 @@
 
 pub mod bench;
 mod daemon;
+mod debian_root;
 pub mod frames;
 mod kernel_log;
 mod lab;
@@ -18,6 +19,7 @@ mod tc;
 mod traffic;
 
 pub use daemon::*;
+pub use debian_root::*;
 pub use kernel_log::*;
 pub use lab::*;
 pub use smtp::*;

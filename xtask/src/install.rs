@@ -17,7 +17,59 @@ use crate::{
     workspace::{self, exec},
 };
 
-fn copy(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
+/// What `bwmon generate` writes, and where each file goes below `<prefix>/share` when
+/// installed by hand and in the Debian package (whose zsh reads `vendor-completions`, and
+/// whose man pages are gzipped: `.gz` is added there).
+pub(crate) struct Generated {
+    pub(crate) file: &'static str,
+    pub(crate) local: &'static str,
+    pub(crate) debian: &'static str,
+}
+
+pub(crate) const GENERATED: [Generated; 4] = [
+    Generated {
+        file: "bwmon.bash",
+        local: "bash-completion/completions/bwmon",
+        debian: "bash-completion/completions/bwmon",
+    },
+    Generated {
+        file: "_bwmon",
+        local: "zsh/site-functions/_bwmon",
+        debian: "zsh/vendor-completions/_bwmon",
+    },
+    Generated {
+        file: "bwmon.fish",
+        local: "fish/vendor_completions.d/bwmon.fish",
+        debian: "fish/vendor_completions.d/bwmon.fish",
+    },
+    Generated {
+        file: "bwmon.1",
+        local: "man/man1/bwmon.1",
+        debian: "man/man1/bwmon.1",
+    },
+];
+
+/// The completions and the man page `binary` generates, in a directory beside it.
+pub(crate) fn generate(binary: &Path) -> anyhow::Result<PathBuf> {
+    let generated = binary.with_file_name("generated");
+    exec(
+        Command::new(binary)
+            .arg("generate")
+            .arg("--out")
+            .arg(&generated),
+    )?;
+    Ok(generated)
+}
+
+/// The systemd unit with `bin` as the binary it runs.
+pub(crate) fn unit(bin: &Path) -> anyhow::Result<String> {
+    let path = workspace::root().join("bwmon-agent/systemd/bwmon.service");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text.replace("/usr/local/bin/bwmon", &bin.display().to_string()))
+}
+
+/// Copies `from` to `to` (creating its directory) with permissions `mode`.
+pub(crate) fn copy(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
     if let Some(dir) = to.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -55,8 +107,7 @@ pub(crate) fn run(tools: &Tools, prefix: &Path, root: &Path) -> anyhow::Result<(
     copy(&binary, &under(root, &bin), 0o755)?;
 
     // The vendor unit directory is ours to overwrite; /etc/systemd/system is the operator's.
-    let unit = fs::read_to_string(ws.join("bwmon-agent/systemd/bwmon.service"))?
-        .replace("/usr/local/bin/bwmon", &bin.display().to_string());
+    let unit = unit(&bin)?;
     let unit_path = under(root, &prefix.join("lib/systemd/system/bwmon.service"));
     if let Some(dir) = unit_path.parent() {
         fs::create_dir_all(dir)?;
@@ -84,23 +135,12 @@ pub(crate) fn run(tools: &Tools, prefix: &Path, root: &Path) -> anyhow::Result<(
         0o644,
     )?;
 
-    let generated = ws.join("target/release/generated");
-    exec(
-        Command::new(&binary)
-            .arg("generate")
-            .arg("--out")
-            .arg(&generated),
-    )?;
+    let generated = generate(&binary)?;
     let share = prefix.join("share");
-    for (file, dest) in [
-        ("bwmon.bash", "bash-completion/completions/bwmon"),
-        ("_bwmon", "zsh/site-functions/_bwmon"),
-        ("bwmon.fish", "fish/vendor_completions.d/bwmon.fish"),
-        ("bwmon.1", "man/man1/bwmon.1"),
-    ] {
+    for g in &GENERATED {
         copy(
-            &generated.join(file),
-            &under(root, &share.join(dest)),
+            &generated.join(g.file),
+            &under(root, &share.join(g.local)),
             0o644,
         )?;
     }

@@ -6,6 +6,7 @@
 
 mod bench;
 mod build;
+mod deb;
 mod demo;
 mod install;
 mod setup;
@@ -45,6 +46,8 @@ enum Command {
         #[arg(long, default_value = "/")]
         root: std::path::PathBuf,
     },
+    /// The Debian package: target/debian/bwmon_<version>-1_<arch>.deb (release build).
+    Deb,
     /// Benchmarks (root): datapath cost from bpf_stats, side by side in one run.
     Bench,
     /// fmt, clippy, unit tests, then the root-only integration tests in network namespaces.
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
             setup::run().and_then(|tools| vm::run(&tools, &vm::kernels(&kernel)?))
         }
         Command::Bench => setup::run().and_then(|tools| bench::run(&tools)),
+        Command::Deb => setup::run().and_then(|tools| deb::run(&tools).map(|_| ())),
         Command::Demo => setup::run().and_then(|tools| demo::run_demo(&tools)),
         Command::Install { prefix, root } => {
             setup::run().and_then(|tools| install::run(&tools, &prefix, &root))

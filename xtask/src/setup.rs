@@ -54,7 +54,23 @@ const PACKAGES: &[Package] = &[
     },
     Package {
         name: "util-linux",
-        why: "`setpriv`: the demo sends traffic as tenant uids",
+        why: "`setpriv`: the demo sends traffic as tenant uids; `unshare`: the package test's root",
+    },
+    Package {
+        name: "dpkg-dev",
+        why: "`dpkg-shlibdeps`: the Debian package's Depends on shared libraries",
+    },
+    Package {
+        name: "binutils",
+        why: "`strip`: the packaged binary without its symbols",
+    },
+    Package {
+        name: "lintian",
+        why: "checks the Debian package against Debian's policy",
+    },
+    Package {
+        name: "mmdebstrap",
+        why: "a throwaway Debian 12 root the package is installed, upgraded and purged in",
     },
 ];
 
