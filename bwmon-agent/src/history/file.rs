@@ -3,14 +3,19 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    fs,
     io::{self, Write},
-    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
 };
 
 use super::records::{Entry, PeriodEntry, encode, scan};
-use crate::{config::Retention, state::atomic::atomic_replace, time::UnixSecs};
+use crate::{
+    config::Retention,
+    state::{
+        atomic::atomic_replace,
+        open::{Access, open_regular},
+    },
+    time::UnixSecs,
+};
 
 /// The history file beside the state file `state`.
 pub(crate) fn path_for(state: &Path) -> PathBuf {
@@ -19,19 +24,17 @@ pub(crate) fn path_for(state: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Appends `entries` to the file at `path` in one write.
+/// Appends `entries` to the file at `path` in one write (never through a link, never into a
+/// FIFO).
 ///
 /// # Errors
-/// The file cannot be opened or written (a full disk): nothing already there is lost.
+/// The file cannot be opened or written (a full disk), or is not a regular file: nothing
+/// already there is lost.
 pub(crate) fn append(path: &Path, entries: &[Entry]) -> io::Result<()> {
     if entries.is_empty() {
         return Ok(());
     }
-    let mut f = fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut f = open_regular(path, Access::Append)?;
     f.write_all(&encode(entries))?;
     f.sync_data()
 }
@@ -51,9 +54,10 @@ pub(crate) fn read(path: &Path) -> io::Result<(Vec<Entry>, Vec<String>)> {
 /// returns what was skipped, reading the file a chunk at a time.
 ///
 /// # Errors
-/// The file exists and cannot be read.
+/// The file exists and cannot be read, or is not a regular file (a link, a FIFO: refused
+/// without blocking).
 pub(crate) fn scan_file(path: &Path, f: impl FnMut(Entry)) -> io::Result<Vec<String>> {
-    match fs::File::open(path) {
+    match open_regular(path, Access::Read) {
         Ok(file) => scan(file, f),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(e),

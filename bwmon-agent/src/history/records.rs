@@ -71,8 +71,58 @@ pub(crate) fn encode(entries: &[Entry]) -> Vec<u8> {
 /// Bytes read from the file at a time.
 pub(super) const CHUNK: usize = 256 << 10;
 
+/// At most this many damaged ranges are listed one by one; the rest are counted.
+const LISTED: usize = 20;
+
+/// What a read skipped: one line per damaged range (its byte span and what was wrong where it
+/// began), the first [`LISTED`] of them, then a count of the rest. Memory and log lines stay
+/// bounded whatever the damage.
+#[derive(Default)]
+struct Damage {
+    lines: Vec<String>,
+    /// Ranges seen, listed or not.
+    ranges: u64,
+    /// Bytes skipped in all.
+    bytes: u64,
+    /// The range being skipped: where it began, and why.
+    open: Option<(u64, &'static str)>,
+}
+
+impl Damage {
+    /// Bytes from `at` on cannot be read as a record (a range begins unless one is open).
+    fn begin(&mut self, at: u64, why: &'static str) {
+        self.open.get_or_insert((at, why));
+    }
+
+    /// A good record (or the file's end) at `at` ends the open range, if any.
+    fn end(&mut self, at: u64) {
+        let Some((start, why)) = self.open.take() else {
+            return;
+        };
+        self.ranges += 1;
+        self.bytes += at - start;
+        if self.lines.len() < LISTED {
+            self.lines.push(format!(
+                "bytes {start}..{at} ({} bytes): {why}; skipped to the next record",
+                at - start
+            ));
+        }
+    }
+
+    fn into_lines(mut self) -> Vec<String> {
+        let unlisted = self.ranges - self.lines.len() as u64;
+        if unlisted > 0 {
+            self.lines.push(format!(
+                "and {unlisted} more damaged ranges ({} bytes skipped in all)",
+                self.bytes
+            ));
+        }
+        self.lines
+    }
+}
+
 /// Reads records one by one from a file of any size (memory: one chunk and one record), and
-/// says what it skips.
+/// says what it skips, once per damaged range.
 struct Scanner<R> {
     r: R,
     buf: Vec<u8>,
@@ -80,7 +130,7 @@ struct Scanner<R> {
     /// File offset of `buf[0]`.
     base: u64,
     eof: bool,
-    problems: Vec<String>,
+    damage: Damage,
 }
 
 impl<R: io::Read> Scanner<R> {
@@ -91,7 +141,7 @@ impl<R: io::Read> Scanner<R> {
             pos: 0,
             base: 0,
             eof: false,
-            problems: Vec::new(),
+            damage: Damage::default(),
         }
     }
 
@@ -110,27 +160,47 @@ impl<R: io::Read> Scanner<R> {
         Ok(self.buf.len() - self.pos >= n)
     }
 
-    /// The next good record; damaged ones are noted and skipped to the next magic.
+    /// The file offset of `pos`.
+    fn offset(&self) -> u64 {
+        self.base + self.pos as u64
+    }
+
+    /// The next good record; damaged bytes are skipped to the next magic, and each run of them
+    /// noted once.
     fn next_entry(&mut self) -> io::Result<Option<Entry>> {
         loop {
             if !self.want(1)? {
+                self.damage.end(self.offset());
                 return Ok(None);
             }
-            let at = self.base + self.pos as u64;
-            let why = self.record()?;
-            let Err(why) = why else {
-                return Ok(why.ok());
-            };
-            self.problems
-                .push(format!("byte {at}: {why}; skipped to the next record"));
-            self.pos += 1;
-            while self.want(MAGIC.len())? && &self.buf[self.pos..self.pos + MAGIC.len()] != MAGIC {
-                self.pos += 1;
+            let at = self.offset();
+            match self.record()? {
+                Ok(e) => {
+                    self.damage.end(at);
+                    return Ok(Some(e));
+                }
+                Err(why) => self.damage.begin(at, why),
             }
-            if !self.want(MAGIC.len())? {
-                self.pos = self.buf.len();
+            self.pos += 1;
+            self.skip_to_magic()?;
+        }
+    }
+
+    /// Moves `pos` to the next magic, or to the end of the file.
+    fn skip_to_magic(&mut self) -> io::Result<()> {
+        while self.want(MAGIC.len())? {
+            let window = &self.buf[self.pos..];
+            match window.windows(MAGIC.len()).position(|w| w == MAGIC) {
+                Some(i) => {
+                    self.pos += i;
+                    return Ok(());
+                }
+                // Keep the last bytes: a magic may straddle the next read.
+                None => self.pos = self.buf.len() - (MAGIC.len() - 1),
             }
         }
+        self.pos = self.buf.len();
+        Ok(())
     }
 
     /// The record at `pos` (moving past it), or why there is none.
@@ -164,13 +234,14 @@ impl<R: io::Read> Scanner<R> {
     }
 }
 
-/// Calls `f` with every good record of `r`; returns what was skipped (by offset).
+/// Calls `f` with every good record of `r`; returns what was skipped: a line per damaged
+/// range (by byte span), at most [`LISTED`] of them and a count of the rest.
 pub(super) fn scan(r: impl io::Read, mut f: impl FnMut(Entry)) -> io::Result<Vec<String>> {
     let mut s = Scanner::new(r);
     while let Some(e) = s.next_entry()? {
         f(e);
     }
-    Ok(s.problems)
+    Ok(s.damage.into_lines())
 }
 
 /// Every good record in `bytes`, and what was wrong with the others (by offset).
@@ -216,5 +287,61 @@ mod tests {
         let mut front = b"junk".to_vec();
         front.extend(&good);
         assert_eq!(decode(&front).0, entries);
+        let (_, problems) = decode(&front);
+        assert_eq!(
+            problems,
+            ["bytes 0..4 (4 bytes): no record starts here; skipped to the next record"]
+        );
+    }
+
+    #[test]
+    fn a_run_of_record_magic_is_one_damaged_range_read_in_one_pass() {
+        let mut t = Tracker::default();
+        let entries = t.observe(&report(3600, vec![row("a", 1, 0, 1, false)]));
+        let good = encode(&entries);
+        // 8 MiB of magic between two good records, then more after the second.
+        let run = MAGIC.repeat(2 << 20);
+        let mut bytes = good.clone();
+        bytes.extend(&run);
+        bytes.extend(&good);
+        bytes.extend(&run[..1000]);
+        let started = std::time::Instant::now();
+        let (read, problems) = decode(&bytes);
+        assert!(started.elapsed().as_secs() < 10, "{:?}", started.elapsed());
+        assert_eq!(read, [entries.clone(), entries].concat());
+        let (a, b) = (good.len(), good.len() + run.len());
+        assert_eq!(
+            problems,
+            [
+                format!(
+                    "bytes {a}..{b} ({} bytes): impossible length; skipped to the next record",
+                    run.len()
+                ),
+                format!(
+                    "bytes {}..{} (1000 bytes): impossible length; skipped to the next record",
+                    b + good.len(),
+                    bytes.len()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn damage_between_many_records_is_listed_up_to_a_bound_and_counted() {
+        let mut t = Tracker::default();
+        let entries = t.observe(&report(3600, vec![row("a", 1, 0, 1, false)]));
+        let good = encode(&entries);
+        let mut bytes = Vec::new();
+        for _ in 0..1000 {
+            bytes.extend(&good);
+            bytes.extend(b"xx");
+        }
+        let (read, problems) = decode(&bytes);
+        assert_eq!(read.len(), 1000);
+        assert_eq!(problems.len(), LISTED + 1, "{problems:?}");
+        assert_eq!(
+            problems[LISTED],
+            "and 980 more damaged ranges (2000 bytes skipped in all)"
+        );
     }
 }

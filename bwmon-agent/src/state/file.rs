@@ -9,11 +9,16 @@
 use std::{
     collections::BTreeMap,
     ffi::OsString,
-    fs, io,
+    fs,
+    io::{self, Read as _},
     path::{Path, PathBuf},
 };
 
-use super::{Notice, SliceState, State, atomic::atomic_replace};
+use super::{
+    Notice, SliceState, State,
+    atomic::atomic_replace,
+    open::{Access, is_refused, open_regular},
+};
 use crate::{
     class::PerClass,
     htb::Minor,
@@ -59,6 +64,15 @@ pub enum StateError {
         /// Its version.
         found: u16,
     },
+    /// A link, a FIFO or anything but a regular file where a state file should be.
+    #[error("state file {path}")]
+    NotAFile {
+        /// The file.
+        path: PathBuf,
+        /// What it is.
+        #[source]
+        source: io::Error,
+    },
     /// Neither generation loads.
     #[error(
         "no generation of the state file {path} loads ({why}); refusing to start with every budget reset. To start afresh on purpose: bwmon run --fresh-state"
@@ -91,6 +105,9 @@ pub(crate) struct Loaded {
     pub(crate) from: Option<PathBuf>,
     /// Damaged generations moved aside.
     pub(crate) set_aside: Vec<SetAside>,
+    /// The newest generation was missing and the previous one loaded: the usage is that of
+    /// the save before the last.
+    pub lone_previous: bool,
 }
 
 /// The previous generation of the state file at `path`: `<path>.prev`.
@@ -110,9 +127,17 @@ impl State {
     /// # Errors
     /// Unreadable, damaged, or newer files.
     pub(crate) fn read(path: &Path) -> Result<Option<State>, StateError> {
-        match fs::read(path) {
+        let read = open_regular(path, Access::Read).and_then(|mut f| {
+            let mut bytes = Vec::new();
+            f.read_to_end(&mut bytes).map(|_| bytes)
+        });
+        match read {
             Ok(bytes) => Self::decode(path, &bytes).map(Some),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) if is_refused(&source) => Err(StateError::NotAFile {
+                path: path.to_owned(),
+                source,
+            }),
             Err(source) => Err(StateError::Io {
                 path: path.to_owned(),
                 source,
@@ -141,6 +166,8 @@ impl State {
                 Err(e) => return Err(e),
             }
         }
+        let lone_previous = found.as_ref().is_some_and(|(_, from)| from == &prev)
+            && damaged.iter().all(|(file, _)| file != path);
         let Some((state, from)) = found else {
             if damaged.is_empty() {
                 return Ok(Loaded::default());
@@ -173,7 +200,25 @@ impl State {
             state,
             from: Some(from),
             set_aside,
+            lone_previous,
         })
+    }
+
+    /// Removes every generation at `path` (`state` and `state.prev`), for `teardown
+    /// --forget-state`. Returns the files removed.
+    ///
+    /// # Errors
+    /// A file that exists and cannot be removed.
+    pub fn forget(path: &Path) -> Result<Vec<PathBuf>, StateError> {
+        let mut removed = Vec::new();
+        for file in [path.to_owned(), previous(path)] {
+            match fs::remove_file(&file) {
+                Ok(()) => removed.push(file),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(StateError::Io { path: file, source }),
+            }
+        }
+        Ok(removed)
     }
 
     /// Moves every generation at `path` aside (`<path>.discarded-<unix time>`), for a start
@@ -495,6 +540,51 @@ mod tests {
         assert!(!path.exists(), "moved aside");
         assert!(loaded.set_aside[0].to.exists());
         assert_eq!(fs::read(&loaded.set_aside[0].to).unwrap(), bytes);
+    }
+
+    #[test]
+    fn a_lone_previous_generation_loads_and_says_so_and_forget_removes_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        sample().save(&path).unwrap();
+        State::default().save(&path).unwrap();
+        let loaded = State::load(&path).unwrap();
+        assert!(!loaded.lone_previous);
+        fs::remove_file(&path).unwrap();
+        let loaded = State::load(&path).unwrap();
+        assert_eq!(loaded.state, sample());
+        assert_eq!(loaded.from, Some(previous(&path)));
+        assert!(loaded.lone_previous);
+        assert!(loaded.set_aside.is_empty());
+        // Forgetting removes every generation.
+        State::default().save(&path).unwrap();
+        let removed = State::forget(&path).unwrap();
+        assert_eq!(removed, vec![path.clone(), previous(&path)]);
+        assert_eq!(State::load(&path).unwrap(), Loaded::default());
+        assert_eq!(State::forget(&path).unwrap(), Vec::<PathBuf>::new());
+    }
+
+    #[test]
+    fn a_link_or_a_fifo_at_the_state_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        let victim = dir.path().join("victim");
+        sample().save(&victim).unwrap();
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        let e = State::load(&path).unwrap_err();
+        assert!(matches!(e, StateError::NotAFile { .. }), "{e}");
+        assert!(format!("{:#}", anyhow::Error::from(e)).contains("symbolic link"));
+        assert!(
+            State::default().save(&path).is_err(),
+            "never written through"
+        );
+        assert_eq!(State::read(&victim).unwrap(), Some(sample()));
+        fs::remove_file(&path).unwrap();
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = State::load(&path).unwrap_err();
+        assert!(matches!(e, StateError::NotAFile { .. }), "{e}");
     }
 
     #[test]

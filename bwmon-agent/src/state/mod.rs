@@ -5,6 +5,7 @@
 
 pub(crate) mod atomic;
 mod file;
+pub mod open;
 
 use std::collections::BTreeMap;
 
