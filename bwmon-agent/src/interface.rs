@@ -78,6 +78,58 @@ pub struct InvalidName {
     pub(crate) reason: &'static str,
 }
 
+/// The inode of the host's (the initial) network namespace on kernels that fix it (6.18 on:
+/// `PROC_NET_INIT_INO`); earlier ones number it like any other.
+const HOST_NETNS_INO: u64 = 0xEFFF_FFF9;
+
+/// The network namespace the calling thread is in, by the inode of its nsfs file; `None` when
+/// it is the host's, or when that cannot be told (then bwmon names files as it always did).
+pub fn netns() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    let ino = |path: &str| std::fs::metadata(path).ok().map(|m| m.ino());
+    let mine = ino("/proc/thread-self/ns/net")?;
+    if mine == HOST_NETNS_INO {
+        return None;
+    }
+    // Before 6.18: the host's is pid 1's (readable by root, unless a sandbox hides it).
+    match ino("/proc/1/ns/net") {
+        Some(host) => (host != mine).then_some(mine),
+        None => fixes_host_netns_ino().then_some(mine),
+    }
+}
+
+/// Whether the running kernel gives the host's network namespace [`HOST_NETNS_INO`] (6.18 on).
+fn fixes_host_netns_ino() -> bool {
+    // SAFETY: uname fills the struct it is given; all-zero is a valid one.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` outlives the call.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return false;
+    }
+    let release: String = u
+        .release
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8 as char)
+        .collect();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    (major, minor) >= (6, 18)
+}
+
+/// How bwmon names interface `iface` in its file names (the pin directory, the instance lock):
+/// the name itself in the host's network namespace (where it always did), `<iface>:netns<inode>`
+/// in another one, where an interface of the same name is another interface. (`:` is in no
+/// interface name.)
+pub fn keyed_name(iface: &str) -> String {
+    match netns() {
+        None => iface.to_owned(),
+        Some(ino) => format!("{iface}:netns{ino}"),
+    }
+}
+
 /// Checks that `name` can be a Linux interface name (it also becomes a path component under
 /// the pin root, so `/`, `.` and `..` are refused).
 ///
@@ -121,6 +173,26 @@ mod tests {
         );
         let e = super::link_header_len("no-such-if0").unwrap_err();
         assert!(e.to_string().contains("interface no-such-if0"), "{e}");
+    }
+
+    #[test]
+    fn an_interface_is_keyed_by_its_network_namespace_unless_it_is_the_hosts() {
+        assert_eq!(super::keyed_name("eth0"), "eth0", "the host's namespace");
+        let other = std::thread::spawn(|| {
+            // SAFETY: moves only this thread to a new network namespace (root only).
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return None;
+            }
+            Some((super::netns(), super::keyed_name("eth0")))
+        })
+        .join()
+        .unwrap();
+        let Some((ino, name)) = other else {
+            eprintln!("not root: a new network namespace cannot be made here");
+            return;
+        };
+        let ino = ino.expect("another namespace");
+        assert_eq!(name, format!("eth0:netns{ino}"));
     }
 
     #[test]

@@ -46,6 +46,7 @@ fn exit_code(e: &anyhow::Error) -> ExitCode {
                 Some(
                     bwmon_agent::state::StateError::NoGoodGeneration { .. }
                         | bwmon_agent::state::StateError::Newer { .. }
+                        | bwmon_agent::state::StateError::NotAFile { .. }
                 )
             )
     });

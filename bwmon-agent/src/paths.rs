@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 /// Where bpffs is mounted.
 pub(crate) const BPFFS: &str = "/sys/fs/bpf";
-/// Root of bwmon's pins: maps and links live under `<PIN_ROOT>/<interface>/`.
+/// Root of bwmon's pins: maps and links live under `<PIN_ROOT>/<interface>/` (in a network
+/// namespace other than the host's, `<PIN_ROOT>/<interface>:netns<inode>/`).
 pub const PIN_ROOT: &str = "/sys/fs/bpf/bwmon";
 /// Default configuration file.
 pub(crate) const CONFIG: &str = "/etc/bwmon/bwmon.toml";
@@ -19,7 +20,22 @@ pub(crate) const SOCKET: &str = "/run/bwmon/bwmon.sock";
 /// The tenants' socket: every local user may ask it for their own slice.
 pub(crate) const TENANT_SOCKET: &str = "/run/bwmon/tenant.sock";
 
-/// The pin directory of one interface.
+/// The pin directory of one interface, in the calling thread's network namespace
+/// ([`crate::interface::keyed_name`]).
 pub(crate) fn pin_dir(pin_root: &Path, interface: &str) -> PathBuf {
-    pin_root.join(interface)
+    pin_root.join(crate::interface::keyed_name(interface))
+}
+
+/// The instance lock of one interface, in the calling thread's network namespace: one daemon
+/// per interface.
+pub fn interface_lock(runtime: &Path, interface: &str) -> PathBuf {
+    runtime.join(format!("{}.lock", crate::interface::keyed_name(interface)))
+}
+
+/// The lock beside a file a daemon writes (its state, its sockets): `<file>.lock`. One daemon
+/// per file, whatever interface it runs on.
+pub fn lock_beside(file: &Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
 }

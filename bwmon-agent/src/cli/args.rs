@@ -26,8 +26,9 @@ pub enum Command {
         /// Configuration file (TOML), e.g. /etc/bwmon/bwmon.toml.
         #[arg(long, short, value_name = "FILE", default_value = paths::CONFIG)]
         config: PathBuf,
-        /// Start with every budget afresh: move the state files aside (`<state>.discarded-<time>`)
-        /// instead of loading them. Only for when no generation of the state loads.
+        /// Start with every budget afresh: every generation of the state is moved aside
+        /// (`<state>.discarded-<time>`) instead of loaded, once the datapath is up (a start that
+        /// fails keeps them). Only for when no generation of the state loads.
         #[arg(long)]
         fresh_state: bool,
     },
@@ -102,12 +103,14 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
-    /// Remove everything bwmon installed on the interface: programs, pins, HTB tree.
+    /// Remove everything bwmon installed on the interface: programs, pins, HTB tree (refused
+    /// while a daemon runs on it).
     Teardown {
         /// Configuration file (TOML).
         #[arg(long, short, value_name = "FILE", default_value = paths::CONFIG)]
         config: PathBuf,
-        /// Also delete the state file (every budget starts afresh next time).
+        /// Also delete every generation of the state (`<state>` and `<state>.prev`): every
+        /// budget starts afresh next time. Refused while a daemon runs.
         #[arg(long)]
         forget_state: bool,
     },

@@ -39,12 +39,17 @@ use crate::{
 /// Anything that prevents starting: bad config or slices file, unreadable state, no
 /// datapath, a foreign root qdisc.
 pub(crate) async fn run(config: Config, fresh_state: bool) -> anyhow::Result<()> {
-    // Before anything is touched: a second daemon on this interface changes nothing.
-    let _instance = instance::lock(Path::new(paths::RUNTIME), &config.interface)?;
-    let (state, warnings) = start::load_state(&config, fresh_state)?;
+    // Before anything is read or touched: a second daemon on this interface, or on another
+    // one with the same state file or sockets, changes nothing.
+    let _instance = instance::lock_all(Path::new(paths::RUNTIME), &config)?;
+    let (state, mut warnings) = start::load_state(&config, fresh_state)?;
     let slices_file = SlicesFile::new(config.slices.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let syncer = start::syncer(&config, state, &shutdown_rx).await?;
+    if fresh_state {
+        // Only now that the datapath and the tree are up: a start that failed kept them.
+        warnings.extend(start::set_aside(&config)?);
+    }
     let (status_tx, status_rx) = watch::channel(Arc::new(start::first_report(&config)));
     let asks = start::serve_control(&config, &status_rx, &shutdown_rx)?;
     let metrics = reload::start_metrics(&config, &status_rx, &shutdown_rx).await?;

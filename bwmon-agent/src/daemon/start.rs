@@ -16,13 +16,14 @@ use crate::{
     datapath::{Datapath, DatapathOptions},
     htb::Htb,
     serve::{control, status::StatusReport},
-    state::{State, StateFile},
+    state::{self, State, StateFile},
     sync::Syncer,
     time::now,
 };
 
-/// The state at `config.state` (moved aside first with `fresh_state`), and a warning for
-/// every damaged generation set aside.
+/// The state at `config.state` (none with `fresh_state`: the files are set aside by
+/// [`set_aside`] once the datapath is up), and a warning for every damaged generation set
+/// aside, or for a lone previous generation loaded.
 ///
 /// # Errors
 /// No generation loads, or a file cannot be read or moved.
@@ -31,12 +32,19 @@ pub(super) fn load_state(
     fresh_state: bool,
 ) -> anyhow::Result<(State, Vec<String>)> {
     if fresh_state {
-        for moved in State::discard(&config.state)? {
-            warn!(to = %moved.display(), "--fresh-state: the state was moved aside; every budget starts afresh");
-        }
+        return Ok((State::default(), Vec::new()));
     }
     let loaded = State::load(&config.state)?;
     let mut warnings = Vec::new();
+    if loaded.lone_previous {
+        let w = format!(
+            "state file {} is missing; loaded its previous generation {} (the usage of the save before the last). To start every budget afresh instead: stop bwmon, `bwmon teardown --forget-state`",
+            config.state.display(),
+            state::previous(&config.state).display()
+        );
+        warn!("{w}");
+        warnings.push(w);
+    }
     for s in &loaded.set_aside {
         let w = format!(
             "state file {} was damaged ({}) and moved to {}; loaded {}",
@@ -52,6 +60,25 @@ pub(super) fn load_state(
         warnings.push(w);
     }
     Ok((loaded.state, warnings))
+}
+
+/// `--fresh-state`: every generation of the state moved aside (`<file>.discarded-<time>`),
+/// said once.
+///
+/// # Errors
+/// A file that exists and cannot be moved.
+pub(super) fn set_aside(config: &Config) -> anyhow::Result<Vec<String>> {
+    let moved = State::discard(&config.state)?;
+    if moved.is_empty() {
+        return Ok(Vec::new());
+    }
+    let to: Vec<String> = moved.iter().map(|p| p.display().to_string()).collect();
+    let w = format!(
+        "--fresh-state: every budget starts afresh; the state was moved aside to {}",
+        to.join(" and ")
+    );
+    warn!("{w}");
+    Ok(vec![w])
 }
 
 /// The syncer over the datapath (opened, with its kernel log followed until `shutdown` when

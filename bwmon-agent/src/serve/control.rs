@@ -216,22 +216,56 @@ pub(crate) fn answer_tenant(
     }
 }
 
-/// Binds a socket at `path` with permissions `mode`, replacing a stale one.
+/// Binds a socket at `path` with permissions `mode`, replacing a stale socket. Nothing at
+/// `path` is followed: a link (or anything but a socket) there is refused, and the mode is set
+/// on the socket bound, not on whatever a link there would point to. (The daemon holds
+/// `<path>.lock`, so a socket there is a stale one.)
 ///
 /// # Errors
-/// The directory cannot be made, the old socket removed, or the new one bound.
+/// The directory cannot be made, something else than a socket is at `path`, the old socket
+/// cannot be removed, or the new one cannot be bound.
 pub(crate) fn bind(path: &Path, mode: u32) -> io::Result<UnixListener> {
+    use std::os::unix::fs::FileTypeExt as _;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => debug!(path = %path.display(), "removed a stale control socket"),
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            std::fs::remove_file(path)?;
+            debug!(path = %path.display(), "removed a stale control socket");
+        }
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "something else than a socket is there (a link, a file): refused, nothing replaced",
+            ));
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
     let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    chmod_socket(path, mode)?;
     Ok(listener)
+}
+
+/// Sets the mode of the socket at `path` without following a link: opened `O_PATH |
+/// O_NOFOLLOW`, checked to be a socket, changed through `/proc/self/fd`.
+fn chmod_socket(path: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    if !file.metadata()?.file_type().is_socket() {
+        return Err(io::Error::other(
+            "replaced by something else than a socket after it was bound: refused",
+        ));
+    }
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    std::fs::set_permissions(
+        format!("/proc/self/fd/{fd}"),
+        std::fs::Permissions::from_mode(mode),
+    )
 }
 
 /// Serves requests until `shutdown` flips.
@@ -446,6 +480,17 @@ mod tests {
     async fn the_socket_is_private_and_serves_status() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run/bwmon.sock");
+        // A link planted at the socket's path is refused, its target untouched.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        let e = bind(&path, 0o666).unwrap_err();
+        assert!(e.to_string().contains("refused"), "{e}");
+        let mode = std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the link's target keeps its mode");
+        std::fs::remove_file(&path).unwrap();
         let listener = bind(&path, 0o600).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);

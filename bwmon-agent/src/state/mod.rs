@@ -9,8 +9,7 @@ pub mod open;
 
 use std::collections::BTreeMap;
 
-pub use file::StateError;
-pub(crate) use file::StateFile;
+pub(crate) use file::{Loaded, SetAside, StateError, StateFile, VERSION, previous};
 
 use crate::{
     class::{PerClass, TrafficClass},
