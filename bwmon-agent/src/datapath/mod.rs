@@ -21,6 +21,7 @@ mod attach;
 mod batch;
 pub(crate) mod btf;
 mod drops;
+pub mod epoch;
 mod error;
 mod maps;
 pub(crate) mod pins;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use aya::maps::{Array, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use bwmon_common::{CLASS_ARRAY_XIDS, Counter, SEEN_CHUNK, SEEN_INCOMPLETE, XidCounters, names};
 
-use super::{Datapath, batch, error::Result};
+use super::{Datapath, batch, epoch, error::Result};
 use crate::{class::PerClass, htb::Minor};
 
 /// Kernel counters at one instant.
@@ -25,17 +25,17 @@ pub struct Snapshot {
     /// Which instance of the counters these are: it changes when they restart from zero (a
     /// reboot, or maps re-created after their pins were lost), never otherwise.
     pub epoch: u64,
-    /// The epoch as a bwmon that counted every xid in the hash computed it (without the
-    /// array): a state it saved goes on with these counters, which still hold what it counted
-    /// (an xid's offered bytes are its array slot plus its hash entry).
-    pub epoch_before_array: u64,
+    /// The epochs earlier bwmons computed for these same counters (with std's hasher, with and
+    /// without the offered array: an xid's offered bytes are its array slot plus its hash
+    /// entry): a state one of them saved goes on with these counters.
+    pub earlier_epochs: Vec<u64>,
 }
 
 impl Snapshot {
     /// Whether these counters go on from those of `epoch` (a state's), rather than starting
     /// again from zero.
     pub fn continues(&self, epoch: u64) -> bool {
-        epoch == self.epoch || epoch == self.epoch_before_array
+        epoch == self.epoch || self.earlier_epochs.contains(&epoch)
     }
 
     /// The bytes `xid` is charged when its leaves' drops count from `drop_base` on: the drop
@@ -107,17 +107,21 @@ fn sum<V: aya::Pod + Default>(values: &PerCpuValues<V>, fold: impl Fn(V, V) -> V
 
 impl Datapath {
     /// The counters' instance: this boot and the kernel ids of the counter maps (ids are
-    /// unique within a boot, and restart after one); and the same without the offered array,
-    /// as a bwmon before it computed it.
-    fn counters_epoch(&self) -> Result<(u64, u64)> {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.boot_id.hash(&mut h);
-        self.map_id(names::OFFERED)?.hash(&mut h);
-        self.map_id(names::DROPPED)?.hash(&mut h);
-        let before_array = h.finish();
-        self.map_id(names::OFFERED_ARRAY)?.hash(&mut h);
-        Ok((h.finish(), before_array))
+    /// unique within a boot, and restart after one), hashed by [`epoch::epoch_hash`]; and what
+    /// earlier bwmons computed for them ([`epoch::std_hasher_epoch`], with and without the
+    /// offered array).
+    fn counters_epoch(&self) -> Result<(u64, Vec<u64>)> {
+        let ids = [
+            self.map_id(names::OFFERED)?,
+            self.map_id(names::DROPPED)?,
+            self.map_id(names::OFFERED_ARRAY)?,
+        ];
+        let epoch = epoch::epoch_hash(&self.boot_id, &ids.map(|id| id.map(u64::from)));
+        let earlier = vec![
+            epoch::std_hasher_epoch(&self.boot_id, &ids),
+            epoch::std_hasher_epoch(&self.boot_id, &ids[..2]),
+        ];
+        Ok((epoch, earlier))
     }
 
     /// Marks seen map `name` incomplete: made after its array had counted. Only before the
@@ -190,10 +194,10 @@ impl Datapath {
     /// A failed map read, naming the map.
     pub fn snapshot(&self) -> Result<Snapshot> {
         let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| self.batch_err(names::OFFERED, e))?;
-        let (epoch, epoch_before_array) = self.counters_epoch()?;
+        let (epoch, earlier_epochs) = self.counters_epoch()?;
         let mut out = Snapshot {
             epoch,
-            epoch_before_array,
+            earlier_epochs,
             ..Snapshot::default()
         };
 

@@ -404,7 +404,7 @@ fn counters_lost_with_the_kernel_state_carry_usage_instead_of_a_fresh_budget() {
     // Reboot: the kernel's counters start again from zero (a new epoch), the tree is new.
     w.obs.snapshot = Snapshot {
         epoch: 1,
-        epoch_before_array: 1,
+        earlier_epochs: vec![1],
         ..Snapshot::default()
     };
     w.obs.listed.clear();
@@ -430,7 +430,7 @@ fn a_state_saved_before_the_offered_array_goes_on_with_the_same_counters() {
     let mut w = World::new(false);
     let live = [root(), slice("alice", 1001)];
     w.obs.snapshot.epoch = 7;
-    w.obs.snapshot.epoch_before_array = 7;
+    w.obs.snapshot.earlier_epochs = vec![7];
     w.sync(&live, 1000);
     w.send(1001, 700 * 1024);
     w.sync(&live, 1010);
@@ -448,7 +448,7 @@ fn a_state_saved_before_the_offered_array_goes_on_with_the_same_counters() {
     assert_eq!(line(&w.sync(&live, 1030), "alice").bytes, 760 * 1024);
     w.obs.snapshot = Snapshot {
         epoch: 9,
-        epoch_before_array: 7,
+        earlier_epochs: vec![7],
         ..Snapshot::default()
     };
     w.send(1001, 5 * 1024);
