@@ -297,10 +297,11 @@ impl HistoryLog {
             }
         }
         let tracker = match history::Tracker::resume_file(&file) {
-            Ok((tracker, problems)) => {
+            Ok((mut tracker, problems)) => {
                 for p in problems {
                     warn!(file = %file.display(), "history: {p}");
                 }
+                tracker.carry_state(syncer.state());
                 tracker
             }
             Err(e) => {

@@ -1,7 +1,11 @@
 //! The history as a sync sees it: which records each sync's report makes (finished periods,
 //! hourly samples), and where it goes on from after a restart.
 
-use std::{collections::HashMap, io, path::Path};
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+    path::Path,
+};
 
 use super::{
     file::scan_file,
@@ -10,6 +14,7 @@ use super::{
 use crate::{
     class::{PerClass, TrafficClass},
     serve::status::{ClassStatus, SliceStatus, StatusReport},
+    state::State,
     time::UnixSecs,
 };
 
@@ -36,13 +41,44 @@ impl Tracker {
         Ok((r.tracker(), problems))
     }
 
+    /// Brings the periods going on up to what `state` (as loaded at start) used in them: after a
+    /// restart the newest sample may be an hour older than the last save, and a period that
+    /// ended while bwmon was down is written with the state's bytes, not the sample's.
+    pub fn carry_state(&mut self, state: &State) {
+        for (xid, s) in &state.slices {
+            let Some(open) = self.open.get_mut(xid) else {
+                continue;
+            };
+            let r = &s.record;
+            if open.period.start == r.period_start {
+                open.period.bytes = PerClass::from_fn(|c| r.used(c).0);
+                open.period.noticed |= r.emailed;
+            }
+        }
+    }
+
     /// The records one sync's report makes: a finished period for every slice whose period
-    /// changed, a sample for every slice not yet sampled in this hour whose use moved since its
-    /// last sample.
+    /// changed, and for every slice gone from the report whose period has ended (a departed
+    /// slice's record expires then); a sample for every slice not yet sampled in this hour
+    /// whose use moved since its last sample.
     pub(crate) fn observe(&mut self, report: &StatusReport) -> Vec<Entry> {
         let now = report.now;
         let hour = now - now % HOUR;
         let mut out = Vec::new();
+        let shown: HashSet<u32> = report.slices.iter().map(|r| r.xid).collect();
+        let mut ended: Vec<u32> = self
+            .open
+            .iter()
+            .filter(|(xid, o)| !shown.contains(xid) && o.period.end <= now)
+            .map(|(xid, _)| *xid)
+            .collect();
+        ended.sort_unstable();
+        for xid in ended {
+            if let Some(o) = self.open.remove(&xid) {
+                self.written.remove(&xid);
+                out.push(Entry::Period(o.period));
+            }
+        }
         for row in &report.slices {
             let classes = row.per_class();
             let seen = period_of(row, &classes);
@@ -225,6 +261,58 @@ mod tests {
         let mut again = resumed(&file);
         let out = again.observe(&report(1100, vec![row("a", 1, 1000, 5, false)]));
         assert!(finished(&out).is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn a_departed_slices_last_period_is_written_when_its_record_expires() {
+        let mut t = Tracker::default();
+        let both = |b| vec![row("a", 1, 0, 10, false), row("gone", 2, 0, b, false)];
+        t.observe(&report(100, both(70)));
+        t.observe(&report(200, both(90)));
+        // "gone" leaves the slices file: no line while its record is kept, nothing written.
+        let out = t.observe(&report(300, vec![row("a", 1, 0, 10, false)]));
+        assert!(finished(&out).is_empty(), "{out:?}");
+        // Its period ends at 1000 (the fixtures' periods are 1000 s): written then, once.
+        let out = t.observe(&report(1000, vec![row("a", 1, 1000, 0, false)]));
+        let done = finished(&out);
+        assert_eq!(done.len(), 2, "{out:?}");
+        let gone = done.iter().find(|p| p.xid == 2).unwrap();
+        assert_eq!((gone.start, gone.end, gone.bytes.general), (0, 1000, 90));
+        let out = t.observe(&report(1100, vec![row("a", 1, 1000, 5, false)]));
+        assert!(finished(&out).is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn a_period_that_ended_while_bwmon_was_down_is_written_with_the_states_bytes() {
+        let mut t = Tracker::default();
+        // The last sample of the period says 50; the state saved at the stop says 80.
+        let file = t.observe(&report(7200, vec![row("alice", 1, 7000, 50, false)]));
+        let mut state = State::default();
+        let mut record = crate::policy::Record {
+            period_start: 7000,
+            ..Default::default()
+        };
+        record.classes.general.used = crate::units::Bytes(80);
+        record.emailed = true;
+        state.slices.insert(
+            1,
+            crate::state::SliceState {
+                name: "alice".into(),
+                record,
+                minors: PerClass::default(),
+                drop_base: PerClass::default(),
+                departed: false,
+            },
+        );
+        let mut again = resumed(&file);
+        again.carry_state(&state);
+        // Back after the period's end: the first sync starts the next period.
+        let out = again.observe(&report(9000, vec![row("alice", 1, 9000, 0, false)]));
+        let done = finished(&out);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].bytes.general, 80, "the state's bytes");
+        assert!(done[0].noticed);
+        assert_eq!(done[0].end, 8000);
     }
 
     #[test]
