@@ -69,7 +69,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             configured: true,
         } => Ok(cli::check::configured(&config)),
         Command::Status { json, config } => cli::status::status(&config, json),
-        Command::Slice { action, config } => cli::slice::slice(&config, action),
+        Command::Slice {
+            action,
+            config,
+            request_id,
+        } => cli::slice::slice(&config, action, request_id),
         Command::History {
             slice,
             periods,

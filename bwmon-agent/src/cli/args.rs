@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::paths;
+use crate::{paths, state::RequestId};
 
 /// Per-slice traffic accounting and bandwidth budgets with eBPF and HTB.
 #[derive(Parser, Debug)]
@@ -61,6 +61,11 @@ pub enum Command {
         /// Configuration file, for the control socket's path.
         #[arg(long, short, value_name = "FILE", default_value = paths::CONFIG, global = true)]
         config: PathBuf,
+        /// Send a lever as the request with this id (16 hex digits), to ask again safely after
+        /// a lost reply, as the error then says: the daemon applies an id once. Without it,
+        /// every lever is a new request.
+        #[arg(long, value_name = "ID", global = true)]
+        request_id: Option<RequestId>,
     },
     /// Past periods per slice from the history file (read directly; no daemon needed), each
     /// with a bar of its use against its budget.

@@ -41,16 +41,22 @@ pub fn status(config: &Path, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The asking user's own slice, from the tenant socket at `socket`.
+/// The asking user's own slice, from the tenant socket at `socket`: as JSON, the same
+/// document root gets, with that one slice.
 fn mine(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let reply = super::runtime()?.block_on(control::request(socket, RequestBody::Mine))?;
-    let ReplyBody::Mine(view) = reply else {
+    let ReplyBody::Status(report) = reply else {
         anyhow::bail!("unexpected reply from {}", socket.display());
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&view)?);
-    } else {
-        print!("{}", slice_view::render_tenant(&view, crate::time::now()));
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
     }
+    let row = report
+        .slices
+        .first()
+        .with_context(|| format!("no slice in the reply from {}", socket.display()))?;
+    let view = slice_view::tenant(row, report.now);
+    print!("{}", slice_view::render_tenant(&view, crate::time::now()));
     Ok(ExitCode::SUCCESS)
 }

@@ -169,6 +169,7 @@ pub(super) fn serve_control(
     tokio::spawn(control::serve(
         listener,
         config.max_connections,
+        crate::serve::connections::PER_CONNECTION,
         status.clone(),
         shutdown.clone(),
         asks_tx,

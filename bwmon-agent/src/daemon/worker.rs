@@ -26,7 +26,7 @@ use crate::{
         status::StatusReport,
     },
     state::{Notice, NoticeKey},
-    sync::{Kernel, Syncer, Tree},
+    sync::{Kernel, PullOutcome, Syncer, Tree},
     time::{UnixSecs, now},
 };
 
@@ -160,27 +160,56 @@ impl Worker {
                 let _ = asked.reply.send(reply);
                 false
             }
-            SliceRequest::Pull(which, lever) => match self.syncer.pull(&which, lever, now()) {
-                Err(why) => {
-                    let _ = asked.reply.send(ReplyBody::Error(why.to_string()));
-                    false
+            SliceRequest::Pull(which, lever, id) => {
+                match self.syncer.pull(id, &which, lever, now()) {
+                    Err(why) => {
+                        let _ = asked.reply.send(ReplyBody::Error(why.to_string()));
+                        false
+                    }
+                    Ok(PullOutcome::Applied(p)) => {
+                        info!(
+                            by_uid = asked.uid,
+                            slice = p.slice,
+                            xid = p.xid,
+                            %lever,
+                            request = %id,
+                            before = p.before,
+                            after = p.after,
+                            "operator: lever pulled"
+                        );
+                        self.after_sync = Some((asked.reply, p.audit(), p.xid));
+                        true
+                    }
+                    Ok(PullOutcome::Again(first)) => {
+                        info!(
+                            by_uid = asked.uid,
+                            xid = first.xid,
+                            %lever,
+                            request = %id,
+                            applied_at = first.at,
+                            "operator: a lever request asked again; applied once, not again"
+                        );
+                        let said = format!(
+                            "{} (request {id}, applied at {}; asked again: not applied twice)",
+                            first.outcome,
+                            crate::time::text::format_time(first.at)
+                        );
+                        let _ = asked.reply.send(self.pulled_reply(said, first.xid));
+                        false
+                    }
                 }
-                Ok(p) => {
-                    info!(
-                        by_uid = asked.uid,
-                        slice = p.slice,
-                        xid = p.xid,
-                        %lever,
-                        before = p.before,
-                        after = p.after,
-                        "operator: lever pulled"
-                    );
-                    let audit = format!("{}: {lever}: {} → {}", p.slice, p.before, p.after);
-                    self.after_sync = Some((asked.reply, audit, p.xid));
-                    true
-                }
-            },
+            }
         }
+    }
+
+    /// The reply to a lever on the slice `xid`: `audit`, and the slice as it now stands.
+    fn pulled_reply(&self, audit: String, xid: u32) -> ReplyBody {
+        self.syncer
+            .slice_detail(&SliceRef::Xid(xid), now())
+            .map_or_else(
+                |e| ReplyBody::Error(e.to_string()),
+                |d| ReplyBody::Pulled(audit, d),
+            )
     }
 
     /// One sync: its notices handed to the notifier, its report completed, told to systemd,
@@ -211,14 +240,7 @@ impl Worker {
         }
         let _ = self.out.status.send(Arc::new(report));
         if let Some((reply, audit, xid)) = self.after_sync.take() {
-            let body = self
-                .syncer
-                .slice_detail(&SliceRef::Xid(xid), now())
-                .map_or_else(
-                    |e| ReplyBody::Error(e.to_string()),
-                    |d| ReplyBody::Pulled(audit, d),
-                );
-            let _ = reply.send(body);
+            let _ = reply.send(self.pulled_reply(audit, xid));
         }
         // The previous report and the sync's temporary tables are freed now.
         super::allocator::give_back();

@@ -71,11 +71,14 @@ impl ErrorLog {
 }
 
 /// Accepts connections until `shutdown` flips, running `handle` on each in its own task, at
-/// most `limit` at once.
+/// most `limit` at once, each within `deadline` ([`PER_CONNECTION`]); `None` when `handle`
+/// bounds its own steps (the control socket bounds reading a request and writing its reply,
+/// not the wait for the sync that applies a lever).
 pub(crate) async fn serve<L, F, Fut>(
     listener: L,
     what: &'static str,
     limit: usize,
+    deadline: Option<Duration>,
     handle: F,
     mut shutdown: watch::Receiver<bool>,
 ) where
@@ -108,7 +111,11 @@ pub(crate) async fn serve<L, F, Fut>(
                 backoff = Duration::from_millis(10);
                 let served = handle(stream);
                 tokio::spawn(async move {
-                    match tokio::time::timeout(PER_CONNECTION, served).await {
+                    let outcome = match deadline {
+                        Some(d) => tokio::time::timeout(d, served).await,
+                        None => Ok(served.await),
+                    };
+                    match outcome {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => debug!(what, error = %e, "client"),
                         Err(_) => debug!(what, "client timed out"),

@@ -5,7 +5,10 @@
 //!
 //! Requests and replies are frames: a little-endian `u32` length, then a postcard body that
 //! starts with the protocol version. Unknown or malformed requests get an error reply and the
-//! daemon carries on.
+//! daemon carries on. Reading a request and writing its reply each have a deadline; the wait
+//! for the sync that applies a lever has none (a sync of many slices may take a minute). A
+//! lever request carries an id the daemon remembers: asked again (its reply lost), it is
+//! answered with its first outcome, never applied twice.
 
 use std::{
     io,
@@ -13,6 +16,8 @@ use std::{
     path::{Path, PathBuf},
     sync::Arc,
 };
+
+use std::time::Duration;
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -23,12 +28,17 @@ use tracing::debug;
 
 use crate::{
     policy::levers::Lever,
-    serve::slice_view::{self, SliceDetail, SliceRef, TenantView},
-    serve::status::StatusReport,
+    serve::{
+        connections::PER_CONNECTION,
+        slice_view::{SliceDetail, SliceRef},
+        status::StatusReport,
+    },
+    state::RequestId,
 };
 
-/// The protocol version of this binary.
-pub(crate) const PROTOCOL: u16 = 1;
+/// The protocol version of this binary (2: lever requests carry an id; a tenant is answered
+/// with the status report of their slice).
+pub(crate) const PROTOCOL: u16 = 2;
 /// The largest request the daemon reads (requests are a few bytes).
 const MAX_REQUEST: u32 = 64 << 10;
 /// The largest reply a client reads (a status of 100,000 slices fits).
@@ -50,9 +60,9 @@ pub(crate) enum RequestBody {
     Status,
     /// Everything known of one slice (root only).
     Show(SliceRef),
-    /// Pull a lever on one slice (root only).
-    Pull(SliceRef, Lever),
-    /// The caller's own slice (the tenant socket's one request).
+    /// Pull a lever on one slice (root only), as the request with this id.
+    Pull(SliceRef, Lever, RequestId),
+    /// The status report of the caller's own slice (the tenant socket's one request).
     Mine,
 }
 
@@ -76,8 +86,6 @@ pub enum ReplyBody {
     Slice(SliceDetail),
     /// A lever was pulled: the audit line, and the slice after it.
     Pulled(String, SliceDetail),
-    /// The caller's own slice.
-    Mine(TenantView),
 }
 
 /// A request only the sync worker can answer (it owns the state), who asked, and where the
@@ -97,16 +105,25 @@ pub(crate) struct Asked {
 pub(crate) enum SliceRequest {
     /// Its whole view.
     Show(SliceRef),
-    /// A lever.
-    Pull(SliceRef, Lever),
+    /// A lever, as the request with this id.
+    Pull(SliceRef, Lever, RequestId),
 }
 
 /// What went wrong talking to the daemon.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ControlError {
-    /// Could not connect or talk.
+    /// Could not connect or send the request.
     #[error("socket {path} (is `bwmon run` running? its control socket is root's)")]
     Io {
+        /// The socket.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The request was sent and no reply came back: it may or may not have been carried out.
+    #[error("socket {path}: the request was sent but its reply was lost")]
+    ReplyLost {
         /// The socket.
         path: PathBuf,
         /// Cause.
@@ -174,7 +191,7 @@ pub(crate) async fn answer(
             );
         }
         Ok(RequestBody::Show(which)) => SliceRequest::Show(which),
-        Ok(RequestBody::Pull(which, lever)) => SliceRequest::Pull(which, lever),
+        Ok(RequestBody::Pull(which, lever, id)) => SliceRequest::Pull(which, lever, id),
     };
     if uid != 0 {
         return ReplyBody::Error(format!(
@@ -190,26 +207,18 @@ pub(crate) async fn answer(
         .unwrap_or_else(|_| ReplyBody::Error("the daemon is stopping".into()))
 }
 
-/// The tenant socket's answer to `frame` from `uid`: that uid's slice, when `uid_is_xid`.
-pub(crate) fn answer_tenant(
-    frame: &[u8],
-    uid: u32,
-    status: &StatusReport,
-    uid_is_xid: bool,
-) -> ReplyBody {
+/// The tenant socket's answer to `frame` from `uid`: the status report of that uid's slice
+/// (the root's document with that one slice), when `uid_is_xid`.
+pub(crate) fn answer_tenant(frame: &[u8], uid: u32, status: &StatusReport, uid_is_xid: bool) -> ReplyBody {
     match decode(frame) {
         Err(why) => ReplyBody::Error(why),
         Ok(RequestBody::Mine) if !uid_is_xid => ReplyBody::Error(format!(
             "no slice for uid {uid}: slices here are not identified by uid (xid_source)"
         )),
-        Ok(RequestBody::Mine) => status
-            .slices
-            .iter()
-            .find(|s| s.xid == uid)
-            .map_or_else(
-                || ReplyBody::Error(format!("no slice for uid {uid}")),
-                |row| ReplyBody::Mine(slice_view::tenant(row, status.now)),
-            ),
+        Ok(RequestBody::Mine) => status.for_tenant(uid).map_or_else(
+            || ReplyBody::Error(format!("no slice for uid {uid}")),
+            ReplyBody::Status,
+        ),
         Ok(_) => ReplyBody::Error(
             "this socket answers only a user's own usage (`bwmon status`); the rest is root's, on the control socket".into(),
         ),
@@ -268,17 +277,21 @@ fn chmod_socket(path: &Path, mode: u32) -> io::Result<()> {
     )
 }
 
-/// Serves requests until `shutdown` flips.
 /// Reads one request frame from `stream` and writes the reply `respond` makes of it (an
-/// oversized frame is answered with an error, unread).
-async fn exchange<F, Fut>(mut stream: UnixStream, respond: F) -> io::Result<()>
+/// oversized frame is answered with an error, unread). Reading and writing each have
+/// `deadline`; `respond` has none (a lever waits for the sync that applies it).
+async fn exchange<F, Fut>(mut stream: UnixStream, deadline: Duration, respond: F) -> io::Result<()>
 where
     F: FnOnce(Vec<u8>, u32) -> Fut,
     Fut: std::future::Future<Output = ReplyBody>,
 {
+    let timed_out = |what| io::Error::new(io::ErrorKind::TimedOut, what);
     // The kernel's word for who is calling.
     let uid = stream.peer_cred()?.uid();
-    let body = match read_frame(&mut stream, MAX_REQUEST).await {
+    let read = tokio::time::timeout(deadline, read_frame(&mut stream, MAX_REQUEST))
+        .await
+        .map_err(|_| timed_out("reading the request"))?;
+    let body = match read {
         Ok(frame) => respond(frame, uid).await,
         Err(e) if e.kind() == io::ErrorKind::InvalidData => ReplyBody::Error(e.to_string()),
         Err(e) => return Err(e),
@@ -288,13 +301,17 @@ where
         body,
     };
     let bytes = postcard::to_stdvec(&reply).map_err(io::Error::other)?;
-    write_frame(&mut stream, &bytes).await
+    tokio::time::timeout(deadline, write_frame(&mut stream, &bytes))
+        .await
+        .map_err(|_| timed_out("writing the reply"))?
 }
 
-/// Serves the control socket until `shutdown`.
+/// Serves the control socket until `shutdown`, reading each request and writing each reply
+/// within `deadline` ([`PER_CONNECTION`] in the daemon).
 pub(crate) async fn serve(
     listener: UnixListener,
     limit: usize,
+    deadline: Duration,
     status: watch::Receiver<Arc<StatusReport>>,
     shutdown: watch::Receiver<bool>,
     asks: mpsc::UnboundedSender<Asked>,
@@ -302,11 +319,11 @@ pub(crate) async fn serve(
     let handle = move |stream: UnixStream| {
         let status = status.clone();
         let asks = asks.clone();
-        exchange(stream, move |frame, uid| async move {
+        exchange(stream, deadline, move |frame, uid| async move {
             answer(&frame, uid, &status, &asks).await
         })
     };
-    crate::serve::connections::serve(listener, "control", limit, handle, shutdown).await;
+    crate::serve::connections::serve(listener, "control", limit, None, handle, shutdown).await;
 }
 
 /// Serves the tenant socket until `shutdown`.
@@ -319,11 +336,11 @@ pub(crate) async fn serve_tenant(
 ) {
     let handle = move |stream: UnixStream| {
         let status = status.clone();
-        exchange(stream, move |frame, uid| async move {
+        exchange(stream, PER_CONNECTION, move |frame, uid| async move {
             answer_tenant(&frame, uid, &status.borrow(), uid_is_xid)
         })
     };
-    crate::serve::connections::serve(listener, "tenant", limit, handle, shutdown).await;
+    crate::serve::connections::serve(listener, "tenant", limit, None, handle, shutdown).await;
 }
 
 /// Sends `body` to the daemon at `path` and returns its reply (an error reply as `Err`).
@@ -342,7 +359,13 @@ pub(crate) async fn request(path: &Path, body: RequestBody) -> Result<ReplyBody,
     })
     .map_err(|e| io_err(io::Error::other(e)))?;
     write_frame(&mut stream, &req).await.map_err(io_err)?;
-    let frame = read_frame(&mut stream, MAX_REPLY).await.map_err(io_err)?;
+    let frame =
+        read_frame(&mut stream, MAX_REPLY)
+            .await
+            .map_err(|source| ControlError::ReplyLost {
+                path: path.to_owned(),
+                source,
+            })?;
     let reply: Reply = postcard::from_bytes(&frame).map_err(|e| ControlError::Protocol {
         path: path.to_owned(),
         what: format!("unreadable reply: {e}"),
@@ -410,7 +433,7 @@ mod tests {
             assert!(matches!(r, ReplyBody::Error(e) if e.contains("malformed")));
         }
         // A slice request from anyone but root is refused before it reaches the worker.
-        let reset = RequestBody::Pull(SliceRef::Name("alice".into()), Lever::Reset);
+        let reset = RequestBody::Pull(SliceRef::Name("alice".into()), Lever::Reset, RequestId(7));
         let r = ask(frame(PROTOCOL, reset.clone()), 1001).await;
         assert!(matches!(r, ReplyBody::Error(e) if e.contains("only root")));
         assert!(asked.try_recv().is_err());
@@ -420,7 +443,7 @@ mod tests {
             assert_eq!(a.uid, 0);
             assert_eq!(
                 a.what,
-                SliceRequest::Pull(SliceRef::Name("alice".into()), Lever::Reset)
+                SliceRequest::Pull(SliceRef::Name("alice".into()), Lever::Reset, RequestId(7))
             );
             a.reply
                 .send(ReplyBody::Error("no slice 'alice'".into()))
@@ -429,6 +452,39 @@ mod tests {
         let r = ask(frame(PROTOCOL, reset), 0).await;
         assert_eq!(r, ReplyBody::Error("no slice 'alice'".into()));
         worker.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_lever_is_answered_after_its_sync_however_long_past_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bwmon.sock");
+        let listener = bind(&path, 0o600).unwrap();
+        let (_tx, rx) = watch::channel(Arc::new(StatusReport::default()));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (asks, mut asked) = mpsc::unbounded_channel::<Asked>();
+        let deadline = Duration::from_millis(200);
+        let server = tokio::spawn(serve(listener, 4, deadline, rx, stop_rx, asks));
+        // The sync that applies it takes five deadlines.
+        let worker = tokio::spawn(async move {
+            let a = asked.recv().await.unwrap();
+            tokio::time::sleep(deadline * 5).await;
+            a.reply
+                .send(ReplyBody::Error("applied late".into()))
+                .unwrap();
+        });
+        let pull = RequestBody::Pull(SliceRef::Xid(1), Lever::Reset, RequestId(9));
+        let e = request(&path, pull).await.unwrap_err();
+        assert!(e.to_string().ends_with("applied late"), "{e}");
+        worker.await.unwrap();
+        // A client that sends nothing is still let go at the deadline.
+        let mut idle = UnixStream::connect(&path).await.unwrap();
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(deadline * 10, idle.read(&mut buf))
+            .await
+            .expect("closed by the daemon");
+        assert!(matches!(n, Ok(0) | Err(_)));
+        stop_tx.send(true).unwrap();
+        server.await.unwrap();
     }
 
     #[test]
@@ -450,9 +506,14 @@ mod tests {
         };
         let mine = frame(PROTOCOL, RequestBody::Mine);
         match answer_tenant(&mine, 1002, &report, true) {
-            ReplyBody::Mine(v) => {
+            ReplyBody::Status(r) => {
+                // Root's document, with the caller's slice alone and nothing of the daemon's.
+                assert_eq!(r.now, 1500);
+                assert_eq!(r.slices.len(), 1);
+                let v = &r.slices[0];
                 assert_eq!((v.name.as_str(), v.xid, v.period_end), ("bob", 1002, 2000));
-                assert_eq!(v.classes[0].budget_bytes, 10 * 1024);
+                assert_eq!(v.max_kbyte, 10);
+                assert!(r.warnings.is_empty() && r.errors.is_empty());
             }
             other => panic!("{other:?}"),
         }
@@ -465,7 +526,7 @@ mod tests {
         for other in [
             RequestBody::Status,
             RequestBody::Show(SliceRef::Xid(1001)),
-            RequestBody::Pull(SliceRef::Xid(1002), Lever::Reset),
+            RequestBody::Pull(SliceRef::Xid(1002), Lever::Reset, RequestId(1)),
         ] {
             let r = answer_tenant(&frame(PROTOCOL, other), 1002, &report, true);
             assert!(matches!(r, ReplyBody::Error(e) if e.contains("only a user's own")));
@@ -500,7 +561,7 @@ mod tests {
         }));
         let (stop_tx, stop_rx) = watch::channel(false);
         let (asks, _asked) = mpsc::unbounded_channel();
-        let server = tokio::spawn(serve(listener, 4, rx, stop_rx, asks));
+        let server = tokio::spawn(serve(listener, 4, PER_CONNECTION, rx, stop_rx, asks));
         assert_eq!(status(&path).await.unwrap().now, 7);
         // A client sending garbage gets an error reply; the server goes on.
         let mut s = UnixStream::connect(&path).await.unwrap();

@@ -176,7 +176,15 @@ pub(crate) async fn serve(
             stream.shutdown().await
         }
     };
-    crate::serve::connections::serve(listener, "metrics", limit, handle, shutdown).await;
+    crate::serve::connections::serve(
+        listener,
+        "metrics",
+        limit,
+        Some(crate::serve::connections::PER_CONNECTION),
+        handle,
+        shutdown,
+    )
+    .await;
 }
 
 #[cfg(test)]
@@ -208,6 +216,7 @@ mod tests {
                 rate_bps: 0,
                 exempt_rate_bps: 0,
                 classes: vec![],
+                ..Default::default()
             }],
             last_sync_secs: 0.25,
             errors: [(ErrorKind::Htb, 3)].into(),

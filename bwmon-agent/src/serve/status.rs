@@ -56,6 +56,18 @@ pub(crate) struct SliceStatus {
     /// aligned, else the start plus the period.
     #[serde(default)]
     pub(crate) period_end: u64,
+    /// Extra general budget the operator granted for this period (included in `max_kbyte`).
+    #[serde(default)]
+    pub granted_bytes: u64,
+    /// Extra exempt budget granted for this period (included in `i2_max_kbyte`).
+    #[serde(default)]
+    pub exempt_granted_bytes: u64,
+    /// The operator's general ceiling, bit/s, when one is set.
+    #[serde(default)]
+    pub limit_bps: Option<u64>,
+    /// The operator's exempt ceiling, bit/s, when one is set.
+    #[serde(default)]
+    pub exempt_limit_bps: Option<u64>,
 }
 
 /// The whole report.
@@ -81,6 +93,25 @@ pub struct StatusReport {
     /// The daemon's version.
     #[serde(default)]
     pub(crate) version: String,
+}
+
+impl StatusReport {
+    /// The report a tenant is given: the same document with only the slice of `xid` in it,
+    /// and nothing about the daemon's health (errors, warnings) or other slices.
+    pub fn for_tenant(&self, xid: u32) -> Option<StatusReport> {
+        let row = self.slices.iter().find(|s| s.xid == xid)?;
+        Some(StatusReport {
+            now: self.now,
+            period_secs: self.period_secs,
+            interface: self.interface.clone(),
+            dry_run: self.dry_run,
+            slices: vec![row.clone()],
+            last_sync_secs: self.last_sync_secs,
+            errors: ErrorCounts::default(),
+            warnings: Vec::new(),
+            version: self.version.clone(),
+        })
+    }
 }
 
 /// What a status line says of the slice itself, beside its classes.
@@ -119,6 +150,10 @@ pub(crate) struct ClassStatus {
     pub(crate) max_rate: BitsPerSec,
     /// Average rate over the last sync interval.
     pub(crate) rate: BitsPerSec,
+    /// Extra budget the operator granted for this period (included in `budget`).
+    pub granted: Bytes,
+    /// The operator's ceiling, when one is set.
+    pub limit: Option<BitsPerSec>,
 }
 
 impl ClassStatus {
@@ -165,6 +200,10 @@ impl SliceStatus {
             exempt_rate_bps: e.rate.0,
             classes: head.leaves,
             period_end: head.period_end,
+            granted_bytes: g.granted.0,
+            exempt_granted_bytes: e.granted.0,
+            limit_bps: g.limit.map(|r| r.0),
+            exempt_limit_bps: e.limit.map(|r| r.0),
         }
     }
 
@@ -179,6 +218,8 @@ impl SliceStatus {
                 capped: self.capped,
                 max_rate: BitsPerSec(self.max_rate_bps),
                 rate: BitsPerSec(self.rate_bps),
+                granted: Bytes(self.granted_bytes),
+                limit: self.limit_bps.map(BitsPerSec),
             },
             TrafficClass::Exempt => ClassStatus {
                 used: Bytes(self.exempt_bytes),
@@ -188,6 +229,8 @@ impl SliceStatus {
                 capped: self.exempt_capped,
                 max_rate: BitsPerSec(self.i2_max_rate_bps),
                 rate: BitsPerSec(self.exempt_rate_bps),
+                granted: Bytes(self.exempt_granted_bytes),
+                limit: self.exempt_limit_bps.map(BitsPerSec),
             },
         }
     }
@@ -323,6 +366,7 @@ mod tests {
             rate_bps,
             exempt_rate_bps: 0,
             classes: vec![],
+            ..Default::default()
         }
     }
 
@@ -366,6 +410,8 @@ mod tests {
             capped: n > 10,
             max_rate: BitsPerSec(n + 4),
             rate: BitsPerSec(n + 5),
+            granted: Bytes(n + 6),
+            limit: Some(BitsPerSec(n + 7)),
         };
         let classes = PerClass {
             general: class(10),
@@ -387,6 +433,10 @@ mod tests {
             ("i2_max_rate_bps", 24),
             ("rate_bps", 15),
             ("exempt_rate_bps", 25),
+            ("granted_bytes", 16),
+            ("exempt_granted_bytes", 26),
+            ("limit_bps", 17),
+            ("exempt_limit_bps", 27),
         ] {
             assert_eq!(json[key], value, "{key}");
         }

@@ -31,8 +31,9 @@ use crate::{
 const MAGIC: &[u8; 8] = b"BWMONSC\x02";
 /// The first format: magic, version 1, postcard, no checksum (read to migrate it).
 const MAGIC_V1: &[u8; 8] = b"BWMONST\x01";
-/// The format version this binary writes (3: the operator's levers after the rest).
-pub(crate) const VERSION: u16 = 3;
+/// The format version this binary writes (3: the operator's levers after the rest; 4: the
+/// lever requests applied lately after those).
+pub(crate) const VERSION: u16 = 4;
 
 /// Why the state could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -275,6 +276,9 @@ impl State {
             2 => postcard::from_bytes::<v2::State>(&body[2..])
                 .map(State::from)
                 .map_err(|e| corrupt(e.to_string())),
+            3 => postcard::from_bytes::<v3::State>(&body[2..])
+                .map(State::from)
+                .map_err(|e| corrupt(e.to_string())),
             VERSION => postcard::from_bytes(&body[2..]).map_err(|e| corrupt(e.to_string())),
             _ => Err(corrupt(format!("unknown version {version}"))),
         }
@@ -410,6 +414,7 @@ mod v1 {
                 // Unknown: the counters the first format saw are taken to go on.
                 counters_epoch: None,
                 levers: BTreeMap::new(),
+                requests: Vec::new(),
             }
         }
     }
@@ -435,6 +440,35 @@ mod v2 {
                 notices: s.notices,
                 counters_epoch: s.counters_epoch,
                 levers: BTreeMap::new(),
+                requests: Vec::new(),
+            }
+        }
+    }
+}
+
+/// The third format: everything but the lever requests.
+mod v3 {
+    use super::*;
+    use crate::policy::levers::Levers;
+
+    #[derive(serde::Deserialize)]
+    pub struct State {
+        slices: BTreeMap<u32, SliceState>,
+        default: Option<Record>,
+        notices: Vec<Notice>,
+        counters_epoch: Option<u64>,
+        levers: BTreeMap<u32, Levers>,
+    }
+
+    impl From<State> for super::State {
+        fn from(s: State) -> super::State {
+            super::State {
+                slices: s.slices,
+                default: s.default,
+                notices: s.notices,
+                counters_epoch: s.counters_epoch,
+                levers: s.levers,
+                requests: Vec::new(),
             }
         }
     }
@@ -478,6 +512,16 @@ mod tests {
         levers.grant.general = Bytes(2 << 30);
         levers.limit.exempt = Some(BitsPerSec(3_000_000));
         s.levers.insert(1001, levers);
+        s.remember(crate::state::AppliedRequest {
+            id: crate::state::RequestId(0xfeed),
+            xid: 1001,
+            lever: crate::policy::levers::Lever::Grant {
+                class: TrafficClass::General,
+                amount: Bytes(2 << 30),
+            },
+            at: 1_700_000_050,
+            outcome: "alice: grant general 2.0 GiB: general budget 5.4 GiB → 7.4 GiB".into(),
+        });
         s.notices.push(Notice {
             slice: "alice".into(),
             xid: 1001,
@@ -691,11 +735,47 @@ mod tests {
         assert_eq!(next.used, Bytes(500));
     }
 
+    /// A file of format `version` with `payload` as its body, checksummed.
+    fn file_of(version: u16, payload: &impl serde::Serialize) -> Vec<u8> {
+        let mut body = version.to_le_bytes().to_vec();
+        body.extend(postcard::to_stdvec(payload).unwrap());
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        bytes.extend(body);
+        bytes
+    }
+
+    #[test]
+    fn a_third_format_file_loads_whole_with_no_lever_requests() {
+        // Format 3 is format 4 without the requests at the end.
+        let mut s = sample();
+        s.requests.clear();
+        let payload = (
+            &s.slices,
+            &s.default,
+            &s.notices,
+            &s.counters_epoch,
+            &s.levers,
+        );
+        assert_eq!(
+            State::decode(Path::new("state"), &file_of(3, &payload)).unwrap(),
+            s
+        );
+        // And the requests of format 4 round-trip.
+        let with = sample();
+        assert_eq!(with.requests.len(), 1);
+        assert_eq!(
+            State::decode(Path::new("state"), &with.encode()).unwrap(),
+            with
+        );
+    }
+
     #[test]
     fn a_second_format_file_loads_whole_with_no_levers() {
         // Format 2 is format 3 without the levers at the end.
         let mut s = sample();
         s.levers.clear();
+        s.requests.clear();
         let payload = (&s.slices, &s.default, &s.notices, &s.counters_epoch);
         let mut body = 2u16.to_le_bytes().to_vec();
         body.extend(postcard::to_stdvec(&payload).unwrap());

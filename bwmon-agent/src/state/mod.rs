@@ -15,7 +15,7 @@ use crate::{
     class::{PerClass, TrafficClass},
     htb::Minor,
     policy::Record,
-    policy::levers::Levers,
+    policy::levers::{Lever, Levers},
     time::UnixSecs,
     units::{BitsPerSec, Bytes},
 };
@@ -105,6 +105,73 @@ pub(crate) struct State {
     /// The operator's grants and limits by xid, each for the period it was given in
     /// (format 3 on).
     pub(crate) levers: BTreeMap<u32, Levers>,
+    /// The operator's lever requests applied lately, by id, oldest first (format 4 on): one
+    /// asked again (a reply lost, a retry) is answered with its first outcome, never applied
+    /// twice.
+    pub requests: Vec<AppliedRequest>,
+}
+
+/// The id a client gives a lever request, the same on every retry of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct RequestId(pub u64);
+
+impl RequestId {
+    /// A fresh id, from the kernel's random source.
+    pub fn fresh() -> RequestId {
+        let hex = open::unpredictable_suffix();
+        RequestId(u64::from_str_radix(&hex, 16).unwrap_or_default())
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl std::str::FromStr for RequestId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        u64::from_str_radix(s, 16)
+            .map(RequestId)
+            .map_err(|_| format!("a request id is up to 16 hex digits, not '{s}'"))
+    }
+}
+
+/// A lever request that was applied: what a retry of it is answered with.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AppliedRequest {
+    /// Its id.
+    pub id: RequestId,
+    /// The slice it was applied to.
+    pub xid: u32,
+    /// The lever.
+    pub(crate) lever: Lever,
+    /// When it was applied.
+    pub at: UnixSecs,
+    /// The audit line of its outcome.
+    pub outcome: String,
+}
+
+/// How long applied lever requests are remembered, and how many at most.
+const REQUEST_MEMORY: (UnixSecs, usize) = (7 * 86_400, 1024);
+
+impl State {
+    /// The applied request `id`, if it is remembered.
+    pub fn applied(&self, id: RequestId) -> Option<&AppliedRequest> {
+        self.requests.iter().find(|r| r.id == id)
+    }
+
+    /// Remembers the applied request `r`; requests older than a week, or beyond the newest
+    /// 1024, are forgotten.
+    pub fn remember(&mut self, r: AppliedRequest) {
+        let (age, count) = REQUEST_MEMORY;
+        let now = r.at;
+        self.requests.push(r);
+        self.requests.retain(|r| r.at + age > now);
+        let extra = self.requests.len().saturating_sub(count);
+        self.requests.drain(..extra);
+    }
 }
 
 impl State {
@@ -116,5 +183,36 @@ impl State {
         let before = self.notices.len();
         self.notices.retain(|n| !delivered.contains(&n.key()));
         self.notices.len() != before
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lever_requests_are_remembered_for_a_week_and_at_most_1024() {
+        let mut s = State::default();
+        let applied = |id, at| AppliedRequest {
+            id: RequestId(id),
+            xid: 1,
+            lever: Lever::Reset,
+            at,
+            outcome: String::new(),
+        };
+        s.remember(applied(1, 0));
+        s.remember(applied(2, 7 * 86_400 - 1));
+        assert!(s.applied(RequestId(1)).is_some());
+        s.remember(applied(3, 7 * 86_400));
+        assert!(s.applied(RequestId(1)).is_none(), "a week old");
+        for id in 10..2000 {
+            s.remember(applied(id, 7 * 86_400));
+        }
+        assert_eq!(s.requests.len(), 1024);
+        assert!(s.applied(RequestId(1999)).is_some());
+        assert!(s.applied(RequestId(2)).is_none());
+        assert_eq!("00000000000000ff".parse::<RequestId>(), Ok(RequestId(255)));
+        assert_eq!(RequestId(255).to_string(), "00000000000000ff");
+        assert!("xyz".parse::<RequestId>().is_err());
     }
 }

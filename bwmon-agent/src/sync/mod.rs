@@ -18,6 +18,7 @@ use ipnet::IpNet;
 use tracing::{info, warn};
 
 pub(crate) use kernel::{Attachment, Kernel, Tree};
+pub use operator::{OperatorError, PullOutcome, Pulled};
 use plan::{LiveSlice, Memory, Observation, Plan, Settings};
 
 use crate::{
@@ -669,6 +670,58 @@ mod tests {
         let o = again.step(1020);
         assert_eq!(row(&o, "alice").period_start, 1000);
         assert_eq!(row(&o, "alice").bytes, 100 * 1024);
+    }
+
+    #[test]
+    fn a_lever_request_asked_again_is_applied_once_also_after_a_restart() {
+        use crate::{
+            policy::levers::Lever, serve::slice_view::SliceRef, state::RequestId, units::Bytes,
+        };
+        let alice = SliceRef::Name("alice".into());
+        let mut s = syncer(vec![slice("alice", 1001)]);
+        s.step(1000);
+        let grant = Lever::Grant {
+            class: TrafficClass::General,
+            amount: Bytes(1 << 20),
+        };
+        let first = s.pull(RequestId(1), &alice, grant, 1001).unwrap();
+        assert!(matches!(first, PullOutcome::Applied(_)), "{first:?}");
+        let PullOutcome::Again(again) = s.pull(RequestId(1), &alice, grant, 1002).unwrap() else {
+            panic!("applied twice");
+        };
+        assert_eq!(again.at, 1001);
+        assert!(again.outcome.contains("alice: grant"), "{}", again.outcome);
+        // The same id for another lever is refused; a new id is a new request.
+        let limit = Lever::Limit {
+            class: TrafficClass::General,
+            rate: Some(BitsPerSec(2_000_000)),
+        };
+        assert!(matches!(
+            s.pull(RequestId(1), &alice, limit, 1003),
+            Err(OperatorError::RequestIdReused(RequestId(1)))
+        ));
+        s.pull(RequestId(2), &alice, limit, 1003).unwrap();
+        let o = s.step(1004);
+        let line = row(&o, "alice");
+        assert_eq!(line.max_kbyte, 1000 + 1024, "granted once");
+        assert_eq!(line.granted_bytes, 1 << 20);
+        assert_eq!(line.limit_bps, Some(2_000_000));
+        // A restart from the saved state remembers the request.
+        let saved = State::load(s.file.path()).unwrap().state;
+        assert_eq!(saved.requests.len(), 2);
+        let mut again = Syncer::new(
+            config(),
+            FakeKernel::default(),
+            FakeTree::default(),
+            state_file(),
+            saved,
+            vec![slice("alice", 1001)],
+        );
+        again.step(1005);
+        let retried = again.pull(RequestId(1), &alice, grant, 1006).unwrap();
+        assert!(matches!(retried, PullOutcome::Again(_)), "{retried:?}");
+        let o = again.step(1007);
+        assert_eq!(row(&o, "alice").max_kbyte, 1000 + 1024, "still once");
     }
 
     /// Benchmark (cargo xtask bench): one sync's own cost with 10,000 slices, kernel and tree

@@ -7,6 +7,7 @@ use crate::{
     policy::levers::{self, Lever, LeverError, Levers},
     policy::rspec::Attributes,
     serve::slice_view::{self, SliceDetail, SliceRef},
+    state::{AppliedRequest, RequestId},
     time::UnixSecs,
 };
 
@@ -21,6 +22,28 @@ pub(crate) struct Pulled {
     pub(crate) before: String,
     /// What it is now.
     pub(crate) after: String,
+    /// The lever.
+    pub lever: Lever,
+}
+
+impl Pulled {
+    /// The audit line: the slice, the lever, and the value it moved.
+    pub fn audit(&self) -> String {
+        format!(
+            "{}: {}: {} → {}",
+            self.slice, self.lever, self.before, self.after
+        )
+    }
+}
+
+/// What a lever request came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PullOutcome {
+    /// Applied now.
+    Applied(Pulled),
+    /// Applied before, under the same request id (a retry after a lost reply): not applied
+    /// again; its first outcome.
+    Again(AppliedRequest),
 }
 
 /// Why an operator's request on a slice was refused (the text goes back to the CLI).
@@ -35,6 +58,11 @@ pub(crate) enum OperatorError {
     /// The lever itself was refused.
     #[error(transparent)]
     Lever(#[from] LeverError),
+    /// A request id applied before came with another lever or slice.
+    #[error(
+        "request id {0} was applied to another lever or slice; a retry repeats its request as it was (without --request-id, every request gets a new id)"
+    )]
+    RequestIdReused(RequestId),
 }
 
 impl<K: Kernel, T: Tree> Syncer<K, T> {
@@ -84,17 +112,27 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
         Ok(slice_view::detail(&known, &self.config.periods, now))
     }
 
-    /// Pulls `lever` on the live slice `which` and saves the state; the caller syncs next so
-    /// the tree follows at once.
+    /// Pulls `lever` on the live slice `which` as request `id` and saves the state (with the
+    /// request remembered); the caller syncs next so the tree follows at once. A request id
+    /// applied before is not applied again: its first outcome comes back.
     ///
     /// # Errors
-    /// No such live slice; a zero grant or a limit below bwmin.
+    /// No such live slice; a zero grant or a limit below bwmin; an id applied before to
+    /// another lever or slice.
     pub(crate) fn pull(
         &mut self,
+        id: RequestId,
         which: &SliceRef,
         lever: Lever,
         now: UnixSecs,
-    ) -> Result<Pulled, OperatorError> {
+    ) -> Result<PullOutcome, OperatorError> {
+        if let Some(first) = self.state.applied(id) {
+            let same = first.lever == lever && self.find(which).ok() == Some(first.xid);
+            return match same {
+                true => Ok(PullOutcome::Again(first.clone())),
+                false => Err(OperatorError::RequestIdReused(id)),
+            };
+        }
         let xid = self.find(which)?;
         let Some(base) = self.attributes(xid).map(|a| self.base_limits(a)) else {
             return Err(OperatorError::Departed(which.clone()));
@@ -155,13 +193,22 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
                 said
             }
         };
-        self.file.mark_dirty();
-        self.persist();
-        Ok(Pulled {
+        let pulled = Pulled {
             slice: self.state.slices[&xid].name.clone(),
             xid,
             before,
             after,
-        })
+            lever,
+        };
+        self.state.remember(AppliedRequest {
+            id,
+            xid,
+            lever,
+            at: now,
+            outcome: pulled.audit(),
+        });
+        self.file.mark_dirty();
+        self.persist();
+        Ok(PullOutcome::Applied(pulled))
     }
 }

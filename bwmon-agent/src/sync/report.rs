@@ -3,7 +3,7 @@
 
 use crate::{
     class::PerClass,
-    policy::{Limits, Record},
+    policy::{Limits, Record, levers::Levers},
     serve::status::{ClassStatus, SliceHead, SliceStatus},
     time::UnixSecs,
     units::{BitsPerSec, Bytes, KBytes},
@@ -21,6 +21,8 @@ pub(super) struct Line<'a> {
     pub(super) period_end: UnixSecs,
     /// Its limits in force.
     pub(super) limits: &'a Limits,
+    /// The operator's levers in force on it ([`Levers::in_force`]), if any.
+    pub(super) levers: Option<&'a Levers>,
     /// Its rate per class since the previous sync.
     pub(super) rate: PerClass<BitsPerSec>,
     /// What its leaves dropped.
@@ -53,6 +55,8 @@ impl Line<'_> {
                 capped: r.capped(c, limits),
                 max_rate: l.max_rate,
                 rate: *self.rate.of(c),
+                granted: self.levers.map_or(Bytes(0), |lv| *lv.grant.of(c)),
+                limit: self.levers.and_then(|lv| *lv.limit.of(c)),
             }
         });
         SliceStatus::new(head, classes)

@@ -112,6 +112,7 @@ impl Draft<'_> {
             record: &record,
             period_end: periods.end(record.period_start),
             limits,
+            levers: None,
             rate,
             dropped: Bytes(0),
             leaves: DEFAULT_LEAVES.iter().map(|(_, m)| m.to_string()).collect(),

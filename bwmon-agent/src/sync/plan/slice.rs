@@ -117,6 +117,8 @@ impl Draft<'_> {
                 record: &s.record,
                 period_end: periods.end(s.record.period_start),
                 limits: &limits,
+                levers: (self.state.levers.get(&l.xid))
+                    .filter(|lv| lv.in_force(&s.record, now, periods)),
                 rate,
                 dropped: Bytes(dropped),
                 leaves: s
