@@ -14,6 +14,7 @@ mod debian_root;
 pub mod frames;
 mod kernel_log;
 mod lab;
+pub mod schema;
 mod smtp;
 mod tc;
 mod traffic;

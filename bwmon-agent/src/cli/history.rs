@@ -21,7 +21,8 @@ pub fn history(
     let which = slice.map(SliceRef::typed);
     let shown = history::periods(&entries, which.as_ref(), periods);
     if json {
-        println!("{}", serde_json::to_string_pretty(&shown)?);
+        let doc = history::document(&shown);
+        println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print!("{}", history::render(&shown));
     }

@@ -5,7 +5,110 @@ use super::{
     file::retain,
     records::{Entry, PeriodEntry},
 };
-use crate::{class::TrafficClass, config::Retention, serve::slice_view::SliceRef};
+use crate::{
+    class::{PerClass, TrafficClass},
+    config::Retention,
+    serve::slice_view::SliceRef,
+    time::UnixSecs,
+};
+
+/// `bwmon history --json`: per slice, its finished periods (the document DESIGN.md names;
+/// `etc/schema/history.schema.json`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HistoryDocument {
+    /// The version of bwmon that wrote the document.
+    pub version: String,
+    /// The slices, by name.
+    pub slices: Vec<SliceHistory>,
+}
+
+/// One slice's finished periods.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SliceHistory {
+    /// Name.
+    pub name: String,
+    /// Xid.
+    pub xid: u32,
+    /// Oldest first.
+    pub periods: Vec<PeriodView>,
+}
+
+/// One finished period, its classes' numbers side by side as in the status document.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PeriodView {
+    /// Start (Unix seconds).
+    pub start: UnixSecs,
+    /// End (Unix seconds).
+    pub end: UnixSecs,
+    /// General bytes used.
+    pub bytes: u64,
+    /// Exempt bytes used.
+    pub exempt_bytes: u64,
+    /// When the general class was first seen capped, if it was.
+    pub capped_at: Option<UnixSecs>,
+    /// When the exempt class was first seen capped, if it was.
+    pub exempt_capped_at: Option<UnixSecs>,
+    /// Notices sent for the period (bwmon sends at most one).
+    pub notices: u32,
+    /// The general budget (grants included), bytes.
+    pub budget_bytes: u64,
+    /// The exempt budget, bytes.
+    pub exempt_budget_bytes: u64,
+    /// The lowest general ceiling of the period, bit/s.
+    pub lowest_ceil_bps: u64,
+    /// The lowest exempt ceiling, bit/s.
+    pub exempt_lowest_ceil_bps: u64,
+}
+
+impl PeriodView {
+    /// The period `p` as the document shows it: this is the one place that names its classes'
+    /// fields.
+    fn of(p: &PeriodEntry) -> PeriodView {
+        let PerClass {
+            general: (bytes, capped_at, budget_bytes, lowest_ceil_bps),
+            exempt: (exempt_bytes, exempt_capped_at, exempt_budget_bytes, exempt_lowest_ceil_bps),
+        } = PerClass::from_fn(|c| {
+            (
+                *p.bytes.of(c),
+                *p.capped_at.of(c),
+                *p.budget.of(c),
+                *p.lowest_ceil_bps.of(c),
+            )
+        });
+        PeriodView {
+            start: p.start,
+            end: p.end,
+            bytes,
+            exempt_bytes,
+            capped_at,
+            exempt_capped_at,
+            notices: u32::from(p.noticed),
+            budget_bytes,
+            exempt_budget_bytes,
+            lowest_ceil_bps,
+            exempt_lowest_ceil_bps,
+        }
+    }
+}
+
+/// The document of `periods` (as [`periods`] returns them: by slice, oldest first).
+pub fn document(periods: &[PeriodEntry]) -> HistoryDocument {
+    let mut slices: Vec<SliceHistory> = Vec::new();
+    for p in periods {
+        match slices.last_mut() {
+            Some(s) if s.name == p.slice && s.xid == p.xid => s.periods.push(PeriodView::of(p)),
+            _ => slices.push(SliceHistory {
+                name: p.slice.clone(),
+                xid: p.xid,
+                periods: vec![PeriodView::of(p)],
+            }),
+        }
+    }
+    HistoryDocument {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        slices,
+    }
+}
 
 /// The finished periods in `entries` of the slice `which` (all when `None`), the newest `n`
 /// of each, oldest first; a period recorded twice is shown once.

@@ -89,9 +89,12 @@ pub(crate) struct ClassView {
     pub(crate) forecast_bytes: u64,
 }
 
-/// Everything bwmon knows of one slice.
+/// Everything bwmon knows of one slice (`bwmon slice show --json`,
+/// `etc/schema/slice.schema.json`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SliceDetail {
+    /// The version of bwmon that wrote it.
+    pub version: String,
     /// Name.
     pub(crate) name: String,
     /// Xid.
@@ -225,6 +228,7 @@ pub(crate) fn detail(k: &Known<'_>, periods: &Periods, now: UnixSecs) -> SliceDe
         })
         .collect();
     SliceDetail {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
         name: k.state.name.clone(),
         xid: k.xid,
         departed: k.state.departed,
