@@ -34,3 +34,46 @@ pub fn assert_valid(name: &str, doc: &serde_json::Value) {
         );
     }
 }
+
+/// Panics unless every field of every object in `doc` is declared in the schema `name` (a
+/// field bwmon prints and the schema does not name is a document the schema does not tell).
+pub fn assert_declared(name: &str, doc: &serde_json::Value) {
+    let root = schema(name);
+    declared(&root, &root, doc, name);
+}
+
+fn declared(root: &serde_json::Value, at: &serde_json::Value, doc: &serde_json::Value, path: &str) {
+    // A local `$ref` ("#/$defs/slice") stands for the schema it names.
+    let at = match at["$ref"].as_str().and_then(|r| r.strip_prefix('#')) {
+        Some(pointer) => root
+            .pointer(pointer)
+            .unwrap_or_else(|| panic!("{path}: no {pointer} in the schema")),
+        None => at,
+    };
+    match doc {
+        serde_json::Value::Object(fields) => {
+            for (key, value) in fields {
+                let property = if let Some(p) = at["properties"].get(key) {
+                    p
+                } else if at["additionalProperties"].is_object() {
+                    &at["additionalProperties"]
+                } else {
+                    panic!("{path}: `{key}` is not declared in the schema");
+                };
+                declared(root, property, value, &format!("{path}.{key}"));
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                declared(root, &at["items"], item, &format!("{path}[{i}]"));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Both checks: `doc` is a valid `name` document, and the schema declares all it has.
+pub fn assert_document(name: &str, doc: &serde_json::Value) {
+    assert_valid(name, doc);
+    assert_declared(name, doc);
+}

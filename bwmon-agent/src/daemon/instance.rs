@@ -107,7 +107,7 @@ fn take(path: &Path, iface: &str) -> Result<Result<File, Holder>, InstanceError>
 ///
 /// # Errors
 /// Another daemon runs on `iface`, or the file cannot be opened.
-pub fn lock(dir: &Path, iface: &str) -> Result<InstanceLock, InstanceError> {
+pub(crate) fn lock(dir: &Path, iface: &str) -> Result<InstanceLock, InstanceError> {
     let path = paths::interface_lock(dir, iface);
     match take(&path, iface)? {
         Ok(file) => Ok(InstanceLock { _files: vec![file] }),
@@ -123,7 +123,11 @@ pub fn lock(dir: &Path, iface: &str) -> Result<InstanceLock, InstanceError> {
 ///
 /// # Errors
 /// Another daemon writes `file`, or the lock cannot be opened.
-pub fn lock_file(file: &Path, what: &'static str, iface: &str) -> Result<File, InstanceError> {
+pub(crate) fn lock_file(
+    file: &Path,
+    what: &'static str,
+    iface: &str,
+) -> Result<File, InstanceError> {
     let path = paths::lock_beside(file);
     take(&path, iface)?.map_err(|holder| InstanceError::InUse {
         what,
@@ -139,7 +143,7 @@ pub fn lock_file(file: &Path, what: &'static str, iface: &str) -> Result<File, I
 ///
 /// # Errors
 /// Another daemon runs on the interface or writes one of those files.
-pub fn lock_all(dir: &Path, config: &Config) -> Result<InstanceLock, InstanceError> {
+pub(crate) fn lock_all(dir: &Path, config: &Config) -> Result<InstanceLock, InstanceError> {
     let iface = config.interface.as_str();
     let mut held = lock(dir, iface)?;
     let files = [

@@ -13,10 +13,10 @@ pub(crate) mod svg;
 mod tracker;
 mod view;
 
-pub(crate) use file::{append, compact, path_for, read, retain, scan_file};
-pub(crate) use records::{Entry, PeriodEntry, Sample, decode, encode};
+pub(crate) use file::{append, compact, path_for, read};
+pub(crate) use records::{Entry, Sample};
 pub(crate) use tracker::Tracker;
-pub(crate) use view::{HistoryDocument, PeriodView, SliceHistory, document, periods, render};
+pub(crate) use view::{document, periods, render};
 
 /// Status rows and reports for the tests.
 #[cfg(test)]

@@ -44,7 +44,7 @@ impl Tracker {
     /// Brings the periods going on up to what `state` (as loaded at start) used in them: after a
     /// restart the newest sample may be an hour older than the last save, and a period that
     /// ended while bwmon was down is written with the state's bytes, not the sample's.
-    pub fn carry_state(&mut self, state: &State) {
+    pub(crate) fn carry_state(&mut self, state: &State) {
         for (xid, s) in &state.slices {
             let Some(open) = self.open.get_mut(xid) else {
                 continue;

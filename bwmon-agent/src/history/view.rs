@@ -15,7 +15,7 @@ use crate::{
 /// `bwmon history --json`: per slice, its finished periods (the document DESIGN.md names;
 /// `etc/schema/history.schema.json`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct HistoryDocument {
+pub(crate) struct HistoryDocument {
     /// The version of bwmon that wrote the document.
     pub version: String,
     /// The slices, by name.
@@ -24,7 +24,7 @@ pub struct HistoryDocument {
 
 /// One slice's finished periods.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SliceHistory {
+pub(crate) struct SliceHistory {
     /// Name.
     pub name: String,
     /// Xid.
@@ -35,7 +35,7 @@ pub struct SliceHistory {
 
 /// One finished period, its classes' numbers side by side as in the status document.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PeriodView {
+pub(crate) struct PeriodView {
     /// Start (Unix seconds).
     pub start: UnixSecs,
     /// End (Unix seconds).
@@ -92,7 +92,7 @@ impl PeriodView {
 }
 
 /// The document of `periods` (as [`periods`] returns them: by slice, oldest first).
-pub fn document(periods: &[PeriodEntry]) -> HistoryDocument {
+pub(crate) fn document(periods: &[PeriodEntry]) -> HistoryDocument {
     let mut slices: Vec<SliceHistory> = Vec::new();
     for p in periods {
         match slices.last_mut() {

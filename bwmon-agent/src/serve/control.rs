@@ -209,7 +209,12 @@ pub(crate) async fn answer(
 
 /// The tenant socket's answer to `frame` from `uid`: the status report of that uid's slice
 /// (the root's document with that one slice), when `uid_is_xid`.
-pub(crate) fn answer_tenant(frame: &[u8], uid: u32, status: &StatusReport, uid_is_xid: bool) -> ReplyBody {
+pub(crate) fn answer_tenant(
+    frame: &[u8],
+    uid: u32,
+    status: &StatusReport,
+    uid_is_xid: bool,
+) -> ReplyBody {
     match decode(frame) {
         Err(why) => ReplyBody::Error(why),
         Ok(RequestBody::Mine) if !uid_is_xid => ReplyBody::Error(format!(

@@ -119,7 +119,7 @@ pub struct SliceDetail {
 
 /// What a tenant sees of their own slice.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct TenantView {
+pub(crate) struct TenantView {
     /// Name.
     pub(crate) name: String,
     /// Xid (the caller's uid).

@@ -210,7 +210,7 @@ impl State {
     ///
     /// # Errors
     /// A file that exists and cannot be removed.
-    pub fn forget(path: &Path) -> Result<Vec<PathBuf>, StateError> {
+    pub(crate) fn forget(path: &Path) -> Result<Vec<PathBuf>, StateError> {
         let mut removed = Vec::new();
         for file in [path.to_owned(), previous(path)] {
             match fs::remove_file(&file) {
@@ -452,7 +452,7 @@ mod v3 {
     use crate::policy::levers::Levers;
 
     #[derive(serde::Deserialize)]
-    pub struct State {
+    pub(crate) struct State {
         slices: BTreeMap<u32, SliceState>,
         default: Option<Record>,
         notices: Vec<Notice>,

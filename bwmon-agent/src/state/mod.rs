@@ -5,11 +5,12 @@
 
 pub(crate) mod atomic;
 mod file;
-pub mod open;
+pub(crate) mod open;
 
 use std::collections::BTreeMap;
 
-pub(crate) use file::{Loaded, SetAside, StateError, StateFile, VERSION, previous};
+pub use file::StateError;
+pub(crate) use file::{StateFile, previous};
 
 use crate::{
     class::{PerClass, TrafficClass},
@@ -158,13 +159,13 @@ const REQUEST_MEMORY: (UnixSecs, usize) = (7 * 86_400, 1024);
 
 impl State {
     /// The applied request `id`, if it is remembered.
-    pub fn applied(&self, id: RequestId) -> Option<&AppliedRequest> {
+    pub(crate) fn applied(&self, id: RequestId) -> Option<&AppliedRequest> {
         self.requests.iter().find(|r| r.id == id)
     }
 
     /// Remembers the applied request `r`; requests older than a week, or beyond the newest
     /// 1024, are forgotten.
-    pub fn remember(&mut self, r: AppliedRequest) {
+    pub(crate) fn remember(&mut self, r: AppliedRequest) {
         let (age, count) = REQUEST_MEMORY;
         let now = r.at;
         self.requests.push(r);

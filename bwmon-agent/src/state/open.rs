@@ -13,7 +13,7 @@ use std::{
 
 /// What a file is opened for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Access {
+pub(crate) enum Access {
     /// Reading an existing file.
     Read,
     /// Appending, created (mode 0600) if need be.
@@ -30,7 +30,7 @@ pub enum Access {
 /// # Errors
 /// The open fails (a missing file is `NotFound`, as from `open(2)`), `path` is a symbolic
 /// link, or it is not a regular file (a FIFO, a socket, a device, a directory).
-pub fn open_regular(path: &Path, access: Access) -> io::Result<File> {
+pub(crate) fn open_regular(path: &Path, access: Access) -> io::Result<File> {
     let mut options = OpenOptions::new();
     match access {
         Access::Read => options.read(true),
@@ -59,7 +59,7 @@ pub fn open_regular(path: &Path, access: Access) -> io::Result<File> {
 ///
 /// # Errors
 /// `path` is something else than a regular file, or cannot be looked at.
-pub fn refuse_non_regular(path: &Path) -> io::Result<()> {
+pub(crate) fn refuse_non_regular(path: &Path) -> io::Result<()> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_file() => Ok(()),
         Ok(m) => Err(refused(describe(m.file_type()))),
@@ -90,19 +90,19 @@ fn describe(kind: fs::FileType) -> &'static str {
 #[error(
     "{0}, not a regular file: refused (bwmon neither follows links nor opens FIFOs or devices for its files)"
 )]
-pub struct Refused(&'static str);
+pub(crate) struct Refused(&'static str);
 
 fn refused(what: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, Refused(what))
 }
 
 /// Whether `e` is a file refused for what it is (a link, a FIFO, …): the operator has to look.
-pub fn is_refused(e: &io::Error) -> bool {
+pub(crate) fn is_refused(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.is::<Refused>())
 }
 
 /// A name no one can guess: 16 hex digits from the kernel's random source.
-pub fn unpredictable_suffix() -> String {
+pub(crate) fn unpredictable_suffix() -> String {
     let mut bytes = [0u8; 8];
     // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer it is given.
     let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };

@@ -18,7 +18,7 @@ use ipnet::IpNet;
 use tracing::{info, warn};
 
 pub(crate) use kernel::{Attachment, Kernel, Tree};
-pub use operator::{OperatorError, PullOutcome, Pulled};
+pub(crate) use operator::PullOutcome;
 use plan::{LiveSlice, Memory, Observation, Plan, Settings};
 
 use crate::{
@@ -678,7 +678,15 @@ mod tests {
             policy::levers::Lever, serve::slice_view::SliceRef, state::RequestId, units::Bytes,
         };
         let alice = SliceRef::Name("alice".into());
-        let mut s = syncer(vec![slice("alice", 1001)]);
+        let path = tempfile::tempdir().unwrap().keep().join("state");
+        let mut s = Syncer::new(
+            config(),
+            FakeKernel::default(),
+            FakeTree::default(),
+            StateFile::new(path.clone()),
+            State::default(),
+            vec![slice("alice", 1001)],
+        );
         s.step(1000);
         let grant = Lever::Grant {
             class: TrafficClass::General,
@@ -698,7 +706,7 @@ mod tests {
         };
         assert!(matches!(
             s.pull(RequestId(1), &alice, limit, 1003),
-            Err(OperatorError::RequestIdReused(RequestId(1)))
+            Err(operator::OperatorError::RequestIdReused(RequestId(1)))
         ));
         s.pull(RequestId(2), &alice, limit, 1003).unwrap();
         let o = s.step(1004);
@@ -707,7 +715,7 @@ mod tests {
         assert_eq!(line.granted_bytes, 1 << 20);
         assert_eq!(line.limit_bps, Some(2_000_000));
         // A restart from the saved state remembers the request.
-        let saved = State::load(s.file.path()).unwrap().state;
+        let saved = State::load(&path).unwrap().state;
         assert_eq!(saved.requests.len(), 2);
         let mut again = Syncer::new(
             config(),

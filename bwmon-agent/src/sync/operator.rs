@@ -28,7 +28,7 @@ pub(crate) struct Pulled {
 
 impl Pulled {
     /// The audit line: the slice, the lever, and the value it moved.
-    pub fn audit(&self) -> String {
+    pub(crate) fn audit(&self) -> String {
         format!(
             "{}: {}: {} → {}",
             self.slice, self.lever, self.before, self.after
@@ -38,7 +38,7 @@ impl Pulled {
 
 /// What a lever request came to.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PullOutcome {
+pub(crate) enum PullOutcome {
     /// Applied now.
     Applied(Pulled),
     /// Applied before, under the same request id (a retry after a lost reply): not applied
