@@ -168,6 +168,52 @@ impl Daemon {
         unsafe { libc::kill(child.id() as i32, signal) };
     }
 
+    /// Stops the daemon's sync worker thread alone (ptrace), as a sync that takes long would:
+    /// its sockets still accept and read requests. It runs again when the guard drops (which
+    /// must happen on this thread, the tracer's).
+    pub fn freeze_sync_worker(&self) -> FrozenThread {
+        let pid = self.pid().expect("running");
+        let tasks = format!("/proc/{pid}/task");
+        let tid: i32 = std::fs::read_dir(&tasks)
+            .unwrap()
+            .flatten()
+            .find(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.trim() == "bwmon-sync")
+            })
+            .unwrap_or_else(|| panic!("no bwmon-sync thread in {tasks}"))
+            .file_name()
+            .to_string_lossy()
+            .parse()
+            .unwrap();
+        // SAFETY: ptrace on a thread of our own child; no memory is passed.
+        let seized = unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0) };
+        assert_eq!(
+            seized,
+            0,
+            "PTRACE_SEIZE {tid}: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: as above.
+        let stopped = unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0) };
+        assert_eq!(
+            stopped,
+            0,
+            "PTRACE_INTERRUPT {tid}: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut status = 0;
+        // SAFETY: waits for the traced thread to stop; `status` outlives the call.
+        let waited = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
+        assert_eq!(
+            waited,
+            tid,
+            "waitpid {tid}: {}",
+            std::io::Error::last_os_error()
+        );
+        FrozenThread(tid)
+    }
+
     /// The daemon's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
@@ -203,6 +249,28 @@ impl Daemon {
             .iter()
             .find(|s| s["name"] == name)
             .cloned()
+    }
+}
+
+/// A thread of the daemon stopped by [`Daemon::freeze_sync_worker`]; it goes on when dropped.
+pub struct FrozenThread(i32);
+
+impl Drop for FrozenThread {
+    fn drop(&mut self) {
+        // SAFETY: detaches from the thread we seized; it resumes.
+        if unsafe { libc::ptrace(libc::PTRACE_DETACH, self.0, 0, 0) } == 0 {
+            return;
+        }
+        // The daemon was killed meanwhile: its thread is the tracer's to reap.
+        for _ in 0..200 {
+            let mut status = 0;
+            // SAFETY: `status` outlives the call.
+            let r = unsafe { libc::waitpid(self.0, &mut status, libc::__WALL | libc::WNOHANG) };
+            if r != 0 {
+                return;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use std::{
 };
 
 use bwmon_agent::serve::control::{Reply, ReplyBody};
-use bwmon_tests::{Daemon, Lab, bwmon_bin, iperf3_as, send_tcp_as, u};
+use bwmon_tests::{Daemon, Lab, bwmon_bin, iperf3_as, schema::assert_document, send_tcp_as, u};
 
 const ALICE: u32 = 4731;
 const BOB: u32 = 4732;
@@ -253,15 +253,38 @@ fn a_user_sees_only_their_own_slice_and_pulls_no_lever() {
     // The daemon's directory is root's; users must reach the sockets in it.
     std::fs::set_permissions(&d.dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
 
+    // The tenant's document is root's, with their slice alone (a script need not know who
+    // ran it), valid under the same schema.
     let mine: serde_json::Value =
         serde_json::from_str(&ok(&bwmon_as(&d, Some(BOB), &["status", "--json"]))).unwrap();
-    assert_eq!(mine["name"], "bob");
-    assert_eq!(mine["xid"], BOB);
+    assert_document("status", &mine);
+    let root = d.status();
+    assert_document("status", &root);
+    assert_eq!(mine["slices"].as_array().unwrap().len(), 1, "{mine}");
+    assert_eq!(mine["slices"][0]["name"], "bob");
+    assert_eq!(mine["slices"][0]["xid"], BOB);
+    assert!(u(&mine["slices"][0], "bytes") >= 1 << 20, "{mine}");
     assert!(
-        mine["classes"][0]["used_bytes"].as_u64().unwrap() >= 1 << 20,
+        mine["version"].is_string() && mine["now"].is_u64(),
         "{mine}"
     );
     assert!(!mine.to_string().contains("alice"), "{mine}");
+    // A grant and a limit on bob are in his view, as JSON and as text.
+    ok(&bwmon_as(&d, None, &["slice", "grant", "bob", "1GiB"]));
+    ok(&bwmon_as(&d, None, &["slice", "limit", "bob", "5mbit"]));
+    let mine: serde_json::Value =
+        serde_json::from_str(&ok(&bwmon_as(&d, Some(BOB), &["status", "--json"]))).unwrap();
+    assert_document("status", &mine);
+    assert_eq!(mine["slices"][0]["granted_bytes"], 1u64 << 30, "{mine}");
+    assert_eq!(mine["slices"][0]["limit_bps"], 5_000_000, "{mine}");
+    assert_eq!(
+        mine["slices"][0]["exempt_limit_bps"],
+        serde_json::Value::Null
+    );
+    let text = ok(&bwmon_as(&d, Some(BOB), &["status"]));
+    assert!(text.contains("granted 1.0 GiB this period"), "{text}");
+    assert!(text.contains("limited to 5mbit by the operator"), "{text}");
+    assert_document("slice", &show(&d, "bob"));
     let text = ok(&bwmon_as(&d, Some(ALICE), &["status"]));
     assert!(text.starts_with("slice alice (uid 4731)"), "{text}");
     assert!(!text.contains("bob"), "{text}");
@@ -287,4 +310,113 @@ fn a_user_sees_only_their_own_slice_and_pulls_no_lever() {
     }
     std::thread::sleep(Duration::from_millis(2500));
     assert!(u(&d.status(), "now") >= before + 2, "the interval went on");
+}
+
+/// `bwmon slice grant alice 1MiB [--request-id ID]` started in the background.
+fn grant_in_background(d: &Daemon, id: Option<&str>) -> std::process::Child {
+    let mut c = Command::new(bwmon_bin());
+    c.args(["slice", "grant", "alice", "1MiB"]);
+    if let Some(id) = id {
+        c.args(["--request-id", id]);
+    }
+    c.arg("--config")
+        .arg(d.config())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Alice's general budget in KiB, once it is `want` (the sync that applies a lever publishes
+/// it), or whatever it is after a few seconds.
+fn budget_once(d: &Daemon, want: u64) -> u64 {
+    let mut got = 0;
+    for _ in 0..50 {
+        got = u(&d.slice("alice").unwrap(), "max_kbyte");
+        if got == want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    got
+}
+
+#[test]
+fn a_lever_waits_for_a_slow_sync_and_a_lost_reply_asked_again_is_applied_once() {
+    let lab = Lab::new();
+    let mut d = Daemon::start(&lab, "interval = \"1h\"\n", &slices());
+    assert_eq!(budget_once(&d, 1024), 1024);
+
+    // The sync that applies it takes 8 s (the worker stopped): past the 5 s per request, the
+    // CLI waits, says so, and gets its answer.
+    let frozen = d.freeze_sync_worker();
+    let cli = grant_in_background(&d, None);
+    std::thread::sleep(Duration::from_secs(8));
+    drop(frozen);
+    let out = cli.wait_with_output().unwrap();
+    let said = ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    assert!(
+        said.contains("general budget 1.0 MiB → general budget 2.0 MiB"),
+        "{said}"
+    );
+    assert!(
+        stderr.contains("waiting for the daemon to apply request"),
+        "{stderr}"
+    );
+    assert_eq!(budget_once(&d, 2048), 2048);
+
+    // A lost reply: the CLI dies while the sync that applies its grant waits.
+    let id = "00000000c0ffee01";
+    let frozen = d.freeze_sync_worker();
+    let mut cli = grant_in_background(&d, Some(id));
+    std::thread::sleep(Duration::from_secs(1));
+    cli.kill().unwrap();
+    cli.wait().unwrap();
+    drop(frozen);
+    assert_eq!(budget_once(&d, 3072), 3072, "applied, its reply lost");
+    // Asked again under its id (as the CLI does by itself after a lost reply, and as the
+    // operator is told to): the first outcome, not a second grant.
+    let again = ["slice", "grant", "alice", "1MiB", "--request-id", id];
+    let out = ok(&bwmon_as(&d, None, &again));
+    assert!(out.contains("not applied twice"), "{out}");
+    assert!(
+        out.contains("general budget 2.0 MiB → general budget 3.0 MiB"),
+        "the first outcome: {out}"
+    );
+    assert_eq!(budget_once(&d, 3072), 3072);
+    // Also after a restart: the id is kept with the lever.
+    d.stop(libc::SIGTERM);
+    d.restart();
+    let out = ok(&bwmon_as(&d, None, &again));
+    assert!(out.contains("not applied twice"), "{out}");
+    assert_eq!(budget_once(&d, 3072), 3072);
+    // The same id for another lever is refused.
+    let other = ["slice", "grant", "alice", "2MiB", "--request-id", id];
+    let err = refused(&bwmon_as(&d, None, &other));
+    assert!(err.contains("was applied to another lever"), "{err}");
+    let log = d.log();
+    assert!(log.contains("asked again; applied once"), "{log}");
+}
+
+#[test]
+fn a_lost_reply_with_the_daemon_gone_says_how_to_check_and_retry() {
+    let lab = Lab::new();
+    let mut d = Daemon::start(&lab, "interval = \"1h\"\n", &slices());
+    let frozen = d.freeze_sync_worker();
+    let cli = grant_in_background(&d, Some("00000000000000aa"));
+    std::thread::sleep(Duration::from_secs(1));
+    // The daemon dies before it answers.
+    d.signal(libc::SIGKILL);
+    drop(frozen);
+    d.stop(libc::SIGKILL);
+    let out = cli.wait_with_output().unwrap();
+    let err = refused(&out);
+    assert!(
+        err.contains("may or may not have been applied")
+            && err.contains("bwmon slice show alice")
+            && err.contains("--request-id 00000000000000aa"),
+        "{err}"
+    );
 }
