@@ -214,6 +214,21 @@ impl Daemon {
         FrozenThread(tid)
     }
 
+    /// A sync now, whatever the interval: SIGHUP re-reads the files and syncs; returns once a
+    /// newer report is served.
+    pub fn sync_now(&self) {
+        let before = u(&self.status(), "now");
+        self.signal(libc::SIGHUP);
+        for _ in 0..100 {
+            thread::sleep(Duration::from_millis(50));
+            if u(&self.status(), "now") > before {
+                return;
+            }
+        }
+        // `now` is whole seconds: a second sync in the same second still counts.
+        thread::sleep(Duration::from_secs(1));
+    }
+
     /// The daemon's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()

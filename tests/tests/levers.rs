@@ -88,20 +88,6 @@ fn leaf_ceil(lab: &Lab, d: &Daemon) -> u64 {
     lab.tc_classes()[&key].ceil
 }
 
-/// A sync now (the interval is an hour): SIGHUP re-reads the files and syncs.
-fn sync(d: &Daemon) {
-    let before = u(&d.status(), "now");
-    d.signal(libc::SIGHUP);
-    for _ in 0..100 {
-        std::thread::sleep(Duration::from_millis(50));
-        if u(&d.status(), "now") > before {
-            return;
-        }
-    }
-    // `now` is whole seconds: a second sync in the same second still counts.
-    std::thread::sleep(Duration::from_secs(1));
-}
-
 #[test]
 fn grant_reset_and_limit_apply_at_once_and_survive_a_restart() {
     let lab = Lab::new();
@@ -111,7 +97,7 @@ fn grant_reset_and_limit_apply_at_once_and_survive_a_restart() {
     send_tcp_as(ALICE, dst, 2 << 20);
     sink.join().unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    sync(&d);
+    d.sync_now();
     let alice = d.slice("alice").unwrap();
     assert_eq!(u(&alice, "max_kbyte"), 1024, "\"1MiB\" in the slices file");
     assert!(alice["capped"].as_bool().unwrap(), "{alice}");
@@ -143,7 +129,7 @@ fn grant_reset_and_limit_apply_at_once_and_survive_a_restart() {
     send_tcp_as(ALICE, dst, 9 << 20);
     sink.join().unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    sync(&d);
+    d.sync_now();
     let alice = d.slice("alice").unwrap();
     assert!(alice["capped"].as_bool().unwrap(), "{alice}");
 
