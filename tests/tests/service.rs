@@ -60,6 +60,211 @@ fn a_second_daemon_on_the_interface_is_refused_and_changes_nothing() {
     );
 }
 
+/// `bwmon run` on `config` to its end (it is expected to be refused): its stderr.
+fn refused_run(config: &std::path::Path) -> String {
+    let out = std::process::Command::new(bwmon_tests::bwmon_bin())
+        .args(["run", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "it ran");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn two_daemons_on_two_interfaces_cannot_share_a_state_file_or_a_socket() {
+    let (lab, other_lab) = (Lab::new(), Lab::new());
+    let mut d = Daemon::start(&lab, "interval = \"1s\"\n", &alice());
+    let pid = d.pid().unwrap();
+    let dst = SocketAddr::new(lab.general_v4.into(), 9);
+    send_udp_as(ALICE, dst, 20, 1000);
+    settle();
+    let used = u(&d.slice("alice").unwrap(), "bytes");
+    assert!(used > 0);
+    let state = d.dir.join("state");
+    let socket = d.dir.join("bwmon.sock");
+    let inode =
+        |p: &std::path::Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    let (state_inode, socket_inode) = (inode(&state), inode(&socket));
+    // A daemon on another interface with the same default paths: refused, naming the first.
+    let twin = Daemon::prepare(&other_lab, "interval = \"1s\"\n", &alice());
+    let shared = |state: &std::path::Path, socket: &std::path::Path, tenant: &std::path::Path| {
+        format!(
+            "interface = \"{}\"\nslices = \"slices.toml\"\nstate = \"{}\"\nsocket = \"{}\"\ntenant_socket = \"{}\"\ninterval = \"1s\"\n",
+            other_lab.host_if,
+            state.display(),
+            socket.display(),
+            tenant.display()
+        )
+    };
+    let tenant = d.dir.join("tenant.sock");
+    twin.write_config(&shared(&state, &socket, &tenant));
+    let text = refused_run(&twin.config());
+    assert!(
+        text.contains(&format!(
+            "the state file {} is in use by another bwmon (pid {pid}, on {}",
+            state.display(),
+            lab.host_if
+        )),
+        "{text}"
+    );
+    // Its own state, the first one's sockets: refused too.
+    twin.write_config(&shared(&twin.dir.join("state"), &socket, &tenant));
+    let text = refused_run(&twin.config());
+    assert!(text.contains("the control socket"), "{text}");
+    twin.write_config(&shared(
+        &twin.dir.join("state"),
+        &twin.dir.join("s"),
+        &tenant,
+    ));
+    let text = refused_run(&twin.config());
+    assert!(text.contains("the tenant socket"), "{text}");
+    assert!(!twin.dir.join("state").exists(), "nothing written");
+    // The first daemon's files untouched; after a restart it charges what it charged, once.
+    assert_eq!(
+        (inode(&socket), inode(&state), u(&d.status(), "now") > 0),
+        (socket_inode, state_inode, true)
+    );
+    d.stop(libc::SIGTERM);
+    d.restart();
+    settle();
+    assert_eq!(u(&d.slice("alice").unwrap(), "bytes"), used, "charged once");
+}
+
+/// A daemon run inside a lab's network namespace (nsenter: the mounts stay the host's) on
+/// interface `iface` there; stopped and torn down (its pins are not the lab's) when dropped.
+struct InNetns {
+    d: Daemon,
+    netns: String,
+}
+
+impl InNetns {
+    fn prepare(lab: &Lab, iface: &str) -> InNetns {
+        let mut d = Daemon::prepare(lab, "interval = \"1s\"\n", &alice());
+        let text = d.config_text().replace(
+            &format!("interface = \"{}\"", lab.host_if),
+            &format!("interface = \"{iface}\""),
+        );
+        d.write_config(&text);
+        d.wrapper = vec!["nsenter".into(), format!("--net=/run/netns/{}", lab.netns)];
+        InNetns {
+            d,
+            netns: lab.netns.clone(),
+        }
+    }
+
+    /// `bwmon ARGS --config <its own>` in its namespace, to its end.
+    fn command(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .arg(bwmon_tests::bwmon_bin())
+            .args(args)
+            .arg("--config")
+            .arg(self.d.config())
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for InNetns {
+    fn drop(&mut self) {
+        if self.d.running() {
+            self.d.stop(libc::SIGTERM);
+        }
+        let _ = self.command(&["teardown"]);
+    }
+}
+
+#[test]
+fn two_network_namespaces_with_an_interface_of_the_same_name_each_run_one() {
+    let (a, b) = (Lab::new(), Lab::new());
+    // The namespace end of each lab's veth, renamed alike.
+    let same = "bwsame0";
+    for lab in [&a, &b] {
+        for args in [
+            vec!["-n", &lab.netns, "link", "set", &lab.peer_if, "down"],
+            vec!["-n", &lab.netns, "link", "set", &lab.peer_if, "name", same],
+            vec!["-n", &lab.netns, "link", "set", same, "up"],
+        ] {
+            bwmon_tests::cmd("ip", &args);
+        }
+    }
+    let mut da = InNetns::prepare(&a, same);
+    let mut db = InNetns::prepare(&b, same);
+    da.d.restart();
+    db.d.restart();
+    assert_eq!(da.d.status()["interface"], same);
+    assert_eq!(db.d.status()["interface"], same);
+    assert!(da.d.running() && db.d.running());
+    for lab in [&a, &b] {
+        let netns = format!("/run/netns/{}", lab.netns);
+        let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&netns).unwrap());
+        let pins =
+            std::path::Path::new(bwmon_agent::paths::PIN_ROOT).join(format!("{same}:netns{ino}"));
+        assert!(pins.is_dir(), "{netns}: {}", pins.display());
+    }
+    // A second daemon on the same interface of the same namespace is refused.
+    let third = da.d.dir.join("third.toml");
+    std::fs::write(
+        &third,
+        da.d.config_text()
+            .replace("socket = \"bwmon.sock\"", "socket = \"third.sock\"")
+            .replace("tenant_socket = \"tenant.sock\"", "tenant_socket = \"\"")
+            .replace("state = \"state\"", "state = \"third-state\""),
+    )
+    .unwrap();
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", a.netns))
+        .arg(bwmon_tests::bwmon_bin())
+        .args(["run", "--config"])
+        .arg(&third)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        text.contains(&format!("bwmon already runs on {same}")),
+        "{text}"
+    );
+    // Teardown in its namespace, once stopped, removes that namespace's pins alone.
+    da.d.stop(libc::SIGTERM);
+    let out = da.command(&["teardown"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        db.d.status()["now"].as_u64().unwrap() > 0,
+        "the other runs on"
+    );
+    drop(third);
+}
+
+#[test]
+fn teardown_beside_a_running_daemon_is_refused_and_removes_nothing() {
+    let lab = Lab::new();
+    let d = Daemon::start(&lab, "interval = \"1s\"\n", &alice());
+    let out = d.command(&["teardown"]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("stop the daemon first")
+            && text.contains(&format!(
+                "bwmon already runs on {} (pid {})",
+                lab.host_if,
+                d.pid().unwrap()
+            )),
+        "{text}"
+    );
+    let pins = std::path::Path::new(bwmon_agent::paths::PIN_ROOT).join(&lab.host_if);
+    assert!(pins.is_dir(), "the datapath stays");
+    let dst = SocketAddr::new(lab.general_v4.into(), 9);
+    send_udp_as(ALICE, dst, 10, 1000);
+    settle();
+    assert!(u(&d.slice("alice").unwrap(), "bytes") > 0, "and counts");
+}
+
 /// Raises this process's descriptor limit (the test holds thousands of connections).
 fn raise_nofile(n: u64) {
     let lim = libc::rlimit {
