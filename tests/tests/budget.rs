@@ -207,6 +207,90 @@ fn a_damaged_state_falls_back_to_its_previous_generation_and_both_damaged_refuse
     assert_eq!(u(&d.slice("alice").unwrap(), "bytes"), 0);
 }
 
+/// The names in `dir` that start with `prefix`.
+fn named(dir: &Path, prefix: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+#[test]
+fn forgetting_the_state_forgets_both_generations_and_fresh_state_waits_for_the_datapath() {
+    let lab = Lab::new();
+    let mut d = Daemon::start(&lab, CONFIG, &alice());
+    send(&lab, ALICE, 5731, 1 << 20);
+    settle();
+    d.stop(libc::SIGTERM);
+    d.restart();
+    send(&lab, ALICE, 5732, 1 << 20);
+    settle();
+    d.stop(libc::SIGTERM);
+    let (state, prev) = (d.dir.join("state"), d.dir.join("state.prev"));
+    assert!(state.exists() && prev.exists(), "two generations");
+
+    // A lone previous generation loads, and says so.
+    std::fs::remove_file(&state).unwrap();
+    d.restart();
+    let warnings = d.status()["warnings"].to_string();
+    assert!(
+        warnings.contains("is missing; loaded its previous generation")
+            && warnings.contains(&prev.display().to_string()),
+        "{warnings}"
+    );
+    assert!(u(&d.slice("alice").unwrap(), "bytes") > 0, "its usage");
+    d.stop(libc::SIGTERM);
+    assert!(state.exists() && prev.exists());
+
+    // teardown --forget-state removes every generation, and says which.
+    let out = d.command(&["teardown", "--forget-state"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains(&format!(
+            "removed {} and {}",
+            state.display(),
+            prev.display()
+        )),
+        "{said}"
+    );
+    assert!(!state.exists() && !prev.exists());
+    d.restart();
+    assert_eq!(u(&d.slice("alice").unwrap(), "bytes"), 0, "afresh");
+    send(&lab, ALICE, 5733, 1 << 20);
+    settle();
+    d.stop(libc::SIGTERM);
+    d.restart();
+    d.stop(libc::SIGTERM);
+    assert!(state.exists() && prev.exists());
+
+    // --fresh-state on a start that fails before the datapath is up moves nothing.
+    let config = d.config_text();
+    d.write_config(&config.replace(&lab.host_if, "bwnosuch0"));
+    let out = d.command(&["run", "--fresh-state"]);
+    assert!(!out.status.success());
+    assert!(state.exists() && prev.exists(), "kept");
+    assert!(named(&d.dir, "state.discarded-").is_empty());
+    // Once it is up, every generation is set aside, said once.
+    d.write_config(&config);
+    d.restart_with(&["--fresh-state"]);
+    assert_eq!(u(&d.slice("alice").unwrap(), "bytes"), 0);
+    let aside = named(&d.dir, "state");
+    assert_eq!(
+        aside.iter().filter(|n| n.contains(".discarded-")).count(),
+        2,
+        "{aside:?}"
+    );
+    let log = d.log();
+    assert_eq!(
+        log.matches("--fresh-state: every budget starts afresh")
+            .count(),
+        1,
+        "{log}"
+    );
+}
+
 /// A tmpfs of `size` at `dir`, unmounted on drop.
 struct TinyFs(std::path::PathBuf);
 

@@ -172,3 +172,125 @@ fn finished_periods_are_kept_with_what_status_showed_at_their_end() {
         "{text}"
     );
 }
+
+/// A FIFO at `path`.
+fn mkfifo(path: &std::path::Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
+/// Sends SIGTERM and waits up to 10 s for the daemon to exit.
+fn stops_in_time(d: &mut Daemon) -> bool {
+    d.signal(libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    !d.running()
+}
+
+#[test]
+fn no_file_is_written_through_a_link_at_the_history_or_any_temporary_name() {
+    let lab = Lab::new();
+    let config = "interval = \"1s\"\nperiod = \"3s\"\n";
+    let mut d = Daemon::prepare(&lab, config, &slices(&[("alice", ALICE)]));
+    let victim = d.dir.join("passwd");
+    let text = b"root:x:0:0:root:/root:/bin/bash\n";
+    std::fs::write(&victim, text).unwrap();
+    let dir = d.dir.clone();
+    let link = |name: &str| std::os::unix::fs::symlink(&victim, dir.join(name)).unwrap();
+    // The fixed name an earlier bwmon compacted the history through.
+    link("state.history-tmp");
+    d.restart();
+    // The names an earlier bwmon's state and history were replaced through.
+    let pid = d.pid().unwrap();
+    for name in [
+        format!(".state.tmp-{pid}"),
+        format!(".state.old-tmp-{pid}"),
+        format!(".state.history.tmp-{pid}"),
+    ] {
+        link(&name);
+    }
+    // The history replaced by a link while running: each period's end would append to it.
+    std::fs::remove_file(d.dir.join("state.history")).unwrap();
+    link("state.history");
+    std::thread::sleep(Duration::from_secs(7));
+    let log = d.log();
+    assert!(
+        log.contains("history: not written") && log.contains("symbolic link"),
+        "{log}"
+    );
+    assert!(
+        u(&d.status()["errors"], "history") > 0,
+        "counted: {}",
+        d.status()
+    );
+    assert!(stops_in_time(&mut d), "saved and stopped");
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        text,
+        "never written through"
+    );
+    // The state was saved (every period's end), never through a link: it loads.
+    d.restart();
+    assert_eq!(std::fs::read(&victim).unwrap(), text);
+}
+
+#[test]
+fn a_fifo_as_the_history_blocks_neither_the_start_nor_the_stop() {
+    let lab = Lab::new();
+    let mut d = Daemon::prepare(&lab, "interval = \"1s\"\n", &slices(&[("alice", ALICE)]));
+    mkfifo(&d.dir.join("state.history"));
+    // Ready: the first sync is done.
+    d.restart();
+    let log = d.log();
+    assert!(log.contains("a FIFO, not a regular file"), "{log}");
+    assert!(stops_in_time(&mut d), "stopped on SIGTERM:\n{}", d.log());
+}
+
+/// The peak resident memory of process `pid`, bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+#[test]
+fn forty_megabytes_of_record_magic_cost_one_warning_and_no_memory() {
+    let lab = Lab::new();
+    let mut d = Daemon::prepare(&lab, "interval = \"1s\"\n", &slices(&[("alice", ALICE)]));
+    let damaged = b"BWH1".repeat(10 << 20);
+    std::fs::write(d.dir.join("state.history"), &damaged).unwrap();
+    let started = Instant::now();
+    d.restart();
+    let first_sync = started.elapsed();
+    let rss = peak_rss(d.pid().unwrap());
+    let log = d.log();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("history: bytes"))
+        .collect();
+    eprintln!(
+        "40 MiB of record magic: {} warning(s), peak RSS {:.1} MiB, first sync served after {:.2} s",
+        warnings.len(),
+        rss as f64 / (1 << 20) as f64,
+        first_sync.as_secs_f64()
+    );
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains(&format!("bytes 0..{} ", damaged.len())),
+        "{}",
+        warnings[0]
+    );
+    assert!(rss < 200 << 20, "peak RSS {rss} bytes");
+    assert!(first_sync < Duration::from_secs(10), "{first_sync:?}");
+    // Compacted away at the start: the next start reads a small file.
+    assert!(
+        std::fs::metadata(d.dir.join("state.history"))
+            .unwrap()
+            .len()
+            < 1 << 20
+    );
+}
