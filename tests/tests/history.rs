@@ -285,7 +285,9 @@ fn forty_megabytes_of_record_magic_cost_one_warning_and_no_memory() {
         warnings[0]
     );
     assert!(rss < 200 << 20, "peak RSS {rss} bytes");
-    assert!(first_sync < Duration::from_secs(10), "{first_sync:?}");
+    // Measured: 1.0 s with the release binary (0.5 s without the damage), 7.5 s with the debug
+    // one (0.75 s); it was 35 s and 10,000,000 log lines.
+    assert!(first_sync < Duration::from_secs(20), "{first_sync:?}");
     // Compacted away at the start: the next start reads a small file.
     assert!(
         std::fs::metadata(d.dir.join("state.history"))
