@@ -175,12 +175,7 @@ fn a_damaged_state_falls_back_to_its_previous_generation_and_both_damaged_refuse
     let status = d.status();
     let warnings = status["warnings"].to_string();
     assert!(warnings.contains("damaged"), "{status}");
-    let aside: Vec<_> = std::fs::read_dir(&d.dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("state.damaged-"))
-        .collect();
-    assert_eq!(aside.len(), 1, "moved aside");
+    assert_eq!(named(&d.dir, "state.damaged-").len(), 1, "moved aside");
     let after = d.slice("alice").unwrap();
     assert_eq!(after["period_start"], before["period_start"]);
     assert!(

@@ -19,11 +19,7 @@ const BOB: u32 = 4752;
 /// `bwmon history SLICE --json`, checked against its schema: the slice's periods, start →
 /// general bytes.
 fn recorded(d: &Daemon, slice: &str) -> BTreeMap<u64, u64> {
-    let out = Command::new(bwmon_bin())
-        .args(["history", slice, "--json", "--config"])
-        .arg(d.config())
-        .output()
-        .unwrap();
+    let out = d.command(&["history", slice, "--json"]);
     assert!(
         out.status.success(),
         "{}",

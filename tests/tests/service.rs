@@ -37,13 +37,7 @@ fn a_second_daemon_on_the_interface_is_refused_and_changes_nothing() {
             .replace("state = \"state\"", "state = \"other-state\""),
     )
     .unwrap();
-    let out = std::process::Command::new(bwmon_tests::bwmon_bin())
-        .args(["run", "--config"])
-        .arg(&other)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let text = refused_run(&other);
     assert!(
         text.contains(&format!("bwmon already runs on {}", lab.host_if)),
         "{text}"

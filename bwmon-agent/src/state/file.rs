@@ -274,7 +274,7 @@ impl State {
         }
         match version {
             2 => postcard::from_bytes::<v2::State>(&body[2..])
-                .map(State::from)
+                .map(|v2| State::from(v3::State::from(v2)))
                 .map_err(|e| corrupt(e.to_string())),
             3 => postcard::from_bytes::<v3::State>(&body[2..])
                 .map(State::from)
@@ -420,7 +420,7 @@ mod v1 {
     }
 }
 
-/// The second format: everything but the levers.
+/// The second format: everything but the levers (read as the third, without them).
 mod v2 {
     use super::*;
 
@@ -432,15 +432,14 @@ mod v2 {
         counters_epoch: Option<u64>,
     }
 
-    impl From<State> for super::State {
-        fn from(s: State) -> super::State {
-            super::State {
+    impl From<State> for super::v3::State {
+        fn from(s: State) -> super::v3::State {
+            super::v3::State {
                 slices: s.slices,
                 default: s.default,
                 notices: s.notices,
                 counters_epoch: s.counters_epoch,
                 levers: BTreeMap::new(),
-                requests: Vec::new(),
             }
         }
     }
@@ -453,11 +452,11 @@ mod v3 {
 
     #[derive(serde::Deserialize)]
     pub(crate) struct State {
-        slices: BTreeMap<u32, SliceState>,
-        default: Option<Record>,
-        notices: Vec<Notice>,
-        counters_epoch: Option<u64>,
-        levers: BTreeMap<u32, Levers>,
+        pub(super) slices: BTreeMap<u32, SliceState>,
+        pub(super) default: Option<Record>,
+        pub(super) notices: Vec<Notice>,
+        pub(super) counters_epoch: Option<u64>,
+        pub(super) levers: BTreeMap<u32, Levers>,
     }
 
     impl From<State> for super::State {
@@ -624,9 +623,7 @@ mod tests {
         );
         assert_eq!(State::read(&victim).unwrap(), Some(sample()));
         fs::remove_file(&path).unwrap();
-        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        crate::state::open::mkfifo(&path);
         let e = State::load(&path).unwrap_err();
         assert!(matches!(e, StateError::NotAFile { .. }), "{e}");
     }
