@@ -6,7 +6,7 @@
 //!    ├─1:10  rate bwmin, ceil = node cap         general traffic of all slices
 //!    │  ├─1:2    the default leaf (xids without a slice)
 //!    │  └─1:xxxx one leaf per slice: rate = min rate, ceil = max rate or the lowered cap,
-//!    │           quantum = share × 1600
+//!    │           quantum = share × 72 KiB (tree::QUANTUM_PER_SHARE)
 //!    └─1:20  rate bwmin, ceil = exempt max       exempt traffic of all slices
 //!       ├─1:3    the default exempt leaf
 //!       └─1:xxxx one leaf per slice, same rules with the i2 attributes
@@ -292,10 +292,7 @@ impl Htb {
             }
         };
         for fixed in spec.fixed_classes() {
-            let current = classes.iter().find(|c| c.minor == fixed.minor);
-            if !current
-                .is_some_and(|c| c.parent == fixed.parent && c.params.same_in_kernel(&fixed.params))
-            {
+            if !classes.iter().any(|c| fixed.is(c)) {
                 batch.push(self.class_request(ifindex, fixed.minor, fixed.parent, &fixed.params));
             }
         }

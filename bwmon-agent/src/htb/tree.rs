@@ -47,12 +47,14 @@ pub(crate) const DEFAULT_LEAVES: PerClass<Minor> = PerClass {
 };
 /// The first minor a slice's leaf may have.
 pub(crate) const FIRST_LEAF_MINOR: Minor = Minor(0x100);
-/// bwlimit's quantum per share, in bytes: the smallest quantum a share gets.
-pub(crate) const QUANTUM_PER_SHARE: u32 = 1600;
-/// HTB's `r2q` (rate to quantum): a class's quantum is its rate in bytes/s over this.
-pub(crate) const R2Q: u64 = 10;
-/// The largest quantum HTB takes without a warning.
-pub(crate) const MAX_QUANTUM: u32 = 200_000;
+/// The quantum of one share, in bytes: what a leaf may send per round of HTB's deficit round
+/// robin when it borrows. It must hold the largest packet HTB dequeues — a 64 KiB GSO packet
+/// with its per-segment headers, about 69 KB — or each round sends one packet per leaf
+/// whatever its quantum, and shares divide nothing (bwlimit's 1,600 bytes per share gave a
+/// 1 : 1 split for shares 1 : 3; 72 KiB gives 1 : 2.95, see the README).
+pub const QUANTUM_PER_SHARE: u32 = 72 * 1024;
+/// The largest quantum: the kernel keeps a class's quantum as a signed 32-bit number.
+pub(crate) const MAX_QUANTUM: u32 = i32::MAX as u32;
 
 impl Minor {
     /// The kernel's handle of the class.
@@ -95,17 +97,14 @@ pub(crate) fn class_ids(leaves: PerClass<Option<Minor>>) -> bwmon_common::ClassI
 }
 
 impl ClassParams {
-    /// A class's parameters with a quantum of `shares` times its rate's (HTB's `rate / r2q`,
-    /// at least [`QUANTUM_PER_SHARE`]), at most [`MAX_QUANTUM`]: slices borrow spare bandwidth
-    /// in proportion to their shares, and a fast guaranteed rate gets rounds to match.
+    /// A class's parameters with a quantum of `shares` times [`QUANTUM_PER_SHARE`] (at most
+    /// [`MAX_QUANTUM`]): leaves that contend for what they borrow divide it in proportion to
+    /// their shares, whatever their guaranteed rates.
     pub(crate) fn with_shares(rate: BitsPerSec, ceil: BitsPerSec, shares: u32) -> Self {
-        let per_share = u32::try_from(rate.bytes_per_sec() / R2Q)
-            .unwrap_or(u32::MAX)
-            .max(QUANTUM_PER_SHARE);
         ClassParams {
             rate,
             ceil,
-            quantum: shares.saturating_mul(per_share).min(MAX_QUANTUM),
+            quantum: shares.saturating_mul(QUANTUM_PER_SHARE).min(MAX_QUANTUM),
         }
     }
 }
@@ -128,6 +127,28 @@ pub(crate) struct FixedClass {
     pub(crate) parent: Option<Minor>,
     /// Rate, ceil and quantum.
     pub(crate) params: ClassParams,
+}
+
+/// The classes with children: only leaves use a quantum.
+const INNER: [Minor; 3] = [TOP, GENERAL_PARENT, EXEMPT_PARENT];
+
+impl FixedClass {
+    /// Whether the kernel's class `c` already is this one (at the kernel's precision). The
+    /// quantum of a class with children is not compared: the kernel keeps the one it had when
+    /// it was created (before its first child) and takes no other.
+    pub(crate) fn is(&self, c: &ClassInfo) -> bool {
+        let quantum = if INNER.contains(&self.minor) {
+            c.params.quantum
+        } else {
+            self.params.quantum
+        };
+        c.minor == self.minor
+            && c.parent == self.parent
+            && c.params.same_in_kernel(&ClassParams {
+                quantum,
+                ..self.params
+            })
+    }
 }
 
 impl TreeSpec {
@@ -245,17 +266,11 @@ impl ClassInfo {
 /// The leaves in `listed` that are in bwmon's tree but in neither `wanted` nor the fixed
 /// classes: classes that belong to no slice, to be removed.
 pub(crate) fn orphans(listed: &[ClassInfo], wanted: &HashSet<Minor>) -> Vec<Minor> {
-    let fixed = [
-        TOP,
-        GENERAL_PARENT,
-        EXEMPT_PARENT,
-        DEFAULT_LEAVES.general,
-        DEFAULT_LEAVES.exempt,
-    ];
+    let default_leaves = [DEFAULT_LEAVES.general, DEFAULT_LEAVES.exempt];
     let mut out: Vec<Minor> = listed
         .iter()
         .map(|c| c.minor)
-        .filter(|m| !fixed.contains(m) && !wanted.contains(m))
+        .filter(|m| !INNER.contains(m) && !default_leaves.contains(m) && !wanted.contains(m))
         .collect();
     out.sort_unstable();
     out
@@ -387,14 +402,39 @@ mod tests {
     }
 
     #[test]
-    fn quanta_follow_rate_and_share() {
+    fn quanta_follow_the_share_alone() {
         let q = |bits: u64, shares: u32| {
             ClassParams::with_shares(BitsPerSec(bits), BitsPerSec(bits), shares).quantum
         };
-        assert_eq!(q(1000, 1), 1600, "bwmin: one share's floor");
-        assert_eq!(q(1000, 5), 8000, "root's five shares");
-        assert_eq!(q(8_000_000, 1), 100_000, "1 MB/s over r2q 10");
-        assert_eq!(q(8_000_000, 3), MAX_QUANTUM);
+        assert_eq!(q(1000, 1), QUANTUM_PER_SHARE);
+        assert_eq!(q(1000, 5), 5 * QUANTUM_PER_SHARE, "root's five shares");
+        assert_eq!(
+            q(8_000_000, 3),
+            q(1000, 3),
+            "a guaranteed rate does not add to the share"
+        );
+        assert!(
+            u64::from(QUANTUM_PER_SHARE) > 65_536 + 44 * 86,
+            "a GSO packet with its headers fits one share"
+        );
+        assert_eq!(q(1000, u32::MAX), MAX_QUANTUM);
+    }
+
+    #[test]
+    fn an_inner_class_is_compared_without_its_quantum() {
+        let spec = TreeSpec {
+            node_cap: BitsPerSec(100_000_000),
+            exempt_max: BitsPerSec(1_000_000_000),
+        };
+        for f in spec.fixed_classes() {
+            let mut c = ClassInfo::created(f.minor, f.parent, f.params);
+            assert!(f.is(&c), "{f:?}");
+            c.params.quantum = 200_000;
+            let inner = [TOP, GENERAL_PARENT, EXEMPT_PARENT].contains(&f.minor);
+            assert_eq!(f.is(&c), inner, "{f:?}");
+            c.params.ceil = BitsPerSec(1);
+            assert!(!f.is(&c), "{f:?}");
+        }
     }
 
     #[test]
@@ -423,11 +463,6 @@ mod tests {
                 (Minor(3), Some(EXEMPT_PARENT), spec.exempt_max),
             ]
         );
-        assert_eq!(fixed[0].params.quantum, MAX_QUANTUM, "1:1 at 1 Gbit/s");
-        assert!(
-            fixed[1..]
-                .iter()
-                .all(|f| f.params.quantum == QUANTUM_PER_SHARE)
-        );
+        assert!(fixed.iter().all(|f| f.params.quantum == QUANTUM_PER_SHARE));
     }
 }

@@ -582,7 +582,11 @@ mod tests {
         assert_eq!(root.bytes, 1 << 30);
         assert!(!root.capped && o.new_notices.is_empty());
         let leaf = s.tree.classes[&general_leaf(&s, ROOT_XID)];
-        assert_eq!(leaf.params.quantum, 5 * 1600, "root has five shares");
+        assert_eq!(
+            leaf.params.quantum,
+            5 * tree::QUANTUM_PER_SHARE,
+            "root has five shares"
+        );
     }
 
     #[test]

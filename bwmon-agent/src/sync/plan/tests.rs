@@ -221,7 +221,7 @@ fn root_and_default_are_accounted_and_never_capped() {
     assert!(!root_line.capped && !default_line.capped && !default_line.emailed);
     assert!(p.new_notices.is_empty());
     assert_eq!(w.leaf(ROOT_XID).params.ceil, NODE.node_cap);
-    assert_eq!(w.leaf(ROOT_XID).params.quantum, 1600);
+    assert_eq!(w.leaf(ROOT_XID).params.quantum, tree::QUANTUM_PER_SHARE);
 }
 
 #[test]
