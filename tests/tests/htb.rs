@@ -5,7 +5,7 @@ use bwmon_agent::{
     class::TrafficClass,
     htb::{
         ClassParams, Htb, HtbError, Leaf, Minor, Op, TreeSpec,
-        tree::{EXEMPT_PARENT, GENERAL_PARENT, TOP},
+        tree::{EXEMPT_PARENT, GENERAL_PARENT, QUANTUM_PER_SHARE, TOP},
     },
     units::BitsPerSec,
 };
@@ -55,7 +55,7 @@ fn installed_tree_reads_back_through_tc() {
         let c = again.classes.iter().find(|c| c.minor == minor).unwrap();
         assert_eq!(
             (c.params.rate, c.params.ceil, c.params.quantum),
-            (BitsPerSec(1000), ceil, 1600),
+            (BitsPerSec(1000), ceil, QUANTUM_PER_SHARE),
             "{c:?}"
         );
     }
@@ -86,8 +86,9 @@ fn installed_tree_reads_back_through_tc() {
     // tc prints quanta of leaves only.
     expect(u32::from(GENERAL_PARENT.0), (1, 1), "1Kbit", "100Mbit", 0);
     expect(u32::from(EXEMPT_PARENT.0), (1, 1), "1Kbit", "1Gbit", 0);
-    expect(2, (1, 0x10), "1Kbit", "100Mbit", 1600);
-    expect(3, (1, 0x20), "1Kbit", "1Gbit", 1600);
+    let one_share = u64::from(QUANTUM_PER_SHARE);
+    expect(2, (1, 0x10), "1Kbit", "100Mbit", one_share);
+    expect(3, (1, 0x20), "1Kbit", "1Gbit", one_share);
     expect(0x100, (1, 0x10), "8Kbit", "50Mbit", 1600);
     expect(0x101, (1, 0x20), "1Kbit", "1Gbit", 3200);
     assert!(

@@ -45,6 +45,8 @@ pub(crate) const DEFAULT_LEAVES: PerClass<Minor> = PerClass {
     general: Minor(DEFAULT_GENERAL_MINOR as u16),
     exempt: Minor(DEFAULT_EXEMPT_MINOR as u16),
 };
+/// The shares of each default leaf (xids without a slice).
+pub const DEFAULT_LEAF_SHARES: u32 = 1;
 /// The first minor a slice's leaf may have.
 pub(crate) const FIRST_LEAF_MINOR: Minor = Minor(0x100);
 /// The quantum of one share, in bytes: what a leaf may send per round of HTB's deficit round
@@ -189,7 +191,7 @@ impl TreeSpec {
         TrafficClass::ALL.map(|class| Leaf {
             minor: *DEFAULT_LEAVES.of(class),
             class,
-            params: ClassParams::with_shares(BWMIN, *ceilings.of(class), 1),
+            params: ClassParams::with_shares(BWMIN, *ceilings.of(class), DEFAULT_LEAF_SHARES),
         })
     }
 }

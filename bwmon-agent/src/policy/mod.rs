@@ -16,6 +16,7 @@
 
 pub(crate) mod levers;
 pub(crate) mod rspec;
+pub(crate) mod shares;
 use crate::{
     class::{PerClass, TrafficClass},
     policy::rspec::Attributes,

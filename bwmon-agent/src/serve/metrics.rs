@@ -35,7 +35,7 @@ type ClassMetric = (
     fn(&SliceStatus) -> PerClass<u64>,
 );
 
-const PER_CLASS: [ClassMetric; 7] = [
+const PER_CLASS: [ClassMetric; 8] = [
     (
         "bwmon_slice_bytes_total",
         "Bytes a slice sent in the current period, by traffic class.",
@@ -71,6 +71,12 @@ const PER_CLASS: [ClassMetric; 7] = [
         "Use after which a slice's ceiling is lowered, by traffic class.",
         "gauge",
         |s| s.per_class().map(|_, c| c.thresh.bytes().0),
+    ),
+    (
+        "bwmon_slice_guaranteed_bits_per_second",
+        "What a slice is guaranteed now (its part of the cap while it sends, else its min rate), by traffic class.",
+        "gauge",
+        |s| s.per_class().map(|_, c| c.guaranteed.0),
     ),
     (
         "bwmon_slice_capped",

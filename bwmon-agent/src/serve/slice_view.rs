@@ -7,7 +7,7 @@ use crate::{
     policy::Limits,
     policy::levers::Levers,
     policy::rspec::{Attributes, KEYS},
-    serve::status::SliceStatus,
+    serve::status::{SliceStatus, percent},
     state::SliceState,
     time::{
         UnixSecs,
@@ -87,6 +87,14 @@ pub(crate) struct ClassView {
     pub(crate) rate_bps: u64,
     /// Use at the period's end at the current rate (at most the ceiling's worth).
     pub(crate) forecast_bytes: u64,
+    /// What it is guaranteed now, bit/s: while it sends, its part of the cap among the slices
+    /// that send (its min rate, plus the rest by shares, up to its ceiling); idle, its min
+    /// rate. 0 when the last sync did not see it.
+    #[serde(default)]
+    pub(crate) guaranteed_bps: u64,
+    /// The cap that is a part of (node cap, or exempt max), bit/s; 0 when unknown.
+    #[serde(default)]
+    pub(crate) cap_bps: u64,
 }
 
 /// Everything bwmon knows of one slice (`bwmon slice show --json`,
@@ -211,7 +219,8 @@ pub(crate) fn detail(k: &Known<'_>, periods: &Periods, now: UnixSecs) -> SliceDe
             let l = limits.of(class);
             let used = r.used(class).0;
             let ceil = r.classes.of(class).ceil.0;
-            let rate = k.row.map_or(0, |row| row.class(class).rate.0);
+            let seen = k.row.map(|row| row.class(class));
+            let rate = seen.map_or(0, |c| c.rate.0);
             ClassView {
                 class: class.name().to_owned(),
                 used_bytes: used,
@@ -224,6 +233,8 @@ pub(crate) fn detail(k: &Known<'_>, periods: &Periods, now: UnixSecs) -> SliceDe
                 capped: r.capped(class, &limits),
                 rate_bps: rate,
                 forecast_bytes: forecast(used, rate, ceil, remaining),
+                guaranteed_bps: seen.map_or(0, |c| c.guaranteed.0),
+                cap_bps: seen.map_or(0, |c| c.cap.0),
             }
         })
         .collect();
@@ -268,6 +279,22 @@ fn render_classes(out: &mut String, classes: &[ClassView]) {
                 "           granted {} this period",
                 Bytes(c.granted_bytes)
             );
+        }
+        if c.cap_bps > 0 {
+            let guaranteed = BitsPerSec(c.guaranteed_bps);
+            let pct = percent(c.guaranteed_bps, c.cap_bps);
+            let cap = BitsPerSec(c.cap_bps);
+            let _ = if c.rate_bps > 0 {
+                writeln!(
+                    out,
+                    "           guaranteed {guaranteed} now ({pct:.1} % of the {cap} cap, by its share among the slices that send)"
+                )
+            } else {
+                writeln!(
+                    out,
+                    "           guaranteed {guaranteed} while idle ({pct:.1} % of the {cap} cap); sending, a part of it by its share"
+                )
+            };
         }
         if let Some(l) = c.limit_bps {
             let _ = writeln!(
@@ -355,6 +382,8 @@ pub(crate) fn tenant(row: &SliceStatus, now: UnixSecs) -> TenantView {
                 capped: c.capped,
                 rate_bps: c.rate.0,
                 forecast_bytes: forecast(c.used.0, c.rate.0, c.ceil.0, remaining),
+                guaranteed_bps: c.guaranteed.0,
+                cap_bps: c.cap.0,
             }
         })
         .collect();
@@ -420,6 +449,56 @@ mod tests {
         let general = &view(&state, &lv, 1050).classes[0];
         assert_eq!(general.granted_bytes, 1 << 20);
         assert_eq!(general.budget_bytes, base.general.max.0 + (1 << 20));
+    }
+
+    #[test]
+    fn the_view_says_what_share_of_the_cap_is_guaranteed_now() {
+        let (state, _) = granted();
+        let attrs = Attributes::default();
+        let mut row = SliceStatus {
+            name: "alice".into(),
+            xid: 1001,
+            rate_bps: 5_000_000,
+            guaranteed_bps: 25_000_000,
+            cap_bps: 100_000_000,
+            exempt_guaranteed_bps: 1000,
+            exempt_cap_bps: 1_000_000_000,
+            ..Default::default()
+        };
+        let known = |row| Known {
+            xid: 1001,
+            state: &state,
+            attrs: Some(&attrs),
+            defaults: &attrs,
+            base: Limits::base(&attrs, &attrs, &NODE),
+            levers: None,
+            row,
+            notice_pending: false,
+        };
+        let d = detail(&known(Some(&row)), &Periods::fixed(100), 1050);
+        assert_eq!(
+            (d.classes[0].guaranteed_bps, d.classes[0].cap_bps),
+            (25_000_000, 100_000_000)
+        );
+        let text = render(&d, 1050);
+        assert!(
+            text.contains("guaranteed 25mbit now (25.0 % of the 100mbit cap"),
+            "{text}"
+        );
+        assert!(
+            text.contains("guaranteed 1kbit while idle (0.0 % of the 1gbit cap)"),
+            "{text}"
+        );
+        // Not seen by a sync yet: nothing said.
+        let d = detail(&known(None), &Periods::fixed(100), 1050);
+        assert!(!render(&d, 1050).contains("guaranteed"));
+        row.rate_bps = 0;
+        row.guaranteed_bps = 1000;
+        let tenant_text = render_tenant(&tenant(&row, 1050), 1050);
+        assert!(
+            tenant_text.contains("guaranteed 1kbit while idle"),
+            "{tenant_text}"
+        );
     }
 
     #[test]

@@ -68,6 +68,20 @@ pub(crate) struct SliceStatus {
     /// The operator's exempt ceiling, bit/s, when one is set.
     #[serde(default)]
     pub exempt_limit_bps: Option<u64>,
+    /// What its general traffic is guaranteed now, bit/s: while it sends, its part of the node
+    /// cap among the leaves that send (its min rate, plus the rest by shares, up to its
+    /// ceiling); idle, its min rate.
+    #[serde(default)]
+    pub(crate) guaranteed_bps: u64,
+    /// What its exempt traffic is guaranteed now, bit/s (of the exempt max, by `net_i2_share`).
+    #[serde(default)]
+    pub(crate) exempt_guaranteed_bps: u64,
+    /// The cap `guaranteed_bps` is a part of: the node cap, bit/s.
+    #[serde(default)]
+    pub(crate) cap_bps: u64,
+    /// The cap `exempt_guaranteed_bps` is a part of: the exempt max, bit/s.
+    #[serde(default)]
+    pub(crate) exempt_cap_bps: u64,
 }
 
 /// The whole report.
@@ -154,23 +168,32 @@ pub(crate) struct ClassStatus {
     pub granted: Bytes,
     /// The operator's ceiling, when one is set.
     pub limit: Option<BitsPerSec>,
+    /// What it is guaranteed now (see [`SliceStatus::guaranteed_bps`]).
+    pub(crate) guaranteed: BitsPerSec,
+    /// The cap that is a part of: the ceiling of all of the class's traffic.
+    pub(crate) cap: BitsPerSec,
+}
+
+/// `part` as a percentage of `whole`; 0 of nothing.
+pub(crate) fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
 }
 
 impl ClassStatus {
     /// Percentage of the budget used.
     pub(crate) fn percent_used(&self) -> f64 {
-        let max = self.budget.bytes().0;
-        if max == 0 {
-            0.0
-        } else {
-            self.used.0 as f64 * 100.0 / max as f64
-        }
+        percent(self.used.0, self.budget.bytes().0)
     }
 }
 
 // The report's JSON names each class's fields apart (`bytes`/`exempt_bytes`,
-// `max_kbyte`/`i2_max_kbyte`, …), a documented contract: these two functions are the one place
-// that writes and the one place that reads those pairs.
+// `max_kbyte`/`i2_max_kbyte`, …), a documented contract: `new` (and `set_guaranteed`, for the
+// one pair decided after the lines) write those pairs, and `class` is the one place that reads
+// them.
 impl SliceStatus {
     /// A status line from what it says of the slice and of each class.
     pub(crate) fn new(head: SliceHead, classes: PerClass<ClassStatus>) -> SliceStatus {
@@ -204,7 +227,17 @@ impl SliceStatus {
             exempt_granted_bytes: e.granted.0,
             limit_bps: g.limit.map(|r| r.0),
             exempt_limit_bps: e.limit.map(|r| r.0),
+            guaranteed_bps: g.guaranteed.0,
+            exempt_guaranteed_bps: e.guaranteed.0,
+            cap_bps: g.cap.0,
+            exempt_cap_bps: e.cap.0,
         }
+    }
+
+    /// Sets what each class is guaranteed now (decided once every line is known).
+    pub(crate) fn set_guaranteed(&mut self, guaranteed: PerClass<BitsPerSec>) {
+        self.guaranteed_bps = guaranteed.general.0;
+        self.exempt_guaranteed_bps = guaranteed.exempt.0;
     }
 
     /// What the line says of `class`.
@@ -220,6 +253,8 @@ impl SliceStatus {
                 rate: BitsPerSec(self.rate_bps),
                 granted: Bytes(self.granted_bytes),
                 limit: self.limit_bps.map(BitsPerSec),
+                guaranteed: BitsPerSec(self.guaranteed_bps),
+                cap: BitsPerSec(self.cap_bps),
             },
             TrafficClass::Exempt => ClassStatus {
                 used: Bytes(self.exempt_bytes),
@@ -231,6 +266,8 @@ impl SliceStatus {
                 rate: BitsPerSec(self.exempt_rate_bps),
                 granted: Bytes(self.exempt_granted_bytes),
                 limit: self.exempt_limit_bps.map(BitsPerSec),
+                guaranteed: BitsPerSec(self.exempt_guaranteed_bps),
+                cap: BitsPerSec(self.exempt_cap_bps),
             },
         }
     }
@@ -412,6 +449,8 @@ mod tests {
             rate: BitsPerSec(n + 5),
             granted: Bytes(n + 6),
             limit: Some(BitsPerSec(n + 7)),
+            guaranteed: BitsPerSec(n + 8),
+            cap: BitsPerSec(n + 9),
         };
         let classes = PerClass {
             general: class(10),
@@ -437,6 +476,10 @@ mod tests {
             ("exempt_granted_bytes", 26),
             ("limit_bps", 17),
             ("exempt_limit_bps", 27),
+            ("guaranteed_bps", 18),
+            ("exempt_guaranteed_bps", 28),
+            ("cap_bps", 19),
+            ("exempt_cap_bps", 29),
         ] {
             assert_eq!(json[key], value, "{key}");
         }

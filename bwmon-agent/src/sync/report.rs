@@ -29,6 +29,8 @@ pub(super) struct Line<'a> {
     pub(super) dropped: Bytes,
     /// Its leaves, as tc writes them.
     pub(super) leaves: Vec<String>,
+    /// The ceiling of all of each class's traffic (node cap, exempt max).
+    pub(super) caps: PerClass<BitsPerSec>,
 }
 
 impl Line<'_> {
@@ -57,6 +59,9 @@ impl Line<'_> {
                 rate: *self.rate.of(c),
                 granted: self.levers.map_or(Bytes(0), |lv| *lv.grant.of(c)),
                 limit: self.levers.and_then(|lv| *lv.limit.of(c)),
+                // Idle, until the plan has seen who sends (`guarantees`).
+                guaranteed: l.min_rate,
+                cap: *self.caps.of(c),
             }
         });
         SliceStatus::new(head, classes)

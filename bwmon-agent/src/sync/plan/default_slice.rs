@@ -9,12 +9,12 @@ use crate::{
     class::{PerClass, TrafficClass},
     config::slices::DEFAULT_NAME,
     datapath::Snapshot,
-    htb::tree::DEFAULT_LEAVES,
-    policy::{self, Capping, Counters, Record},
+    htb::tree::{DEFAULT_LEAF_SHARES, DEFAULT_LEAVES},
+    policy::{self, Capping, Counters, Record, shares::Claim},
     serve::status::SliceStatus,
     sync::report,
     time::calendar::Calendar,
-    units::Bytes,
+    units::{BWMIN, Bytes},
 };
 
 /// The xid the default pseudo-slice's line shows (no slice can have it).
@@ -80,13 +80,14 @@ fn default_growth(
 
 impl Draft<'_> {
     /// The default pseudo-slice's record after this sync, grown from `before` by what xids
-    /// outside `live` offered (counted from zero when the counters `restarted`); its line.
+    /// outside `live` offered (counted from zero when the counters `restarted`); its line, and
+    /// what its leaves claim of each cap.
     pub(super) fn default_slice(
         &mut self,
         before: Option<Record>,
         live: &HashSet<u32>,
         restarted: bool,
-    ) -> SliceStatus {
+    ) -> (SliceStatus, PerClass<Claim>) {
         let (now, periods) = (self.now, &self.settings.periods);
         let (growth, offered_now) = default_growth(&self.memory, self.snap, live, restarted);
         self.memory.offered = offered_now;
@@ -106,7 +107,14 @@ impl Draft<'_> {
         // Its rate in the report comes from what it used (it has no counter of its own).
         let used = record.classes.map(|_, c| c.used.0);
         let rate = self.memory.measure(DEFAULT_XID, used, now);
-        report::Line {
+        let tree = &self.settings.tree;
+        // Its leaves' parameters (`TreeSpec::default_leaves`).
+        let claims = tree.ceilings().map(|_, ceil| Claim {
+            min: BWMIN,
+            ceil,
+            share: DEFAULT_LEAF_SHARES,
+        });
+        let line = report::Line {
             name: DEFAULT_NAME,
             xid: DEFAULT_XID,
             record: &record,
@@ -116,7 +124,9 @@ impl Draft<'_> {
             rate,
             dropped: Bytes(0),
             leaves: DEFAULT_LEAVES.iter().map(|(_, m)| m.to_string()).collect(),
+            caps: tree.ceilings(),
         }
-        .status()
+        .status();
+        (line, claims)
     }
 }

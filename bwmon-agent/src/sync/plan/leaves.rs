@@ -7,7 +7,7 @@ use crate::{
     class::{PerClass, TrafficClass},
     datapath::Snapshot,
     htb::{ClassInfo, ClassParams, Leaf, Op, TreeSpec, minors::Minors, tree},
-    policy::Limits,
+    policy::{Limits, shares::Claim},
     state::SliceState,
     units::BWMIN,
 };
@@ -45,24 +45,34 @@ pub(super) fn grow(
     short
 }
 
-/// The leaves of `s` under `limits`. A dry run accounts and reports the lowered ceiling, and
-/// applies none.
-pub(super) fn of_slice<'a>(
-    s: &'a SliceState,
-    limits: &'a Limits,
-    dry_run: bool,
-) -> impl Iterator<Item = Leaf> + 'a {
-    s.minors.iter().filter_map(move |(class, m)| {
+/// What each class of `s` claims of its cap under `limits`: its min rate, the ceiling its leaf
+/// has (a dry run accounts and reports the lowered ceiling, and applies none) and its share.
+pub(super) fn claims(s: &SliceState, limits: &Limits, dry_run: bool) -> PerClass<Claim> {
+    PerClass::from_fn(|class| {
         let lim = limits.of(class);
-        let ceil = if dry_run {
-            lim.max_rate
-        } else {
-            s.record.classes.of(class).ceil
-        };
+        Claim {
+            min: lim.min_rate,
+            ceil: if dry_run {
+                lim.max_rate
+            } else {
+                s.record.classes.of(class).ceil
+            },
+            share: lim.share,
+        }
+    })
+}
+
+/// The leaves of `s`, with the parameters of its `claims`.
+pub(super) fn of_slice(
+    s: &SliceState,
+    claims: PerClass<Claim>,
+) -> impl Iterator<Item = Leaf> + '_ {
+    s.minors.iter().filter_map(move |(class, m)| {
+        let c = claims.of(class);
         m.map(|minor| Leaf {
             minor,
             class,
-            params: ClassParams::with_shares(lim.min_rate, ceil, lim.share),
+            params: ClassParams::with_shares(c.min, c.ceil, c.share),
         })
     })
 }

@@ -6,10 +6,11 @@
 //! [`plan`] runs in named stages, each in a file of its own: the counters' restart and the
 //! slices' membership (`membership`: new, returning, departed, forgotten), each live slice's
 //! policy decision, notice and report line (`slice`), its leaves and steering (`leaves`, the
-//! tree's diff in [`crate::htb::tree::diff_leaves`]), and the default pseudo-slice
-//! (`default_slice`).
+//! tree's diff in [`crate::htb::tree::diff_leaves`]), the default pseudo-slice
+//! (`default_slice`), and what each class is guaranteed of its cap now (`guarantees`).
 
 mod default_slice;
+mod guarantees;
 mod leaves;
 mod membership;
 mod slice;
@@ -19,6 +20,7 @@ mod tests;
 use std::collections::{HashMap, HashSet};
 
 use bwmon_common::ClassIds;
+use default_slice::DEFAULT_XID;
 use ipnet::IpNet;
 pub(crate) use leaves::differs_from_default;
 
@@ -26,7 +28,7 @@ use crate::{
     class::PerClass,
     datapath::Snapshot,
     htb::{ClassInfo, Leaf, Minor, Op, TreeSpec, minors::Minors},
-    policy::{Capping, Counters, Limits},
+    policy::{Capping, Counters, Limits, shares::Claim},
     serve::status::SliceStatus,
     state::{CappedClass, Notice, State},
     time::UnixSecs,
@@ -207,6 +209,8 @@ struct SliceOutputs {
     leaves: Vec<Leaf>,
     /// xid → class ids of those with a leaf of their own.
     steering: HashMap<u32, ClassIds>,
+    /// xid → what each class claims of its cap (the default pseudo-slice's too).
+    claims: HashMap<u32, PerClass<Claim>>,
     new_notices: Vec<Notice>,
     clock_behind: bool,
 }
@@ -240,8 +244,10 @@ pub(crate) fn plan(
     }
     draft.end_levers();
     let tree_ops = draft.tree_ops(&obs.listed, &out.leaves);
-    let default_row = draft.default_slice(state.default, &live_xids, restarted);
+    let (default_row, default_claims) = draft.default_slice(state.default, &live_xids, restarted);
     out.rows.insert(1.min(out.rows.len()), default_row);
+    out.claims.insert(DEFAULT_XID, default_claims);
+    guarantees::guarantee(&mut out.rows, &out.claims, settings.tree.ceilings());
     let sources = settings.source_prefixes.then(|| {
         live.iter()
             .flat_map(|l| l.sources.iter().map(|p| (*p, l.xid)))

@@ -101,8 +101,9 @@ impl Draft<'_> {
         let short = leaves::grow(s, needs, &mut self.minors, self.snap);
         self.events
             .extend((0..short).map(|_| Event::NoMinors(who.clone())));
-        out.leaves
-            .extend(leaves::of_slice(s, &limits, settings.dry_run));
+        let claims = leaves::claims(s, &limits, settings.dry_run);
+        out.leaves.extend(leaves::of_slice(s, claims));
+        out.claims.insert(l.xid, claims);
         if s.minors.iter().any(|(_, m)| m.is_some()) {
             out.steering.insert(l.xid, tree::class_ids(s.minors));
         }
@@ -126,6 +127,7 @@ impl Draft<'_> {
                     .iter()
                     .filter_map(|(_, m)| m.map(|m| m.to_string()))
                     .collect(),
+                caps: settings.tree.ceilings(),
             }
             .status(),
         );

@@ -489,3 +489,46 @@ fn a_leaf_idle_for_a_whole_period_is_given_back() {
     assert!(p.tree_ops.iter().any(|o| matches!(o, Op::Remove(_))));
     assert!(!p.steering.contains_key(&1001));
 }
+
+#[test]
+fn the_slices_that_send_divide_the_cap_by_shares_and_idle_ones_are_guaranteed_their_min_rate() {
+    let mut w = World::new(false);
+    let mut bob = slice("bob", 1002);
+    bob.limits.general.share = 3;
+    let live = [root(), slice("alice", 1001), bob, slice("carol", 1003)];
+    w.sync(&live, 1000);
+    w.send(1001, 1000);
+    w.send(1002, 1000);
+    let p = w.sync(&live, 1001);
+    let guaranteed = |p: &Plan, name: &str| line(p, name).guaranteed_bps;
+    // 100 mbit/s less the two senders' 1 kbit/s guarantees, 1 : 3, each plus its own.
+    assert_eq!(guaranteed(&p, "alice"), 1000 + 99_998_000 / 4);
+    assert_eq!(guaranteed(&p, "bob"), 1000 + 99_998_000 / 4 * 3);
+    for idle in ["carol", "root", "default"] {
+        assert_eq!(guaranteed(&p, idle), 1000, "{idle}");
+    }
+    assert_eq!(line(&p, "bob").cap_bps, NODE.node_cap.0);
+    assert_eq!(line(&p, "bob").exempt_cap_bps, NODE.exempt_max.0);
+    assert_eq!(line(&p, "bob").exempt_guaranteed_bps, 1000, "no exempt traffic");
+    // Alone, bob is guaranteed the whole cap; unknown xids sending take their one share.
+    w.send(1002, 1000);
+    w.send(9999, 1000);
+    let p = w.sync(&live, 1002);
+    assert_eq!(guaranteed(&p, "alice"), 1000);
+    assert_eq!(guaranteed(&p, "bob"), 1000 + 99_998_000 / 4 * 3);
+    assert_eq!(guaranteed(&p, "default"), 1000 + 99_998_000 / 4);
+}
+
+#[test]
+fn a_capped_sender_is_guaranteed_its_ceiling_and_the_others_the_rest() {
+    let mut w = World::new(false);
+    let live = [root(), slice("alice", 1001), slice("bob", 1002)];
+    w.sync(&live, 1000);
+    w.send(1001, 900 * 1024);
+    w.send(1002, 1000);
+    let p = w.sync(&live, 1050);
+    let ceil = line(&p, "alice").ceil_bps;
+    assert!(ceil < 1_000_000, "alice is capped: {ceil}");
+    assert_eq!(line(&p, "alice").guaranteed_bps, ceil);
+    assert_eq!(line(&p, "bob").guaranteed_bps, NODE.node_cap.0 - ceil);
+}
