@@ -63,10 +63,7 @@ pub(super) fn claims(s: &SliceState, limits: &Limits, dry_run: bool) -> PerClass
 }
 
 /// The leaves of `s`, with the parameters of its `claims`.
-pub(super) fn of_slice(
-    s: &SliceState,
-    claims: PerClass<Claim>,
-) -> impl Iterator<Item = Leaf> + '_ {
+pub(super) fn of_slice(s: &SliceState, claims: PerClass<Claim>) -> impl Iterator<Item = Leaf> + '_ {
     s.minors.iter().filter_map(move |(class, m)| {
         let c = claims.of(class);
         m.map(|minor| Leaf {

@@ -509,7 +509,11 @@ fn the_slices_that_send_divide_the_cap_by_shares_and_idle_ones_are_guaranteed_th
     }
     assert_eq!(line(&p, "bob").cap_bps, NODE.node_cap.0);
     assert_eq!(line(&p, "bob").exempt_cap_bps, NODE.exempt_max.0);
-    assert_eq!(line(&p, "bob").exempt_guaranteed_bps, 1000, "no exempt traffic");
+    assert_eq!(
+        line(&p, "bob").exempt_guaranteed_bps,
+        1000,
+        "no exempt traffic"
+    );
     // Alone, bob is guaranteed the whole cap; unknown xids sending take their one share.
     w.send(1002, 1000);
     w.send(9999, 1000);
