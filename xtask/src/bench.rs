@@ -21,17 +21,21 @@ pub(crate) fn run(tools: &Tools) -> anyhow::Result<()> {
     build::all(tools, Profile::Release)?;
     let rows = workspace::root().join("target/bench-rows.jsonl");
     let _ = std::fs::remove_file(&rows);
-    workspace::exec(build::host_cargo(&object).args([
-        "test",
-        "--release",
-        "--package",
-        "bwmon-agent",
-        "--lib",
-        "--",
-        "--ignored",
-        "--nocapture",
-        "bench_",
-    ]))?;
+    workspace::exec(
+        build::host_cargo(&object)
+            .args([
+                "test",
+                "--release",
+                "--package",
+                "bwmon-agent",
+                "--lib",
+                "--",
+                "--ignored",
+                "--nocapture",
+                "bench_",
+            ])
+            .env("BWMON_BENCH_ROWS", &rows),
+    )?;
     let bwmon = workspace::root()
         .join("target")
         .join(Profile::Release.dir())

@@ -736,6 +736,83 @@ mod tests {
         assert_eq!(row(&o, "alice").max_kbyte, 1000 + 1024, "still once");
     }
 
+    /// A benchmark's row for `cargo xtask bench`'s table: printed, and appended to the rows
+    /// file it names in `BWMON_BENCH_ROWS` (the format of `tests/src/bench.rs`).
+    fn bench_row(what: &str, value: f64, unit: &str, target: &str) {
+        use std::io::Write as _;
+        println!("  sync         {what:<52} {value:>12.2} {unit}");
+        let Some(path) = std::env::var_os("BWMON_BENCH_ROWS") else {
+            return;
+        };
+        let row = serde_json::json!({
+            "group": "sync", "what": what, "value": value, "unit": unit,
+            "ratio": null, "ratio_of": null, "target": target,
+        });
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        writeln!(f, "{row}").unwrap();
+    }
+
+    /// Benchmark (cargo xtask bench): the steady state of a node with 10,000 slices that all
+    /// have leaves, 1,000 of them sending every interval (shares 1 to 4): the class changes a
+    /// sync makes (shares divide the cap by quanta, set once: none) and a sync's time.
+    #[test]
+    #[ignore = "benchmark: cargo xtask bench"]
+    fn bench_sync_steady_state_with_1k_of_10k_slices_sending() {
+        let slices: Vec<SliceSpec> = (0..10_000)
+            .map(|i| {
+                let mut s = slice(&format!("s{i}"), 10_000 + i);
+                s.attrs.share = Some(1 + i % 4);
+                s
+            })
+            .collect();
+        let mut s = syncer(slices);
+        s.step(1000);
+        for i in 0..10_000 {
+            send(&mut s.kernel, 10_000 + i, 1000);
+        }
+        s.step(1001);
+        let mut changes = Vec::new();
+        let mut times = Vec::new();
+        for t in 0..10u32 {
+            // A different thousand now and then: who sends changes, the leaves do not.
+            let first = if t < 5 { 0 } else { 4000 };
+            for i in first..first + 1000 {
+                send(&mut s.kernel, 10_000 + i, 1000);
+            }
+            let applied = s.tree.applied.len();
+            let started = std::time::Instant::now();
+            s.step(1002 + u64::from(t));
+            times.push(started.elapsed().as_secs_f64() * 1e3);
+            changes.push(s.tree.applied.len() - applied);
+        }
+        times.sort_by(f64::total_cmp);
+        let sending = s
+            .last_report
+            .slices
+            .iter()
+            .filter(|r| r.rate_bps > 0)
+            .count();
+        assert_eq!(sending, 1000);
+        let most = changes.iter().max().copied().unwrap_or(0);
+        bench_row(
+            "class changes per sync, 1,000 of 10,000 slices sending",
+            most as f64,
+            "changes",
+            "0",
+        );
+        bench_row(
+            "sync time, 1,000 of 10,000 slices sending (median)",
+            times[times.len() / 2],
+            "ms",
+            "≤ 100 ms",
+        );
+        assert_eq!(most, 0, "a steady state changes no class: {changes:?}");
+    }
+
     /// Benchmark (cargo xtask bench): one sync's own cost with 10,000 slices, kernel and tree
     /// faked (their real costs are measured by the datapath and HTB benchmarks).
     #[test]
