@@ -54,7 +54,8 @@ const KERNELS: [Kernel; 2] = [
 /// The integration tests that depend on the kernel, each with a name filter ("" = all):
 /// counting vs HTB's Sent with the exempt split and drops (datapath), per-uid counts, the
 /// attachment, its replacement, a re-created interface and teardown (counters), a restart
-/// that keeps its counts (restart), a lowered ceiling held (htb).
+/// that keeps its counts (restart), a lowered ceiling held (htb), shares that divide a
+/// contended cap (shares; with `BWMON_SLOW=1` its runs are longer under emulation).
 const CHECKS: &[(&str, &str)] = &[
     ("datapath", ""),
     ("counters", ""),
@@ -63,6 +64,7 @@ const CHECKS: &[(&str, &str)] = &[
         "htb",
         "a_lowered_slice_is_held_to_its_ceiling_and_others_are_not",
     ),
+    ("shares", ""),
 ];
 
 /// Debian packages the guest needs on the host: busybox for the initramfs, the module tools,
@@ -441,6 +443,8 @@ fn write_run_script(
         "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/run/tmp TMPDIR=/run/tmp\n",
     );
     s.push_str(&format!("export BWMON_BIN={}\n", bwmon.display()));
+    // Rate tests measure longer in an emulated guest.
+    s.push_str("export BWMON_SLOW=1\n");
     s.push_str("ip link set lo up\nuname -r\nfailed=0\n");
     let skip = if tcx { "" } else { "--skip tcx" };
     for (name, filter) in CHECKS {
