@@ -190,6 +190,38 @@ fn ceiling_changes_in_place_and_orphans_are_removed() {
 }
 
 #[test]
+fn a_tree_from_an_older_bwmon_is_not_rewritten_at_every_sync() {
+    // bwmon before shares made a share's quantum 1,600 bytes (1:1's 200,000). The kernel
+    // keeps the quantum an inner class had when its first child came, and takes no other: a
+    // check that compared it would rewrite 1:1, 1:10 and 1:20 at every sync, for ever.
+    let lab = Lab::new();
+    for args in [
+        "qdisc add dev {dev} root handle 1: htb default 2",
+        "class add dev {dev} parent 1: classid 1:1 htb rate 1gbit ceil 1gbit quantum 200000",
+        "class add dev {dev} parent 1:1 classid 1:10 htb rate 1kbit ceil 100mbit quantum 1600",
+        "class add dev {dev} parent 1:1 classid 1:20 htb rate 1kbit ceil 1gbit quantum 1600",
+        "class add dev {dev} parent 1:10 classid 1:2 htb rate 1kbit ceil 100mbit quantum 1600",
+        "class add dev {dev} parent 1:20 classid 1:3 htb rate 1kbit ceil 1gbit quantum 1600",
+    ] {
+        lab.tc(&args.split(' ').collect::<Vec<_>>());
+    }
+    let mut htb = Htb::open(&lab.host_if).unwrap();
+    let installed = htb.ensure_tree(&SPEC, false).unwrap();
+    assert!(!installed.created, "an older bwmon's tree is bwmon's");
+    let listed = htb.list().unwrap();
+    let top = listed.iter().find(|c| c.minor == TOP).unwrap();
+    assert_eq!(top.params.quantum, 200_000, "the kernel kept it");
+    for f in SPEC.fixed_classes() {
+        assert!(
+            listed.iter().any(|c| f.is(c)),
+            "{f:?} would be written again at every sync: {listed:?}"
+        );
+    }
+    let default = listed.iter().find(|c| c.minor == Minor(2)).unwrap();
+    assert_eq!(default.params.quantum, QUANTUM_PER_SHARE, "a leaf takes it");
+}
+
+#[test]
 fn tree_deleted_behind_its_back_is_rebuilt() {
     let lab = Lab::new();
     let mut htb = Htb::open(&lab.host_if).unwrap();
