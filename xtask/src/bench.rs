@@ -21,42 +21,40 @@ pub(crate) fn run(tools: &Tools) -> anyhow::Result<()> {
     build::all(tools, Profile::Release)?;
     let rows = workspace::root().join("target/bench-rows.jsonl");
     let _ = std::fs::remove_file(&rows);
-    workspace::exec(
-        build::host_cargo(&object)
-            .args([
-                "test",
-                "--release",
-                "--package",
-                "bwmon-agent",
-                "--lib",
-                "--",
-                "--ignored",
-                "--nocapture",
-                "bench_",
-            ])
-            .env("BWMON_BENCH_ROWS", &rows),
-    )?;
+    // `cargo test --release ARGS`, with the rows file every benchmark appends to.
+    let bench = |args: &[&str]| {
+        let mut c = build::host_cargo(&object);
+        c.args(["test", "--release"])
+            .args(args)
+            .env("BWMON_BENCH_ROWS", &rows);
+        c
+    };
+    workspace::exec(&mut bench(&[
+        "--package",
+        "bwmon-agent",
+        "--lib",
+        "--",
+        "--ignored",
+        "--nocapture",
+        "bench_",
+    ]))?;
     let bwmon = workspace::root()
         .join("target")
         .join(Profile::Release.dir())
         .join("bwmon");
-    for bench in BENCHES {
+    for name in BENCHES {
         workspace::exec(
-            build::host_cargo(&object)
-                .args([
-                    "test",
-                    "--release",
-                    "--package",
-                    "tests",
-                    "--test",
-                    bench,
-                    "--",
-                    "--ignored",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env("BWMON_BIN", &bwmon)
-                .env("BWMON_BENCH_ROWS", &rows),
+            bench(&[
+                "--package",
+                "tests",
+                "--test",
+                name,
+                "--",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("BWMON_BIN", &bwmon),
         )?;
     }
     table(&rows)
