@@ -122,7 +122,7 @@ pub struct TreeSpec {
 
 /// A class to have in the tree: its minor, its parent's and its parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct FixedClass {
+pub struct FixedClass {
     /// The class.
     pub(crate) minor: Minor,
     /// Its parent; `None` directly under the qdisc.
@@ -138,7 +138,7 @@ impl FixedClass {
     /// Whether the kernel's class `c` already is this one (at the kernel's precision). The
     /// quantum of a class with children is not compared: the kernel keeps the one it had when
     /// it was created (before its first child) and takes no other.
-    pub(crate) fn is(&self, c: &ClassInfo) -> bool {
+    pub fn is(&self, c: &ClassInfo) -> bool {
         let quantum = if INNER.contains(&self.minor) {
             c.params.quantum
         } else {
@@ -163,7 +163,7 @@ impl TreeSpec {
     }
 
     /// The fixed classes, parents first: `1:1`, `1:10`, `1:20`, then the default leaves.
-    pub(crate) fn fixed_classes(&self) -> Vec<FixedClass> {
+    pub fn fixed_classes(&self) -> Vec<FixedClass> {
         let top = self.exempt_max.max(self.node_cap);
         let mut out = vec![FixedClass {
             minor: TOP,
