@@ -157,8 +157,14 @@ fn shares_one_to_three_split_a_saturated_cap_one_to_three() {
     ];
     sleep(settle + 2 * INTERVAL);
     let (a, b) = (guaranteed(&d, "a"), guaranteed(&d, "b"));
-    eprintln!("guaranteed now: a {a}, b {b} bit/s");
+    let show = d.command(&["slice", "show", "b"]);
+    let show = String::from_utf8_lossy(&show.stdout);
+    eprintln!("guaranteed now: a {a}, b {b} bit/s; bwmon slice show b:\n{show}");
     drop(meters);
+    assert!(
+        show.contains("guaranteed 30mbit now (75.0 % of the 40mbit cap"),
+        "{show}"
+    );
     assert!(a + b <= CAP as u64, "{a} + {b}");
     assert!(
         b.abs_diff(3 * a) <= a / 10 && a >= (CAP * 0.2) as u64,
