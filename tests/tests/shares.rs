@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use bwmon_tests::{Daemon, Lab, Meter, median, rates, send_as, u};
+use bwmon_tests::{Daemon, Lab, Meter, median, rates, schema::assert_document, send_as, u};
 
 const CAP: f64 = 40e6;
 const CONFIG: &str = "node_cap = \"40mbit\"\nperiod = \"1d\"\ninterval = \"1s\"\n";
@@ -157,6 +157,7 @@ fn shares_one_to_three_split_a_saturated_cap_one_to_three() {
     ];
     sleep(settle + 2 * INTERVAL);
     let (a, b) = (guaranteed(&d, "a"), guaranteed(&d, "b"));
+    assert_document("status", &d.status());
     let show = d.command(&["slice", "show", "b"]);
     let show = String::from_utf8_lossy(&show.stdout);
     eprintln!("guaranteed now: a {a}, b {b} bit/s; bwmon slice show b:\n{show}");
