@@ -16,12 +16,11 @@
 //! A class is changed in place (`RTM_NEWTCLASS` with `NLM_F_REPLACE`): its counters and queue
 //! are kept. The tree as data is [`tree`]; the netlink batching is in `netlink`.
 
+mod error;
 pub(crate) mod minors;
 mod netlink;
 pub(crate) mod options;
 pub mod tree;
-
-use std::io;
 
 use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, Nla};
 use netlink_packet_route::{
@@ -30,77 +29,13 @@ use netlink_packet_route::{
 };
 use tracing::info;
 
+pub use error::HtbError;
 use netlink::{Netlink, Request};
 pub use options::{ClassParams, Psched};
 pub use tree::{ClassInfo, Installed, Leaf, Minor, Op, TreeSpec};
 use tree::{DEFAULT_LEAVES, EXEMPT_PARENT, GENERAL_PARENT, MAJOR, TOP};
 
 use crate::units::BitsPerSec;
-
-/// What failed, on which interface, operation and class.
-#[derive(Debug, thiserror::Error)]
-pub enum HtbError {
-    /// The interface does not exist.
-    #[error("looking up interface {iface} for its HTB tree")]
-    Interface {
-        /// Interface.
-        iface: String,
-        /// Cause.
-        #[source]
-        source: io::Error,
-    },
-    /// The netlink socket failed.
-    #[error("netlink on {iface}")]
-    Socket {
-        /// Interface.
-        iface: String,
-        /// Cause.
-        #[source]
-        source: io::Error,
-    },
-    /// The kernel refused an operation.
-    #[error("{op} {class} on {iface}")]
-    Kernel {
-        /// Interface.
-        iface: String,
-        /// The operation ("add class", "delete class", "add qdisc", …).
-        op: &'static str,
-        /// The class or qdisc, as tc writes it ("1:1a3").
-        class: String,
-        /// The kernel's error (EINVAL, ENOENT, EEXIST, …).
-        #[source]
-        source: io::Error,
-    },
-    /// A root qdisc bwmon did not create is in place.
-    #[error(
-        "{iface} already has a root qdisc bwmon did not create ({kind} {handle}); remove it or set `take_over_root_qdisc = true`"
-    )]
-    ForeignRoot {
-        /// Interface.
-        iface: String,
-        /// Its kind ("fq_codel", "htb", …).
-        kind: String,
-        /// Its handle ("8001:").
-        handle: String,
-    },
-    /// The kernel's packet scheduler clock could not be read.
-    #[error("reading the packet scheduler clock for {iface}")]
-    Clock {
-        /// Interface.
-        iface: String,
-        /// What went wrong.
-        #[source]
-        source: options::PschedError,
-    },
-    /// The kernel sent something this module cannot read.
-    #[error("unexpected netlink reply on {iface}: {what}")]
-    Protocol {
-        /// Interface.
-        iface: String,
-        /// What was wrong.
-        what: String,
-    },
-}
 
 type Result<T> = std::result::Result<T, HtbError>;
 
