@@ -12,7 +12,8 @@ fn slice_line() -> Value {
         "bytes": 5, "exempt_bytes": 6, "ceil_bps": 1000000, "exempt_ceil_bps": 1000000,
         "max_kbyte": 100, "thresh_kbyte": 80, "i2_max_kbyte": 100, "i2_thresh_kbyte": 80,
         "capped": false, "exempt_capped": false, "emailed": false,
-        "granted_bytes": 1048576, "limit_bps": 2000000, "exempt_limit_bps": null
+        "granted_bytes": 1048576, "limit_bps": 2000000, "exempt_limit_bps": null,
+        "warned_percent": [80, 95], "exempt_warned_percent": []
     })
 }
 
@@ -68,7 +69,7 @@ fn the_slice_schema_takes_a_slice_document() {
         json!({
             "class": name, "used_bytes": 1, "budget_bytes": 2, "threshold_bytes": 1,
             "granted_bytes": 0, "ceil_bps": 3, "max_rate_bps": 3, "limit_bps": null,
-            "capped": false, "rate_bps": 0, "forecast_bytes": 1
+            "capped": false, "rate_bps": 0, "forecast_bytes": 1, "warned_percent": [80]
         })
     };
     let doc = json!({
@@ -82,4 +83,38 @@ fn the_slice_schema_takes_a_slice_document() {
     let mut no_version = doc.clone();
     no_version.as_object_mut().unwrap().remove("version");
     assert!(refused(move || assert_valid("slice", &no_version)));
+}
+
+#[test]
+fn the_webhook_schema_takes_each_kind_of_event_and_nothing_less() {
+    let event = |kind: &str, level: Value, lever: Value| {
+        json!({
+            "version": "0.1.0", "id": 7, "event": kind, "at": 1500, "host": "node1",
+            "slice": "alice", "xid": 1001, "period_start": 1000, "period_end": 87400,
+            "classes": [{"class": "general", "used_bytes": 900, "budget_bytes": 1000,
+                         "ceil_bps": 8000, "level_percent": level}],
+            "lever": lever
+        })
+    };
+    for (kind, level, lever) in [
+        ("warned", json!(80), Value::Null),
+        ("capped", json!(95), Value::Null),
+        ("capped", Value::Null, Value::Null),
+        ("uncapped", Value::Null, Value::Null),
+        ("new_period", Value::Null, Value::Null),
+        (
+            "lever",
+            Value::Null,
+            json!("alice: grant 1.0 GiB (general): general budget 1.0 KiB → 1.0 GiB"),
+        ),
+    ] {
+        assert_document("webhook", &event(kind, level, lever));
+    }
+    let unknown = event("throttled", Value::Null, Value::Null);
+    assert!(refused(move || assert_valid("webhook", &unknown)));
+    let level = event("warned", json!(120), Value::Null);
+    assert!(refused(move || assert_valid("webhook", &level)));
+    let mut no_id = event("warned", json!(80), Value::Null);
+    no_id.as_object_mut().unwrap().remove("id");
+    assert!(refused(move || assert_valid("webhook", &no_id)));
 }

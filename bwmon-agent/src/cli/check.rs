@@ -1,5 +1,5 @@
-//! `bwmon check`: the configuration and slices files validated, and whether the slices fit
-//! an HTB tree.
+//! `bwmon check`: the configuration and slices files validated, whether the slices fit an HTB
+//! tree, and where notices go.
 
 use std::{path::Path, process::ExitCode};
 
@@ -28,6 +28,10 @@ pub fn check(config: &Path) -> anyhow::Result<ExitCode> {
     let parsed = slices::read(&config.slices)?;
     for w in &parsed.warnings {
         eprintln!("bwmon: warning: {w}");
+    }
+    // Where notices go; the webhook's secret file is read and its mode checked.
+    for line in crate::notify::destinations(&config)? {
+        println!("{line}");
     }
     let skipped = parsed.skipped.map(|s| {
         eprintln!("{s}");

@@ -13,11 +13,13 @@ use super::{
     mail::{Mail, parse_mail},
     problems::Collector,
     read::{Field, attributes},
+    webhook::parse_webhook,
 };
 use crate::{
     interface::validate_name,
     paths,
     policy::rspec::Attributes,
+    policy::warnings::{Levels, Percent},
     time::calendar::{Align, Periods},
     units::{BWMIN, BitsPerSec},
 };
@@ -226,9 +228,19 @@ pub(crate) const KEYS: &[Key] = &[
         },
     ),
     Key::new(
+        "warn_at",
+        "Levels of each budget a slice is warned of before the cap ([\"80%\", \"95%\"]).",
+        warn_at,
+    ),
+    Key::new(
         "mail",
         "How notices are delivered, and the addresses they carry (a table).",
         |f, d| d.config.mail = parse_mail(f.c, f.item),
+    ),
+    Key::new(
+        "webhook",
+        "Where notices are POSTed as JSON events (a table with `url`, `secret_file`, `timeout`).",
+        |f, d| d.config.webhook = parse_webhook(f.c, f.item, &d.base),
     ),
     Key::new(
         "metrics",
@@ -327,6 +339,8 @@ impl Draft<'_> {
             take_over_root_qdisc: false,
             defaults: Attributes::default(),
             mail: Mail::default(),
+            warn_at: Levels::default(),
+            webhook: None,
             metrics_listen: None,
             kernel_log: false,
             max_connections: crate::serve::connections::DEFAULT_LIMIT,
@@ -420,6 +434,27 @@ fn exempt_prefixes(f: &mut Field<'_, '_>, d: &mut Draft<'_>) {
     d.config.exempt_prefixes = prefixes;
 }
 
+/// `warn_at`: levels like "80%", each reported when it is not one.
+fn warn_at(f: &mut Field<'_, '_>, d: &mut Draft<'_>) {
+    let Some(list) = f.item.as_array() else {
+        f.problem("must be a list of levels like [\"80%\", \"95%\"]");
+        return;
+    };
+    let mut levels = Levels::default();
+    for v in list.iter() {
+        match v.as_str().map(str::parse::<Percent>) {
+            Some(Ok(p)) => levels = levels.with(p),
+            Some(Err(e)) => f.c.add_value(v, f.key, e.to_string()),
+            None => f.c.add_value(
+                v,
+                f.key,
+                format!("{} is not a level like \"80%\"", v.to_string().trim()).replace('\n', " "),
+            ),
+        }
+    }
+    d.config.warn_at = levels;
+}
+
 /// `[metrics]`: `listen`, the only key.
 fn metrics(f: &mut Field<'_, '_>, d: &mut Draft<'_>) {
     let Some(t) = f.table("must be a table with `listen`") else {
@@ -497,6 +532,35 @@ mod tests {
     fn the_shipped_example_is_valid() {
         let c = Config::parse(Path::new("/etc/bwmon/bwmon.toml"), EXAMPLE).unwrap();
         assert_eq!(c.interface, "eth0");
+    }
+
+    #[test]
+    fn warn_at_is_a_list_of_levels_and_each_bad_one_is_named() {
+        let path = Path::new("/etc/bwmon/bwmon.toml");
+        let c =
+            Config::parse(path, "interface = \"eth0\"\nwarn_at = [\"95%\", \"80%\"]\n").unwrap();
+        assert_eq!(c.warn_at.percents(), [80, 95]);
+        assert!(
+            Config::parse(path, "interface = \"eth0\"\n")
+                .unwrap()
+                .warn_at
+                .is_empty()
+        );
+        let err = Config::parse(
+            path,
+            "interface = \"eth0\"\nwarn_at = [\"80\", \"120%\", 5]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for expect in [
+            "warn_at: '80' is not a level like \"80%\"",
+            "warn_at: '120%' is not a level",
+            "warn_at: 5 is not a level",
+        ] {
+            assert!(err.contains(expect), "{expect}: {err}");
+        }
+        let err = Config::parse(path, "interface = \"eth0\"\nwarn_at = \"80%\"\n").unwrap_err();
+        assert!(err.to_string().contains("warn_at: must be a list"), "{err}");
     }
 
     #[test]

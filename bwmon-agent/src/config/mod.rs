@@ -1,7 +1,7 @@
 //! The configuration file (TOML) → a typed, validated [`Config`]. Every problem is reported,
 //! each as `path:line: key: message`, not only the first. The keys are one table, in
 //! [`keys`]; their values are read by the typed readers of `read` (shared with [`slices`]);
-//! `[mail]` is read in `mail`.
+//! `[mail]` is read in `mail`, `[webhook]` in `webhook`.
 
 pub(crate) mod keys;
 pub(crate) mod mailaddr;
@@ -10,8 +10,10 @@ pub(crate) mod slices;
 
 mod mail;
 mod read;
+mod webhook;
 
 pub(crate) use mail::{Mail, Transport};
+pub(crate) use webhook::Webhook;
 
 use std::{
     path::{Path, PathBuf},
@@ -30,6 +32,7 @@ use crate::{
     htb::TreeSpec,
     policy::Node,
     policy::rspec::Attributes,
+    policy::warnings::Levels,
     time::calendar::{Align, Periods},
     units::BitsPerSec,
 };
@@ -69,8 +72,12 @@ pub(crate) struct Config {
     pub(crate) take_over_root_qdisc: bool,
     /// Attribute defaults for every slice.
     pub(crate) defaults: Attributes,
-    /// Notices.
+    /// Notices by mail.
     pub(crate) mail: Mail,
+    /// The levels of each budget a slice is warned of before the cap (`warn_at`).
+    pub(crate) warn_at: Levels,
+    /// Notices to a webhook too, when set.
+    pub(crate) webhook: Option<Webhook>,
     /// Prometheus listen address, if any.
     pub(crate) metrics_listen: Option<std::net::SocketAddr>,
     /// Kernel-side diagnostics through aya-log.

@@ -22,6 +22,7 @@ use tokio::{
 use tracing::info;
 
 use self::{
+    notifier::Delivered,
     reload::Edges,
     worker::{Command, Outlets},
 };
@@ -29,7 +30,6 @@ use crate::{
     config::{Config, slices::SlicesFile},
     history, paths,
     serve::control,
-    state::NoticeKey,
 };
 
 /// Runs the daemon until SIGTERM or SIGINT; then finishes the current sync, persists, and
@@ -69,7 +69,7 @@ pub(crate) async fn run(config: Config, fresh_state: bool) -> anyhow::Result<()>
     let (command_tx, command_rx) = mpsc::unbounded_channel();
     let outlets = Outlets {
         status: status_tx,
-        notices: notifier.notices,
+        notices: notifier.lanes,
         notify_errors: notifier.errors,
         warnings,
         history: (history::path_for(&config.state), config.history),
@@ -91,6 +91,7 @@ pub(crate) async fn run(config: Config, fresh_state: bool) -> anyhow::Result<()>
         config,
         ticker,
         mailer: notifier.mailer,
+        hook: notifier.hook,
         metrics,
         status: status_rx,
         shutdown: shutdown_rx,
@@ -103,8 +104,8 @@ pub(crate) async fn run(config: Config, fresh_state: bool) -> anyhow::Result<()>
     systemd::tell(&[sd_notify::NotifyState::Stopping]);
     let _ = shutdown_tx.send(true);
     // Deliveries confirmed before the shutdown are forgotten before the final save.
-    while let Ok(key) = inputs.delivered.try_recv() {
-        let _ = command_tx.send(Command::Delivered(key));
+    while let Ok(done) = inputs.delivered.try_recv() {
+        let _ = command_tx.send(Command::Delivered(done));
     }
     drop(command_tx);
     tokio::task::spawn_blocking(move || worker.join())
@@ -127,8 +128,8 @@ struct Inputs {
     watch_tick: Interval,
     /// systemd's watchdog hears from the worker (see [`systemd::alive_every`]).
     alive_tick: Interval,
-    /// Notices the notifier delivered.
-    delivered: mpsc::UnboundedReceiver<NoticeKey>,
+    /// Notices the notifier delivered, per channel.
+    delivered: mpsc::UnboundedReceiver<Delivered>,
     /// Requests on one slice from the control socket.
     asks: mpsc::UnboundedReceiver<control::Asked>,
 }
@@ -141,7 +142,7 @@ impl Inputs {
             _ = edges.ticker.tick() => Command::Sync { reload: false },
             _ = self.alive_tick.tick() => Command::Alive,
             _ = self.watch_tick.tick() => Command::SyncIfSlicesChanged,
-            Some(key) = self.delivered.recv() => Command::Delivered(key),
+            Some(done) = self.delivered.recv() => Command::Delivered(done),
             Some(asked) = self.asks.recv() => Command::Slice(asked),
             _ = self.hup.recv() => edges.reload().await,
             _ = self.term.recv() => return None,

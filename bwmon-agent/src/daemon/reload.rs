@@ -1,6 +1,7 @@
 //! SIGHUP: the configuration read again and, when it is accepted, what it changes of the
-//! daemon's edges rebuilt — the interval's ticker, the mailer, the metrics listener — before
-//! the worker gets it.
+//! daemon's edges rebuilt — the interval's ticker, the mailer, the webhook (its secret read
+//! again), the metrics listener — before the worker gets it. A new mailer or webhook serves
+//! from the next delivery on, queued notices included.
 
 use std::{sync::Arc, time::Duration};
 
@@ -12,10 +13,10 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use super::worker::Command;
+use super::{notifier, worker::Command};
 use crate::{
     config::{Config, problems::FileErrors},
-    notify::{self, Mailer},
+    notify::{Hook, Mailer},
     serve::status::StatusReport,
 };
 
@@ -27,7 +28,9 @@ pub(super) struct Edges {
     /// A sync every interval.
     pub(super) ticker: Interval,
     /// The notifier's mailer.
-    pub(super) mailer: watch::Sender<Arc<Mailer>>,
+    pub(super) mailer: watch::Sender<Option<Arc<Mailer>>>,
+    /// The notifier's webhook.
+    pub(super) hook: watch::Sender<Option<Arc<Hook>>>,
     /// The metrics endpoint, when `[metrics] listen` is set.
     pub(super) metrics: Option<JoinHandle<()>>,
     /// The reports the metrics endpoint serves.
@@ -52,12 +55,22 @@ impl Edges {
             self.ticker = ticker(new.interval);
         }
         if new.mail != self.config.mail || new.periods != self.config.periods {
-            match Mailer::new(&new.mail, notify::hostname(), new.periods.nominal_secs()) {
+            match notifier::mailer(&new) {
                 Ok(m) => {
-                    let _ = self.mailer.send(Arc::new(m));
+                    let _ = self.mailer.send(Some(m));
                 }
                 Err(e) => warn!(error = %e, "the new [mail] cannot be used; the old one stays"),
             }
+        }
+        // Always: the secret file may have changed under the same configuration.
+        match notifier::hook(&new) {
+            Ok(h) => {
+                if h.is_some() || self.config.webhook.is_some() {
+                    info!(webhook = ?h.as_ref().map(|h| h.origin()), "webhook set up");
+                }
+                let _ = self.hook.send(h);
+            }
+            Err(e) => warn!(error = %e, "the new [webhook] cannot be used; the old one stays"),
         }
         if (new.metrics_listen, new.max_connections)
             != (self.config.metrics_listen, self.config.max_connections)

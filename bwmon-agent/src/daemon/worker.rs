@@ -2,7 +2,6 @@
 //! file and the history, and runs the daemon's commands one at a time.
 
 use std::{
-    collections::HashSet,
     path::PathBuf,
     sync::{
         Arc,
@@ -13,7 +12,10 @@ use std::{
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
-use super::systemd;
+use super::{
+    notifier::{Delivered, Lanes},
+    systemd,
+};
 use crate::{
     config::{Config, Retention, slices::SlicesFile},
     datapath::Datapath,
@@ -25,7 +27,6 @@ use crate::{
         slice_view::SliceRef,
         status::StatusReport,
     },
-    state::{Notice, NoticeKey},
     sync::{Kernel, PullOutcome, Syncer, Tree},
     time::{UnixSecs, now},
 };
@@ -36,8 +37,8 @@ pub(super) enum Command {
     Sync { reload: bool },
     /// Sync now if the slices file changed (a cheap `stat`).
     SyncIfSlicesChanged,
-    /// A notice was delivered: forget it.
-    Delivered(NoticeKey),
+    /// A notice was delivered on a channel: forget it there.
+    Delivered(Delivered),
     /// Tell systemd's watchdog the worker is alive (between syncs of a long interval).
     Alive,
     /// SIGHUP: a new configuration to apply (`None`: it was refused), then the slices file
@@ -50,7 +51,7 @@ pub(super) enum Command {
 /// The sync worker's outputs.
 pub(super) struct Outlets {
     pub(super) status: watch::Sender<Arc<StatusReport>>,
-    pub(super) notices: mpsc::UnboundedSender<Notice>,
+    pub(super) notices: Lanes,
     pub(super) notify_errors: Arc<AtomicU64>,
     /// Said at start, shown in every report.
     pub(super) warnings: Vec<String>,
@@ -96,7 +97,7 @@ impl Worker {
     /// the history.
     fn start(mut syncer: Syncer<Datapath, Htb>, mut slices: SlicesFile, out: Outlets) -> Self {
         for n in &syncer.state().notices {
-            let _ = out.notices.send(n.clone());
+            out.notices.send(n);
         }
         let mut slice_warnings = Vec::new();
         read_slices(&mut syncer, &mut slices, true, &mut slice_warnings);
@@ -118,9 +119,9 @@ impl Worker {
     fn handle(&mut self, command: Command) -> Option<bool> {
         match command {
             Command::Slice(asked) => self.slice_request(asked).then_some(false),
-            Command::Delivered(key) => {
+            Command::Delivered((id, channel)) => {
                 // Forgotten (and saved) at once, so a crash cannot send it twice.
-                self.syncer.forget_notices(&HashSet::from([key]));
+                self.syncer.delivered(id, channel);
                 None
             }
             Command::Alive => {
@@ -222,8 +223,8 @@ impl Worker {
             &mut self.slice_warnings,
         );
         let outcome = self.syncer.step(now());
-        for n in outcome.new_notices {
-            let _ = self.out.notices.send(n);
+        for n in &outcome.new_notices {
+            self.out.notices.send(n);
         }
         let mut report = outcome.report;
         let failed = self.out.notify_errors.load(Ordering::Relaxed);

@@ -151,9 +151,9 @@ impl Limits {
     }
 }
 
-/// `record` with its period started at `now`: nothing used, not noticed, the counters' last
-/// values kept (what they count from now on is the new period's). The next decision sets the
-/// ceilings.
+/// `record` with its period started at `now`: nothing used, not noticed nor warned, the
+/// counters' last values kept (what they count from now on is the new period's). The next
+/// decision sets the ceilings.
 pub(crate) fn reset(record: &Record, now: UnixSecs) -> Record {
     Record {
         period_start: now,
@@ -162,6 +162,7 @@ pub(crate) fn reset(record: &Record, now: UnixSecs) -> Record {
             ..c
         }),
         emailed: false,
+        warned: PerClass::default(),
     }
 }
 

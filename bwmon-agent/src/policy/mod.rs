@@ -9,7 +9,7 @@
 //! is a packet charged at one sync and dropped before the next: nothing is added until the
 //! counter passes the last value again. Only the end of the
 //! period is a **reset** (new period, `used = 0`, ceilings back to the max rates, `emailed`
-//! cleared); a clock earlier than the period start holds the period, it never resets it.
+//! and the warnings said cleared); a clock earlier than the period start holds the period, it never resets it.
 //! Otherwise an **update**: once `used ≥ thresh` the ceiling becomes `(max − used) × 8 /
 //! (period − elapsed)` bit/s, never below the min rate nor bwmin, never above the max rate. A
 //! slice capped in a period is noticed exactly once in that period, whichever class tripped.
@@ -17,9 +17,10 @@
 pub(crate) mod levers;
 pub(crate) mod rspec;
 pub(crate) mod shares;
+pub(crate) mod warnings;
 use crate::{
     class::{PerClass, TrafficClass},
-    policy::rspec::Attributes,
+    policy::{rspec::Attributes, warnings::Levels},
     time::{UnixSecs, calendar::Calendar},
     units::{BWMIN, BitsPerSec, Bytes, KBytes, KbitPerSec},
 };
@@ -151,6 +152,8 @@ pub(crate) struct Record {
     pub(crate) classes: PerClass<ClassRecord>,
     /// A notice was sent (or queued) for this period.
     pub(crate) emailed: bool,
+    /// The warning levels said in this period, per class (see [`warnings`]).
+    pub(crate) warned: PerClass<Levels>,
 }
 
 impl Record {
@@ -215,6 +218,7 @@ pub(crate) fn start(counters: Counters, limits: &Limits, now: UnixSecs) -> Recor
             ceil: limits.of(c).max_rate,
         }),
         emailed: false,
+        warned: PerClass::default(),
     }
 }
 

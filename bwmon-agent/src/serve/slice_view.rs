@@ -95,6 +95,9 @@ pub(crate) struct ClassView {
     /// The cap that is a part of (node cap, or exempt max), bit/s; 0 when unknown.
     #[serde(default)]
     pub(crate) cap_bps: u64,
+    /// The levels of its budget (`warn_at`, in %) it was warned of this period.
+    #[serde(default)]
+    pub(crate) warned_percent: Vec<u8>,
 }
 
 /// Everything bwmon knows of one slice (`bwmon slice show --json`,
@@ -235,6 +238,7 @@ pub(crate) fn detail(k: &Known<'_>, periods: &Periods, now: UnixSecs) -> SliceDe
                 forecast_bytes: forecast(used, rate, ceil, remaining),
                 guaranteed_bps: seen.map_or(0, |c| c.guaranteed.0),
                 cap_bps: seen.map_or(0, |c| c.cap.0),
+                warned_percent: r.warned.of(class).percents(),
             }
         })
         .collect();
@@ -301,6 +305,14 @@ fn render_classes(out: &mut String, classes: &[ClassView]) {
                 out,
                 "           limited to {} by the operator",
                 BitsPerSec(l)
+            );
+        }
+        if !c.warned_percent.is_empty() {
+            let levels: Vec<String> = c.warned_percent.iter().map(|p| format!("{p} %")).collect();
+            let _ = writeln!(
+                out,
+                "           warned at {} of its budget this period",
+                levels.join(", ")
             );
         }
     }
@@ -384,6 +396,7 @@ pub(crate) fn tenant(row: &SliceStatus, now: UnixSecs) -> TenantView {
                 forecast_bytes: forecast(c.used.0, c.rate.0, c.ceil.0, remaining),
                 guaranteed_bps: c.guaranteed.0,
                 cap_bps: c.cap.0,
+                warned_percent: c.warned.percents(),
             }
         })
         .collect();

@@ -4,6 +4,7 @@
 use crate::{
     class::{PerClass, TrafficClass},
     error_kind::ErrorCounts,
+    policy::warnings::{Levels, Percent},
     time::{UnixSecs, text::human_secs},
     units::{BitsPerSec, Bytes, KBytes},
 };
@@ -82,6 +83,12 @@ pub(crate) struct SliceStatus {
     /// The cap `exempt_guaranteed_bps` is a part of: the exempt max, bit/s.
     #[serde(default)]
     pub(crate) exempt_cap_bps: u64,
+    /// The levels of its general budget it was warned of this period (`warn_at`), in %.
+    #[serde(default)]
+    pub(crate) warned_percent: Vec<u8>,
+    /// The levels of its exempt budget it was warned of this period, in %.
+    #[serde(default)]
+    pub(crate) exempt_warned_percent: Vec<u8>,
 }
 
 /// The whole report.
@@ -172,6 +179,8 @@ pub(crate) struct ClassStatus {
     pub(crate) guaranteed: BitsPerSec,
     /// The cap that is a part of: the ceiling of all of the class's traffic.
     pub(crate) cap: BitsPerSec,
+    /// The levels of its budget it was warned of this period.
+    pub(crate) warned: Levels,
 }
 
 /// `part` as a percentage of `whole`; 0 of nothing.
@@ -231,6 +240,8 @@ impl SliceStatus {
             exempt_guaranteed_bps: e.guaranteed.0,
             cap_bps: g.cap.0,
             exempt_cap_bps: e.cap.0,
+            warned_percent: g.warned.percents(),
+            exempt_warned_percent: e.warned.percents(),
         }
     }
 
@@ -255,6 +266,7 @@ impl SliceStatus {
                 limit: self.limit_bps.map(BitsPerSec),
                 guaranteed: BitsPerSec(self.guaranteed_bps),
                 cap: BitsPerSec(self.cap_bps),
+                warned: levels(&self.warned_percent),
             },
             TrafficClass::Exempt => ClassStatus {
                 used: Bytes(self.exempt_bytes),
@@ -268,6 +280,7 @@ impl SliceStatus {
                 limit: self.exempt_limit_bps.map(BitsPerSec),
                 guaranteed: BitsPerSec(self.exempt_guaranteed_bps),
                 cap: BitsPerSec(self.exempt_cap_bps),
+                warned: levels(&self.exempt_warned_percent),
             },
         }
     }
@@ -276,6 +289,11 @@ impl SliceStatus {
     pub(crate) fn per_class(&self) -> PerClass<ClassStatus> {
         PerClass::from_fn(|c| self.class(c))
     }
+}
+
+/// The levels of a document's list of percents (those that are levels).
+fn levels(percents: &[u8]) -> Levels {
+    percents.iter().filter_map(|p| Percent::new(*p)).collect()
 }
 
 /// When, at `rate_bps`, `used` grows to `target` (seconds from now), if it does.
@@ -451,6 +469,7 @@ mod tests {
             limit: Some(BitsPerSec(n + 7)),
             guaranteed: BitsPerSec(n + 8),
             cap: BitsPerSec(n + 9),
+            warned: levels(&[n as u8 + 8]),
         };
         let classes = PerClass {
             general: class(10),
@@ -483,6 +502,8 @@ mod tests {
         ] {
             assert_eq!(json[key], value, "{key}");
         }
+        assert_eq!(json["warned_percent"], serde_json::json!([18]));
+        assert_eq!(json["exempt_warned_percent"], serde_json::json!([28]));
         assert_eq!(
             (json["capped"].clone(), json["exempt_capped"].clone()),
             (false.into(), true.into())

@@ -32,8 +32,9 @@ const MAGIC: &[u8; 8] = b"BWMONSC\x02";
 /// The first format: magic, version 1, postcard, no checksum (read to migrate it).
 const MAGIC_V1: &[u8; 8] = b"BWMONST\x01";
 /// The format version this binary writes (3: the operator's levers after the rest; 4: the
-/// lever requests applied lately after those).
-pub(crate) const VERSION: u16 = 4;
+/// lever requests applied lately after those; 5: the warnings said in each record, notices of
+/// every kind with their ids and channels, the next notice id after the rest).
+pub(crate) const VERSION: u16 = 5;
 
 /// Why the state could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -252,7 +253,7 @@ impl State {
             }
             let old: v1::State =
                 postcard::from_bytes(&rest[2..]).map_err(|e| corrupt(e.to_string()))?;
-            return Ok(old.into());
+            return Ok(State::from(v4::State::from(old)));
         }
         let Some(rest) = bytes.strip_prefix(MAGIC) else {
             return Err(corrupt("no bwmon state header".into()));
@@ -274,9 +275,12 @@ impl State {
         }
         match version {
             2 => postcard::from_bytes::<v2::State>(&body[2..])
-                .map(|v2| State::from(v3::State::from(v2)))
+                .map(|v2| State::from(v4::State::from(v3::State::from(v2))))
                 .map_err(|e| corrupt(e.to_string())),
             3 => postcard::from_bytes::<v3::State>(&body[2..])
+                .map(|v3| State::from(v4::State::from(v3)))
+                .map_err(|e| corrupt(e.to_string())),
+            4 => postcard::from_bytes::<v4::State>(&body[2..])
                 .map(State::from)
                 .map_err(|e| corrupt(e.to_string())),
             VERSION => postcard::from_bytes(&body[2..]).map_err(|e| corrupt(e.to_string())),
@@ -373,14 +377,14 @@ mod v1 {
     pub(crate) struct State {
         slices: BTreeMap<u32, SliceStateV1>,
         default: Option<RecordV1>,
-        notices: Vec<Notice>,
+        notices: Vec<v4::Notice>,
     }
 
-    impl From<RecordV1> for Record {
+    impl From<RecordV1> for v4::Record {
         /// Nothing used yet, last counter = the period's start: the next sync adds
         /// `counter − baseline`, which is what the period used.
-        fn from(r: RecordV1) -> Record {
-            Record {
+        fn from(r: RecordV1) -> v4::Record {
+            v4::Record {
                 period_start: r.period_start,
                 classes: r.classes.map(|_, c| ClassRecord {
                     used: Bytes(0),
@@ -392,14 +396,14 @@ mod v1 {
         }
     }
 
-    impl From<State> for super::State {
-        fn from(s: State) -> super::State {
-            super::State {
+    impl From<State> for v4::State {
+        fn from(s: State) -> v4::State {
+            v4::State {
                 slices: s
                     .slices
                     .into_iter()
                     .map(|(xid, s)| {
-                        let slice = SliceState {
+                        let slice = v4::SliceState {
                             name: s.name,
                             record: s.record.into(),
                             minors: s.minors.map(|_, m| Some(m)),
@@ -409,7 +413,7 @@ mod v1 {
                         (xid, slice)
                     })
                     .collect(),
-                default: s.default.map(Record::from),
+                default: s.default.map(v4::Record::from),
                 notices: s.notices,
                 // Unknown: the counters the first format saw are taken to go on.
                 counters_epoch: None,
@@ -420,15 +424,15 @@ mod v1 {
     }
 }
 
-/// The second format: everything but the levers (read as the third, without them).
+/// The second format: the third without the levers.
 mod v2 {
     use super::*;
 
     #[derive(serde::Deserialize)]
     pub(crate) struct State {
-        slices: BTreeMap<u32, SliceState>,
-        default: Option<Record>,
-        notices: Vec<Notice>,
+        slices: BTreeMap<u32, v4::SliceState>,
+        default: Option<v4::Record>,
+        notices: Vec<v4::Notice>,
         counters_epoch: Option<u64>,
     }
 
@@ -445,23 +449,23 @@ mod v2 {
     }
 }
 
-/// The third format: everything but the lever requests.
+/// The third format: the fourth without the lever requests.
 mod v3 {
     use super::*;
     use crate::policy::levers::Levers;
 
     #[derive(serde::Deserialize)]
     pub(crate) struct State {
-        pub(super) slices: BTreeMap<u32, SliceState>,
-        pub(super) default: Option<Record>,
-        pub(super) notices: Vec<Notice>,
+        pub(super) slices: BTreeMap<u32, v4::SliceState>,
+        pub(super) default: Option<v4::Record>,
+        pub(super) notices: Vec<v4::Notice>,
         pub(super) counters_epoch: Option<u64>,
         pub(super) levers: BTreeMap<u32, Levers>,
     }
 
-    impl From<State> for super::State {
-        fn from(s: State) -> super::State {
-            super::State {
+    impl From<State> for v4::State {
+        fn from(s: State) -> v4::State {
+            v4::State {
                 slices: s.slices,
                 default: s.default,
                 notices: s.notices,
@@ -473,12 +477,139 @@ mod v3 {
     }
 }
 
+/// The fourth format: records without the warnings said; a notice was the cap's, by mail, one
+/// per slice and period, without an id.
+mod v4 {
+    use super::*;
+    use crate::{
+        class::TrafficClass,
+        policy::levers::Levers,
+        state::{AppliedRequest, Channels, ClassNote, NoticeId, NoticeKind},
+    };
+
+    #[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+    pub(crate) struct Record {
+        pub(super) period_start: UnixSecs,
+        pub(super) classes: PerClass<ClassRecord>,
+        pub(super) emailed: bool,
+    }
+
+    #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+    pub(crate) struct SliceState {
+        pub(super) name: String,
+        pub(super) record: Record,
+        pub(super) minors: PerClass<Option<Minor>>,
+        pub(super) drop_base: PerClass<u64>,
+        pub(super) departed: bool,
+    }
+
+    #[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+    pub(crate) struct CappedClass {
+        pub(super) class: TrafficClass,
+        pub(super) used: Bytes,
+        pub(super) ceil: BitsPerSec,
+        pub(super) budget: Bytes,
+    }
+
+    #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+    pub(crate) struct Notice {
+        pub(super) slice: String,
+        pub(super) xid: u32,
+        pub(super) period_start: UnixSecs,
+        pub(super) period_end: UnixSecs,
+        pub(super) capped: Vec<CappedClass>,
+        pub(super) decided_at: UnixSecs,
+        pub(super) attempts: u32,
+        pub(super) next_attempt: UnixSecs,
+    }
+
+    #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+    pub(crate) struct State {
+        pub(super) slices: BTreeMap<u32, SliceState>,
+        pub(super) default: Option<Record>,
+        pub(super) notices: Vec<Notice>,
+        pub(super) counters_epoch: Option<u64>,
+        pub(super) levers: BTreeMap<u32, Levers>,
+        pub(super) requests: Vec<AppliedRequest>,
+    }
+
+    impl From<Record> for super::Record {
+        /// Nothing warned yet: the warnings came after this format.
+        fn from(r: Record) -> super::Record {
+            super::Record {
+                period_start: r.period_start,
+                classes: r.classes,
+                emailed: r.emailed,
+                warned: PerClass::default(),
+            }
+        }
+    }
+
+    impl From<State> for super::State {
+        /// Each queued notice is the cap's, still to be mailed, numbered in queue order.
+        fn from(s: State) -> super::State {
+            let notices: Vec<super::Notice> = (0u64..)
+                .zip(s.notices)
+                .map(|(id, n)| super::Notice {
+                    id: NoticeId(id),
+                    slice: n.slice,
+                    xid: n.xid,
+                    period_start: n.period_start,
+                    period_end: n.period_end,
+                    kind: NoticeKind::Capped,
+                    classes: n
+                        .capped
+                        .into_iter()
+                        .map(|c| ClassNote {
+                            class: c.class,
+                            used: c.used,
+                            ceil: c.ceil,
+                            budget: c.budget,
+                            level: None,
+                        })
+                        .collect(),
+                    pending: Channels {
+                        mail: true,
+                        webhook: false,
+                    },
+                    decided_at: n.decided_at,
+                    attempts: n.attempts,
+                    next_attempt: n.next_attempt,
+                })
+                .collect();
+            super::State {
+                slices: s
+                    .slices
+                    .into_iter()
+                    .map(|(xid, s)| {
+                        let slice = super::SliceState {
+                            name: s.name,
+                            record: s.record.into(),
+                            minors: s.minors,
+                            drop_base: s.drop_base,
+                            departed: s.departed,
+                        };
+                        (xid, slice)
+                    })
+                    .collect(),
+                default: s.default.map(super::Record::from),
+                next_notice: NoticeId(notices.len() as u64),
+                notices,
+                counters_epoch: s.counters_epoch,
+                levers: s.levers,
+                requests: s.requests,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{
         class::TrafficClass,
-        state::{CappedClass, Notice, atomic::names as files},
+        policy::warnings::{Levels, Percent},
+        state::{Channels, ClassNote, Notice, NoticeId, NoticeKind, atomic::names as files},
     };
 
     fn sample() -> State {
@@ -498,6 +629,10 @@ mod tests {
                         exempt: ClassRecord::default(),
                     },
                     emailed: true,
+                    warned: PerClass {
+                        general: [80, 95].into_iter().filter_map(Percent::new).collect(),
+                        exempt: Levels::default(),
+                    },
                 },
                 minors: PerClass {
                     general: Some(Minor(0x100)),
@@ -521,17 +656,116 @@ mod tests {
             at: 1_700_000_050,
             outcome: "alice: grant general 2.0 GiB: general budget 5.4 GiB → 7.4 GiB".into(),
         });
-        s.notices.push(Notice {
+        let told = |kind, level, pending| Notice {
+            id: NoticeId::default(),
             slice: "alice".into(),
             xid: 1001,
             period_start: 1_700_000_000,
             period_end: 1_700_086_400,
-            capped: vec![CappedClass {
+            kind,
+            classes: vec![ClassNote {
+                class: TrafficClass::General,
+                used: Bytes(5),
+                ceil: BitsPerSec(1000),
+                budget: Bytes(10),
+                level,
+            }],
+            pending,
+            decided_at: 1_700_000_100,
+            attempts: 0,
+            next_attempt: 0,
+        };
+        let both = Channels {
+            mail: true,
+            webhook: true,
+        };
+        let hook = Channels {
+            mail: false,
+            webhook: true,
+        };
+        s.queue(told(NoticeKind::Warned, Percent::new(80), both));
+        s.queue(told(NoticeKind::Capped, Percent::new(95), both));
+        s.queue(told(NoticeKind::Lever("alice: reset".into()), None, hook));
+        s
+    }
+
+    /// A state of the fourth format: alice capped and mailed, her notice queued.
+    fn fourth() -> v4::State {
+        let record = v4::Record {
+            period_start: 1_700_000_000,
+            classes: PerClass {
+                general: ClassRecord {
+                    used: Bytes(4000),
+                    last: 123,
+                    ceil: BitsPerSec(1_000_000),
+                },
+                exempt: ClassRecord::default(),
+            },
+            emailed: true,
+        };
+        let slice = v4::SliceState {
+            name: "alice".into(),
+            record,
+            minors: PerClass {
+                general: Some(Minor(0x100)),
+                exempt: None,
+            },
+            drop_base: PerClass::default(),
+            departed: false,
+        };
+        let notice = v4::Notice {
+            slice: "alice".into(),
+            xid: 1001,
+            period_start: 1_700_000_000,
+            period_end: 1_700_086_400,
+            capped: vec![v4::CappedClass {
                 class: TrafficClass::General,
                 used: Bytes(5),
                 ceil: BitsPerSec(1000),
                 budget: Bytes(10),
             }],
+            decided_at: 1_700_000_100,
+            attempts: 0,
+            next_attempt: 0,
+        };
+        let new = sample();
+        v4::State {
+            slices: BTreeMap::from([(1001, slice)]),
+            default: Some(record),
+            notices: vec![notice],
+            counters_epoch: Some(7),
+            levers: new.levers,
+            requests: new.requests,
+        }
+    }
+
+    /// [`fourth`] as this bwmon reads it: nothing warned, its notice the cap's by mail, id 0.
+    fn fourth_migrated() -> State {
+        let mut s = sample();
+        let alice = s.slices.get_mut(&1001).unwrap();
+        alice.record.warned = PerClass::default();
+        s.default = Some(alice.record);
+        s.counters_epoch = Some(7);
+        s.notices.clear();
+        s.next_notice = NoticeId(0);
+        s.queue(Notice {
+            id: NoticeId::default(),
+            slice: "alice".into(),
+            xid: 1001,
+            period_start: 1_700_000_000,
+            period_end: 1_700_086_400,
+            kind: NoticeKind::Capped,
+            classes: vec![ClassNote {
+                class: TrafficClass::General,
+                used: Bytes(5),
+                ceil: BitsPerSec(1000),
+                budget: Bytes(10),
+                level: None,
+            }],
+            pending: Channels {
+                mail: true,
+                webhook: false,
+            },
             decided_at: 1_700_000_100,
             attempts: 0,
             next_attempt: 0,
@@ -743,24 +977,16 @@ mod tests {
     }
 
     #[test]
-    fn a_third_format_file_loads_whole_with_no_lever_requests() {
-        // Format 3 is format 4 without the requests at the end.
-        let mut s = sample();
-        s.requests.clear();
-        let payload = (
-            &s.slices,
-            &s.default,
-            &s.notices,
-            &s.counters_epoch,
-            &s.levers,
-        );
-        assert_eq!(
-            State::decode(Path::new("state"), &file_of(3, &payload)).unwrap(),
-            s
-        );
-        // And the requests of format 4 round-trip.
+    fn a_fourth_format_file_loads_whole_with_nothing_warned_and_its_notice_mailed() {
+        let old = fourth();
+        let s = State::decode(Path::new("state"), &file_of(4, &old)).unwrap();
+        assert_eq!(s, fourth_migrated());
+        assert_eq!(s.notices[0].id, NoticeId(0));
+        assert_eq!(s.next_notice, NoticeId(1), "the next notice gets a new id");
+        // And the warnings, notices and ids of format 5 round-trip.
         let with = sample();
-        assert_eq!(with.requests.len(), 1);
+        assert_eq!(with.notices.len(), 3);
+        assert_eq!(with.next_notice, NoticeId(3));
         assert_eq!(
             State::decode(Path::new("state"), &with.encode()).unwrap(),
             with
@@ -768,24 +994,35 @@ mod tests {
     }
 
     #[test]
+    fn a_third_format_file_loads_whole_with_no_lever_requests() {
+        // Format 3 is format 4 without the requests at the end.
+        let old = fourth();
+        let payload = (
+            &old.slices,
+            &old.default,
+            &old.notices,
+            &old.counters_epoch,
+            &old.levers,
+        );
+        let mut expect = fourth_migrated();
+        expect.requests.clear();
+        assert_eq!(
+            State::decode(Path::new("state"), &file_of(3, &payload)).unwrap(),
+            expect
+        );
+    }
+
+    #[test]
     fn a_second_format_file_loads_whole_with_no_levers() {
         // Format 2 is format 3 without the levers at the end.
-        let mut s = sample();
-        s.levers.clear();
-        s.requests.clear();
-        let payload = (&s.slices, &s.default, &s.notices, &s.counters_epoch);
-        let mut body = 2u16.to_le_bytes().to_vec();
-        body.extend(postcard::to_stdvec(&payload).unwrap());
-        let mut bytes = MAGIC.to_vec();
-        bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-        bytes.extend(body);
-        assert_eq!(State::decode(Path::new("state"), &bytes).unwrap(), s);
-        // And the levers of format 3 round-trip.
-        let with = sample();
-        assert!(!with.levers.is_empty());
+        let old = fourth();
+        let payload = (&old.slices, &old.default, &old.notices, &old.counters_epoch);
+        let mut expect = fourth_migrated();
+        expect.requests.clear();
+        expect.levers.clear();
         assert_eq!(
-            State::decode(Path::new("state"), &with.encode()).unwrap(),
-            with
+            State::decode(Path::new("state"), &file_of(2, &payload)).unwrap(),
+            expect
         );
     }
 

@@ -1,6 +1,6 @@
 //! What bwmon remembers across restarts: every slice's period, usage, last counters,
-//! ceilings, `emailed` flag and leaf minors, departed slices until their period ends, and
-//! notices not yet delivered. How it is kept on disk (checksummed, in two generations) is
+//! ceilings, `emailed` flag, warnings said and leaf minors, departed slices until their period
+//! ends, and notices not yet delivered on every channel they go to. How it is kept on disk (checksummed, in two generations) is
 //! [`file`]; files are replaced whole by [`atomic::atomic_replace`].
 
 pub(crate) mod atomic;
@@ -15,15 +15,18 @@ pub(crate) use file::{StateFile, previous};
 use crate::{
     class::{PerClass, TrafficClass},
     htb::Minor,
-    policy::Record,
     policy::levers::{Lever, Levers},
+    policy::warnings::Percent,
+    policy::{Limits, Record},
     time::UnixSecs,
     units::{BitsPerSec, Bytes},
 };
 
-/// A notice decided by the policy and not yet delivered.
+/// A notice decided by a sync (or a lever) and not yet delivered on every channel it goes to.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Notice {
+    /// Its id: never reused, the same across restarts (a webhook receiver's dedupe key).
+    pub(crate) id: NoticeId,
     /// Slice name.
     pub(crate) slice: String,
     /// Slice xid.
@@ -32,9 +35,13 @@ pub(crate) struct Notice {
     pub(crate) period_start: UnixSecs,
     /// When the period ends (the notice is stale after).
     pub(crate) period_end: UnixSecs,
-    /// Every class that is capped.
-    pub(crate) capped: Vec<CappedClass>,
-    /// When the policy decided it.
+    /// What it tells.
+    pub(crate) kind: NoticeKind,
+    /// The classes it is about, with their figures when it was decided.
+    pub(crate) classes: Vec<ClassNote>,
+    /// The channels it has still to be delivered on.
+    pub(crate) pending: Channels,
+    /// When it was decided.
     pub(crate) decided_at: UnixSecs,
     /// Delivery attempts so far.
     pub(crate) attempts: u32,
@@ -42,35 +49,171 @@ pub(crate) struct Notice {
     pub(crate) next_attempt: UnixSecs,
 }
 
-/// One capped class of a notice.
+impl Notice {
+    /// A notice of `kind` about the slice `slice` (`xid`) in the period `(start, end)`,
+    /// decided at `now`, to go out on `pending`; it gets its id when it is queued
+    /// ([`State::queue`]).
+    pub(crate) fn new(
+        (slice, xid): (&str, u32),
+        (period_start, period_end): (UnixSecs, UnixSecs),
+        kind: NoticeKind,
+        classes: Vec<ClassNote>,
+        pending: Channels,
+        now: UnixSecs,
+    ) -> Notice {
+        Notice {
+            id: NoticeId::default(),
+            slice: slice.to_owned(),
+            xid,
+            period_start,
+            period_end,
+            kind,
+            classes,
+            pending,
+            decided_at: now,
+            attempts: 0,
+            next_attempt: now,
+        }
+    }
+}
+
+/// A notice's id.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
+pub(crate) struct NoticeId(pub(crate) u64);
+
+/// What a notice tells. Mail carries warnings and the cap; the webhook everything.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) enum NoticeKind {
+    /// Classes used a level of their budget (`warn_at`).
+    Warned,
+    /// Classes were capped.
+    Capped,
+    /// Classes' caps were lifted within the period (a grant, a raised budget).
+    Uncapped,
+    /// A new period began for a slice that was warned or capped in the one that ended.
+    NewPeriod,
+    /// The operator pulled a lever on the slice (its audit line).
+    Lever(String),
+}
+
+impl NoticeKind {
+    /// Its name in the webhook's event ("warned", "capped", "uncapped", "new_period", "lever").
+    pub(crate) const fn name(&self) -> &'static str {
+        match self {
+            NoticeKind::Warned => "warned",
+            NoticeKind::Capped => "capped",
+            NoticeKind::Uncapped => "uncapped",
+            NoticeKind::NewPeriod => "new_period",
+            NoticeKind::Lever(_) => "lever",
+        }
+    }
+}
+
+/// One class of a notice, as it stood when the notice was decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub(crate) struct CappedClass {
+pub(crate) struct ClassNote {
     /// The class.
     pub(crate) class: TrafficClass,
-    /// Bytes used in the period when it was capped.
+    /// Bytes used in the period (for a new period: in the period that ended).
     pub(crate) used: Bytes,
-    /// The new ceiling.
+    /// The ceiling in force.
     pub(crate) ceil: BitsPerSec,
-    /// The period's budget.
+    /// The period's budget, grants included.
     pub(crate) budget: Bytes,
+    /// The warning level it crossed, when it tells one (a warning, or one crossed with the
+    /// cap and told by it).
+    pub(crate) level: Option<Percent>,
 }
 
-/// What identifies a notice: one per slice and period.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) struct NoticeKey {
-    /// The slice's xid.
-    pub(crate) xid: u32,
-    /// The start of the period it belongs to.
-    pub(crate) period_start: UnixSecs,
-}
-
-impl Notice {
-    /// What identifies this notice.
-    pub(crate) fn key(&self) -> NoticeKey {
-        NoticeKey {
-            xid: self.xid,
-            period_start: self.period_start,
+impl ClassNote {
+    /// What `class` of `record` stands at under `limits`, telling no level.
+    pub(crate) fn of(record: &Record, limits: &Limits, class: TrafficClass) -> ClassNote {
+        ClassNote {
+            class,
+            used: record.used(class),
+            ceil: record.classes.of(class).ceil,
+            budget: limits.of(class).max,
+            level: None,
         }
+    }
+}
+
+/// Where notices go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub(crate) enum Channel {
+    /// By mail (`[mail]`; its transport "none" logs them).
+    Mail,
+    /// POSTed to `[webhook] url`.
+    Webhook,
+}
+
+impl Channel {
+    /// Both channels.
+    pub(crate) const ALL: [Channel; 2] = [Channel::Mail, Channel::Webhook];
+
+    /// "mail" or "webhook".
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            Channel::Mail => "mail",
+            Channel::Webhook => "webhook",
+        }
+    }
+}
+
+/// A set of channels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Channels {
+    /// By mail.
+    pub(crate) mail: bool,
+    /// To the webhook.
+    pub(crate) webhook: bool,
+}
+
+impl Channels {
+    /// The webhook alone (what mail does not carry).
+    pub(crate) const WEBHOOK: Channels = Channels {
+        mail: false,
+        webhook: true,
+    };
+
+    /// Whether `c` is one of them.
+    pub(crate) const fn has(self, c: Channel) -> bool {
+        match c {
+            Channel::Mail => self.mail,
+            Channel::Webhook => self.webhook,
+        }
+    }
+
+    /// These channels but `c`.
+    pub(crate) const fn without(self, c: Channel) -> Channels {
+        match c {
+            Channel::Mail => Channels {
+                mail: false,
+                ..self
+            },
+            Channel::Webhook => Channels {
+                webhook: false,
+                ..self
+            },
+        }
+    }
+
+    /// Whether there are none.
+    pub(crate) const fn is_empty(self) -> bool {
+        !self.mail && !self.webhook
     }
 }
 
@@ -98,7 +241,7 @@ pub(crate) struct State {
     pub(crate) slices: BTreeMap<u32, SliceState>,
     /// The default pseudo-slice (xids without a slice).
     pub(crate) default: Option<Record>,
-    /// Notices waiting for delivery.
+    /// Notices waiting for delivery, oldest first.
     pub(crate) notices: Vec<Notice>,
     /// The instance of the kernel's counters the records' `last` values came from (see
     /// `Snapshot::epoch`); `None` before the first sync.
@@ -110,6 +253,8 @@ pub(crate) struct State {
     /// asked again (a reply lost, a retry) is answered with its first outcome, never applied
     /// twice.
     pub requests: Vec<AppliedRequest>,
+    /// The id the next notice gets (format 5 on).
+    pub(crate) next_notice: NoticeId,
 }
 
 /// The id a client gives a lever request, the same on every retry of it.
@@ -176,14 +321,29 @@ impl State {
 }
 
 impl State {
-    /// Drops the notices whose keys are in `delivered`; says whether any was dropped.
-    pub(crate) fn forget_notices(
-        &mut self,
-        delivered: &std::collections::HashSet<NoticeKey>,
-    ) -> bool {
-        let before = self.notices.len();
-        self.notices.retain(|n| !delivered.contains(&n.key()));
-        self.notices.len() != before
+    /// Queues `n` under the next id; returns it as queued.
+    pub(crate) fn queue(&mut self, mut n: Notice) -> Notice {
+        n.id = self.next_notice;
+        self.next_notice = NoticeId(self.next_notice.0 + 1);
+        self.notices.push(n.clone());
+        n
+    }
+
+    /// The notice `id` was delivered on `channel`: it is forgotten once it has no channel
+    /// left to go to. Says whether the state changed.
+    pub(crate) fn delivered(&mut self, id: NoticeId, channel: Channel) -> bool {
+        let Some(at) = self.notices.iter().position(|n| n.id == id) else {
+            return false;
+        };
+        let n = &mut self.notices[at];
+        if !n.pending.has(channel) {
+            return false;
+        }
+        n.pending = n.pending.without(channel);
+        if n.pending.is_empty() {
+            self.notices.remove(at);
+        }
+        true
     }
 }
 
@@ -215,5 +375,40 @@ mod tests {
         assert_eq!("00000000000000ff".parse::<RequestId>(), Ok(RequestId(255)));
         assert_eq!(RequestId(255).to_string(), "00000000000000ff");
         assert!("xyz".parse::<RequestId>().is_err());
+    }
+
+    #[test]
+    fn a_notice_is_forgotten_once_delivered_on_every_channel_it_goes_to() {
+        let mut s = State::default();
+        let both = Channels {
+            mail: true,
+            webhook: true,
+        };
+        let n = |pending| {
+            Notice::new(
+                ("alice", 1001),
+                (0, 100),
+                NoticeKind::Warned,
+                vec![],
+                pending,
+                5,
+            )
+        };
+        let first = s.queue(n(both));
+        let second = s.queue(n(Channels::WEBHOOK));
+        assert_eq!((first.id, second.id), (NoticeId(0), NoticeId(1)));
+        assert_eq!(s.next_notice, NoticeId(2));
+        assert!(s.delivered(first.id, Channel::Mail));
+        assert!(!s.delivered(first.id, Channel::Mail), "once");
+        assert_eq!(s.notices.len(), 2, "the webhook still waits for it");
+        assert!(s.delivered(first.id, Channel::Webhook));
+        assert_eq!(
+            s.notices,
+            [Notice {
+                id: NoticeId(1),
+                ..n(Channels::WEBHOOK)
+            }]
+        );
+        assert!(!s.delivered(NoticeId(9), Channel::Webhook), "unknown");
     }
 }

@@ -84,6 +84,23 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
                 let classes: Vec<&str> = capped.iter().map(|c| c.class.name()).collect();
                 info!(slice, xid, classes = ?classes, "dry run: would notify the slice that it is capped")
             }
+            Event::Warned(Who { slice, xid }, c) => {
+                let level = c.level.map(|l| l.to_string()).unwrap_or_default();
+                info!(slice, xid, class = c.class.name(), level, used = %c.used, budget = %c.budget, "warned: a level of its budget used; notice queued")
+            }
+            Event::WouldWarn(Who { slice, xid }, warned) => {
+                let levels: Vec<String> = warned
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{} {}",
+                            c.class.name(),
+                            c.level.map(|l| l.to_string()).unwrap_or_default()
+                        )
+                    })
+                    .collect();
+                info!(slice, xid, levels = ?levels, "dry run: would warn the slice of the levels of its budget it used")
+            }
             Event::CountersRestarted => warn!(
                 "the kernel's counters restarted from zero (reboot, or pins removed): usage is carried on; bytes sent since the last sync before that are lost"
             ),

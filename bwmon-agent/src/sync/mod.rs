@@ -11,7 +11,7 @@ mod operator;
 pub(crate) mod plan;
 mod report;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use bwmon_common::{ClassIds, ROOT_XID, XidSource};
 use ipnet::IpNet;
@@ -29,7 +29,7 @@ use crate::{
     policy::rspec::Attributes,
     policy::{Capping, Limits, Node},
     serve::status::StatusReport,
-    state::{Notice, NoticeKey, State, StateFile},
+    state::{Channel, Notice, NoticeId, State, StateFile},
     time::UnixSecs,
 };
 
@@ -71,6 +71,8 @@ pub(crate) struct Syncer<K, T> {
     clock_behind: bool,
     /// The tree was (re)created since the last observation: its counters restarted.
     tree_created: bool,
+    /// Notices decided outside a sync (a lever pulled), handed over with the next one's.
+    told: Vec<Notice>,
 }
 
 impl<K: Kernel, T: Tree> Syncer<K, T> {
@@ -107,6 +109,7 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
             last_report: StatusReport::default(),
             clock_behind: false,
             tree_created: false,
+            told: Vec::new(),
         }
     }
 
@@ -136,9 +139,10 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
         *self.errors.entry(kind).or_default() += 1;
     }
 
-    /// Drops delivered notices from the state and saves it.
-    pub(crate) fn forget_notices(&mut self, delivered: &HashSet<NoticeKey>) {
-        if self.state.forget_notices(delivered) {
+    /// The notice `id` was delivered on `channel`: forgotten there (and once delivered
+    /// everywhere, dropped), and the state saved at once.
+    pub(crate) fn delivered(&mut self, id: NoticeId, channel: Channel) {
+        if self.state.delivered(id, channel) {
             self.file.mark_dirty();
             self.persist();
         }
@@ -219,6 +223,8 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
             tree: self.tree_spec(),
             default_limits: self.base_limits(&Attributes::default()),
             source_prefixes: self.config.xid_source == XidSource::Source,
+            warn_at: self.config.warn_at,
+            webhook: self.config.webhook.is_some(),
         }
     }
 
@@ -229,7 +235,7 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
         let Some(obs) = self.observe(now) else {
             return Outcome {
                 report: self.last_report.clone(),
-                new_notices: Vec::new(),
+                new_notices: std::mem::take(&mut self.told),
             };
         };
         let plan = plan::plan(
@@ -348,9 +354,11 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
             version: env!("CARGO_PKG_VERSION").to_owned(),
         };
         self.last_report = report.clone();
+        let mut new_notices = std::mem::take(&mut self.told);
+        new_notices.extend(plan.new_notices);
         Outcome {
             report,
-            new_notices: plan.new_notices,
+            new_notices,
         }
     }
 }
@@ -811,6 +819,52 @@ mod tests {
             "≤ 100 ms",
         );
         assert_eq!(most, 0, "a steady state changes no class: {changes:?}");
+    }
+
+    #[test]
+    fn a_lever_tells_the_webhook_with_the_next_sync_and_a_delivery_is_saved_at_once() {
+        use crate::{
+            config::Webhook,
+            policy::levers::Lever,
+            serve::slice_view::SliceRef,
+            state::{NoticeKind, RequestId},
+            units::Bytes,
+        };
+        let path = tempfile::tempdir().unwrap().keep().join("state");
+        let mut c = config();
+        c.webhook = Some(Webhook {
+            url: "http://127.0.0.1:9/hook".into(),
+            secret_file: None,
+            timeout: std::time::Duration::from_secs(2),
+        });
+        let mut s = Syncer::new(
+            c,
+            FakeKernel::default(),
+            FakeTree::default(),
+            StateFile::new(path.clone()),
+            State::default(),
+            vec![slice("alice", 1001)],
+        );
+        s.step(1000);
+        let grant = Lever::Grant {
+            class: TrafficClass::General,
+            amount: Bytes(1 << 20),
+        };
+        s.pull(RequestId(1), &SliceRef::Name("alice".into()), grant, 1001)
+            .unwrap();
+        let o = s.step(1002);
+        assert_eq!(o.new_notices.len(), 1, "{:?}", o.new_notices);
+        let n = &o.new_notices[0];
+        assert!(matches!(&n.kind, NoticeKind::Lever(audit) if audit.contains("alice: grant")));
+        assert_eq!(n.pending, crate::state::Channels::WEBHOOK);
+        assert_eq!(n.classes[0].budget, Bytes(1000 * 1024 + (1 << 20)));
+        assert_eq!(State::load(&path).unwrap().state.notices.len(), 1, "kept");
+        s.delivered(n.id, Channel::Webhook);
+        assert!(
+            State::load(&path).unwrap().state.notices.is_empty(),
+            "forgotten and saved"
+        );
+        assert!(s.step(1003).new_notices.is_empty(), "told once");
     }
 
     /// Benchmark (cargo xtask bench): one sync's own cost with 10,000 slices, kernel and tree

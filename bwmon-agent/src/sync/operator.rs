@@ -3,12 +3,13 @@
 
 use super::{Kernel, Syncer, Tree};
 use crate::{
+    class::TrafficClass,
     policy::Limits,
     policy::levers::{self, Lever, LeverError, Levers},
     policy::rspec::Attributes,
     serve::slice_view::{self, SliceDetail, SliceRef},
-    state::{AppliedRequest, RequestId},
-    time::UnixSecs,
+    state::{AppliedRequest, Channels, ClassNote, Notice, NoticeKind, RequestId},
+    time::{UnixSecs, calendar::Calendar},
 };
 
 /// What a pulled lever changed, for the audit line: the slice, and the value it moved.
@@ -112,6 +113,40 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
         Ok(slice_view::detail(&known, &self.config.periods, now))
     }
 
+    /// The webhook's notice of `lever`, pulled on the slice `xid` (whose limits before levers
+    /// are `base`) with the audit line `audit`: the classes it moved as they now stand.
+    fn lever_notice(
+        &self,
+        xid: u32,
+        lever: Lever,
+        audit: String,
+        base: &Limits,
+        now: UnixSecs,
+    ) -> Notice {
+        let periods = &self.config.periods;
+        let s = &self.state.slices[&xid];
+        let r = &s.record;
+        let limits = base.in_force(self.state.levers.get(&xid), r, now, periods);
+        let classes = match lever {
+            Lever::Grant { class, .. } | Lever::Limit { class, .. } => vec![class],
+            Lever::Reset => TrafficClass::ALL.to_vec(),
+        };
+        let classes = classes
+            .into_iter()
+            .map(|c| ClassNote::of(r, &limits, c))
+            .collect();
+        let period = (r.period_start, periods.end(r.period_start));
+        let kind = NoticeKind::Lever(audit);
+        Notice::new(
+            (&s.name, xid),
+            period,
+            kind,
+            classes,
+            Channels::WEBHOOK,
+            now,
+        )
+    }
+
     /// Pulls `lever` on the live slice `which` as request `id` and saves the state (with the
     /// request remembered); the caller syncs next so the tree follows at once. A request id
     /// applied before is not applied again: its first outcome comes back.
@@ -207,6 +242,11 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
             at: now,
             outcome: pulled.audit(),
         });
+        if self.config.webhook.is_some() && !self.config.dry_run {
+            let n = self.lever_notice(xid, lever, pulled.audit(), &base, now);
+            let queued = self.state.queue(n);
+            self.told.push(queued);
+        }
         self.file.mark_dirty();
         self.persist();
         Ok(PullOutcome::Applied(pulled))

@@ -62,6 +62,7 @@ impl Line<'_> {
                 // Idle, until the plan has seen who sends (`guarantees`).
                 guaranteed: l.min_rate,
                 cap: *self.caps.of(c),
+                warned: *r.warned.of(c),
             }
         });
         SliceStatus::new(head, classes)

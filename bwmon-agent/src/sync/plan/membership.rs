@@ -82,7 +82,12 @@ impl Draft<'_> {
             let drop_base = drops_now(self.snap, leaves);
             let counters = self.snap.charged_bytes(xid, leaves, drop_base);
             let record = policy::start(counters, &l.limits, periods.start_at(now));
-            self.events.push(Event::NewSlice(Who::of(&l.name, xid)));
+            let who = Who::of(&l.name, xid);
+            let ended = self.state.slices.get(&xid).filter(|s| s.name == l.name);
+            if let Some(ended) = ended.map(|s| s.record) {
+                self.tell_new_period(&who, &ended, &record, &l.limits);
+            }
+            self.events.push(Event::NewSlice(who));
             self.state.slices.insert(
                 xid,
                 SliceState {

@@ -5,7 +5,8 @@
 //!
 //! [`plan`] runs in named stages, each in a file of its own: the counters' restart and the
 //! slices' membership (`membership`: new, returning, departed, forgotten), each live slice's
-//! policy decision, notice and report line (`slice`), its leaves and steering (`leaves`, the
+//! policy decision and report line (`slice`), what it tells and to which channels (`notices`:
+//! warnings, the cap, its lift, a new period), its leaves and steering (`leaves`, the
 //! tree's diff in [`crate::htb::tree::diff_leaves`]), the default pseudo-slice
 //! (`default_slice`), and what each class is guaranteed of its cap now (`guarantees`).
 
@@ -13,6 +14,7 @@ mod default_slice;
 mod guarantees;
 mod leaves;
 mod membership;
+mod notices;
 mod slice;
 #[cfg(test)]
 mod tests;
@@ -28,9 +30,9 @@ use crate::{
     class::PerClass,
     datapath::Snapshot,
     htb::{ClassInfo, Leaf, Minor, Op, TreeSpec, minors::Minors},
-    policy::{Capping, Counters, Limits, shares::Claim},
+    policy::{Capping, Counters, Limits, shares::Claim, warnings::Levels},
     serve::status::SliceStatus,
-    state::{CappedClass, Notice, State},
+    state::{ClassNote, Notice, State},
     time::UnixSecs,
     time::calendar::Periods,
     units::BitsPerSec,
@@ -64,6 +66,10 @@ pub(crate) struct Settings {
     pub(crate) default_limits: Limits,
     /// Whether source prefixes steer xids (`xid_source = "source"`).
     pub(crate) source_prefixes: bool,
+    /// The levels of each budget a slice is warned of (`warn_at`).
+    pub(crate) warn_at: Levels,
+    /// Whether notices go to a webhook too (`[webhook]`).
+    pub(crate) webhook: bool,
 }
 
 /// What one sync saw, at one instant.
@@ -129,9 +135,13 @@ pub(crate) enum Event {
     /// A slice's new period began: limits back to the max rates.
     NewPeriod(Who),
     /// A slice was capped (the class and its numbers) and a notice queued.
-    Capped(Who, CappedClass),
+    Capped(Who, ClassNote),
     /// Dry run: the slice would have been capped and told so (nobody is mailed).
-    WouldNotify(Who, Vec<CappedClass>),
+    WouldNotify(Who, Vec<ClassNote>),
+    /// A class used a level of its budget (`warn_at`) and a warning was queued.
+    Warned(Who, ClassNote),
+    /// Dry run: the slice would have been warned (nobody is told).
+    WouldWarn(Who, Vec<ClassNote>),
     /// A class of the tree belongs to no slice and is removed.
     Orphan(Minor),
     /// The kernel's counters restarted from zero (reboot, lost pins): usage is carried.
@@ -211,7 +221,6 @@ struct SliceOutputs {
     steering: HashMap<u32, ClassIds>,
     /// xid → what each class claims of its cap (the default pseudo-slice's too).
     claims: HashMap<u32, PerClass<Claim>>,
-    new_notices: Vec<Notice>,
     clock_behind: bool,
 }
 
@@ -253,6 +262,11 @@ pub(crate) fn plan(
             .flat_map(|l| l.sources.iter().map(|p| (*p, l.xid)))
             .collect()
     });
+    // Queued by this plan: the ids after the last one given before it.
+    let new_notices = (draft.state.notices.iter())
+        .filter(|n| n.id >= state.next_notice)
+        .cloned()
+        .collect();
     Plan {
         state: draft.state,
         minors: draft.minors,
@@ -260,7 +274,7 @@ pub(crate) fn plan(
         steering: out.steering,
         sources,
         tree_ops,
-        new_notices: out.new_notices,
+        new_notices,
         rows: out.rows,
         events: draft.events,
         clock_behind: out.clock_behind,

@@ -1,18 +1,19 @@
 //! One live slice's sync: what it is charged, the policy's decision under the limits in force
-//! (the operator's levers included), its notice, its leaves and its report line.
+//! (the operator's levers included), what it tells (`notices`), its leaves and its report
+//! line.
 
 use super::{
     Draft, Event, LiveSlice, SliceOutputs, Who, leaves, leaves::differs_from_default,
     membership::drops_now,
 };
 use crate::{
-    class::{PerClass, TrafficClass},
+    class::PerClass,
     datapath::Snapshot,
     htb::tree,
-    policy::{self, Decision, Limits},
-    state::{CappedClass, Notice, SliceState},
+    policy::{self, Capping},
+    state::SliceState,
     sync::report,
-    time::{UnixSecs, calendar::Calendar},
+    time::calendar::Calendar,
     units::Bytes,
 };
 
@@ -24,48 +25,6 @@ fn rebase_drops(s: &mut SliceState, snap: &Snapshot) -> PerClass<u64> {
         .drop_base
         .map(|c, base| if *drops.of(c) < base { 0 } else { base });
     drops
-}
-
-/// What a decision that notifies `who` says: the capped classes as events, and the notice to
-/// queue — none in a dry run, where the log says who would have been told.
-fn notice<C: Calendar>(
-    who: &Who,
-    d: &Decision,
-    limits: &Limits,
-    periods: C,
-    now: UnixSecs,
-    dry_run: bool,
-) -> (Vec<Event>, Option<Notice>) {
-    let capped: Vec<CappedClass> = TrafficClass::ALL
-        .into_iter()
-        .filter(|c| d.record.capped(*c, limits))
-        .map(|class| CappedClass {
-            class,
-            used: d.record.used(class),
-            ceil: d.record.classes.of(class).ceil,
-            budget: limits.of(class).max,
-        })
-        .collect();
-    let mut events: Vec<Event> = capped
-        .iter()
-        .map(|c| Event::Capped(who.clone(), *c))
-        .collect();
-    if dry_run {
-        // Nothing is capped, so nobody is told it is: the log says who would be.
-        events.push(Event::WouldNotify(who.clone(), capped));
-        return (events, None);
-    }
-    let notice = Notice {
-        slice: who.slice.clone(),
-        xid: who.xid,
-        period_start: d.record.period_start,
-        period_end: periods.end(d.record.period_start),
-        capped,
-        decided_at: now,
-        attempts: 0,
-        next_attempt: now,
-    };
-    (events, Some(notice))
 }
 
 impl Draft<'_> {
@@ -81,20 +40,17 @@ impl Draft<'_> {
             .limits
             .in_force(self.state.levers.get(&l.xid), &s.record, now, periods);
         let d = policy::decide(&s.record, counters, &limits, now, periods, l.capping);
-        s.record = d.record;
+        let before = std::mem::replace(&mut s.record, d.record);
         out.clock_behind |= d.clock_behind;
         let who = Who::of(&l.name, l.xid);
         if d.reset {
             self.events.push(Event::NewPeriod(who.clone()));
         }
-        if d.notify {
-            let (events, notice) = notice(&who, &d, &limits, periods, now, settings.dry_run);
-            self.events.extend(events);
-            if let Some(n) = notice {
-                self.state.notices.push(n.clone());
-                out.new_notices.push(n);
-            }
-        }
+        let warn = l.capping == Capping::Policy;
+        self.tell(&who, &before, &d, &limits, warn);
+        let Some(s) = self.state.slices.get_mut(&l.xid) else {
+            return;
+        };
 
         let needs = differs_from_default(&limits, &settings.tree)
             .map(|c, differs| differs || s.record.used(c).0 > 0);

@@ -1,6 +1,9 @@
 use bwmon_common::{Counter, ROOT_XID};
 
 use super::*;
+
+/// What the plan tells: warnings, the cap, and the webhook's events.
+mod notices;
 use crate::{
     class::TrafficClass,
     htb::{ClassParams, tree},
@@ -35,6 +38,8 @@ fn settings(dry_run: bool) -> Settings {
         },
         default_limits: limits(),
         source_prefixes: false,
+        warn_at: Levels::default(),
+        webhook: false,
     }
 }
 
@@ -200,7 +205,7 @@ fn a_slice_over_its_threshold_gets_a_lower_leaf_and_one_notice() {
     let expect = BitsPerSec((1000 - 900) * 1024 * 8 / 50);
     assert_eq!(w.leaf(1001).params.ceil, expect);
     assert_eq!(p.new_notices.len(), 1);
-    assert_eq!(p.new_notices[0].capped[0].ceil, expect);
+    assert_eq!(p.new_notices[0].classes[0].ceil, expect);
     assert!(line(&p, "alice").capped);
     let p = w.sync(&live, 1051);
     assert!(p.new_notices.is_empty(), "one notice per period");

@@ -1,6 +1,6 @@
-//! Notices by e-mail (lettre): composed like the seed's, sent through SMTP, the local sendmail
-//! (lettre's transport, never a shell) or nowhere, and retried with backoff until delivered or
-//! stale. Every header value is an address checked by [`crate::config::mailaddr`] or text lettre
+//! Notices by e-mail (lettre): the cap's composed like the seed's, warnings beside it; sent
+//! through SMTP, the local sendmail (lettre's transport, never a shell) or nowhere, and retried
+//! with backoff until delivered or stale. Every header value is an address checked by [`crate::config::mailaddr`] or text lettre
 //! encodes, so nothing from config or slice data can inject a header.
 
 use std::time::Duration;
@@ -11,91 +11,76 @@ use lettre::{
     transport::smtp::authentication::Credentials,
 };
 
+use super::{NotifyError, Sender as ChannelSender};
 use crate::{
-    class::TrafficClass,
     config::slices::ROOT_NAME,
     config::{Mail, Transport},
-    state::{CappedClass, Notice},
-    time::text::{format_period, format_time},
+    state::{Channel, ClassNote, Notice, NoticeKind},
+    time::{
+        UnixSecs,
+        text::{format_period, format_time},
+    },
     units::Bytes,
 };
 
-/// What went wrong with a notice.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum NotifyError {
-    /// The message could not be built (an address failed the checks).
-    #[error("composing the notice for slice {slice}: {why}")]
-    Compose {
-        /// Slice.
-        slice: String,
-        /// Why.
-        why: String,
-    },
-    /// The SMTP relay could not be set up.
-    #[error("setting up the SMTP relay {server}")]
-    Setup {
-        /// `host:port` from the config.
-        server: String,
-        /// Cause.
-        #[source]
-        source: lettre::transport::smtp::Error,
-    },
-    /// The transport refused or failed.
-    #[error("sending the notice for slice {slice} via {via}: {why}")]
-    Send {
-        /// Slice.
-        slice: String,
-        /// Transport ("smtp 127.0.0.1:25").
-        via: String,
-        /// Why.
-        why: String,
-    },
+/// Subject line of a notice of `kind`.
+pub(crate) fn subject(operator: &str, kind: &NoticeKind, slice: &str, host: &str) -> String {
+    match kind {
+        NoticeKind::Warned => format!("{operator} bandwidth warning for slice {slice} on {host}"),
+        NoticeKind::Capped => format!("{operator} capped bandwidth of slice {slice} on {host}"),
+        other => format!("{operator}: slice {slice} on {host}: {}", other.name()),
+    }
 }
 
-/// Subject line.
-pub(crate) fn subject(operator: &str, slice: &str, host: &str) -> String {
-    format!("{operator} capped bandwidth of slice {slice} on {host}")
-}
-
-/// The body: one paragraph per capped class, then the seed's footer.
+/// The body: one paragraph per class (the seed's for the cap), then the seed's footer.
 pub(crate) fn body(n: &Notice, host: &str, period_secs: u64, now: u64) -> String {
     let mut out = String::new();
-    for CappedClass {
+    let (slice, since, until) = (
+        &n.slice,
+        format_time(n.period_start),
+        format_time(n.period_end),
+    );
+    let period = format_period(period_secs);
+    for ClassNote {
         class,
         used,
         ceil,
-        budget: limit,
-    } in &n.capped
+        budget,
+        level,
+    } in &n.classes
     {
-        let words = match class {
-            TrafficClass::General => "general",
-            TrafficClass::Exempt => "exempt",
+        let words = class.name();
+        let limit = Bytes(budget.0);
+        let text = match (&n.kind, level) {
+            (NoticeKind::Warned, _) => format!(
+                "The slice {slice} has transmitted {used} from\n{host} to {words} destinations\nsince {since}:\n{share} of its budget of {limit} per {period}.\n\nIts maximum {words} burst rate is {ceil}/s. Once the slice\nhas used its threshold, it is lowered so that the rest of\nthe budget lasts until {until}.\n\n",
+                share = level.map(|l| l.to_string()).unwrap_or_default(),
+            ),
+            (NoticeKind::Capped, level) => {
+                let mut text = format!(
+                    "The slice {slice} has transmitted more than {used} from\n{host} to {words} destinations\nsince {since}.\n\nIts maximum {words} burst rate will be capped at {ceil}/s\nuntil {until}.\n\nPlease reduce the average {words} transmission rate\nof the slice to {limit} per {period}.\n\n",
+                );
+                if let Some(l) = level {
+                    text.push_str(&format!("It has used {l} of its {words} budget.\n\n"));
+                }
+                text
+            }
+            (other, _) => format!(
+                "{}: {words} {used} of {limit}, ceiling {ceil}/s.\n\n",
+                other.name()
+            ),
         };
-        out.push_str(&format!(
-            "The slice {slice} has transmitted more than {used} from\n{host} to {words} destinations\nsince {since}.\n\nIts maximum {words} burst rate will be capped at {ceil}/s\nuntil {until}.\n\nPlease reduce the average {words} transmission rate\nof the slice to {limit} per {period}.\n\n",
-            slice = n.slice,
-            used = used,
-            since = format_time(n.period_start),
-            ceil = ceil,
-            until = format_time(n.period_end),
-            limit = Bytes(limit.0),
-            period = format_period(period_secs),
-        ));
+        out.push_str(&text);
     }
-    out.push_str(&format!("{} {host} bwcap {}\n", format_time(now), n.slice));
+    if let NoticeKind::Lever(audit) = &n.kind {
+        out.push_str(&format!("{audit}\n\n"));
+    }
+    let tag = match n.kind {
+        NoticeKind::Warned => "bwwarn",
+        _ => "bwcap",
+    };
+    out.push_str(&format!("{} {host} {tag} {}\n", format_time(now), n.slice));
     out
-}
-
-/// The local host name.
-pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "localhost".into();
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 enum Sender {
@@ -194,7 +179,7 @@ impl Mailer {
             .reply_to(from)
             .sender(mailbox(None, &self.mail.from)?)
             .to(mailbox(None, &self.mail.support)?)
-            .subject(subject(&self.mail.operator, &n.slice, &self.host))
+            .subject(subject(&self.mail.operator, &n.kind, &n.slice, &self.host))
             .header(ContentType::TEXT_PLAIN);
         if n.slice != ROOT_NAME {
             let addr = self.mail.slice_address.replace("{slice}", &n.slice);
@@ -230,37 +215,57 @@ impl Mailer {
     }
 }
 
-/// How long to wait before the next attempt after `attempts` failures: 5 s doubling, at most
-/// 5 minutes.
-pub(crate) fn backoff(attempts: u32) -> u64 {
-    (5u64 << attempts.min(6)).min(300)
+impl ChannelSender for Mailer {
+    const CHANNEL: Channel = Channel::Mail;
+
+    fn deliver(&self, n: &Notice, now: UnixSecs) -> Result<(), NotifyError> {
+        self.send(n, now)
+    }
+
+    /// The SMTP transport's own timeout is 20 s per step.
+    fn patience(&self) -> Duration {
+        Duration::from_secs(60)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::units::BitsPerSec;
+    use crate::{
+        class::TrafficClass,
+        policy::warnings::Percent,
+        state::{Channels, NoticeId},
+        units::BitsPerSec,
+    };
 
     fn notice(slice: &str) -> Notice {
         Notice {
+            id: NoticeId(7),
             slice: slice.into(),
             xid: 1001,
             period_start: 1_700_000_000,
             period_end: 1_700_086_400,
-            capped: vec![
-                CappedClass {
+            kind: NoticeKind::Capped,
+            classes: vec![
+                ClassNote {
                     class: TrafficClass::General,
                     used: Bytes(5_400_000_000),
                     ceil: BitsPerSec(1_500_000),
                     budget: Bytes(5_798_205_440),
+                    level: None,
                 },
-                CappedClass {
+                ClassNote {
                     class: TrafficClass::Exempt,
                     used: Bytes(17_000_000_000),
                     ceil: BitsPerSec(8_000),
                     budget: Bytes(17_609_365_504),
+                    level: None,
                 },
             ],
+            pending: Channels {
+                mail: true,
+                webhook: false,
+            },
             decided_at: 1_700_040_000,
             attempts: 0,
             next_attempt: 0,
@@ -302,6 +307,33 @@ mod tests {
         ] {
             assert!(b.contains(expect), "missing {expect:?} in\n{b}");
         }
+    }
+
+    #[test]
+    fn a_warning_says_the_level_and_a_level_crossed_with_the_cap_is_in_its_notice() {
+        let mut warned = notice("alice");
+        warned.kind = NoticeKind::Warned;
+        warned.classes.truncate(1);
+        warned.classes[0].level = Percent::new(80);
+        warned.classes[0].used = Bytes(4_700_000_000);
+        let b = body(&warned, "node1", 86_400, 1_700_040_000);
+        for expect in [
+            "The slice alice has transmitted 4.4 GiB from\nnode1 to general destinations",
+            "80 % of its budget of 5.4 GiB per day.",
+            "Its maximum general burst rate is 1.5mbit/s.",
+            "bwwarn alice\n",
+        ] {
+            assert!(b.contains(expect), "missing {expect:?} in\n{b}");
+        }
+        assert_eq!(
+            subject("ExampleLab", &warned.kind, "alice", "node1"),
+            "ExampleLab bandwidth warning for slice alice on node1"
+        );
+        let mut capped = notice("alice");
+        capped.classes[0].level = Percent::new(95);
+        let b = body(&capped, "node1", 86_400, 1_700_040_000);
+        assert!(b.contains("It has used 95 % of its general budget."), "{b}");
+        assert_eq!(b.matches("It has used").count(), 1, "{b}");
     }
 
     #[test]
@@ -355,13 +387,5 @@ mod tests {
             m.compose(&notice("alice"), 1),
             Err(NotifyError::Compose { .. })
         ));
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_five_minutes() {
-        assert_eq!(
-            (0..8).map(backoff).collect::<Vec<_>>(),
-            vec![5, 10, 20, 40, 80, 160, 300, 300]
-        );
     }
 }
