@@ -19,6 +19,7 @@ pub mod schema;
 mod smtp;
 mod tc;
 mod traffic;
+mod webhook;
 
 pub use daemon::*;
 pub use debian_root::*;
@@ -28,3 +29,4 @@ pub use meter::*;
 pub use smtp::*;
 pub use tc::*;
 pub use traffic::*;
+pub use webhook::*;

@@ -5,8 +5,9 @@
 //!
 //! The mail lane tries every notice that is due, each with its own backoff (one address that
 //! fails does not hold the others back). The webhook lane delivers in the order notices were
-//! decided: after a failure, the notices behind it wait for the same next attempt, so a hook
-//! that is down costs one attempt (one timeout, when it hangs) per backoff, not one per event.
+//! decided: only the oldest undelivered one is tried, and the others follow it once it is
+//! through, so a receiver sees `capped` after `warned`, and a hook that is down costs one
+//! attempt (one timeout, when it hangs) per backoff, not one per event.
 
 use std::{
     sync::{
@@ -121,7 +122,7 @@ struct Lane {
     done: mpsc::UnboundedSender<Delivered>,
     /// Failed deliveries, counted.
     errors: Arc<AtomicU64>,
-    /// Deliver in order: after a failure, hold the rest until the next attempt.
+    /// Deliver in order: nothing before the notices ahead of it.
     in_order: bool,
 }
 
@@ -169,16 +170,16 @@ impl Lane {
             return outbox.iter().map(|n| n.id).collect();
         };
         let mut delivered = Vec::new();
-        let mut held_until = None;
-        for n in outbox.iter_mut().filter(|n| n.next_attempt <= t) {
-            if let Some(until) = held_until {
-                n.next_attempt = until;
-                continue;
-            }
-            if self.attempt(&sender, n, t).await {
-                delivered.push(n.id);
-            } else if self.in_order {
-                held_until = Some(n.next_attempt);
+        for n in outbox.iter_mut() {
+            // In order, nothing goes out before the notices ahead of it.
+            let go = match n.next_attempt <= t {
+                true => self.attempt(&sender, n, t).await,
+                false => false,
+            };
+            match (go, self.in_order) {
+                (true, _) => delivered.push(n.id),
+                (false, true) => break,
+                (false, false) => {}
             }
         }
         delivered
@@ -211,5 +212,98 @@ impl Lane {
         self.errors.fetch_add(1, Ordering::Relaxed);
         warn!(slice = %n.slice, xid = n.xid, id = n.id.0, kind = n.kind.name(), channel, attempts = n.attempts, retry_in_s = wait, error = %why, "notice not delivered; will retry");
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::state::{Channels, NoticeKind};
+
+    /// A sender that fails each notice as often as `fails` says, and logs what it delivered.
+    #[derive(Default)]
+    struct Flaky {
+        fails: Mutex<Vec<(NoticeId, u32)>>,
+        sent: Mutex<Vec<u64>>,
+    }
+
+    impl Sender for Flaky {
+        const CHANNEL: Channel = Channel::Webhook;
+
+        fn deliver(&self, n: &Notice, _: UnixSecs) -> Result<(), notify::NotifyError> {
+            let mut fails = self.fails.lock().unwrap();
+            if let Some((_, left)) = fails.iter_mut().find(|(id, left)| *id == n.id && *left > 0) {
+                *left -= 1;
+                return Err(notify::NotifyError::Send {
+                    slice: n.slice.clone(),
+                    via: "test".into(),
+                    why: "refused".into(),
+                });
+            }
+            self.sent.lock().unwrap().push(n.id.0);
+            Ok(())
+        }
+
+        fn patience(&self) -> Duration {
+            Duration::from_secs(5)
+        }
+    }
+
+    fn outbox() -> Vec<Notice> {
+        (0..3)
+            .map(|id| Notice {
+                id: NoticeId(id),
+                ..Notice::new(
+                    ("alice", 1),
+                    (0, u64::MAX),
+                    NoticeKind::Warned,
+                    vec![],
+                    Channels::WEBHOOK,
+                    0,
+                )
+            })
+            .collect()
+    }
+
+    fn lane(in_order: bool) -> Lane {
+        Lane {
+            done: mpsc::unbounded_channel().0,
+            errors: Arc::new(AtomicU64::new(0)),
+            in_order,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_webhooks_lane_holds_every_notice_behind_one_that_failed() {
+        let hook = Arc::new(Flaky::default());
+        hook.fails.lock().unwrap().push((NoticeId(0), 1));
+        let (lane, mut out) = (lane(true), outbox());
+        let t = now();
+        assert!(lane.round(Some(hook.clone()), &mut out, t).await.is_empty());
+        assert!(hook.sent.lock().unwrap().is_empty(), "none past the first");
+        // Not yet due: still nothing, in order.
+        assert!(
+            lane.round(Some(hook.clone()), &mut out, t + 1)
+                .await
+                .is_empty()
+        );
+        let later = out[0].next_attempt;
+        let delivered = lane.round(Some(hook.clone()), &mut out, later).await;
+        assert_eq!(delivered, [NoticeId(0), NoticeId(1), NoticeId(2)]);
+        assert_eq!(*hook.sent.lock().unwrap(), [0, 1, 2]);
+        assert_eq!(lane.errors.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn the_mail_lane_lets_the_others_by_one_that_failed_and_a_removed_channel_drops_all() {
+        let mail = Arc::new(Flaky::default());
+        mail.fails.lock().unwrap().push((NoticeId(0), 1));
+        let (lane, mut out) = (lane(false), outbox());
+        let delivered = lane.round(Some(mail.clone()), &mut out, now()).await;
+        assert_eq!(delivered, [NoticeId(1), NoticeId(2)]);
+        let dropped = lane.round(None::<Arc<Flaky>>, &mut outbox(), now()).await;
+        assert_eq!(dropped.len(), 3);
     }
 }
