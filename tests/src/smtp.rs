@@ -78,14 +78,7 @@ impl SmtpServer {
 
     /// Waits up to `secs` for at least `n` messages; returns them.
     pub fn wait_for(&self, n: usize, secs: u64) -> Vec<String> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-        loop {
-            let m = self.messages();
-            if m.len() >= n || std::time::Instant::now() > deadline {
-                return m;
-            }
-            thread::sleep(Duration::from_millis(200));
-        }
+        crate::poll(secs, || self.messages(), |m| m.len() >= n)
     }
 }
 

@@ -105,14 +105,7 @@ impl HookServer {
 
     /// Waits up to `secs` for at least `n` accepted events; returns them.
     pub fn wait_for(&self, n: usize, secs: u64) -> Vec<serde_json::Value> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-        loop {
-            let got = self.accepted();
-            if got.len() >= n || std::time::Instant::now() > deadline {
-                return got;
-            }
-            thread::sleep(Duration::from_millis(200));
-        }
+        crate::poll(secs, || self.accepted(), |got| got.len() >= n)
     }
 }
 

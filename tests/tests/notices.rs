@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
-use bwmon_tests::{Daemon, Lab, SmtpServer, free_port, send_udp_as};
+use bwmon_tests::{Daemon, Lab, SmtpServer, free_port, poll, send_udp_as};
 
 const ALICE: u32 = 4901;
 
@@ -125,17 +125,12 @@ fn warning_config(lab: &Lab, port: u16) -> String {
 
 /// Polls `d` until alice's general levels told are `levels` (20 s at most).
 fn wait_for_levels(d: &Daemon, levels: serde_json::Value) {
-    for _ in 0..100 {
-        if d.slice("alice")
-            .is_some_and(|a| a["warned_percent"] == levels)
-        {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!(
-        "alice never warned at {levels}: {:?}\n{}",
-        d.slice("alice"),
+    let told =
+        |a: &Option<serde_json::Value>| a.as_ref().is_some_and(|a| a["warned_percent"] == levels);
+    let alice = poll(20, || d.slice("alice"), told);
+    assert!(
+        told(&alice),
+        "alice never warned at {levels}: {alice:?}\n{}",
         d.log()
     );
 }

@@ -10,8 +10,8 @@ use std::{
 };
 
 use bwmon_tests::{
-    Daemon, HookMode, HookServer, Lab, SmtpServer, free_port, schema::assert_document, send_udp_as,
-    u,
+    Daemon, HookMode, HookServer, Lab, SmtpServer, free_port, poll, schema::assert_document,
+    send_udp_as, u,
 };
 use serde_json::Value;
 
@@ -39,14 +39,12 @@ fn slices() -> String {
 
 /// Polls `d`'s alice until `ok` holds (20 s at most).
 fn wait_for_alice(d: &Daemon, what: &str, ok: impl Fn(&Value) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if d.slice("alice").is_some_and(|a| ok(&a)) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("alice never {what}: {:?}\n{}", d.slice("alice"), d.log());
+    let alice = poll(20, || d.slice("alice"), |a| a.as_ref().is_some_and(&ok));
+    assert!(
+        alice.as_ref().is_some_and(ok),
+        "alice never {what}: {alice:?}\n{}",
+        d.log()
+    );
 }
 
 /// alice past 50 % of her budget (a warning), then past her threshold (the cap).
@@ -127,15 +125,9 @@ fn events_reach_a_hook_that_failed_and_hung_once_each_in_order_and_nothing_waits
     // The hook hangs: no answer within the 5 s timeout. Syncs go on meanwhile, and so does
     // the control socket.
     hook.set(HookMode::Hang);
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while !hook.requests().iter().any(|r| r["mode"] == "hang") {
-        assert!(
-            Instant::now() < deadline,
-            "no attempt while it hung:\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let hanging = |rs: &Vec<Value>| rs.iter().any(|r| r["mode"] == "hang");
+    let tried = poll(40, || hook.requests(), hanging);
+    assert!(hanging(&tried), "no attempt while it hung:\n{}", d.log());
     let before = u(&d.status(), "now");
     let asked = Instant::now();
     let grant = d.command(&["slice", "grant", "alice", "1MiB"]);
@@ -186,11 +178,8 @@ fn events_left_undelivered_at_a_kill_are_delivered_after_the_restart_once() {
     let hook = HookServer::start(free_port(), HookMode::Fail);
     let mut d = Daemon::start(&lab, &config(&hook, "2s", None), &slices());
     warn_then_cap(&lab, &d);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while hook.requests().is_empty() {
-        assert!(Instant::now() < deadline, "never tried:\n{}", d.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let tried = poll(20, || hook.requests(), |r| !r.is_empty());
+    assert!(!tried.is_empty(), "never tried:\n{}", d.log());
     d.stop(libc::SIGKILL);
     hook.set(HookMode::Ok);
     d.restart();

@@ -691,17 +691,12 @@ mod tests {
 
     /// A state of the fourth format: alice capped and mailed, her notice queued.
     fn fourth() -> v4::State {
+        let new = sample();
+        let now = new.slices[&1001].record;
         let record = v4::Record {
-            period_start: 1_700_000_000,
-            classes: PerClass {
-                general: ClassRecord {
-                    used: Bytes(4000),
-                    last: 123,
-                    ceil: BitsPerSec(1_000_000),
-                },
-                exempt: ClassRecord::default(),
-            },
-            emailed: true,
+            period_start: now.period_start,
+            classes: now.classes,
+            emailed: now.emailed,
         };
         let slice = v4::SliceState {
             name: "alice".into(),
@@ -728,7 +723,6 @@ mod tests {
             attempts: 0,
             next_attempt: 0,
         };
-        let new = sample();
         v4::State {
             slices: BTreeMap::from([(1001, slice)]),
             default: Some(record),

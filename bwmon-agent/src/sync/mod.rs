@@ -488,6 +488,20 @@ mod tests {
         )
     }
 
+    /// A syncer of alice under `config`, saving its state to a file of its own (returned).
+    fn alice_saved(config: Config) -> (Syncer<FakeKernel, FakeTree>, std::path::PathBuf) {
+        let path = tempfile::tempdir().unwrap().keep().join("state");
+        let s = Syncer::new(
+            config,
+            FakeKernel::default(),
+            FakeTree::default(),
+            StateFile::new(path.clone()),
+            State::default(),
+            vec![slice("alice", 1001)],
+        );
+        (s, path)
+    }
+
     fn ids(leaves: PerClass<Option<Minor>>) -> ClassIds {
         tree::class_ids(leaves)
     }
@@ -690,15 +704,7 @@ mod tests {
             policy::levers::Lever, serve::slice_view::SliceRef, state::RequestId, units::Bytes,
         };
         let alice = SliceRef::Name("alice".into());
-        let path = tempfile::tempdir().unwrap().keep().join("state");
-        let mut s = Syncer::new(
-            config(),
-            FakeKernel::default(),
-            FakeTree::default(),
-            StateFile::new(path.clone()),
-            State::default(),
-            vec![slice("alice", 1001)],
-        );
+        let (mut s, path) = alice_saved(config());
         s.step(1000);
         let grant = Lever::Grant {
             class: TrafficClass::General,
@@ -830,21 +836,13 @@ mod tests {
             state::{NoticeKind, RequestId},
             units::Bytes,
         };
-        let path = tempfile::tempdir().unwrap().keep().join("state");
         let mut c = config();
         c.webhook = Some(Webhook {
             url: "http://127.0.0.1:9/hook".into(),
             secret_file: None,
             timeout: std::time::Duration::from_secs(2),
         });
-        let mut s = Syncer::new(
-            c,
-            FakeKernel::default(),
-            FakeTree::default(),
-            StateFile::new(path.clone()),
-            State::default(),
-            vec![slice("alice", 1001)],
-        );
+        let (mut s, path) = alice_saved(c);
         s.step(1000);
         let grant = Lever::Grant {
             class: TrafficClass::General,

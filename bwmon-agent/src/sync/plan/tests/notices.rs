@@ -55,6 +55,19 @@ const BOTH: Channels = Channels {
     webhook: true,
 };
 
+/// The operator grants alice `kib` KiB more general budget in her period.
+fn grant(w: &mut World, kib: u64) {
+    let start = w.state.slices[&ALICE].record.period_start;
+    let levers = w.state.levers.get(&ALICE).copied();
+    let levers = levers.filter(|l| l.period_start == start);
+    let more = Lever::Grant {
+        class: TrafficClass::General,
+        amount: Bytes(kib * KIB),
+    };
+    let levers = levers.unwrap_or(Levers::new(start)).pull(more).unwrap();
+    w.state.levers.insert(ALICE, levers);
+}
+
 /// Sends alice what brings her general use to `kib` KiB at the next sync.
 fn use_up_to(w: &mut World, kib: u64) {
     let used = w.state.slices[&ALICE].record.used(TrafficClass::General);
@@ -129,13 +142,7 @@ fn a_level_told_before_a_grant_stays_told_and_the_next_counts_on_the_new_budget(
         [("warned", vec![Some(80)], MAIL)]
     );
     // A grant of 1000 KiB: 2000 KiB in this period.
-    let lv = Levers::new(1000)
-        .pull(Lever::Grant {
-            class: TrafficClass::General,
-            amount: Bytes(1000 * KIB),
-        })
-        .unwrap();
-    w.state.levers.insert(ALICE, lv);
+    grant(&mut w, 1000);
     use_up_to(&mut w, 1700);
     assert!(
         told(&w.sync(&live, 1020)).is_empty(),
@@ -205,13 +212,7 @@ fn the_webhook_also_hears_a_cap_lifted_a_cap_again_and_the_new_period() {
     use_up_to(&mut w, 850);
     assert_eq!(told(&w.sync(&live, 1020)), [("capped", vec![None], BOTH)]);
     // A grant lifts the cap: the webhook alone hears it.
-    let lv = Levers::new(1000)
-        .pull(Lever::Grant {
-            class: TrafficClass::General,
-            amount: Bytes(1000 * KIB),
-        })
-        .unwrap();
-    w.state.levers.insert(ALICE, lv);
+    grant(&mut w, 1000);
     let p = w.sync(&live, 1030);
     assert_eq!(told(&p), [("uncapped", vec![None], Channels::WEBHOOK)]);
     assert!(!line(&p, "alice").capped);
@@ -278,15 +279,7 @@ proptest! {
                     w.send(ALICE, kib * KIB);
                     now += secs;
                 }
-                Step::Grant => {
-                    let start = w.state.slices[&ALICE].record.period_start;
-                    let lv = w.state.levers.get(&ALICE).copied().filter(|l| l.period_start == start);
-                    let lv = lv.unwrap_or(Levers::new(start)).pull(Lever::Grant {
-                        class: TrafficClass::General,
-                        amount: Bytes(500 * KIB),
-                    }).unwrap();
-                    w.state.levers.insert(ALICE, lv);
-                }
+                Step::Grant => grant(&mut w, 500),
                 Step::Reset => {
                     let s = w.state.slices.get_mut(&ALICE).unwrap();
                     s.record = levers::reset(&s.record, now);
