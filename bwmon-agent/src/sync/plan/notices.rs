@@ -10,16 +10,27 @@
 
 use super::{Draft, Event, Who};
 use crate::{
-    class::TrafficClass,
-    policy::{Decision, Limits, Record, warnings},
+    class::{PerClass, TrafficClass},
+    policy::{
+        Decision, Limits, Record,
+        warnings::{self, Levels, Percent},
+    },
     state::{Channels, ClassNote, Notice, NoticeKind},
     time::calendar::Calendar,
 };
 
+/// The cap's notice of one sync: its classes (each with the level crossed with it, if any)
+/// and where it goes.
+struct Cap {
+    classes: Vec<ClassNote>,
+    pending: Channels,
+}
+
 impl Draft<'_> {
     /// Tells what `who`'s decision `d` changed within its period (its record before was
-    /// `before`, `warn` whether it may be warned at all): each notice queued in the state,
-    /// events logged. The levels told are kept in the slice's record.
+    /// `before`, `warn` whether it may be warned at all): warnings first, then the cap, then a
+    /// lift, each queued in the state, events logged. The levels told are kept in the slice's
+    /// record.
     pub(super) fn tell(
         &mut self,
         who: &Who,
@@ -28,104 +39,126 @@ impl Draft<'_> {
         limits: &Limits,
         warn: bool,
     ) {
-        let dry_run = self.settings.dry_run;
-        let hook = self.settings.webhook && !dry_run;
         let Some(s) = self.state.slices.get_mut(&who.xid) else {
             return;
         };
-        let record = &mut s.record;
-        let warn_at = self.settings.warn_at;
-        let crossed = TrafficClass::ALL.map(|c| {
-            let level = warn.then(|| {
-                warnings::crossed(
-                    warn_at,
-                    *record.warned.of(c),
-                    record.used(c),
-                    limits.of(c).max,
-                )
-            });
-            (c, level.flatten())
+        let warn_at = if warn {
+            self.settings.warn_at
+        } else {
+            Levels::default()
+        };
+        let crossed = PerClass::from_fn(|c| {
+            warnings::crossed(
+                warn_at,
+                *s.record.warned.of(c),
+                s.record.used(c),
+                limits.of(c).max,
+            )
         });
-        for (c, level) in crossed {
+        for (c, level) in crossed.iter() {
             if let Some(p) = level {
-                *record.warned.of_mut(c) = record.warned.of(c).with(p);
+                *s.record.warned.of_mut(c) = s.record.warned.of(c).with(*p);
             }
         }
-        let record = *record;
-        let level = |c: TrafficClass| crossed.iter().find(|(k, _)| *k == c).and_then(|(_, l)| *l);
-        let capped: Vec<TrafficClass> = TrafficClass::ALL
-            .into_iter()
-            .filter(|c| record.capped(*c, limits))
-            .collect();
-        let newly: Vec<TrafficClass> = capped
-            .iter()
-            .copied()
-            .filter(|c| !before.capped(*c, limits))
-            .collect();
-        // The cap: mailed once per period (the policy's `notify`); the webhook also hears a
-        // class capped again after a lift.
-        let cap_told = d.notify || (hook && !newly.is_empty());
-        let told_classes = if d.notify { &capped } else { &newly };
-        let cap: Vec<ClassNote> = match cap_told {
-            true => told_classes
-                .iter()
-                .map(|c| ClassNote {
-                    level: level(*c),
-                    ..ClassNote::of(&record, limits, *c)
-                })
-                .collect(),
-            false => Vec::new(),
+        let record = s.record;
+        let cap = self.cap(before, &record, d, limits, crossed);
+        let told_with_cap = |c| {
+            cap.as_ref()
+                .is_some_and(|cap| cap.classes.iter().any(|n| n.class == c))
         };
-        let warned: Vec<ClassNote> = crossed
-            .iter()
-            .filter(|(c, l)| l.is_some() && !cap.iter().any(|n| n.class == *c))
-            .map(|(c, l)| ClassNote {
-                level: *l,
-                ..ClassNote::of(&record, limits, *c)
+        let warned: Vec<ClassNote> = (crossed.iter())
+            .filter(|(c, level)| level.is_some() && !told_with_cap(*c))
+            .map(|(c, level)| ClassNote {
+                level: *level,
+                ..ClassNote::of(&record, limits, c)
             })
             .collect();
-        if !warned.is_empty() {
-            match dry_run {
-                true => self.events.push(Event::WouldWarn(who.clone(), warned)),
-                false => {
-                    let all = Channels {
-                        mail: true,
-                        webhook: self.settings.webhook,
-                    };
-                    self.events
-                        .extend(warned.iter().map(|n| Event::Warned(who.clone(), *n)));
-                    self.queue(who, &record, NoticeKind::Warned, warned, all);
-                }
-            }
+        self.tell_levels(who, &record, warned);
+        if let Some(cap) = cap {
+            self.tell_cap(who, &record, d.notify, cap);
         }
-        if cap_told {
-            self.events
-                .extend(cap.iter().map(|n| Event::Capped(who.clone(), *n)));
-            match dry_run {
-                // Nothing is capped, so nobody is told it is: the log says who would be.
-                true => self.events.push(Event::WouldNotify(who.clone(), cap)),
-                false => {
-                    let channels = Channels {
-                        mail: d.notify,
-                        webhook: hook,
-                    };
-                    self.queue(who, &record, NoticeKind::Capped, cap, channels);
-                }
-            }
-        }
-        let lifted: Vec<ClassNote> = TrafficClass::ALL
-            .into_iter()
-            .filter(|c| before.capped(*c, limits) && !record.capped(*c, limits))
-            .map(|c| ClassNote::of(&record, limits, c))
+        self.tell_lifted(who, before, &record, limits);
+    }
+
+    /// The cap's notice, if this sync tells one: the mail's once per period (the policy's
+    /// `notify`: every capped class), and the webhook's also for a class capped again after a
+    /// lift (the newly capped ones). A level `crossed` with the cap is told by it.
+    fn cap(
+        &self,
+        before: &Record,
+        record: &Record,
+        d: &Decision,
+        limits: &Limits,
+        crossed: PerClass<Option<Percent>>,
+    ) -> Option<Cap> {
+        let hook = self.settings.webhook && !self.settings.dry_run;
+        let capped = |c: &TrafficClass| record.capped(*c, limits);
+        let newly = |c: &TrafficClass| capped(c) && !before.capped(*c, limits);
+        let classes: Vec<ClassNote> = (TrafficClass::ALL.into_iter())
+            .filter(|c| if d.notify { capped(c) } else { newly(c) })
+            .map(|c| ClassNote {
+                level: *crossed.of(c),
+                ..ClassNote::of(record, limits, c)
+            })
             .collect();
-        if hook && !lifted.is_empty() {
-            self.queue(
-                who,
-                &record,
-                NoticeKind::Uncapped,
-                lifted,
-                Channels::WEBHOOK,
-            );
+        let told = d.notify || (hook && !classes.is_empty());
+        told.then_some(Cap {
+            classes,
+            pending: Channels {
+                mail: d.notify,
+                webhook: hook,
+            },
+        })
+    }
+
+    /// Warns `who` of the levels its classes crossed (`warned`): by mail and webhook; in a dry
+    /// run, the log says it would.
+    fn tell_levels(&mut self, who: &Who, record: &Record, warned: Vec<ClassNote>) {
+        if warned.is_empty() {
+            return;
+        }
+        if self.settings.dry_run {
+            self.events.push(Event::WouldWarn(who.clone(), warned));
+            return;
+        }
+        let events = warned.iter().map(|n| Event::Warned(who.clone(), *n));
+        self.events.extend(events);
+        let pending = Channels {
+            mail: true,
+            webhook: self.settings.webhook,
+        };
+        self.queue(who, record, NoticeKind::Warned, warned, pending);
+    }
+
+    /// Tells `who` of its `cap` (`mailed`: the mail's, once per period); in a dry run, the log
+    /// says it would.
+    fn tell_cap(&mut self, who: &Who, record: &Record, mailed: bool, cap: Cap) {
+        let events = cap.classes.iter().map(|n| Event::Capped(who.clone(), *n));
+        self.events.extend(events);
+        if self.settings.dry_run {
+            // Nothing is capped, so nobody is told it is: the log says who would be.
+            if mailed {
+                self.events
+                    .push(Event::WouldNotify(who.clone(), cap.classes));
+            }
+            return;
+        }
+        self.queue(who, record, NoticeKind::Capped, cap.classes, cap.pending);
+    }
+
+    /// Tells the webhook of the classes whose cap was lifted within the period (a grant, a
+    /// raised budget).
+    fn tell_lifted(&mut self, who: &Who, before: &Record, record: &Record, limits: &Limits) {
+        if !self.settings.webhook || self.settings.dry_run {
+            return;
+        }
+        let lifted: Vec<ClassNote> = (TrafficClass::ALL.into_iter())
+            .filter(|c| before.capped(*c, limits) && !record.capped(*c, limits))
+            .map(|c| ClassNote::of(record, limits, c))
+            .collect();
+        if !lifted.is_empty() {
+            let hook = Channels::WEBHOOK;
+            self.queue(who, record, NoticeKind::Uncapped, lifted, hook);
         }
     }
 
