@@ -305,6 +305,23 @@ fn eta(used: u64, target: u64, rate_bps: u64) -> Option<u64> {
     (per_sec > 0).then(|| (target - used).div_ceil(per_sec))
 }
 
+/// The levels a slice was warned of this period, as the table says them: "80%,95%", the
+/// exempt ones after "exempt", or "-".
+fn warned(general: &Levels, exempt: &Levels) -> String {
+    let said = |l: &Levels| {
+        l.iter()
+            .map(|p| format!("{}%", p.get()))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    match (general.is_empty(), exempt.is_empty()) {
+        (true, true) => "-".into(),
+        (false, true) => said(general),
+        (true, false) => format!("exempt {}", said(exempt)),
+        (false, false) => format!("{} exempt {}", said(general), said(exempt)),
+    }
+}
+
 /// The aligned table `bwmon status` prints.
 pub(crate) fn table(report: &StatusReport) -> String {
     let headers = [
@@ -319,8 +336,9 @@ pub(crate) fn table(report: &StatusReport) -> String {
         "CAPPED",
         "THRESH IN",
         "BUDGET IN",
+        "WARNED",
     ];
-    let mut rows: Vec<[String; 11]> = Vec::new();
+    let mut rows: Vec<[String; 12]> = Vec::new();
     for s in &report.slices {
         let PerClass {
             general: g,
@@ -350,6 +368,7 @@ pub(crate) fn table(report: &StatusReport) -> String {
             capped.into(),
             forecast(g.thresh),
             forecast(g.budget),
+            warned(&g.warned, &e.warned),
         ]);
     }
     let mut widths = headers.map(str::len);
@@ -371,7 +390,7 @@ pub(crate) fn table(report: &StatusReport) -> String {
             .zip(widths.iter())
             .enumerate()
             .map(|(i, (c, w))| {
-                if i == 0 || i == 8 {
+                if matches!(i, 0 | 8 | 11) {
                     format!("{c:<w$}")
                 } else {
                     format!("{c:>w$}")
@@ -508,6 +527,22 @@ mod tests {
             (json["capped"].clone(), json["exempt_capped"].clone()),
             (false.into(), true.into())
         );
+    }
+
+    #[test]
+    fn the_table_says_the_levels_warned_of() {
+        let mut alice = slice("alice", 900_000, 0);
+        alice.warned_percent = vec![80, 95];
+        alice.exempt_warned_percent = vec![50];
+        let report = StatusReport {
+            slices: vec![alice, slice("bob", 0, 0)],
+            ..Default::default()
+        };
+        let t = table(&report);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[1].ends_with("WARNED"), "{t}");
+        assert!(lines[2].ends_with("80%,95% exempt 50%"), "{t}");
+        assert!(lines[3].ends_with(" -"), "{t}");
     }
 
     #[test]
