@@ -1,7 +1,8 @@
 //! The JSON Schemas themselves (`bwmon-agent/etc/schema/`): each compiles, takes a document
 //! of its kind and refuses one without a documented field. (The documents the binary prints,
 //! as root and as a tenant, are checked against them in `operate.rs`, `levers.rs` and
-//! `history.rs`.) No root needed.
+//! `history.rs`; the events it POSTs, as a receiver got them, in `webhook.rs`.) No root
+//! needed.
 
 use bwmon_tests::schema::{assert_declared, assert_document, assert_valid};
 use serde_json::{Value, json};
