@@ -7,31 +7,46 @@
 
 /// Names of the maps and globals in the eBPF object. The agent pins maps under these names.
 pub mod names {
-    /// Per-CPU hash: xid → [`XidCounters`](crate::XidCounters) of bytes offered at the egress
-    /// hook, for xids from [`CLASS_ARRAY_XIDS`](crate::CLASS_ARRAY_XIDS) up (an older bwmon
-    /// counted every xid here).
-    pub const OFFERED: &str = "BWMON_OFFERED";
-    /// Per-CPU array indexed by xid below [`CLASS_ARRAY_XIDS`](crate::CLASS_ARRAY_XIDS):
-    /// [`XidCounters`](crate::XidCounters) of bytes offered at the egress hook. An xid's
-    /// offered bytes are its slot here plus its entry in [`OFFERED`], if any.
-    pub const OFFERED_ARRAY: &str = "BWMON_OFFERED_ARRAY";
-    /// Array of [`SEEN_CHUNK`](crate::SEEN_CHUNK)-byte chunks, one byte per xid below
-    /// [`CLASS_ARRAY_XIDS`](crate::CLASS_ARRAY_XIDS): non-zero once the classifier counted the
-    /// xid in [`OFFERED_ARRAY`]. The agent reads only the slots of xids seen, not all 65,536
-    /// per CPU. Only the classifier writes it (a byte each, so no write can undo another).
-    pub const OFFERED_SEEN: &str = "BWMON_OFFERED_SEEN";
-    /// Like [`OFFERED_SEEN`], for [`DROPPED`]: a byte per HTB minor, non-zero once the drop
-    /// program counted a drop there.
-    pub const DROPPED_SEEN: &str = "BWMON_DROPPED_SEEN";
-    /// Per-CPU array with one slot: offered bytes of xids that did not fit in [`OFFERED`].
-    pub const OFFERED_OVERFLOW: &str = "BWMON_OFFERED_OVERFLOW";
-    /// Hash: xid → [`ClassIds`](crate::ClassIds) for xids from
-    /// [`CLASS_ARRAY_XIDS`](crate::CLASS_ARRAY_XIDS) up, written by the agent.
-    pub const XID_CLASS: &str = "BWMON_XID_CLASS";
     /// Array indexed by xid below [`CLASS_ARRAY_XIDS`](crate::CLASS_ARRAY_XIDS):
-    /// [`ClassIds`](crate::ClassIds), all zero where the xid has no leaves. Most hosts' uids
-    /// are below it, and an array lookup is a bounds check where a hash lookup hashes.
-    pub const XID_CLASS_ARRAY: &str = "BWMON_XID_CLASS_ARRAY";
+    /// [`XidEntry`](crate::XidEntry), all zero where the agent has nothing for the xid. Most
+    /// hosts' uids are below it, and an array lookup is a bounds check where a hash lookup
+    /// hashes. Written by the agent only.
+    pub const XID_ARRAY: &str = "BWMON_XID_ARRAY";
+    /// Hash (not preallocated): xid → [`XidEntry`](crate::XidEntry) for xids from
+    /// [`CLASS_ARRAY_XIDS`](crate::CLASS_ARRAY_XIDS) up. Written by the agent only.
+    pub const XID_HASH: &str = "BWMON_XID_HASH";
+    /// Per-CPU array of [`COUNTER_SLOTS`](crate::COUNTER_SLOTS) dense counter slots:
+    /// [`XidCounters`](crate::XidCounters) of bytes offered at the egress hook by the xid
+    /// whose [`XidEntry::slot`](crate::XidEntry::slot) it is. Slot 0 is never given: it means
+    /// "no slot".
+    pub const SLOTS: &str = "BWMON_SLOTS";
+    /// Per-CPU hash (not preallocated: memory only for xids seen): xid →
+    /// [`XidCounters`](crate::XidCounters) of bytes offered by xids without a slot. An xid's
+    /// offered bytes are its slot plus its entry here, if any: an xid given a slot keeps what it
+    /// counted here before.
+    pub const UNSLOTTED: &str = "BWMON_UNSLOTTED";
+    /// Per-CPU array with one slot: offered bytes of xids that found no room in [`UNSLOTTED`].
+    pub const OFFERED_OVERFLOW: &str = "BWMON_OFFERED_OVERFLOW";
+    /// Array (shared by the CPUs, added to atomically: drops are rare) indexed by HTB minor of
+    /// bwmon's `1:` tree: [`Counter`](crate::Counter) of the bytes the qdisc (or a later tc
+    /// program) dropped before they left. A slice is charged what it offered minus what was
+    /// dropped: what HTB sent.
+    pub const DROPS: &str = "BWMON_DROPS";
+    /// Array of [`SEEN_CHUNK`](crate::SEEN_CHUNK)-byte chunks, a byte per HTB minor: non-zero
+    /// once the drop program counted a drop there, so the agent reads only those slots of
+    /// [`DROPS`]. Only the drop program writes it (a byte each, so no write can undo
+    /// another).
+    pub const DROPS_SEEN: &str = "BWMON_DROPS_SEEN";
+    /// Array with one [`DropControl`](crate::DropControl).
+    pub const DROP_CONTROL: &str = "BWMON_DROP_CONTROL";
+    /// Hash made by the agent when it takes over from an older layout: xid →
+    /// [`XidCounters`](crate::XidCounters), what the older maps had counted, frozen. Pinned
+    /// only once complete, so its pin says the older maps are folded in.
+    pub const CARRIED: &str = "BWMON_CARRIED";
+    /// Like [`CARRIED`], for drops: HTB minor → [`Counter`](crate::Counter).
+    pub const CARRIED_DROPS: &str = "BWMON_CARRIED_DROPS";
+    /// Array with one [`Lineage`](crate::Lineage), made and pinned with [`CARRIED`].
+    pub const LINEAGE: &str = "BWMON_LINEAGE";
     /// LPM trie of exempt IPv4 destinations.
     pub const EXEMPT_V4: &str = "BWMON_EXEMPT_V4";
     /// LPM trie of exempt IPv6 destinations.
@@ -45,12 +60,6 @@ pub mod names {
     pub const SOURCE_V4: &str = "BWMON_SOURCE_V4";
     /// LPM trie: IPv6 source prefix → xid.
     pub const SOURCE_V6: &str = "BWMON_SOURCE_V6";
-    /// Per-CPU array indexed by HTB minor of bwmon's `1:` tree: [`Counter`](crate::Counter) of the
-    /// bytes the qdisc (or a later tc program) dropped before they left. A slice is charged
-    /// what it offered minus what was dropped: what HTB sent.
-    pub const DROPPED: &str = "BWMON_DROPPED";
-    /// Array with one [`DropControl`](crate::DropControl).
-    pub const DROP_CONTROL: &str = "BWMON_DROP_CONTROL";
     /// The drop program (BTF tracepoint `skb:kfree_skb`).
     pub const DROP: &str = "bwmon_drop";
     /// Read-only global [`Settings`](crate::Settings) written by the loader.
@@ -59,20 +68,51 @@ pub mod names {
     pub const CLASSIFIER: &str = "bwmon_classify";
 }
 
-/// Capacity of the per-xid maps. Xids beyond it are counted in the overflow slot.
+/// The maps the layouts before counter slots pinned (counters for every possible xid and
+/// minor, per CPU), which a new load folds into [`names::CARRIED`] and
+/// [`names::CARRIED_DROPS`] and then unpins. Their names and sizes, for reading them (and for
+/// tests that make them).
+pub mod legacy {
+    /// Per-CPU hash (65,536 entries, preallocated): xid → [`XidCounters`](crate::XidCounters).
+    /// The oldest layout counted every xid here; the next only xids from 65,536 up.
+    pub const OFFERED: &str = "BWMON_OFFERED";
+    /// Per-CPU array indexed by xid below 65,536: [`XidCounters`](crate::XidCounters).
+    pub const OFFERED_ARRAY: &str = "BWMON_OFFERED_ARRAY";
+    /// Array of [`SEEN_CHUNK`](crate::SEEN_CHUNK)-byte chunks, a byte per slot of
+    /// [`OFFERED_ARRAY`] the classifier counted in.
+    pub const OFFERED_SEEN: &str = "BWMON_OFFERED_SEEN";
+    /// Per-CPU array indexed by HTB minor: [`Counter`](crate::Counter) of bytes dropped.
+    pub const DROPPED: &str = "BWMON_DROPPED";
+    /// Like [`OFFERED_SEEN`], for [`DROPPED`].
+    pub const DROPPED_SEEN: &str = "BWMON_DROPPED_SEEN";
+    /// Hash (65,536 entries, preallocated): xid → [`ClassIds`](crate::ClassIds).
+    pub const XID_CLASS: &str = "BWMON_XID_CLASS";
+    /// Array indexed by xid below 65,536: [`ClassIds`](crate::ClassIds).
+    pub const XID_CLASS_ARRAY: &str = "BWMON_XID_CLASS_ARRAY";
+    /// Entries of every map above (slots of the arrays, capacity of the hashes).
+    pub const ENTRIES: u32 = 65_536;
+}
+
+/// Capacity of the per-xid hashes ([`names::UNSLOTTED`], [`names::XID_HASH`]). Xids beyond it
+/// are counted in the overflow slot.
 pub const MAX_XIDS: u32 = 65_536;
-/// Xids below this find their class ids in [`names::XID_CLASS_ARRAY`] and are counted in
-/// [`names::OFFERED_ARRAY`]; the rest use [`names::XID_CLASS`] and [`names::OFFERED`]. An
-/// array lookup is a bounds check the verifier inlines; a hash lookup is a call that hashes.
+/// Xids below this find their [`XidEntry`] in [`names::XID_ARRAY`], the rest in
+/// [`names::XID_HASH`]. An array lookup is a bounds check the verifier inlines; a hash lookup
+/// is a call that hashes.
 pub const CLASS_ARRAY_XIDS: u32 = 65_536;
+/// Counter slots in [`names::SLOTS`] (slot 0 unused): the xids counted without a hash call.
+/// 32 bytes per slot per CPU: 256 KiB per CPU.
+pub const COUNTER_SLOTS: u32 = 8_192;
 /// Slots of the dropped-bytes array: one per possible HTB minor.
 pub const MAX_MINORS: u32 = 65_536;
-/// Bytes per entry of [`names::OFFERED_SEEN`] and [`names::DROPPED_SEEN`].
+/// Bytes per entry of the seen maps.
 pub const SEEN_CHUNK: u32 = 4096;
-/// Byte 0 of a seen map made after its array had already counted (its pin was lost, or an
-/// older bwmon counted without one): the map cannot say which slots are used, and the agent
-/// reads the array whole. The programs only ever write 1 into a byte that is 0.
+/// Byte 0 of a seen map made after its array had already counted (its pin was lost): the map
+/// cannot say which slots are used, and the agent reads the array whole. The programs only
+/// ever write 1 into a byte that is 0.
 pub const SEEN_INCOMPLETE: u8 = 2;
+/// `BPF_F_NO_PREALLOC`: a hash whose entries are allocated when inserted.
+pub const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Capacity of each exempt-destination trie (one per address family).
 pub const MAX_EXEMPT_PREFIXES: u32 = 16_384;
@@ -121,7 +161,7 @@ pub struct ClassIds {
 }
 
 impl ClassIds {
-    /// An empty slot of [`names::XID_CLASS_ARRAY`]: the xid has no leaves of its own.
+    /// No leaves of the xid's own: its packets go to the default leaves.
     pub const NONE: ClassIds = ClassIds {
         general: 0,
         exempt: 0,
@@ -132,6 +172,50 @@ impl ClassIds {
         general: tc_handle(HTB_MAJOR, DEFAULT_GENERAL_MINOR),
         exempt: tc_handle(HTB_MAJOR, DEFAULT_EXEMPT_MINOR),
     };
+}
+
+/// What the agent keeps for an xid in [`names::XID_ARRAY`] or [`names::XID_HASH`]: its leaves
+/// and its counter slot, found by one lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XidEntry {
+    /// Its leaves; [`ClassIds::NONE`] where it has none (the default leaves then).
+    pub classes: ClassIds,
+    /// Its slot in [`names::SLOTS`]; 0: none, counted in [`names::UNSLOTTED`].
+    pub slot: u32,
+    /// Zero; room for what later programs look up per xid.
+    pub _reserved: u32,
+}
+
+impl XidEntry {
+    /// An entry that says nothing (the same as no entry).
+    pub const EMPTY: XidEntry = XidEntry {
+        classes: ClassIds::NONE,
+        slot: 0,
+        _reserved: 0,
+    };
+
+    /// This entry with counter slot `slot`.
+    pub const fn with_slot(self, slot: u32) -> XidEntry {
+        XidEntry { slot, ..self }
+    }
+}
+
+/// Value of [`names::LINEAGE`]: the kernel ids of the older layout's counter maps whose final
+/// counts [`names::CARRIED`] holds (0: the map was not there). The epochs an older bwmon saved
+/// are computed from them (this boot's), so that a state saved under one goes on with these
+/// counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lineage {
+    /// [`legacy::OFFERED`]'s id.
+    pub offered: u32,
+    /// [`legacy::DROPPED`]'s id.
+    pub dropped: u32,
+    /// [`legacy::OFFERED_ARRAY`]'s id.
+    pub offered_array: u32,
+    /// Padding (keeps the layout explicit).
+    pub _pad: u32,
 }
 
 /// Where the classifier takes a packet's xid from.
@@ -300,4 +384,8 @@ mod pod {
     unsafe impl aya::Pod for super::KernelOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DropControl {}
+    // SAFETY: as above (two u32 pairs).
+    unsafe impl aya::Pod for super::XidEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Lineage {}
 }

@@ -2,16 +2,20 @@
 //!
 //! `bwmon_classify` (TC egress): for every packet leaving the interface it finds the slice
 //! (xid), decides whether the destination is exempt, steers the packet into the slice's HTB leaf
-//! through `skb->priority`, and counts the bytes *offered* per xid. It never drops and never
-//! touches the payload; it returns "next" so other programs on the hook still run.
+//! through `skb->priority`, and counts the bytes *offered* per xid: in the xid's counter slot
+//! when the agent gave it one (one lookup finds leaves and slot), in a hash of xids without a
+//! slot otherwise. It never drops and never touches the payload; it returns "next" so other
+//! programs on the hook still run.
 //!
 //! `bwmon_drop` (BTF tracepoint `skb:kfree_skb`): when a packet steered into bwmon's tree is
 //! dropped before it leaves (the qdisc was full, a later tc program shot it), it counts the
-//! packet's length against its HTB class. A slice pays what it offered minus what was dropped:
+//! packet's length against its HTB class, in one array shared by the CPUs. A slice pays what it offered minus what was dropped:
 //! what leaves, as HTB counts it. (Counting at the `qdisc:qdisc_enqueue` tracepoint instead was
 //! measured to miss a few enqueues per thousand under TCP load on 6.18.)
 #![no_std]
 #![no_main]
+// For `lock xadd` (see `atomic_add`); aya-ebpf enables it too, hence RUSTC_BOOTSTRAP in the build.
+#![feature(asm_experimental_arch)]
 
 use aya_ebpf::{
     bindings::{TC_ACT_UNSPEC, bpf_hdr_start_off::BPF_HDR_START_NET},
@@ -24,10 +28,10 @@ use core::mem::MaybeUninit;
 
 use aya_log_ebpf::warn;
 use bwmon_common::{
-    CLASS_ARRAY_XIDS, ClassIds, Counter, DropControl, ETH_HLEN, EXEMPT_FILTER_WORDS, HTB_MAJOR,
-    KernelOffsets, LINK_HEADER_UNKNOWN, MAX_EXEMPT_PREFIXES, MAX_MINORS, MAX_SOURCE_PREFIXES,
-    MAX_XIDS, SEEN_CHUNK, Settings, XidCounters, XidSource, exempt_filter_bit_v4,
-    exempt_filter_bit_v6,
+    BPF_F_NO_PREALLOC, CLASS_ARRAY_XIDS, COUNTER_SLOTS, ClassIds, Counter, DropControl, ETH_HLEN,
+    EXEMPT_FILTER_WORDS, HTB_MAJOR, KernelOffsets, LINK_HEADER_UNKNOWN, MAX_EXEMPT_PREFIXES,
+    MAX_MINORS, MAX_SOURCE_PREFIXES, MAX_XIDS, SEEN_CHUNK, Settings, XidCounters, XidEntry,
+    XidSource, exempt_filter_bit_v4, exempt_filter_bit_v6,
 };
 
 /// Written by the loader before the program is loaded (read-only global).
@@ -49,34 +53,31 @@ static BWMON_SETTINGS: Settings = Settings {
     drop_reasons: [0; 4],
 };
 
-#[map(name = "BWMON_DROPPED")]
-static DROPPED: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_MINORS, 0);
+#[map(name = "BWMON_DROPS")]
+static DROPS: Array<Counter> = Array::with_max_entries(MAX_MINORS, 0);
+
+#[map(name = "BWMON_DROPS_SEEN")]
+static DROPS_SEEN: Array<[u8; SEEN_CHUNK as usize]> =
+    Array::with_max_entries(MAX_MINORS / SEEN_CHUNK, 0);
 
 #[map(name = "BWMON_DROP_CONTROL")]
 static DROP_CONTROL: Array<DropControl> = Array::with_max_entries(1, 0);
 
-#[map(name = "BWMON_OFFERED")]
-static OFFERED: PerCpuHashMap<u32, XidCounters> = PerCpuHashMap::with_max_entries(MAX_XIDS, 0);
+#[map(name = "BWMON_SLOTS")]
+static SLOTS: PerCpuArray<XidCounters> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
-#[map(name = "BWMON_OFFERED_ARRAY")]
-static OFFERED_ARRAY: PerCpuArray<XidCounters> = PerCpuArray::with_max_entries(CLASS_ARRAY_XIDS, 0);
-
-#[map(name = "BWMON_OFFERED_SEEN")]
-static OFFERED_SEEN: Array<[u8; SEEN_CHUNK as usize]> =
-    Array::with_max_entries(CLASS_ARRAY_XIDS / SEEN_CHUNK, 0);
-
-#[map(name = "BWMON_DROPPED_SEEN")]
-static DROPPED_SEEN: Array<[u8; SEEN_CHUNK as usize]> =
-    Array::with_max_entries(MAX_MINORS / SEEN_CHUNK, 0);
+#[map(name = "BWMON_UNSLOTTED")]
+static UNSLOTTED: PerCpuHashMap<u32, XidCounters> =
+    PerCpuHashMap::with_max_entries(MAX_XIDS, BPF_F_NO_PREALLOC);
 
 #[map(name = "BWMON_OFFERED_OVERFLOW")]
 static OFFERED_OVERFLOW: PerCpuArray<XidCounters> = PerCpuArray::with_max_entries(1, 0);
 
-#[map(name = "BWMON_XID_CLASS_ARRAY")]
-static XID_CLASS_ARRAY: Array<ClassIds> = Array::with_max_entries(CLASS_ARRAY_XIDS, 0);
+#[map(name = "BWMON_XID_ARRAY")]
+static XID_ARRAY: Array<XidEntry> = Array::with_max_entries(CLASS_ARRAY_XIDS, 0);
 
-#[map(name = "BWMON_XID_CLASS")]
-static XID_CLASS: HashMap<u32, ClassIds> = HashMap::with_max_entries(MAX_XIDS, 0);
+#[map(name = "BWMON_XID_HASH")]
+static XID_HASH: HashMap<u32, XidEntry> = HashMap::with_max_entries(MAX_XIDS, BPF_F_NO_PREALLOC);
 
 #[map(name = "BWMON_EXEMPT_V4")]
 static EXEMPT_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(MAX_EXEMPT_PREFIXES, 0);
@@ -292,36 +293,36 @@ fn classify(ctx: &TcContext) {
     // prefix can cover: most packets, on most hosts.
     let exempt = ip.is_some_and(|h| may_be_exempt(h.filter_bit()) && h.dst_exempt());
 
-    let class = class_ids(xid);
+    let entry = xid_entry(xid);
+    let class = if entry.classes == ClassIds::NONE {
+        ClassIds::DEFAULT
+    } else {
+        entry.classes
+    };
     let priority = if exempt { class.exempt } else { class.general };
     // SAFETY: `priority` is a writable field of `__sk_buff` for TC programs.
     unsafe { (*ctx.skb.skb).priority = priority };
 
     // SAFETY: reading a field of the context.
     let wire_len = u64::from(unsafe { (*ctx.skb.skb).wire_len });
-    let counters = if xid < CLASS_ARRAY_XIDS {
-        mark_seen(&OFFERED_SEEN, xid);
-        OFFERED_ARRAY.get_ptr_mut(xid)
+    // The xid's slot (an inlined bounds check), or its entry in the hash of xids without one.
+    let slotted = if entry.slot != 0 {
+        SLOTS.get_ptr_mut(entry.slot)
     } else {
-        match OFFERED.get_ptr_mut(&xid) {
-            Some(p) => Some(p),
-            None => {
-                // Racing CPUs may both insert: the loser's insert fails and its lookup finds
-                // the key.
-                let _ = OFFERED.insert(&xid, &XidCounters::default(), BPF_NOEXIST);
-                OFFERED.get_ptr_mut(&xid)
-            }
-        }
+        None
     };
-    let counters = match counters {
+    let counters = match slotted {
         Some(p) => p,
-        None => {
-            diag(ctx, Diag::MapFull { xid });
-            match OFFERED_OVERFLOW.get_ptr_mut(0) {
-                Some(p) => p,
-                None => return,
+        None => match unslotted(xid) {
+            Some(p) => p,
+            None => {
+                diag(ctx, Diag::MapFull { xid });
+                match OFFERED_OVERFLOW.get_ptr_mut(0) {
+                    Some(p) => p,
+                    None => return,
+                }
             }
-        }
+        },
     };
     // SAFETY: per-CPU value: no other writer on this CPU while we run.
     let c = unsafe { &mut *counters };
@@ -330,6 +331,18 @@ fn classify(ctx: &TcContext) {
     } else {
         c.general.charge(wire_len);
     }
+}
+
+/// The xid's counters in the hash of xids without a slot, inserted at its first packet; `None`
+/// when the hash is full.
+#[inline(always)]
+fn unslotted(xid: u32) -> Option<*mut XidCounters> {
+    if let Some(p) = UNSLOTTED.get_ptr_mut(&xid) {
+        return Some(p);
+    }
+    // Racing CPUs may both insert: the loser's insert fails and its lookup finds the key.
+    let _ = UNSLOTTED.insert(&xid, &XidCounters::default(), BPF_NOEXIST);
+    UNSLOTTED.get_ptr_mut(&xid)
 }
 
 /// Sets slot `index`'s byte in a seen map (read first: the cache line stays shared once set).
@@ -347,20 +360,18 @@ fn mark_seen(seen: &Array<[u8; SEEN_CHUNK as usize]>, index: u32) {
     }
 }
 
-/// The xid's leaves: from the array below [`CLASS_ARRAY_XIDS`] (an inlined bounds check), from
-/// the hash above; the default leaves when it has none.
+/// What the agent keeps for the xid (leaves, counter slot): from the array below
+/// [`CLASS_ARRAY_XIDS`] (an inlined bounds check), from the hash above; empty when it has
+/// nothing.
 #[inline(always)]
-fn class_ids(xid: u32) -> ClassIds {
+fn xid_entry(xid: u32) -> XidEntry {
     let found = if xid < CLASS_ARRAY_XIDS {
-        XID_CLASS_ARRAY
-            .get(xid)
-            .copied()
-            .filter(|c| *c != ClassIds::NONE)
+        XID_ARRAY.get(xid).copied()
     } else {
         // SAFETY: plain lookup; the value is copied out at once.
-        unsafe { XID_CLASS.get(&xid) }.copied()
+        unsafe { XID_HASH.get(&xid) }.copied()
     };
-    found.unwrap_or(ClassIds::DEFAULT)
+    found.unwrap_or(XidEntry::EMPTY)
 }
 
 /// Whether the exempt filter has `bit` set in word `word` (unreadable: assume it may be).
@@ -423,12 +434,36 @@ unsafe fn count_drop(skb: *const u8) -> Option<()> {
         }
         let pkt_len: u32 = read(skb, o.skb_pkt_len)?;
         let minor = priority & 0xffff;
-        let counter = DROPPED.get_ptr_mut(minor)?;
-        // SAFETY: per-CPU slot; nothing else on this CPU writes it while we run.
-        (*counter).charge(u64::from(pkt_len));
-        mark_seen(&DROPPED_SEEN, minor);
+        let counter = DROPS.get_ptr_mut(minor)?;
+        // Shared by the CPUs: atomic adds (drops are rare next to sends, so a cache line
+        // bouncing now and then costs less than a per-CPU copy of 65,536 counters).
+        // SAFETY: the pointers are to the map value's fields, valid and 8-byte aligned.
+        atomic_add(
+            core::ptr::addr_of_mut!((*counter).bytes),
+            u64::from(pkt_len),
+        );
+        atomic_add(core::ptr::addr_of_mut!((*counter).packets), 1);
+        mark_seen(&DROPS_SEEN, minor);
     }
     Some(())
+}
+
+/// `*p += v` as one atomic instruction (BPF's `lock xadd`; the target has no compare-and-swap,
+/// so core's atomics offer no `fetch_add`).
+///
+/// # Safety
+/// `p` must be valid for writes and 8-byte aligned.
+#[inline(always)]
+unsafe fn atomic_add(p: *mut u64, v: u64) {
+    // SAFETY: the caller's pointer; the instruction touches those 8 bytes only.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({p} + 0) += {v}",
+            p = in(reg) p,
+            v = in(reg) v,
+            options(nostack),
+        );
+    }
 }
 
 /// Something worth telling the operator about.

@@ -16,6 +16,7 @@ mod kernel_log;
 mod lab;
 mod meter;
 mod poll;
+pub mod older;
 pub mod schema;
 mod smtp;
 mod tc;

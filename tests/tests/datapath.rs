@@ -1,15 +1,20 @@
 //! The datapath against HTB: slices are charged exactly what the root qdisc accepted (what
 //! leaves), split into general and exempt, steered into their classes, over IPv4 and IPv6.
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    time::Duration,
+};
 
+use bwmon_agent::datapath::slots::QUIET;
 use bwmon_agent::{
     class::PerClass,
     datapath::{Datapath, Snapshot},
     htb::Minor,
 };
-use bwmon_common::{ClassIds, HTB_MAJOR, tc_handle};
-use bwmon_tests::{Lab, send_tcp_as, send_udp_as};
+use bwmon_common::{ClassIds, Counter, HTB_MAJOR, XidCounters, names, tc_handle};
+use bwmon_tests::{Lab, older::OlderLayout, send_tcp_as, send_udp_as};
 use ipnet::IpNet;
 
 fn open(lab: &Lab, classes: &[(u32, u16, u16)]) -> Datapath {
@@ -191,23 +196,17 @@ fn exempt_traffic_stays_exempt_when_a_new_load_finds_the_tries_without_a_filter(
 }
 
 #[test]
-fn classes_an_older_bwmon_kept_in_the_hash_steer_before_the_first_sync() {
-    // An older bwmon kept every xid's class ids in the hash, and had no array.
+fn classes_an_older_layout_kept_steer_before_the_first_sync() {
+    // The layout before counter slots kept every xid's class ids in its own maps.
     let lab = Lab::new();
-    drop(open(&lab, &[]));
     let pins = lab.pin_root.join(&lab.host_if);
-    std::fs::remove_file(pins.join(bwmon_common::names::XID_CLASS_ARRAY)).unwrap();
+    let older = OlderLayout::pin(&pins, false);
     let uid = 4761;
     let ids = ClassIds {
         general: tc_handle(HTB_MAJOR, 0x240),
         exempt: tc_handle(HTB_MAJOR, 0x241),
     };
-    let hash = || {
-        let data = aya::maps::MapData::from_pin(pins.join(bwmon_common::names::XID_CLASS))
-            .expect("the pinned class hash");
-        aya::maps::HashMap::<_, u32, ClassIds>::try_from(aya::maps::Map::HashMap(data)).unwrap()
-    };
-    hash().insert(uid, ids, 0).unwrap();
+    older.steer(uid, ids);
 
     // The new load steers by it before anything is written again.
     let mut opts = lab.datapath_options();
@@ -218,9 +217,12 @@ fn classes_an_older_bwmon_kept_in_the_hash_steer_before_the_first_sync() {
         dp.test_run_classifier(&frame, uid).unwrap().priority,
         ids.general
     );
-    // Its first write moves it out of the hash for good.
+    // The new xid maps hold it for good: the older class map is gone.
+    assert!(
+        !pins.join(bwmon_common::legacy::XID_CLASS).exists(),
+        "the older class hash is still pinned"
+    );
     dp.set_classes(&HashMap::from([(uid, ids)])).unwrap();
-    assert_eq!(hash().keys().count(), 0, "low xids left in the hash");
     assert_eq!(
         dp.test_run_classifier(&frame, uid).unwrap().priority,
         ids.general
@@ -318,46 +320,133 @@ fn an_interface_re_created_as_another_kind_of_device_is_loaded_for_it() {
     assert_eq!(c.general.packets, 4 + 7 + 3, "{c:?}");
 }
 
+fn counted(bytes: u64, packets: u64) -> XidCounters {
+    XidCounters {
+        general: Counter { bytes, packets },
+        ..XidCounters::default()
+    }
+}
+
+/// A new load over the pinned maps of the layout before counter slots (`with_array`: the last
+/// release's; else the one before it): the older counts go on under the older epoch, new
+/// packets add to them, and once the new classifier has been in place a while they are folded
+/// into the carried maps and the older maps unpinned, with the counters and the epoch as
+/// they were; a restart after that finds the same.
+fn takes_over_from_an_older_layout(with_array: bool) {
+    let lab = Lab::new();
+    let pins = lab.pin_root.join(&lab.host_if);
+    let older = OlderLayout::pin(&pins, with_array);
+    let (uid, high) = (4791, 70_001);
+    older.count_in_hash(uid, counted(1000, 10));
+    older.count_in_hash(high, counted(4000, 4));
+    if with_array {
+        older.count_in_array(uid, counted(500, 5));
+    }
+    older.count_dropped(
+        0x150,
+        Counter {
+            bytes: 300,
+            packets: 3,
+        },
+    );
+    let old_epochs = older.epochs();
+    let before = if with_array { 1500 } else { 1000 };
+
+    let mut dp = Datapath::open(&lab.datapath_options()).expect("open the datapath");
+    let s = dp.snapshot().unwrap();
+    for e in &old_epochs {
+        assert!(
+            s.continues(*e),
+            "a state saved under an older epoch goes on"
+        );
+    }
+    assert_eq!(s.offered[&uid].general.bytes, before);
+    assert_eq!(s.offered[&high].general.bytes, 4000);
+    assert_eq!(s.dropped[&Minor(0x150)].bytes, 300);
+    // New packets land in the new maps; the xid's total is both.
+    let wire = send_udp_as(uid, SocketAddr::new(lab.general_v4.into(), 9), 2, 100);
+    let s = dp.snapshot().unwrap();
+    let c = s.offered[&uid].general;
+    assert_eq!(c.bytes, before + 2 * wire);
+
+    std::thread::sleep(QUIET + Duration::from_millis(200));
+    let kept = HashSet::from([uid]);
+    dp.tend_counters(&s, &kept).unwrap();
+    assert!(
+        !older.any_pinned(),
+        "the older maps are unpinned once folded"
+    );
+    for name in [names::CARRIED, names::CARRIED_DROPS, names::LINEAGE] {
+        assert!(pins.join(name).exists(), "{name} is pinned");
+    }
+    // (Only the test's xids: the kernel's own packets, root's, may come and go meanwhile.)
+    let ours = |s: &Snapshot| [uid, high].map(|x| s.offered[&x]);
+    let folded = dp.snapshot().unwrap();
+    assert_eq!(
+        ours(&folded),
+        ours(&s),
+        "nothing lost or doubled by the fold"
+    );
+    assert_eq!(folded.dropped, s.dropped);
+    assert_eq!(folded.epoch, s.epoch, "the same counters");
+    assert!(old_epochs.iter().all(|e| folded.continues(*e)));
+    drop(dp);
+
+    let dp = Datapath::open(&lab.datapath_options()).expect("open the datapath again");
+    let again = dp.snapshot().unwrap();
+    assert_eq!(ours(&again), ours(&folded));
+    assert_eq!(again.dropped, folded.dropped);
+    assert_eq!(again.epoch, folded.epoch);
+    assert!(old_epochs.iter().all(|e| again.continues(*e)));
+}
+
+#[test]
+fn counters_of_the_last_release_are_taken_over_and_folded() {
+    takes_over_from_an_older_layout(true);
+}
+
 #[test]
 fn counters_an_older_bwmon_kept_in_the_hash_go_on_under_its_epoch() {
-    let lab = Lab::new();
-    let dp = open(&lab, &[]);
-    let before = dp.snapshot().unwrap();
-    drop(dp);
-    // An older bwmon: no offered array, every xid counted in the hash.
-    let pins = lab.pin_root.join(&lab.host_if);
-    std::fs::remove_file(pins.join(bwmon_common::names::OFFERED_ARRAY)).unwrap();
-    let uid = 4791;
-    let data = aya::maps::MapData::from_pin(pins.join(bwmon_common::names::OFFERED)).unwrap();
-    let mut hash = aya::maps::PerCpuHashMap::<_, u32, bwmon_common::XidCounters>::try_from(
-        aya::maps::Map::PerCpuHashMap(data),
-    )
-    .unwrap();
-    let cpus = aya::util::nr_cpus().unwrap();
-    let mut per_cpu = vec![bwmon_common::XidCounters::default(); cpus];
-    per_cpu[0].general = bwmon_common::Counter {
-        bytes: 1000,
-        packets: 10,
-    };
-    hash.insert(uid, aya::maps::PerCpuValues::try_from(per_cpu).unwrap(), 0)
-        .unwrap();
+    takes_over_from_an_older_layout(false);
+}
 
-    let dp = Datapath::open(&lab.datapath_options()).expect("open the datapath");
+#[test]
+fn a_fold_cut_short_anywhere_loses_and_doubles_nothing() {
+    let lab = Lab::new();
+    let pins = lab.pin_root.join(&lab.host_if);
+    let uid = 4793;
+    let older = OlderLayout::pin(&pins, true);
+    older.count_in_array(uid, counted(700, 7));
+    older.count_dropped(
+        0x160,
+        Counter {
+            bytes: 70,
+            packets: 1,
+        },
+    );
+    // Cut short before the offered map was pinned: the other carried maps are there, with
+    // what a crash may leave (here: garbage), and count for nothing.
+    let junk = aya::maps::HashMap::<aya::maps::MapData, u32, Counter>::create(4, 0).unwrap();
+    junk.pin(pins.join(names::CARRIED_DROPS)).unwrap();
+    let mut dp = Datapath::open(&lab.datapath_options()).expect("open the datapath");
     let s = dp.snapshot().unwrap();
-    assert_ne!(s.epoch, before.epoch, "a new array is a new instance");
-    assert!(
-        s.continues(before.earlier_epochs[1]),
-        "a state saved under the older epoch (std's hasher, no array) goes on"
-    );
-    assert!(
-        !s.continues(before.epoch),
-        "a lost array is not gone on from"
-    );
-    assert_eq!(s.offered[&uid].general.bytes, 1000);
-    // New packets land in the array; the xid's total is both.
-    let wire = send_udp_as(uid, SocketAddr::new(lab.general_v4.into(), 9), 2, 100);
-    let c = dp.snapshot().unwrap().offered[&uid].general;
-    assert_eq!((c.bytes, c.packets), (1000 + 2 * wire, 12));
+    assert_eq!(s.offered[&uid].general.bytes, 700);
+    assert_eq!(s.dropped[&Minor(0x160)].bytes, 70);
+    std::thread::sleep(QUIET + Duration::from_millis(200));
+    dp.tend_counters(&s, &HashSet::new()).unwrap();
+    assert_eq!(dp.snapshot().unwrap().dropped, s.dropped);
+    drop(dp);
+
+    // Cut short after the carried maps were pinned, before the older ones were unpinned: the
+    // carried counts are read, not both.
+    let older = OlderLayout::pin(&pins, true);
+    older.count_in_array(uid, counted(700, 7));
+    let dp = Datapath::open(&lab.datapath_options()).expect("open the datapath");
+    let again = dp.snapshot().unwrap();
+    assert_eq!(again.offered[&uid], s.offered[&uid], "counted once");
+    assert_eq!(again.dropped, s.dropped);
+    assert_eq!(again.epoch, s.epoch);
+    assert!(!older.any_pinned(), "the leftovers are unpinned");
 }
 
 #[test]
@@ -375,15 +464,10 @@ fn counters_whose_seen_map_was_lost_are_read_whole_and_nothing_is_forgotten() {
     assert_eq!(before.offered[&uid].general.packets, 500);
     drop(dp);
     let pins = lab.pin_root.join(&lab.host_if);
-    for seen in [
-        bwmon_common::names::OFFERED_SEEN,
-        bwmon_common::names::DROPPED_SEEN,
-    ] {
-        std::fs::remove_file(pins.join(seen)).unwrap();
-    }
+    std::fs::remove_file(pins.join(names::DROPS_SEEN)).unwrap();
 
-    // The new seen maps cannot know what was counted before them: the arrays are read
-    // whole, at every snapshot, and nothing drops out of them.
+    // The new seen map cannot know what was counted before it: the drop array is read whole,
+    // at every snapshot, and nothing drops out of it.
     let dp = Datapath::open(&lab.datapath_options()).expect("open the datapath");
     for _ in 0..2 {
         let s = dp.snapshot().unwrap();

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use bwmon_agent::datapath::Datapath;
-use bwmon_common::{CLASS_ARRAY_XIDS, MAX_XIDS, ROOT_XID, XidSource};
+use bwmon_common::{MAX_XIDS, ROOT_XID, XidCounters, XidSource, names};
 use bwmon_tests::{CapturedLog, Lab, cmd, send_udp_marked, set_mark};
 
 fn open(lab: &Lab, source: XidSource) -> Datapath {
@@ -131,12 +131,14 @@ fn xids_beyond_capacity_are_counted_in_the_overflow_slot() {
         sock.send_to(&[0u8; 18], dst).unwrap();
     }
     let snap = dp.snapshot().unwrap();
-    // Xids below the array's end (neighbour discovery's, mark 0) are not in the hash.
-    let in_hash = snap
-        .offered
-        .keys()
-        .filter(|x| **x >= CLASS_ARRAY_XIDS)
-        .count();
+    // No xid was given a counter slot: every one is in the hash (also the few xids of
+    // neighbour discovery, mark 0).
+    let pin = lab.pin_root.join(&lab.host_if).join(names::UNSLOTTED);
+    let hash = aya::maps::PerCpuHashMap::<_, u32, XidCounters>::try_from(
+        aya::maps::Map::PerCpuHashMap(aya::maps::MapData::from_pin(pin).unwrap()),
+    )
+    .unwrap();
+    let in_hash = hash.keys().count();
     assert_eq!(in_hash as u32, MAX_XIDS, "the map is full");
     let ours_in_map = snap
         .offered

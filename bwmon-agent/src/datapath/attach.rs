@@ -191,7 +191,10 @@ impl Datapath {
                 iface,
                 "the interface was re-created as another kind of device; loading the classifier again"
             );
+            // The same pinned maps: what this process knows of their slots still holds.
+            let slots = std::mem::take(&mut self.slots);
             *self = Datapath::open(&self.opts)?;
+            self.slots = slots;
             return Ok(true);
         }
         let prog = self.classifier()?;

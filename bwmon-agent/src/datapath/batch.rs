@@ -1,5 +1,6 @@
-//! Reading a whole map in a few `BPF_MAP_LOOKUP_BATCH` calls instead of two syscalls per key.
-//! aya 0.14 has no batch API; this is the one place that speaks the raw syscall.
+//! Reading a whole map in a few `BPF_MAP_LOOKUP_BATCH` calls instead of two syscalls per key,
+//! and counting a map's keys. aya 0.14 has no batch API nor a key walk without a key type;
+//! this is the one place that speaks the raw syscall.
 
 use std::{
     io,
@@ -8,6 +9,7 @@ use std::{
 
 use aya::Pod;
 
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 /// Keys per call: large enough that 65,536 entries take a handful of calls.
 const CHUNK: u32 = 4096;
@@ -58,6 +60,21 @@ pub(crate) fn per_cpu_range<V: Pod + Default>(
 ) -> io::Result<Option<Vec<(u32, V)>>> {
     let stride = size_of::<V>().div_ceil(8) * 8;
     lookup_batch(fd, nr_cpus, stride, Some((start, len)), fold)
+}
+
+/// The (index, value) of `len` slots of an array shared by the CPUs (one value per key) from
+/// index `start` on.
+///
+/// Returns `Ok(None)` when the kernel has no batch lookups for this map type.
+///
+/// # Errors
+/// A syscall error other than "not supported".
+pub(super) fn range<V: Pod + Default>(
+    fd: &impl AsFd,
+    start: u32,
+    len: u32,
+) -> io::Result<Option<Vec<(u32, V)>>> {
+    lookup_batch(fd, 1, size_of::<V>(), Some((start, len)), |_, v| v)
 }
 
 /// Every (key, value) of a hash or array map (one value per key).
@@ -158,5 +175,51 @@ fn lookup_batch<K: Pod + Default, V: Pod + Default>(
         token_in = token_out;
         from_token = true;
         first = false;
+    }
+}
+
+/// How many keys of `key_size` bytes a hash or trie holds, walked one `BPF_MAP_GET_NEXT_KEY`
+/// at a time (no values are copied).
+///
+/// # Errors
+/// A syscall error other than "no more keys".
+pub(super) fn count_keys(fd: &impl AsFd, key_size: u32) -> io::Result<u64> {
+    #[repr(C)]
+    struct Attr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        next_key: u64,
+    }
+    let size = key_size as usize;
+    let mut key = vec![0u8; size.max(1)];
+    let mut next = vec![0u8; size.max(1)];
+    let mut n = 0;
+    loop {
+        let mut attr = Attr {
+            map_fd: fd.as_fd().as_raw_fd() as u32,
+            _pad: 0,
+            // The first call passes no key: the walk starts at the first one.
+            key: if n == 0 { 0 } else { key.as_ptr() as u64 },
+            next_key: next.as_mut_ptr() as u64,
+        };
+        // SAFETY: both buffers hold a key of the map's size and outlive the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_GET_NEXT_KEY,
+                &mut attr as *mut Attr,
+                size_of::<Attr>() as u32,
+            )
+        };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENOENT) => Ok(n),
+                _ => Err(e),
+            };
+        }
+        n += 1;
+        std::mem::swap(&mut key, &mut next);
     }
 }

@@ -144,6 +144,17 @@ pub enum DatapathError {
         #[source]
         source: aya::maps::MapError,
     },
+    /// A map's fdinfo (its kernel memory) could not be read.
+    #[error("reading the fdinfo of map {map} on {iface}")]
+    Fdinfo {
+        /// Interface.
+        iface: String,
+        /// Map name.
+        map: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
     /// Removing pins or the attachment failed.
     #[error("tearing down the datapath of {iface} at {path}")]
     Teardown {

@@ -1,17 +1,17 @@
-//! Writing the maps the agent owns: xid → class ids, the exempt-destination tries and the
-//! source-prefix tries. Every change is make-before-break: new entries are written before
+//! Writing the maps the agent owns: xid → leaves and counter slot, the exempt-destination
+//! tries and the source-prefix tries. Every change is make-before-break: new entries are written before
 //! stale ones are removed, so a packet never misses its class or prefix during the change.
 
-use std::{collections::HashMap, io};
+use std::collections::HashMap;
 
 use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
 use bwmon_common::{
-    CLASS_ARRAY_XIDS, ClassIds, EXEMPT_FILTER_WORDS, exempt_filter_bit_v4, exempt_filter_bit_v6,
-    names,
+    CLASS_ARRAY_XIDS, ClassIds, EXEMPT_FILTER_WORDS, XidEntry, exempt_filter_bit_v4,
+    exempt_filter_bit_v6, names,
 };
 use ipnet::IpNet;
 
-use super::{Datapath, DatapathError, batch, error::Result, snapshot};
+use super::{Datapath, DatapathError, bulk, error::Result};
 
 impl Datapath {
     /// Makes the exempt-destination tries hold exactly `prefixes` (IPv4 and IPv6).
@@ -139,100 +139,100 @@ impl Datapath {
         Ok(())
     }
 
-    /// Makes the xid → class maps equal to `classes` (xids below [`CLASS_ARRAY_XIDS`] in the
-    /// array, the rest in the hash): entries are written before stale ones are removed, so a
-    /// packet never misses its class during the change.
+    /// Makes the xids' leaves those of `classes` (xids without an entry there have the default
+    /// leaves), and gives each of them a counter slot if it has none and one is free: a slice
+    /// with leaves sends. Entries are written before stale ones are removed, so a packet never
+    /// misses its class during the change; an xid keeps its slot when it loses its leaves.
     ///
     /// # Errors
     /// A failed map update, naming the map.
     pub fn set_classes(&mut self, classes: &HashMap<u32, ClassIds>) -> Result<()> {
-        let in_array = |xid: u32| xid < CLASS_ARRAY_XIDS;
-        let old = self.array_classes()?;
-        let (map, err) = self.map_for_write(names::XID_CLASS_ARRAY)?;
-        let mut array: Array<&mut MapData, ClassIds> = Array::try_from(map).map_err(&err)?;
-        for (xid, ids) in classes.iter().filter(|(x, _)| in_array(**x)) {
-            if old.get(xid) != Some(ids) {
-                array.set(*xid, ids, 0).map_err(&err)?;
-            }
-        }
-        let (map, err) = self.map_for_write(names::XID_CLASS)?;
-        let mut hash: BpfHashMap<&mut MapData, u32, ClassIds> =
-            BpfHashMap::try_from(map).map_err(&err)?;
-        for (xid, ids) in classes.iter().filter(|(x, _)| !in_array(**x)) {
-            if hash.get(xid, 0).ok().as_ref() != Some(ids) {
-                hash.insert(xid, ids, 0).map_err(&err)?;
-            }
-        }
-        // Then the stale ones: hash keys nobody owns (also low xids an older bwmon kept
-        // there), array slots nobody owns.
-        let stale: Vec<u32> = hash
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| in_array(*k) || !classes.contains_key(k))
-            .collect();
-        for xid in stale {
-            hash.remove(&xid).map_err(&err)?;
-        }
-        let (map, err) = self.map_for_write(names::XID_CLASS_ARRAY)?;
-        let mut array: Array<&mut MapData, ClassIds> = Array::try_from(map).map_err(&err)?;
-        for xid in old.keys().filter(|x| !classes.contains_key(x)) {
-            array.set(*xid, ClassIds::NONE, 0).map_err(&err)?;
-        }
-        Ok(())
-    }
-
-    /// The array's set slots.
-    fn array_classes(&self) -> Result<HashMap<u32, ClassIds>> {
-        let name = names::XID_CLASS_ARRAY;
-        let map = self.map(name)?;
-        let batched = match snapshot::map_data(map) {
-            Some(data) => {
-                batch::entries::<u32, ClassIds>(data.fd()).map_err(|e| self.batch_err(name, e))?
-            }
-            None => None,
-        };
-        let all = match batched {
-            Some(all) => all,
-            None => {
-                let array: Array<&MapData, ClassIds> =
-                    Array::try_from(map).map_err(|e| self.map_err(name, e))?;
-                (0..CLASS_ARRAY_XIDS)
-                    .map(|i| Ok((i, array.get(&i, 0).map_err(|e| self.map_err(name, e))?)))
-                    .collect::<Result<_>>()?
-            }
-        };
-        Ok(all
-            .into_iter()
-            .filter(|(_, ids)| *ids != ClassIds::NONE)
-            .collect())
-    }
-
-    /// Copies the hash's entries of xids below [`CLASS_ARRAY_XIDS`] into the array where its
-    /// slot is empty: an older bwmon kept every xid in the hash, and the classifier looks such
-    /// xids up in the array only. The next [`Datapath::set_classes`] removes them from the
-    /// hash.
-    ///
-    /// # Errors
-    /// A map that cannot be read or written, naming it.
-    pub(super) fn move_low_classes_to_array(&mut self) -> Result<()> {
-        let name = names::XID_CLASS;
-        let hash: BpfHashMap<&MapData, u32, ClassIds> =
-            BpfHashMap::try_from(self.map(name)?).map_err(|e| self.map_err(name, e))?;
-        let low: Vec<(u32, ClassIds)> = hash
+        let mut want: HashMap<u32, XidEntry> = self
+            .entries
             .iter()
-            .filter_map(|e| e.ok())
-            .filter(|(xid, _)| *xid < CLASS_ARRAY_XIDS)
+            .filter(|(_, e)| e.slot != 0)
+            .map(|(xid, e)| (*xid, XidEntry::EMPTY.with_slot(e.slot)))
             .collect();
-        if low.is_empty() {
-            return Ok(());
+        let mut xids: Vec<u32> = classes.keys().copied().collect();
+        xids.sort_unstable();
+        for xid in xids {
+            let slot = self.slots.give(xid).unwrap_or(0);
+            want.insert(
+                xid,
+                XidEntry {
+                    classes: classes[&xid],
+                    ..XidEntry::EMPTY.with_slot(slot)
+                },
+            );
         }
-        let set = self.array_classes()?;
-        let (map, err) = self.map_for_write(names::XID_CLASS_ARRAY)?;
-        let mut array: Array<&mut MapData, ClassIds> = Array::try_from(map).map_err(&err)?;
-        for (xid, ids) in low.iter().filter(|(x, _)| !set.contains_key(x)) {
-            array.set(*xid, ids, 0).map_err(&err)?;
+        want.retain(|_, e| *e != XidEntry::EMPTY);
+        self.write_entries(&want)
+    }
+
+    /// Makes the xid maps hold exactly `want` (xids below [`CLASS_ARRAY_XIDS`] in the array,
+    /// the rest in the hash): new and changed entries first, then the removals.
+    pub(super) fn write_entries(&mut self, want: &HashMap<u32, XidEntry>) -> Result<()> {
+        let in_array = |xid: u32| xid < CLASS_ARRAY_XIDS;
+        let changed: Vec<(u32, XidEntry)> = want
+            .iter()
+            .filter(|(xid, e)| self.entries.get(xid) != Some(e))
+            .map(|(x, e)| (*x, *e))
+            .collect();
+        let stale: Vec<u32> = self
+            .entries
+            .keys()
+            .filter(|x| !want.contains_key(x))
+            .copied()
+            .collect();
+        for (xid, entry) in changed {
+            if in_array(xid) {
+                let (map, err) = self.map_for_write(names::XID_ARRAY)?;
+                let mut array: Array<&mut MapData, XidEntry> =
+                    Array::try_from(map).map_err(&err)?;
+                array.set(xid, entry, 0).map_err(&err)?;
+            } else {
+                let (map, err) = self.map_for_write(names::XID_HASH)?;
+                let mut hash: BpfHashMap<&mut MapData, u32, XidEntry> =
+                    BpfHashMap::try_from(map).map_err(&err)?;
+                hash.insert(xid, entry, 0).map_err(&err)?;
+            }
+            self.entries.insert(xid, entry);
+        }
+        for xid in stale {
+            if in_array(xid) {
+                let (map, err) = self.map_for_write(names::XID_ARRAY)?;
+                let mut array: Array<&mut MapData, XidEntry> =
+                    Array::try_from(map).map_err(&err)?;
+                array.set(xid, XidEntry::EMPTY, 0).map_err(&err)?;
+            } else {
+                let (map, err) = self.map_for_write(names::XID_HASH)?;
+                let mut hash: BpfHashMap<&mut MapData, u32, XidEntry> =
+                    BpfHashMap::try_from(map).map_err(&err)?;
+                match hash.remove(&xid) {
+                    Ok(()) | Err(MapError::KeyNotFound) => {}
+                    Err(e) => return Err(err(e)),
+                }
+            }
+            self.entries.remove(&xid);
         }
         Ok(())
+    }
+
+    /// The xid maps' entries as the kernel has them (a restarted agent's starting point).
+    pub(super) fn read_entries(&self) -> Result<HashMap<u32, XidEntry>> {
+        let name = names::XID_ARRAY;
+        let mut out: HashMap<u32, XidEntry> =
+            bulk::array_runs::<XidEntry>(self.map(name)?, &[(0, CLASS_ARRAY_XIDS)], 1, |_, v| v)
+                .map_err(|e| self.map_err(name, e))?
+                .into_iter()
+                .collect();
+        let name = names::XID_HASH;
+        out.extend(
+            bulk::hash_entries::<u32, XidEntry>(self.map(name)?, 1, |_, v| v)
+                .map_err(|e| self.map_err(name, e))?,
+        );
+        out.retain(|_, e| *e != XidEntry::EMPTY);
+        Ok(out)
     }
 
     /// A map to read.
@@ -265,17 +265,6 @@ impl Datapath {
             map,
             source,
         }
-    }
-
-    /// A failed raw batch lookup, as a map error.
-    pub(super) fn batch_err(&self, map: &'static str, source: io::Error) -> DatapathError {
-        self.map_err(
-            map,
-            MapError::SyscallError(aya::sys::SyscallError {
-                call: "bpf_map_lookup_batch",
-                io_error: source,
-            }),
-        )
     }
 }
 

@@ -20,24 +20,31 @@
 mod attach;
 mod batch;
 pub(crate) mod btf;
+mod bulk;
 mod drops;
 pub mod epoch;
 mod error;
 mod maps;
+pub mod memory;
+mod older;
 pub(crate) mod pins;
+mod seen;
+pub mod slots;
 mod snapshot;
 
 use std::{
+    collections::{BTreeSet, HashMap},
     fs, io,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
+    time::Instant,
 };
 
 use aya::{
     Ebpf, EbpfLoader,
     programs::{BtfTracePoint, SchedClassifier},
 };
-use bwmon_common::{Settings, XidSource, names};
+use bwmon_common::{COUNTER_SLOTS, ClassIds, Settings, XidCounters, XidEntry, XidSource, names};
 use tracing::{info, warn};
 
 pub use attach::AttachMode;
@@ -47,6 +54,7 @@ pub(crate) use pins::ensure_bpffs;
 pub use snapshot::Snapshot;
 
 use crate::{datapath::btf::Btf, paths};
+use slots::Slots;
 
 /// The eBPF object built by `cargo xtask build`; empty when the agent was built without it.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bwmon.bpf.o"));
@@ -70,6 +78,9 @@ pub struct DatapathOptions {
     pub pin_root: PathBuf,
     /// TCX or clsact.
     pub attach_mode: AttachMode,
+    /// How long an xid without a record or leaves keeps its counter slot without sending
+    /// ([`slots::IDLE`]; tests shorten it).
+    pub slot_idle: std::time::Duration,
 }
 
 impl DatapathOptions {
@@ -81,6 +92,7 @@ impl DatapathOptions {
             kernel_log: false,
             pin_root: PathBuf::from(paths::PIN_ROOT),
             attach_mode: AttachMode::Auto,
+            slot_idle: slots::IDLE,
         }
     }
 }
@@ -122,6 +134,16 @@ pub struct Datapath {
     link_header: u32,
     pin_dir: PathBuf,
     mode: AttachMode,
+    /// The xid maps' entries (this process is their only writer).
+    entries: HashMap<u32, XidEntry>,
+    /// Which xid counts in which slot.
+    slots: Slots,
+    /// An older layout's counter maps, until folded into [`Datapath::carried`].
+    older: Option<older::Older>,
+    /// What an older layout counted, frozen.
+    carried: Option<older::Carried>,
+    /// When the programs of this load took over from the previous ones.
+    takeover: Instant,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -169,14 +191,7 @@ impl Datapath {
         let had_pin = |name: &str| pin_dir.join(name).exists();
         // A seen map made now beside an array that already counted cannot say which slots
         // are used.
-        let incomplete: Vec<&'static str> = [
-            (names::OFFERED_ARRAY, names::OFFERED_SEEN),
-            (names::DROPPED, names::DROPPED_SEEN),
-        ]
-        .into_iter()
-        .filter(|(array, seen)| had_pin(array) && !had_pin(seen))
-        .map(|(_, seen)| seen)
-        .collect();
+        let incomplete = had_pin(names::DROPS) && !had_pin(names::DROPS_SEEN);
         for (name, path) in &pinned {
             loader.map_pin_path(name, path.as_path());
         }
@@ -192,6 +207,19 @@ impl Datapath {
             .map_err(|source| DatapathError::BootId { source })?
             .trim()
             .to_owned();
+        let older_err = |e: older::OlderError| DatapathError::Map {
+            iface: iface.clone(),
+            map: e.map,
+            source: e.source,
+        };
+        let carried = older::Carried::open(&pin_dir).map_err(older_err)?;
+        // Older counter maps beside complete carried ones: a fold whose unpinning was cut
+        // short; what they hold is carried already.
+        let older = match carried {
+            Some(_) => None,
+            None => older::Older::open(&pin_dir).map_err(older_err)?,
+        };
+        let older_classes = older::classes(&pin_dir).map_err(older_err)?;
         let mut dp = Self {
             ebpf,
             opts: opts.clone(),
@@ -201,15 +229,32 @@ impl Datapath {
             iface,
             pin_dir,
             mode: opts.attach_mode,
+            entries: HashMap::new(),
+            slots: Slots::default(),
+            older,
+            carried,
+            takeover: Instant::now(),
         };
-        // Before the classifier runs: its exempt filter covers what the pinned tries hold, and
-        // its class array what the pinned hash holds (pins an older bwmon did not have start
-        // empty).
+        // Before the classifier runs: its exempt filter covers what the pinned tries hold, the
+        // slots are known, and its xid maps hold what an older layout's class maps held.
         dp.cover_tries_in_filter()?;
-        dp.move_low_classes_to_array()?;
-        for seen in incomplete {
-            info!(iface = %dp.iface, map = seen, "a counter map's seen map was made anew: reading the counters whole until the next reboot");
-            dp.mark_seen_incomplete(seen)?;
+        dp.load_slots()?;
+        if !older_classes.is_empty() {
+            let mut classes: HashMap<u32, ClassIds> = dp
+                .entries
+                .iter()
+                .filter(|(_, e)| e.classes != ClassIds::NONE)
+                .map(|(x, e)| (*x, e.classes))
+                .collect();
+            for (xid, ids) in older_classes {
+                classes.entry(xid).or_insert(ids);
+            }
+            dp.set_classes(&classes)?;
+        }
+        if incomplete {
+            info!(iface = %dp.iface, map = names::DROPS_SEEN, "the drop counters' seen map was made anew: reading them whole until the next reboot");
+            let (map, err) = dp.map_for_write(names::DROPS_SEEN)?;
+            seen::mark_incomplete(map).map_err(err)?;
         }
         let pin_dir = dp.pin_dir.clone();
         let classifier = dp.classifier()?;
@@ -226,7 +271,77 @@ impl Datapath {
             .load(DROP_TRACEPOINT, &kernel_btf)
             .map_err(|source| program_err(&opts.interface, names::DROP, "loading", source))?;
         dp.attach_drop(settings.generation, device)?;
+        // The new programs are in place: the older layout's maps are written no more once
+        // the runs under way end (its counts are folded in a little later).
+        dp.takeover = Instant::now();
+        if dp.older.is_none() || older::has_class_pins(&dp.pin_dir) {
+            dp.unpin_older_classes()?;
+        }
         Ok(dp)
+    }
+
+    /// Removes the older layout's pins: all of them once its counters are carried (or when
+    /// it had none), else only its class maps (copied at load).
+    fn unpin_older_classes(&mut self) -> Result<()> {
+        let err = |source| DatapathError::PinDir {
+            path: self.pin_dir.clone(),
+            source,
+        };
+        if self.older.is_none() {
+            return older::unpin(&self.pin_dir).map_err(err);
+        }
+        for name in [
+            bwmon_common::legacy::XID_CLASS,
+            bwmon_common::legacy::XID_CLASS_ARRAY,
+        ] {
+            match fs::remove_file(self.pin_dir.join(name)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(err(e)),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the xid maps' entries and finds the slots in use: assigned to an xid, or holding
+    /// counts without one (zeroed before they are given).
+    fn load_slots(&mut self) -> Result<()> {
+        self.entries = self.read_entries()?;
+        let nr_cpus = self.nr_cpus()?;
+        let dirty: BTreeSet<u32> = bulk::array_runs(
+            self.map(names::SLOTS)?,
+            &[(0, COUNTER_SLOTS)],
+            nr_cpus,
+            XidCounters::merged,
+        )
+        .map_err(|e| self.map_err(names::SLOTS, e))?
+        .into_iter()
+        .map(|(slot, _)| slot)
+        .collect();
+        let assigned = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.slot != 0)
+            .map(|(x, e)| (*x, e.slot));
+        let (slots, invalid) = Slots::new(assigned, &dirty, Instant::now());
+        self.slots = slots;
+        if !invalid.is_empty() {
+            warn!(iface = %self.iface, xids = ?invalid, "xid entries named slots they cannot have; counted without a slot");
+            let mut want = self.entries.clone();
+            for xid in invalid {
+                if let Some(e) = want.get_mut(&xid) {
+                    e.slot = 0;
+                }
+            }
+            want.retain(|_, e| *e != XidEntry::EMPTY);
+            self.write_entries(&want)?;
+        }
+        Ok(())
+    }
+
+    /// The kernel's count of possible CPUs (per-CPU maps hold a value for each).
+    fn nr_cpus(&self) -> Result<usize> {
+        aya::util::nr_cpus()
+            .map_err(|(_, e)| self.map_err(names::SLOTS, aya::maps::MapError::IoError(e)))
     }
 
     fn classifier(&mut self) -> Result<&mut SchedClassifier> {
@@ -297,7 +412,7 @@ impl Datapath {
     /// # Errors
     /// Opening again failed; the old datapath stays as it was.
     pub(crate) fn ensure_pinned(&mut self) -> Result<bool> {
-        let missing = pins::missing(&self.pin_dir, self.mode.uses_tcx());
+        let missing = pins::missing(&self.pin_dir, self.mode.uses_tcx(), self.carried.is_some());
         if missing.is_empty() {
             return Ok(false);
         }

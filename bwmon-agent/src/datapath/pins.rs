@@ -14,17 +14,17 @@ use tracing::info;
 use super::{DatapathError, error::Result};
 use crate::paths;
 
-/// Maps that outlive the agent (pinned). The rest (log gate, globals) are per load.
-const PINNED_MAPS: [&str; 14] = [
-    names::OFFERED,
-    names::OFFERED_ARRAY,
-    names::OFFERED_SEEN,
+/// Maps of the object that outlive the agent (pinned). The rest (log gate, globals) are per
+/// load; the carried maps the agent makes itself ([`super::older`]).
+const PINNED_MAPS: [&str; 13] = [
+    names::SLOTS,
+    names::UNSLOTTED,
     names::OFFERED_OVERFLOW,
-    names::DROPPED,
-    names::DROPPED_SEEN,
+    names::DROPS,
+    names::DROPS_SEEN,
     names::DROP_CONTROL,
-    names::XID_CLASS,
-    names::XID_CLASS_ARRAY,
+    names::XID_ARRAY,
+    names::XID_HASH,
     names::EXEMPT_V4,
     names::EXEMPT_V6,
     names::EXEMPT_FILTER,
@@ -55,11 +55,14 @@ pub(super) fn map_paths(pin_dir: &Path) -> Vec<(&'static str, PathBuf)> {
         .collect()
 }
 
-/// The pins that should be in `pin_dir` and are not (`link_egress` only with TCX).
-pub(super) fn missing(pin_dir: &Path, tcx: bool) -> Vec<&'static str> {
+/// The pins that should be in `pin_dir` and are not (`link_egress` only with TCX, the carried
+/// maps only when `carried`).
+pub(super) fn missing(pin_dir: &Path, tcx: bool, carried: bool) -> Vec<&'static str> {
     let links = [(DROP_LINK_PIN, true), (LINK_PIN, tcx)];
+    let carried_pins = super::older::CARRIED_PINS.iter().filter(|_| carried);
     PINNED_MAPS
         .iter()
+        .chain(carried_pins)
         .copied()
         .chain(links.iter().filter(|(_, wanted)| *wanted).map(|(l, _)| *l))
         .filter(|name| !pin_dir.join(name).exists())
@@ -132,6 +135,6 @@ pub(super) fn check_map(ebpf: &Ebpf, name: &str, path: &Path) -> Result<()> {
 
 /// Key size, value size and capacity of a loaded map.
 fn layout(map: &Map) -> Option<(u32, u32, u32)> {
-    let info = super::snapshot::map_data(map)?.info().ok()?;
+    let info = super::bulk::map_data(map)?.info().ok()?;
     Some((info.key_size(), info.value_size(), info.max_entries()))
 }
