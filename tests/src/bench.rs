@@ -7,6 +7,7 @@ use std::io::Write;
 const ROWS_ENV: &str = "BWMON_BENCH_ROWS";
 
 /// One measured figure, with the figure it is compared to (same run) when there is one.
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Row<'a> {
     /// Group of the table ("throughput", "scale", "datapath", "htb").
     pub group: &'a str,
@@ -20,16 +21,37 @@ pub struct Row<'a> {
     pub ratio: Option<(f64, &'a str)>,
     /// The target for this row, as text ("≤ 1 s", "≥ 0.90").
     pub target: &'a str,
+    /// The lowest and highest value over the rounds whose median `value` is.
+    pub spread: Option<(f64, f64)>,
+    /// The lowest and highest per-round ratio, when `ratio` is their median.
+    pub ratio_spread: Option<(f64, f64)>,
+}
+
+/// The median of `runs`, and their lowest and highest.
+pub fn median_spread(runs: &[f64]) -> (f64, (f64, f64)) {
+    let mut sorted = runs.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
+    let lo = sorted.first().copied().unwrap_or(f64::NAN);
+    let hi = sorted.last().copied().unwrap_or(f64::NAN);
+    (median, (lo, hi))
+}
+
+/// ` (lo–hi)` for a spread, empty without one.
+pub fn spread_text((lo, hi): (f64, f64)) -> String {
+    format!(" ({lo:.2}–{hi:.2})")
 }
 
 /// Prints `row` and appends it to the run's rows file.
 pub fn record(row: Row) {
+    let ratio_spread = row.ratio_spread.map(spread_text).unwrap_or_default();
     let ratio = row
         .ratio
-        .map(|(r, of)| format!("   {r:.2} × {of}"))
+        .map(|(r, of)| format!("   {r:.2}{ratio_spread} × {of}"))
         .unwrap_or_default();
+    let spread = row.spread.map(spread_text).unwrap_or_default();
     println!(
-        "  {:<12} {:<52} {:>12.2} {:<10}{ratio}",
+        "  {:<12} {:<52} {:>12.2}{spread} {:<10}{ratio}",
         row.group, row.what, row.value, row.unit
     );
     let Some(path) = std::env::var_os(ROWS_ENV) else {
@@ -43,6 +65,10 @@ pub fn record(row: Row) {
         "ratio": row.ratio.map(|(r, _)| r),
         "ratio_of": row.ratio.map(|(_, of)| of),
         "target": row.target,
+        "min": row.spread.map(|s| s.0),
+        "max": row.spread.map(|s| s.1),
+        "ratio_min": row.ratio_spread.map(|s| s.0),
+        "ratio_max": row.ratio_spread.map(|s| s.1),
     });
     let mut f = std::fs::OpenOptions::new()
         .create(true)

@@ -13,7 +13,7 @@ use std::{
 
 use bwmon_tests::{
     Daemon, Lab,
-    bench::{Row, record},
+    bench::{Row, median_spread, record},
     cmd, iperf3_as, iperf3_udp_pps_as, send_udp_as,
 };
 
@@ -39,11 +39,6 @@ fn udp_pps(lab: &Lab, uid: u32) -> f64 {
     let port = 6000 + lab.lab_no as u16;
     let _server = lab.iperf3_server(port);
     iperf3_udp_pps_as(uid, IpAddr::V4(lab.general_v4), port, SECS, UDP_PAYLOAD)
-}
-
-fn median(mut runs: Vec<f64>) -> f64 {
-    runs.sort_by(f64::total_cmp);
-    runs[runs.len() / 2]
 }
 
 /// Loads an nftables ruleset from `text` (no shell: the text goes to `nft -f -` on stdin).
@@ -171,7 +166,7 @@ fn bwmon_next_to_its_peers() {
     );
 
     nft(&nft_counter_map(&lab, &table));
-    let nft_map = median((0..3).map(|_| tcp_gbits(&lab, uid)).collect());
+    let nft_map: Vec<f64> = (0..3).map(|_| tcp_gbits(&lab, uid)).collect();
     assert!(
         nft_counted(&table),
         "the nftables counter map counted nothing"
@@ -179,7 +174,7 @@ fn bwmon_next_to_its_peers() {
     cmd("nft", &["delete", "table", "inet", &table]);
 
     nft(&nft_linear(&lab, &table));
-    let nft_lin = median((0..3).map(|_| tcp_gbits(&lab, uid)).collect());
+    let nft_lin: Vec<f64> = (0..3).map(|_| tcp_gbits(&lab, uid)).collect();
     assert!(
         nft_counted(&table),
         "the linear nftables rules counted nothing"
@@ -237,6 +232,22 @@ fn bwmon_next_to_its_peers() {
     thread::sleep(Duration::from_secs(5));
     let sync_ms = d.status()["last_sync_secs"].as_f64().unwrap() * 1e3;
     let rss = rss_mb(d.pid().unwrap());
+    // The kernel memory of every map the daemon holds, as the kernel accounts it, and the
+    // same maps at other CPU counts.
+    let maps = bwmon_agent::datapath::memory::of_process(d.pid().unwrap()).unwrap();
+    let memlock: u64 = maps.iter().map(|m| m.memlock).sum();
+    let footprint = bwmon_agent::datapath::memory::Footprint {
+        maps: maps.iter().map(|m| m.shape.clone()).collect(),
+    };
+    let cpus = aya::util::nr_cpus().unwrap() as u64;
+    for m in &maps {
+        println!(
+            "  map {:<24} memlock {:>10} B (model {:>10} B)",
+            m.shape.name,
+            m.memlock,
+            m.shape.at(cpus)
+        );
+    }
     let cpu_before = cpu_secs(d.pid().unwrap());
     thread::sleep(Duration::from_secs(IDLE_SECS));
     let idle_cpu = (cpu_secs(d.pid().unwrap()) - cpu_before) / IDLE_SECS as f64 * 100.0;
@@ -300,81 +311,120 @@ fn bwmon_next_to_its_peers() {
         );
     }
     d.teardown();
-    let [full, classifier, htb, bare, full_udp, htb_udp, bare_udp] =
-        [full, classifier, htb, bare, full_udp, htb_udp, bare_udp].map(median);
 
     println!();
     let g = "throughput";
-    let row = |what, value, of: Option<(f64, &'static str)>, target| {
+    // Each setup's median over the rounds with its lowest and highest; a ratio is the median
+    // of the rounds' ratios (each round measures both setups back to back), with theirs.
+    let row = |what, runs: &[f64], of: Option<(&[f64], &'static str)>, unit, scale: f64, target| {
+        let (value, (lo, hi)) = median_spread(runs);
+        let ratio = of.map(|(base, name)| {
+            let ratios: Vec<f64> = runs.iter().zip(base).map(|(r, b)| r / b).collect();
+            let (r, spread) = median_spread(&ratios);
+            ((r, name), spread)
+        });
+        record(Row {
+            group: g,
+            what,
+            value: value * scale,
+            unit,
+            ratio: ratio.map(|(r, _)| r),
+            target,
+            spread: Some((lo * scale, hi * scale)),
+            ratio_spread: ratio.map(|(_, s)| s),
+        })
+    };
+    let tcp = |what, runs: &[f64], of, target| row(what, runs, of, "Gbit/s", 1.0, target);
+    tcp("TCP, bare veth", &bare, None, "");
+    tcp(
+        "TCP, HTB tree alone (no classifier)",
+        &htb,
+        Some((&bare, "bare")),
+        "",
+    );
+    tcp(
+        "TCP, classifier alone (no tree)",
+        &classifier,
+        Some((&bare, "bare")),
+        "",
+    );
+    tcp(
+        "TCP, bwmon (10k slices, 1k active)",
+        &full,
+        Some((&bare, "bare")),
+        "≥ 0.90 × bare",
+    );
+    tcp(
+        "TCP, bwmon vs HTB alone",
+        &full,
+        Some((&htb, "HTB alone")),
+        "≥ 0.97 × HTB",
+    );
+    // The nftables peers ran before the rounds (3 runs each): compared to bare's median.
+    let bare_median = median_spread(&bare).0;
+    for (what, runs) in [
+        ("TCP, nftables skuid → counter map", &nft_map),
+        ("TCP, nftables 1,000 linear skuid rules", &nft_lin),
+    ] {
+        let (value, spread) = median_spread(runs);
         record(Row {
             group: g,
             what,
             value,
             unit: "Gbit/s",
-            ratio: of.map(|(b, name)| (value / b, name)),
-            target,
-        })
-    };
-    row("TCP, bare veth", bare, None, "");
-    row(
-        "TCP, HTB tree alone (no classifier)",
-        htb,
-        Some((bare, "bare")),
-        "",
-    );
-    row(
-        "TCP, classifier alone (no tree)",
-        classifier,
-        Some((bare, "bare")),
-        "",
-    );
-    row(
-        "TCP, bwmon (10k slices, 1k active)",
-        full,
-        Some((bare, "bare")),
-        "≥ 0.90 × bare",
-    );
-    row(
-        "TCP, bwmon vs HTB alone",
-        full,
-        Some((htb, "HTB alone")),
-        "≥ 0.97 × HTB",
-    );
-    row(
-        "TCP, nftables skuid → counter map",
-        nft_map,
-        Some((bare, "bare")),
-        "",
-    );
-    row(
-        "TCP, nftables 1,000 linear skuid rules",
-        nft_lin,
-        Some((bare, "bare")),
-        "",
-    );
-    let pps = |what, value, of: Option<(f64, &'static str)>, target| {
-        record(Row {
-            group: g,
-            what,
-            value: value / 1e3,
-            unit: "kpps",
-            ratio: of.map(|(b, name)| (value / b, name)),
-            target,
-        })
-    };
-    pps("UDP 64 B, bare veth", bare_udp, None, "");
+            ratio: Some((value / bare_median, "bare")),
+            target: "",
+            spread: Some(spread),
+            ratio_spread: None,
+        });
+    }
+    let pps = |what, runs: &[f64], of, target| row(what, runs, of, "kpps", 1e-3, target);
+    pps("UDP 64 B, bare veth", &bare_udp, None, "");
     pps(
         "UDP 64 B, HTB tree alone",
-        htb_udp,
-        Some((bare_udp, "bare")),
+        &htb_udp,
+        Some((&bare_udp, "bare")),
         "",
     );
     pps(
         "UDP 64 B, bwmon",
-        full_udp,
-        Some((htb_udp, "HTB alone")),
+        &full_udp,
+        Some((&htb_udp, "HTB alone")),
         "≥ 0.95 × HTB",
     );
+    let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    let target = format!(
+        "≤ {:.1} (16 MiB + 512 KiB × {cpus})",
+        16.0 + 0.5 * cpus as f64
+    );
+    record(Row {
+        group: "memory",
+        what: "kernel memory of the maps (memlock), this host",
+        value: mib(memlock),
+        unit: "MiB",
+        target: &target,
+        ..Row::default()
+    });
+    let model = format!("  the same maps, from their sizes, at {cpus} CPUs");
+    record(Row {
+        group: "memory",
+        what: &model,
+        value: mib(footprint.at(cpus)),
+        unit: "MiB",
+        ..Row::default()
+    });
+    for n in [2u64, 64, 128] {
+        let what = format!("  … at {n} possible CPUs");
+        let target = format!("≤ {:.0}", 16.0 + 0.5 * n as f64);
+        record(Row {
+            group: "memory",
+            what: &what,
+            value: mib(footprint.at(n)),
+            unit: "MiB",
+            target: &target,
+            ..Row::default()
+        });
+    }
     let s = "scale";
     let one = |what, value, unit, target| {
         record(Row {
@@ -384,6 +434,7 @@ fn bwmon_next_to_its_peers() {
             unit,
             ratio: None,
             target,
+            ..Row::default()
         })
     };
     one(

@@ -120,6 +120,7 @@ fn install_and_change_10k_slices_vs_tc_batch() {
             unit: "ms",
             ratio: Some((ours / tc, "tc")),
             target: "",
+            ..Row::default()
         });
     }
 }

@@ -71,19 +71,30 @@ fn table(rows: &std::path::Path) -> anyhow::Result<()> {
         .with_context(|| format!("parsing {}", "target/bench-rows.jsonl"))?;
     println!();
     println!(
-        "{:<11} {:<52} {:>12} {:<10} {:>22}  target",
-        "group", "what", "value", "unit", "ratio"
+        "{:<11} {:<52} {:>26} {:<10} {:>32}  target",
+        "group", "what", "value (min–max over rounds)", "unit", "ratio"
     );
+    // `(lo–hi)` when the row has a spread.
+    let spread = |r: &serde_json::Value, lo: &str, hi: &str| match (r[lo].as_f64(), r[hi].as_f64())
+    {
+        (Some(lo), Some(hi)) => format!(" ({lo:.2}–{hi:.2})"),
+        _ => String::new(),
+    };
     for r in &rows {
         let ratio = match (r["ratio"].as_f64(), r["ratio_of"].as_str()) {
-            (Some(x), Some(of)) => format!("{x:.2} × {of}"),
+            (Some(x), Some(of)) => format!("{x:.2}{} × {of}", spread(r, "ratio_min", "ratio_max")),
             _ => String::new(),
         };
+        let value = format!(
+            "{:.2}{}",
+            r["value"].as_f64().unwrap_or(f64::NAN),
+            spread(r, "min", "max")
+        );
         println!(
-            "{:<11} {:<52} {:>12.2} {:<10} {:>22}  {}",
+            "{:<11} {:<52} {:>26} {:<10} {:>32}  {}",
             r["group"].as_str().unwrap_or(""),
             r["what"].as_str().unwrap_or(""),
-            r["value"].as_f64().unwrap_or(f64::NAN),
+            value,
             r["unit"].as_str().unwrap_or(""),
             ratio,
             r["target"].as_str().unwrap_or(""),

@@ -63,6 +63,10 @@ enum Command {
         /// Which kernel: 6.1, 6.12, or all.
         #[arg(long, default_value = "all")]
         kernel: String,
+        /// Virtual CPUs of the guest. Above 2 only the kernel-memory check runs (a load, a
+        /// short lab check and the maps' memlock): TCG runs that many CPUs slowly.
+        #[arg(long, default_value_t = vm::SMP)]
+        smp: u32,
     },
 }
 
@@ -84,12 +88,12 @@ fn main() -> ExitCode {
                     return Ok(());
                 }
                 workspace::phase("vm tests", || {
-                    vm::run(&tools, &vm::kernels(VM_TESTS_IN_TEST)?)
+                    vm::run(&tools, &vm::kernels(VM_TESTS_IN_TEST)?, vm::SMP)
                 })
             })
         }
-        Command::VmTest { kernel } => {
-            setup::run().and_then(|tools| vm::run(&tools, &vm::kernels(&kernel)?))
+        Command::VmTest { kernel, smp } => {
+            setup::run().and_then(|tools| vm::run(&tools, &vm::kernels(&kernel)?, smp))
         }
         Command::Bench => setup::run().and_then(|tools| bench::run(&tools)),
         Command::Deb => setup::run().and_then(|tools| deb::run(&tools).map(|_| ())),

@@ -52,15 +52,18 @@ const KERNELS: [Kernel; 2] = [
 ];
 
 /// The integration tests that depend on the kernel, each with a name filter ("" = all):
-/// counting vs HTB's Sent with the exempt split and drops (datapath), per-uid counts, the
-/// attachment, its replacement, a re-created interface and teardown (counters), a restart
-/// that keeps its counts (restart), a lowered ceiling held (htb), shares that divide a
-/// contended cap (shares; with `BWMON_SLOW=1` its runs are longer under emulation; on the
-/// oldest kernel only, see [`OLDEST_ONLY`]).
+/// counting vs HTB's Sent with the exempt split and drops, the takeover from the older layout
+/// (datapath), per-uid counts, the attachment, its replacement, a re-created interface and
+/// teardown (counters), a restart that keeps its counts (restart), counter slots given, kept
+/// and zeroed before reuse (slots), the maps' kernel memory (memory), a lowered ceiling held
+/// (htb), shares that divide a contended cap (shares; with `BWMON_SLOW=1` its runs are longer
+/// under emulation; on the oldest kernel only, see [`OLDEST_ONLY`]).
 const CHECKS: &[(&str, &str)] = &[
     ("datapath", ""),
     ("counters", ""),
     ("restart", ""),
+    ("slots", ""),
+    ("memory", ""),
     (
         "htb",
         "a_lowered_slice_is_held_to_its_ceiling_and_others_are_not",
@@ -72,6 +75,13 @@ const CHECKS: &[(&str, &str)] = &[
 /// line (and the host's kernel runs them too), and they are the slowest checks — the guests
 /// run at once and share the host's cores.
 const OLDEST_ONLY: &[&str] = &["shares"];
+
+/// The guest's virtual CPUs for the checks above.
+pub(crate) const SMP: u32 = 2;
+
+/// The checks on a guest with more CPUs than [`SMP`]: a load, a short lab check and the maps'
+/// kernel memory, which grows with the CPUs.
+const CHECKS_MANY_CPUS: &[(&str, &str)] = &[("memory", "")];
 
 /// Debian packages the guest needs on the host: busybox for the initramfs, the module tools,
 /// qemu's libraries and firmware.
@@ -120,10 +130,10 @@ pub(crate) fn kernels(which: &str) -> anyhow::Result<Vec<&'static str>> {
     })
 }
 
-/// Runs the checks on each kernel of `lines`, the guests side by side (each runs its TCG vCPUs
-/// on about one host core, so two kernels take the time of one); fails when any check fails on
-/// any kernel.
-pub(crate) fn run(tools: &Tools, lines: &[&str]) -> anyhow::Result<()> {
+/// Runs the checks on each kernel of `lines` in guests of `smp` CPUs, the guests side by side
+/// (each runs its TCG vCPUs on about one host core, so two kernels take the time of one);
+/// fails when any check fails on any kernel.
+pub(crate) fn run(tools: &Tools, lines: &[&str], smp: u32) -> anyhow::Result<()> {
     if !workspace::is_root() {
         bail!("the VM tests install packages and use the host's bpffs tools: run as root");
     }
@@ -141,9 +151,10 @@ pub(crate) fn run(tools: &Tools, lines: &[&str]) -> anyhow::Result<()> {
             .find(|k| k.line == *line)
             .context("unknown kernel line")?;
         let k = fetch_kernel(&vm, kernel)?;
-        let script = write_run_script(&vm, &k, kernel, &binaries, &bwmon)?;
+        let checks = if smp > SMP { CHECKS_MANY_CPUS } else { CHECKS };
+        let script = write_run_script(&vm, &k, kernel, checks, &binaries, &bwmon)?;
         let initrd = make_initrd(&vm, &k, &script)?;
-        guests.push(Guest::start(&qemu, k, &initrd)?);
+        guests.push(Guest::start(&qemu, k, &initrd, smp)?);
     }
     let mut failed = Vec::new();
     for guest in guests {
@@ -440,6 +451,7 @@ fn write_run_script(
     vm: &Path,
     k: &KernelDir,
     kernel: &Kernel,
+    checks: &[(&str, &str)],
     binaries: &BTreeMap<String, PathBuf>,
     bwmon: &Path,
 ) -> anyhow::Result<PathBuf> {
@@ -454,7 +466,7 @@ fn write_run_script(
     s.push_str("ip link set lo up\nuname -r\nfailed=0\n");
     let skip = if kernel.tcx { "" } else { "--skip tcx" };
     let oldest = KERNELS[0].line == kernel.line;
-    for (name, filter) in CHECKS {
+    for (name, filter) in checks {
         if OLDEST_ONLY.contains(name) && !oldest {
             continue;
         }
@@ -501,8 +513,9 @@ struct Guest {
 }
 
 impl Guest {
-    /// Boots the kernel `k` with `initrd` (its console goes to a log file beside it).
-    fn start(qemu: &Qemu, k: KernelDir, initrd: &Path) -> anyhow::Result<Guest> {
+    /// Boots the kernel `k` with `initrd` on `smp` CPUs (its console goes to a log file
+    /// beside it).
+    fn start(qemu: &Qemu, k: KernelDir, initrd: &Path, smp: u32) -> anyhow::Result<Guest> {
         let log_path = initrd.with_extension("log");
         let log = fs::File::create(&log_path)?;
         let accel = match std::env::var("BWMON_VM_ACCEL").as_deref() {
@@ -514,7 +527,9 @@ impl Guest {
         for dir in &qemu.firmware {
             cmd.arg("-L").arg(dir);
         }
-        cmd.args(["-accel", accel, "-cpu", "max", "-smp", "2", "-m", "4G"])
+        cmd.args(["-accel", accel, "-cpu", "max", "-m", "4G"])
+            .arg("-smp")
+            .arg(smp.to_string())
             .args(["-nographic", "-no-reboot", "-nic", "none"])
             .arg("-kernel")
             .arg(&k.vmlinuz)
@@ -528,7 +543,10 @@ impl Guest {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        eprintln!("xtask: vm-test: booting Linux {} under qemu", k.version);
+        eprintln!(
+            "xtask: vm-test: booting Linux {} under qemu ({smp} CPUs)",
+            k.version
+        );
         let child = cmd.spawn().context("starting qemu")?;
         Ok(Guest {
             version: k.version,

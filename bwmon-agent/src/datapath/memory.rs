@@ -167,19 +167,88 @@ impl Footprint {
 /// One map's kernel memory as the kernel reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MapMemory {
+    /// The kernel's id of the map.
+    pub id: u32,
     /// Its shape (for the model).
     pub shape: MapShape,
     /// `memlock` of its fd.
     pub memlock: u64,
 }
 
-/// `memlock` of map fd `fd` (this process's), from `/proc/self/fdinfo`.
+/// A map fd's fdinfo (`/proc/PID/fdinfo/FD`): its id, shape (entries not counted) and
+/// `memlock`; `None` when the fd is not a map's.
+fn fdinfo(pid: &str, fd: i32) -> io::Result<Option<(u32, MapMemory)>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    let num = |name: &str| {
+        field(name).and_then(|v| match v.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16).ok(),
+            None => v.parse().ok(),
+        })
+    };
+    let (Some(map_type), Some(id), Some(memlock)) =
+        (num("map_type"), num("map_id"), num("memlock"))
+    else {
+        return Ok(None);
+    };
+    let small = |name: &str| num(name).and_then(|v| u32::try_from(v).ok()).unwrap_or(0);
+    let shape = MapShape {
+        name: String::new(),
+        map_type: map_type as u32,
+        key: small("key_size"),
+        value: small("value_size"),
+        max_entries: small("max_entries"),
+        flags: small("map_flags"),
+        entries: 0,
+    };
+    let id = id as u32;
+    Ok(Some((id, MapMemory { id, shape, memlock })))
+}
+
+/// `memlock` of this process's map fd `fd`.
 fn memlock(fd: i32) -> io::Result<u64> {
-    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("memlock:"))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| io::Error::other(format!("no memlock in fdinfo of fd {fd}")))
+    fdinfo("self", fd)?
+        .map(|(_, m)| m.memlock)
+        .ok_or_else(|| io::Error::other(format!("fd {fd} is not a map")))
+}
+
+/// Every map process `pid` holds a file descriptor of (once each), with its name and the
+/// entries of its hashes and tries counted: what a running `bwmon` holds, seen from outside.
+///
+/// # Errors
+/// `/proc/PID/fd` cannot be read; a map that vanished meanwhile is left out.
+pub fn of_process(pid: u32) -> io::Result<Vec<MapMemory>> {
+    let pid = pid.to_string();
+    let mut seen = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let entry = entry?;
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if let Ok(Some((id, mut map))) = fdinfo(&pid, fd) {
+            if seen.contains_key(&id) {
+                continue;
+            }
+            if let Ok(data) = aya::maps::MapData::from_id(id) {
+                if let Ok(info) = data.info() {
+                    map.shape.name = info.name_as_str().unwrap_or("").to_owned();
+                }
+                if matches!(map.shape.map_type, HASH | PERCPU_HASH | LPM_TRIE) {
+                    map.shape.entries = batch::count_keys(data.fd(), map.shape.key)?;
+                }
+            }
+            seen.insert(id, map);
+        }
+    }
+    Ok(seen.into_values().collect())
 }
 
 impl Datapath {
@@ -242,7 +311,11 @@ impl Datapath {
             };
             let memlock =
                 memlock(data.fd().as_fd().as_raw_fd()).map_err(|e| self.fdinfo_err(&name, e))?;
-            out.push(MapMemory { shape, memlock });
+            out.push(MapMemory {
+                id: info.id(),
+                shape,
+                memlock,
+            });
         }
         Ok(out)
     }
