@@ -1,5 +1,5 @@
 //! `bwmon check`: the configuration and slices files validated, whether the slices fit an HTB
-//! tree, and where notices go.
+//! tree, where notices go, and what the maps will take of the kernel's memory on this host.
 
 use std::{path::Path, process::ExitCode};
 
@@ -54,6 +54,10 @@ pub fn check(config: &Path) -> anyhow::Result<ExitCode> {
             "note: {} slices, {capacity} leaves: only slices that send (or have rates of their own) hold leaves; when all are taken, the others share the default leaves and are still counted",
             parsed.slices.len()
         );
+    }
+    let load = crate::datapath::memory::Load::of(&parsed.slices, &config);
+    if let Some(line) = crate::datapath::memory::for_this_host(&load) {
+        println!("{line}");
     }
     println!(
         "{}: ok; {}: {} slices{}",

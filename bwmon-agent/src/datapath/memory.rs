@@ -13,7 +13,7 @@ use std::{
 };
 
 use aya::maps::Map;
-use bwmon_common::{CLASS_ARRAY_XIDS, MAX_XIDS, names};
+use bwmon_common::{MAX_XIDS, names};
 
 use super::{Datapath, OBJECT, batch, bulk, error::Result};
 
@@ -131,22 +131,21 @@ impl Footprint {
         self.fixed() + self.per_cpu() * cpus
     }
 
-    /// The maps of the embedded eBPF object (every one bwmon loads), with their hashes and
-    /// tries holding what `slices` configured slices, all of which have sent, and
-    /// `exempt_prefixes` prefixes put in them (source prefixes: none). `None` when the binary
-    /// carries no object.
-    pub fn estimate(slices: u32, exempt_prefixes: u32) -> Option<Footprint> {
+    /// The maps of the embedded eBPF object (every one bwmon loads) holding what `load`
+    /// puts in them. `None` when the binary carries no object.
+    pub(crate) fn estimate(load: &Load) -> Option<Footprint> {
         let obj = aya_obj::Object::parse(OBJECT).ok()?;
-        let counted = u64::from(slices.min(MAX_XIDS));
+        let sending = u64::from(load.slices.min(MAX_XIDS));
         let maps = obj
             .maps
             .iter()
             .map(|(name, m)| {
                 let entries = match name.as_str() {
-                    names::UNSLOTTED => counted,
-                    // Xids above the array's end (containers' uids): at most every slice.
-                    names::XID_HASH => counted.min(u64::from(CLASS_ARRAY_XIDS)),
-                    names::EXEMPT_V4 | names::EXEMPT_V6 => u64::from(exempt_prefixes) / 2,
+                    // Each slice's first packets of a boot are counted there (until its slot).
+                    names::UNSLOTTED => sending,
+                    names::XID_HASH => u64::from(load.high_xids.min(MAX_XIDS)),
+                    names::EXEMPT_V4 | names::EXEMPT_V6 => u64::from(load.exempt_prefixes),
+                    names::SOURCE_V4 | names::SOURCE_V6 => u64::from(load.source_prefixes),
                     _ => 0,
                 };
                 MapShape {
@@ -162,6 +161,57 @@ impl Footprint {
             .collect();
         Some(Footprint { maps })
     }
+}
+
+/// What a configuration puts in the maps, for [`Footprint::estimate`]: every slice assumed
+/// to send at some time in a boot; prefixes counted in both families' tries (an upper bound).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Load {
+    /// Configured slices.
+    pub slices: u32,
+    /// Of them, those whose xid is at least [`bwmon_common::CLASS_ARRAY_XIDS`] (in the xid
+    /// hash).
+    pub high_xids: u32,
+    /// Exempt prefixes.
+    pub exempt_prefixes: u32,
+    /// Source prefixes of all slices.
+    pub source_prefixes: u32,
+}
+
+impl Load {
+    /// What `slices` under `config` put in the maps.
+    pub(crate) fn of(
+        slices: &[crate::config::slices::SliceSpec],
+        config: &crate::config::Config,
+    ) -> Load {
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Load {
+            slices: count(slices.len()),
+            high_xids: count(
+                slices
+                    .iter()
+                    .filter(|s| s.xid >= bwmon_common::CLASS_ARRAY_XIDS)
+                    .count(),
+            ),
+            exempt_prefixes: count(config.exempt_prefixes.len()),
+            source_prefixes: count(slices.iter().map(|s| s.sources.len()).sum()),
+        }
+    }
+}
+
+/// What `bwmon check` says about the kernel memory the maps will take on this host: at its
+/// possible CPUs, with `load`; `None` when the binary carries no object.
+pub(crate) fn for_this_host(load: &Load) -> Option<String> {
+    let footprint = Footprint::estimate(load)?;
+    let cpus = aya::util::nr_cpus().ok()? as u64;
+    let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    Some(format!(
+        "kernel memory of the maps on this host ({cpus} possible CPUs): about {:.1} MiB ({:.1} MiB + {:.0} KiB per CPU) with {} slices sending; kernels before 6.4 report more as memlock (capacity × CPUs for the hashes that are not preallocated)",
+        mib(footprint.at(cpus)),
+        mib(footprint.fixed()),
+        footprint.per_cpu() as f64 / 1024.0,
+        load.slices,
+    ))
 }
 
 /// One map's kernel memory as the kernel reports it.

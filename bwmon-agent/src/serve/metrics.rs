@@ -129,6 +129,10 @@ pub(crate) fn render(r: &StatusReport) -> String {
     );
     out.push_str("# HELP bwmon_sync_duration_seconds Duration of the last sync.\n# TYPE bwmon_sync_duration_seconds gauge\n");
     let _ = writeln!(out, "bwmon_sync_duration_seconds {}", r.last_sync_secs);
+    if let Some(bytes) = r.kernel_memory_bytes {
+        out.push_str("# HELP bwmon_kernel_memory_bytes Kernel memory of the datapath's maps (their memlock).\n# TYPE bwmon_kernel_memory_bytes gauge\n");
+        let _ = writeln!(out, "bwmon_kernel_memory_bytes {bytes}");
+    }
     out.push_str("# HELP bwmon_errors_total Errors since start, by kind.\n# TYPE bwmon_errors_total counter\n");
     for kind in ErrorKind::ALL {
         let v = r.errors.get(&kind).copied().unwrap_or(0);
@@ -226,6 +230,7 @@ mod tests {
             }],
             last_sync_secs: 0.25,
             errors: [(ErrorKind::Htb, 3)].into(),
+            kernel_memory_bytes: Some(5_160_000),
             now: 1500,
             period_secs: 86_400,
             ..Default::default()
@@ -257,6 +262,7 @@ mod tests {
             "bwmon_slice_ceil_bytes_per_second{slice=\"a\\\"b\",xid=\"7\",class=\"exempt\"} 250",
             "bwmon_slice_period_end_timestamp_seconds{slice=\"a\\\"b\",xid=\"7\"} 87400",
             "bwmon_last_sync_timestamp_seconds 1500",
+            "bwmon_kernel_memory_bytes 5160000",
             concat!(
                 "bwmon_build_info{version=\"",
                 env!("CARGO_PKG_VERSION"),

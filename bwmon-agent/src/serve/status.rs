@@ -114,11 +114,16 @@ pub struct StatusReport {
     /// The daemon's version.
     #[serde(default)]
     pub(crate) version: String,
+    /// Kernel memory of the datapath's maps, as the kernel accounts it (their `memlock`), when
+    /// it could be read.
+    #[serde(default)]
+    pub(crate) kernel_memory_bytes: Option<u64>,
 }
 
 impl StatusReport {
     /// The report a tenant is given: the same document with only the slice of `xid` in it,
-    /// and nothing about the daemon's health (errors, warnings) or other slices.
+    /// and nothing about the daemon's health (errors, warnings, kernel memory) or other
+    /// slices.
     pub fn for_tenant(&self, xid: u32) -> Option<StatusReport> {
         let row = self.slices.iter().find(|s| s.xid == xid)?;
         Some(StatusReport {
@@ -131,6 +136,7 @@ impl StatusReport {
             errors: ErrorCounts::default(),
             warnings: Vec::new(),
             version: self.version.clone(),
+            kernel_memory_bytes: None,
         })
     }
 }
@@ -409,6 +415,9 @@ pub(crate) fn table(report: &StatusReport) -> String {
     for r in &rows {
         out.push_str(&line(r.iter().map(String::as_str).collect()));
         out.push('\n');
+    }
+    if let Some(bytes) = report.kernel_memory_bytes {
+        out.push_str(&format!("kernel memory of the maps: {}\n", Bytes(bytes)));
     }
     out
 }

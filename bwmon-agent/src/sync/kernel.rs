@@ -1,7 +1,7 @@
 //! The two seams through which a sync reaches the kernel: the datapath's maps and counters,
 //! and the HTB tree. The daemon uses the real ones; unit tests use fakes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use bwmon_common::ClassIds;
 use ipnet::IpNet;
@@ -50,6 +50,18 @@ pub(crate) trait Kernel {
     /// # Errors
     /// A map update fails.
     fn set_sources(&mut self, sources: &[(IpNet, u32)]) -> Result<(), DatapathError>;
+    /// After a sync that read `snapshot`: counter slots for the xids that send, back from idle
+    /// ones without a record (`kept`: the xids with one), an older layout folded in.
+    ///
+    /// # Errors
+    /// A map cannot be read or written.
+    fn tend_counters(
+        &mut self,
+        snapshot: &Snapshot,
+        kept: &HashSet<u32>,
+    ) -> Result<(), DatapathError>;
+    /// Kernel memory of the maps, when it can be read.
+    fn kernel_memory_bytes(&self) -> Option<u64>;
 }
 
 /// The HTB tree.
@@ -92,6 +104,16 @@ impl Kernel for Datapath {
     }
     fn set_sources(&mut self, sources: &[(IpNet, u32)]) -> Result<(), DatapathError> {
         Datapath::set_sources(self, sources)
+    }
+    fn tend_counters(
+        &mut self,
+        snapshot: &Snapshot,
+        kept: &HashSet<u32>,
+    ) -> Result<(), DatapathError> {
+        Datapath::tend_counters(self, snapshot, kept)
+    }
+    fn kernel_memory_bytes(&self) -> Option<u64> {
+        Datapath::kernel_memory_bytes(self).ok()
     }
 }
 

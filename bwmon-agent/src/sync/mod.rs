@@ -11,7 +11,7 @@ mod operator;
 pub(crate) mod plan;
 mod report;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use bwmon_common::{ClassIds, ROOT_XID, XidSource};
 use ipnet::IpNet;
@@ -246,7 +246,12 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
             &obs,
             &self.settings(),
         );
-        self.act(plan, now, started)
+        let outcome = self.act(plan, now, started);
+        let kept: HashSet<u32> = self.state.slices.keys().copied().collect();
+        if let Err(e) = self.kernel.tend_counters(&obs.snapshot, &kept) {
+            self.error(ErrorKind::Datapath, "tending the counter slots", &e);
+        }
+        outcome
     }
 
     /// The tree (installed if it vanished), the attachment, the counters. `None` when the
@@ -352,6 +357,7 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
             errors: self.errors.clone(),
             warnings: Vec::new(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            kernel_memory_bytes: self.kernel.kernel_memory_bytes(),
         };
         self.last_report = report.clone();
         let mut new_notices = std::mem::take(&mut self.told);
@@ -405,6 +411,12 @@ mod tests {
         }
         fn set_exempt(&mut self, _: &[IpNet]) -> Result<(), DatapathError> {
             Ok(())
+        }
+        fn tend_counters(&mut self, _: &Snapshot, _: &HashSet<u32>) -> Result<(), DatapathError> {
+            Ok(())
+        }
+        fn kernel_memory_bytes(&self) -> Option<u64> {
+            None
         }
         fn set_sources(&mut self, _: &[(IpNet, u32)]) -> Result<(), DatapathError> {
             Ok(())
