@@ -18,6 +18,8 @@ pub struct Daemon {
     pub env: Vec<(String, String)>,
     /// A command `bwmon run` is started under (e.g. `prlimit --nofile=1024`).
     pub wrapper: Vec<String>,
+    /// Another `bwmon` binary to run than the one built (an older release, for upgrades).
+    pub bin: Option<PathBuf>,
     child: Option<std::process::Child>,
 }
 
@@ -54,6 +56,7 @@ impl Daemon {
             dir,
             env: Vec::new(),
             wrapper: Vec::new(),
+            bin: None,
             child: None,
         }
     }
@@ -75,7 +78,7 @@ impl Daemon {
 
     /// Runs `bwmon ARGS --config <ours>` to completion (teardown, check, run that must fail).
     pub fn command(&self, args: &[&str]) -> std::process::Output {
-        Command::new(bwmon_bin())
+        Command::new(self.binary())
             .args(args)
             .arg("--config")
             .arg(self.config())
@@ -92,6 +95,11 @@ impl Daemon {
             "teardown: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// The binary it runs: [`Daemon::bin`], else the one built.
+    fn binary(&self) -> PathBuf {
+        self.bin.clone().unwrap_or_else(bwmon_bin)
     }
 
     /// The daemon's process id while it runs.
@@ -121,10 +129,10 @@ impl Daemon {
         let mut command = match self.wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
-                c.args(args).arg(bwmon_bin());
+                c.args(args).arg(self.binary());
                 c
             }
-            None => Command::new(bwmon_bin()),
+            None => Command::new(self.binary()),
         };
         let child = command
             .args(["run", "--config"])
@@ -134,7 +142,7 @@ impl Daemon {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", bwmon_bin().display()));
+            .unwrap_or_else(|e| panic!("starting {}: {e}", self.binary().display()));
         self.child = Some(child);
         // Ready when the first status is served.
         for _ in 0..100 {
@@ -239,9 +247,10 @@ impl Daemon {
         std::fs::write(self.dir.join("slices.toml"), slices).unwrap();
     }
 
-    /// `bwmon status --json`, or `None` when the daemon does not answer.
+    /// `bwmon status --json` (by the daemon's own binary: the control protocol is not kept
+    /// across releases), or `None` when the daemon does not answer.
     pub fn try_status(&self) -> Option<serde_json::Value> {
-        let out = Command::new(bwmon_bin())
+        let out = Command::new(self.binary())
             .args(["status", "--json", "--config"])
             .arg(self.dir.join("bwmon.toml"))
             .output()
