@@ -91,6 +91,16 @@ pub mod legacy {
     pub const XID_CLASS_ARRAY: &str = "BWMON_XID_CLASS_ARRAY";
     /// Entries of every map above (slots of the arrays, capacity of the hashes).
     pub const ENTRIES: u32 = 65_536;
+    /// Every name above.
+    pub const ALL: [&str; 7] = [
+        OFFERED,
+        OFFERED_ARRAY,
+        OFFERED_SEEN,
+        DROPPED,
+        DROPPED_SEEN,
+        XID_CLASS,
+        XID_CLASS_ARRAY,
+    ];
 }
 
 /// Capacity of the per-xid hashes ([`names::UNSLOTTED`], [`names::XID_HASH`]). Xids beyond it

@@ -129,16 +129,6 @@ impl OlderLayout {
 
     /// Whether any of the layout's maps is still pinned.
     pub fn any_pinned(&self) -> bool {
-        [
-            legacy::OFFERED,
-            legacy::OFFERED_ARRAY,
-            legacy::OFFERED_SEEN,
-            legacy::DROPPED,
-            legacy::DROPPED_SEEN,
-            legacy::XID_CLASS,
-            legacy::XID_CLASS_ARRAY,
-        ]
-        .iter()
-        .any(|n| self.dir.join(n).exists())
+        legacy::ALL.iter().any(|n| self.dir.join(n).exists())
     }
 }

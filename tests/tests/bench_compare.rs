@@ -241,12 +241,7 @@ fn bwmon_next_to_its_peers() {
     };
     let cpus = aya::util::nr_cpus().unwrap() as u64;
     for m in &maps {
-        println!(
-            "  map {:<24} memlock {:>10} B (model {:>10} B)",
-            m.shape.name,
-            m.memlock,
-            m.shape.at(cpus)
-        );
+        println!("  map {}", m.line(cpus));
     }
     let cpu_before = cpu_secs(d.pid().unwrap());
     thread::sleep(Duration::from_secs(IDLE_SECS));

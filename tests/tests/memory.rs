@@ -81,12 +81,7 @@ fn the_maps_of_10k_slices_with_1k_active_fit_16_mib_and_512_kib_per_cpu() {
         aya::util::KernelVersion::current()
     );
     for m in &maps {
-        println!(
-            "VMTEST memory: {:<24} memlock {:>10} B, from its size {:>10} B",
-            m.shape.name,
-            m.memlock,
-            m.shape.at(cpus)
-        );
+        println!("VMTEST memory: {}", m.line(cpus));
     }
     let target = (16 << 20) + (512 << 10) * cpus;
     println!(

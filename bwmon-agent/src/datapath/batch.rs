@@ -14,6 +14,15 @@ const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 /// Keys per call: large enough that 65,536 entries take a handful of calls.
 const CHUNK: u32 = 4096;
 
+/// The `bpf(2)` command `cmd` with `attr`.
+///
+/// # Safety
+/// Every pointer in `attr` must be valid for what `cmd` reads and writes there.
+unsafe fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> libc::c_long {
+    // SAFETY: the caller's pointers; the size is the attribute's own.
+    unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut A, size_of::<A>() as u32) }
+}
+
 #[repr(C)]
 #[derive(Default)]
 struct BatchAttr {
@@ -132,14 +141,7 @@ fn lookup_batch<K: Pod + Default, V: Pod + Default>(
             ..Default::default()
         };
         // SAFETY: the buffers outlive the call and are as large as `count` entries need.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                size_of::<BatchAttr>() as u32,
-            )
-        };
+        let rc = unsafe { bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) };
         let err = (rc < 0).then(io::Error::last_os_error);
         let mut done = match &err {
             None => false,
@@ -204,14 +206,7 @@ pub(super) fn count_keys(fd: &impl AsFd, key_size: u32) -> io::Result<u64> {
             next_key: next.as_mut_ptr() as u64,
         };
         // SAFETY: both buffers hold a key of the map's size and outlive the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_GET_NEXT_KEY,
-                &mut attr as *mut Attr,
-                size_of::<Attr>() as u32,
-            )
-        };
+        let rc = unsafe { bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) };
         if rc < 0 {
             let e = io::Error::last_os_error();
             return match e.raw_os_error() {

@@ -225,6 +225,18 @@ pub struct MapMemory {
     pub memlock: u64,
 }
 
+impl MapMemory {
+    /// One line: its name, its memlock, and what the model gives at `cpus` CPUs.
+    pub fn line(&self, cpus: u64) -> String {
+        format!(
+            "{:<24} memlock {:>10} B, from its size {:>10} B",
+            self.shape.name,
+            self.memlock,
+            self.shape.at(cpus)
+        )
+    }
+}
+
 /// A map fd's fdinfo (`/proc/PID/fdinfo/FD`): its id, shape (entries not counted) and
 /// `memlock`; `None` when the fd is not a map's.
 fn fdinfo(pid: &str, fd: i32) -> io::Result<Option<(u32, MapMemory)>> {

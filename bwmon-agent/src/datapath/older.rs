@@ -22,17 +22,6 @@ use tracing::info;
 
 use super::{bulk, epoch, slots::QUIET};
 
-/// Every older map's pin name.
-const OLDER_PINS: [&str; 7] = [
-    legacy::OFFERED,
-    legacy::OFFERED_ARRAY,
-    legacy::OFFERED_SEEN,
-    legacy::DROPPED,
-    legacy::DROPPED_SEEN,
-    legacy::XID_CLASS,
-    legacy::XID_CLASS_ARRAY,
-];
-
 /// What an older map failed at.
 #[derive(Debug, thiserror::Error)]
 #[error("map {map}")]
@@ -199,7 +188,7 @@ pub(super) fn classes(pin_dir: &Path) -> Result<HashMap<u32, ClassIds>, OlderErr
 /// Removes the older layout's pins from `pin_dir` (the maps go when their last program
 /// does).
 pub(super) fn unpin(pin_dir: &Path) -> std::io::Result<()> {
-    for name in OLDER_PINS {
+    for name in legacy::ALL {
         match fs::remove_file(pin_dir.join(name)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
@@ -254,6 +243,27 @@ fn pin(data: &MapData, dir: &Path, name: &'static str) -> Result<(), OlderError>
     })
 }
 
+/// A hash (not preallocated, sized to fit) holding `entries`, named `name`.
+fn frozen_hash<V: aya::Pod>(
+    name: &'static str,
+    entries: &BTreeMap<u32, V>,
+) -> Result<Map, OlderError> {
+    let mut map = Map::HashMap(create(
+        name,
+        bpf_map_type::BPF_MAP_TYPE_HASH,
+        4,
+        std::mem::size_of::<V>(),
+        entries.len(),
+        BPF_F_NO_PREALLOC,
+    )?);
+    let mut hash: BpfHashMap<&mut MapData, u32, V> =
+        BpfHashMap::try_from(&mut map).map_err(on(name))?;
+    for (key, value) in entries {
+        hash.insert(key, value, 0).map_err(on(name))?;
+    }
+    Ok(map)
+}
+
 impl Carried {
     /// Opens the carried maps pinned in `pin_dir`; `None` unless the fold was complete.
     pub(super) fn open(pin_dir: &Path) -> Result<Option<Carried>, OlderError> {
@@ -283,7 +293,6 @@ impl Carried {
         lineage: Lineage,
     ) -> Result<Carried, OlderError> {
         let (offered, dropped) = counts;
-        let size = std::mem::size_of::<XidCounters>();
         let lineage_data = create(
             names::LINEAGE,
             bpf_map_type::BPF_MAP_TYPE_ARRAY,
@@ -296,36 +305,8 @@ impl Carried {
         Array::<&mut MapData, Lineage>::try_from(&mut lineage_map)
             .and_then(|mut a| a.set(0, lineage, 0))
             .map_err(on(names::LINEAGE))?;
-        let mut drops = Map::HashMap(create(
-            names::CARRIED_DROPS,
-            bpf_map_type::BPF_MAP_TYPE_HASH,
-            4,
-            std::mem::size_of::<Counter>(),
-            dropped.len(),
-            BPF_F_NO_PREALLOC,
-        )?);
-        {
-            let mut hash: BpfHashMap<&mut MapData, u32, Counter> =
-                BpfHashMap::try_from(&mut drops).map_err(on(names::CARRIED_DROPS))?;
-            for (minor, c) in dropped {
-                hash.insert(minor, c, 0).map_err(on(names::CARRIED_DROPS))?;
-            }
-        }
-        let mut carried = Map::HashMap(create(
-            names::CARRIED,
-            bpf_map_type::BPF_MAP_TYPE_HASH,
-            4,
-            size,
-            offered.len(),
-            BPF_F_NO_PREALLOC,
-        )?);
-        {
-            let mut hash: BpfHashMap<&mut MapData, u32, XidCounters> =
-                BpfHashMap::try_from(&mut carried).map_err(on(names::CARRIED))?;
-            for (xid, c) in offered {
-                hash.insert(xid, c, 0).map_err(on(names::CARRIED))?;
-            }
-        }
+        let drops = frozen_hash(names::CARRIED_DROPS, dropped)?;
+        let carried = frozen_hash(names::CARRIED, offered)?;
         for (name, map) in [
             (names::LINEAGE, &lineage_map),
             (names::CARRIED_DROPS, &drops),
