@@ -214,6 +214,12 @@ pub(crate) fn for_this_host(load: &Load) -> Option<String> {
     ))
 }
 
+/// Whether the running kernel's `memlock` is what maps hold (`map_mem_usage`, 6.4+) rather
+/// than an estimate from their capacity.
+pub fn accounts_by_use() -> bool {
+    aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 4, 0))
+}
+
 /// One map's kernel memory as the kernel reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MapMemory {
@@ -328,11 +334,17 @@ impl Datapath {
         maps
     }
 
-    /// Kernel memory of every map this datapath holds, as the kernel accounts it (`memlock`).
+    /// Kernel memory of every map this datapath holds: as the kernel accounts it (`memlock`)
+    /// where it accounts what maps hold (6.4+); from the maps' sizes and entries, as those
+    /// kernels account them, where `memlock` is an estimate from capacity.
     ///
     /// # Errors
-    /// An fdinfo that cannot be read.
+    /// An fdinfo or map info that cannot be read.
     pub fn kernel_memory_bytes(&self) -> Result<u64> {
+        if !accounts_by_use() {
+            let cpus = self.nr_cpus()? as u64;
+            return Ok(self.kernel_memory()?.iter().map(|m| m.shape.at(cpus)).sum());
+        }
         let mut total = 0;
         for (name, map) in self.all_maps() {
             if let Some(data) = bulk::map_data(map) {

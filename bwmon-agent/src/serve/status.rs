@@ -114,8 +114,9 @@ pub struct StatusReport {
     /// The daemon's version.
     #[serde(default)]
     pub(crate) version: String,
-    /// Kernel memory of the datapath's maps, as the kernel accounts it (their `memlock`), when
-    /// it could be read.
+    /// Kernel memory of the datapath's maps, as the kernel accounts it (their `memlock`; on
+    /// kernels before 6.4, whose `memlock` is an estimate from capacity, computed from the
+    /// maps' sizes and entries), when it could be read.
     #[serde(default)]
     pub(crate) kernel_memory_bytes: Option<u64>,
 }
