@@ -1,0 +1,174 @@
+//! Reading a packet's IP header: straight from the packet where the link header's length is
+//! known, copied by a helper otherwise; the exempt tries and source tries looked up from it.
+
+use aya_ebpf::{
+    bindings::bpf_hdr_start_off::BPF_HDR_START_NET,
+    helpers::generated::bpf_skb_load_bytes_relative, maps::lpm_trie::Key, programs::TcContext,
+};
+use core::mem::MaybeUninit;
+
+use bwmon_common::{ETH_HLEN, exempt_filter_bit_v4, exempt_filter_bit_v6};
+
+use crate::{
+    diag::{Diag, diag},
+    maps::{EXEMPT_FILTER, EXEMPT_V4, EXEMPT_V6, SOURCE_V4, SOURCE_V6},
+};
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+
+/// Where a packet's IP header can be read: straight in the packet, or in a stack copy.
+#[derive(Clone, Copy)]
+pub(crate) struct IpHeader {
+    /// Readable for 20 bytes (IPv4) or 40 (IPv6).
+    at: *const u8,
+    v6: bool,
+}
+
+impl IpHeader {
+    /// The destination address' first bits, for the exempt filter.
+    #[inline(always)]
+    pub(crate) fn filter_bit(self) -> (u32, u64) {
+        // SAFETY: within the header's readable bytes.
+        unsafe {
+            if self.v6 {
+                exempt_filter_bit_v6(u16::from_be_bytes(*(self.at.add(24) as *const [u8; 2])))
+            } else {
+                exempt_filter_bit_v4(*self.at.add(16))
+            }
+        }
+    }
+
+    /// Whether the destination is in an exempt prefix.
+    #[inline(always)]
+    pub(crate) fn dst_exempt(self) -> bool {
+        // SAFETY: within the header's readable bytes; `[u8; N]` has no alignment.
+        unsafe {
+            if self.v6 {
+                let dst = *(self.at.add(24) as *const [u8; 16]);
+                EXEMPT_V6.get(Key::new(128, dst)).is_some()
+            } else {
+                let dst = *(self.at.add(16) as *const [u8; 4]);
+                EXEMPT_V4.get(Key::new(32, dst)).is_some()
+            }
+        }
+    }
+
+    /// The xid of the source address' prefix.
+    #[inline(always)]
+    pub(crate) fn src_xid(self) -> Option<u32> {
+        // SAFETY: as above.
+        unsafe {
+            if self.v6 {
+                let src = *(self.at.add(8) as *const [u8; 16]);
+                SOURCE_V6.get(Key::new(128, src)).copied()
+            } else {
+                let src = *(self.at.add(12) as *const [u8; 4]);
+                SOURCE_V4.get(Key::new(32, src)).copied()
+            }
+        }
+    }
+}
+
+/// The IP header straight from the packet when the link header's length is known (on
+/// Ethernet its type field must say `proto`), the header is in the linear part and of `proto`'s
+/// version. `None`: ask the helper.
+#[inline(always)]
+fn direct_header(ctx: &TcContext, proto: u16, len: usize) -> Option<IpHeader> {
+    let data = ctx.data();
+    let end = ctx.data_end();
+    let link = match setting!(link_header) {
+        ETH_HLEN => {
+            if data + ETH_HLEN as usize > end {
+                return None;
+            }
+            // SAFETY: bounds checked above.
+            let ethertype = unsafe { *((data + 12) as *const [u8; 2]) };
+            if u16::from_be_bytes(ethertype) != proto {
+                return None;
+            }
+            ETH_HLEN as usize
+        }
+        0 => 0,
+        _ => return None,
+    };
+    if data + link + len > end {
+        return None;
+    }
+    let at = (data + link) as *const u8;
+    // SAFETY: bounds checked above.
+    let version = unsafe { *at } >> 4;
+    (version == ip_version(proto)).then_some(IpHeader {
+        at,
+        v6: proto == ETH_P_IPV6,
+    })
+}
+
+#[inline(always)]
+fn ip_version(proto: u16) -> u8 {
+    if proto == ETH_P_IPV6 { 6 } else { 4 }
+}
+
+/// The IP header copied into `buf` by a helper, which knows where the network header starts
+/// whatever the device. `Err(version)`: cut short (0) or of another IP version.
+#[inline(always)]
+fn copied_header(
+    ctx: &TcContext,
+    proto: u16,
+    len: usize,
+    buf: &mut MaybeUninit<[u8; 40]>,
+) -> Result<IpHeader, u8> {
+    // SAFETY: the helper writes at most `len` ≤ 40 bytes into `buf`.
+    let ret = unsafe {
+        bpf_skb_load_bytes_relative(
+            ctx.skb.skb as *const _,
+            0,
+            buf.as_mut_ptr() as *mut _,
+            len as u32,
+            BPF_HDR_START_NET,
+        )
+    };
+    if ret != 0 {
+        return Err(0);
+    }
+    let at = buf.as_ptr() as *const u8;
+    // SAFETY: the helper filled the first `len` bytes.
+    let version = unsafe { *at } >> 4;
+    if version != ip_version(proto) {
+        return Err(version);
+    }
+    Ok(IpHeader {
+        at,
+        v6: proto == ETH_P_IPV6,
+    })
+}
+
+/// The packet's IP header; `None` for other protocols, and for an IP ethertype whose header
+/// is cut short or carries another version (charged as general traffic of its xid, and said
+/// in the kernel log).
+#[inline(always)]
+pub(crate) fn ip_header(ctx: &TcContext, buf: &mut MaybeUninit<[u8; 40]>) -> Option<IpHeader> {
+    // SAFETY: reading a field of the context the kernel handed us.
+    let proto = u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16);
+    let len = match proto {
+        ETH_P_IP => 20,
+        ETH_P_IPV6 => 40,
+        _ => return None,
+    };
+    if let Some(h) = direct_header(ctx, proto, len) {
+        return Some(h);
+    }
+    match copied_header(ctx, proto, len, buf) {
+        Ok(h) => Some(h),
+        Err(version) => {
+            diag(ctx, Diag::UnexpectedPacket { proto, version });
+            None
+        }
+    }
+}
+
+/// Whether the exempt filter has `bit` set in word `word` (unreadable: assume it may be).
+#[inline(always)]
+pub(crate) fn may_be_exempt((word, bit): (u32, u64)) -> bool {
+    EXEMPT_FILTER.get(word).is_none_or(|w| w & bit != 0)
+}
