@@ -58,7 +58,8 @@ fn install_puts_everything_in_place_and_keeps_an_existing_config() {
     let install = || {
         let out = Command::new(env!("CARGO"))
             .current_dir(workspace())
-            .args(["xtask", "install", "--root"])
+            // The debug build the other tests run: the same files, without an optimised compile.
+            .args(["xtask", "install", "--debug", "--root"])
             .arg(root.path())
             .output()
             .unwrap();

@@ -15,7 +15,9 @@ fn package() -> &'static PathBuf {
         let workspace = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
         let out = Command::new(env!("CARGO"))
             .current_dir(&workspace)
-            .args(["xtask", "deb"])
+            // Packaged from the debug build the other tests run: the same package, without an
+            // optimised compile (minutes in CI); `cargo xtask deb` alone packages the release.
+            .args(["xtask", "deb", "--debug"])
             .output()
             .unwrap();
         let log = String::from_utf8_lossy(&out.stderr);

@@ -50,11 +50,12 @@ const CONFFILES: [&str; 2] = ["/etc/bwmon/bwmon.toml", "/etc/bwmon/slices.toml"]
 const EXAMPLE_INTERFACE: &str = "interface = \"eth0\"\n";
 const PACKAGE_INTERFACE: &str = "# Unset in the package: the service is skipped until this names the interface; then\n# `systemctl start bwmon`.\n# interface = \"eth0\"\n";
 
-/// Builds the release binary and the package; returns the package's path.
-pub(crate) fn run(tools: &Tools) -> anyhow::Result<PathBuf> {
-    build::all(tools, Profile::Release)?;
+/// Builds the binary (`profile`: release for operators, debug for the tests) and the package;
+/// returns the package's path.
+pub(crate) fn run(tools: &Tools, profile: Profile) -> anyhow::Result<PathBuf> {
+    build::all(tools, profile)?;
     let ws = workspace::root();
-    let binary = ws.join("target/release/bwmon");
+    let binary = ws.join("target").join(profile.dir()).join("bwmon");
     let version = format!("{}-{REVISION}", upstream_version(&binary)?);
     let arch = output(Command::new("dpkg").arg("--print-architecture"))?;
     let out = ws.join("target/debian");

@@ -99,10 +99,15 @@ fn under(root: &Path, path: &Path) -> PathBuf {
     root.join(path.strip_prefix("/").unwrap_or(path))
 }
 
-pub(crate) fn run(tools: &Tools, prefix: &Path, root: &Path) -> anyhow::Result<()> {
-    build::all(tools, Profile::Release)?;
+pub(crate) fn run(
+    tools: &Tools,
+    prefix: &Path,
+    root: &Path,
+    profile: Profile,
+) -> anyhow::Result<()> {
+    build::all(tools, profile)?;
     let ws = workspace::root();
-    let binary = ws.join("target/release/bwmon");
+    let binary = ws.join("target").join(profile.dir()).join("bwmon");
     let bin = prefix.join("bin/bwmon");
     copy(&binary, &under(root, &bin), 0o755)?;
 

@@ -45,9 +45,18 @@ enum Command {
         /// Root of the target file system (like DESTDIR), for packaging and tests.
         #[arg(long, default_value = "/")]
         root: std::path::PathBuf,
+        /// The debug build instead of the release build (the end-to-end tests: the same
+        /// files without a second, optimised compile).
+        #[arg(long)]
+        debug: bool,
     },
     /// The Debian package: target/debian/bwmon_<version>-1_<arch>.deb (release build).
-    Deb,
+    Deb {
+        /// Package the debug build (the end-to-end tests: the same package without an
+        /// optimised compile). Never for a package anyone installs.
+        #[arg(long)]
+        debug: bool,
+    },
     /// Benchmarks (root): datapath cost from bpf_stats, side by side in one run.
     Bench,
     /// fmt, clippy, unit tests, then the root-only integration tests in network namespaces.
@@ -96,11 +105,16 @@ fn main() -> ExitCode {
             setup::run().and_then(|tools| vm::run(&tools, &vm::kernels(&kernel)?, smp))
         }
         Command::Bench => setup::run().and_then(|tools| bench::run(&tools)),
-        Command::Deb => setup::run().and_then(|tools| deb::run(&tools).map(|_| ())),
+        Command::Deb { debug } => setup::run()
+            .and_then(|tools| deb::run(&tools, build::Profile::from_flag(!debug)).map(|_| ())),
         Command::Demo => setup::run().and_then(|tools| demo::run_demo(&tools)),
-        Command::Install { prefix, root } => {
-            setup::run().and_then(|tools| install::run(&tools, &prefix, &root))
-        }
+        Command::Install {
+            prefix,
+            root,
+            debug,
+        } => setup::run().and_then(|tools| {
+            install::run(&tools, &prefix, &root, build::Profile::from_flag(!debug))
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
