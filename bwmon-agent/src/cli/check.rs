@@ -59,6 +59,15 @@ pub fn check(config: &Path) -> anyhow::Result<ExitCode> {
     if let Some(line) = crate::datapath::memory::for_this_host(&load) {
         println!("{line}");
     }
+    if config.metrics.listen.is_some() {
+        config
+            .metrics
+            .access()
+            .with_context(|| format!("{}: metrics.token_file", config.path.display()))?;
+    }
+    if let Some(exposed) = config.metrics.exposure() {
+        println!("{exposed}");
+    }
     println!(
         "{}: ok; {}: {} slices{}",
         config.path.display(),

@@ -244,7 +244,7 @@ pub(crate) const KEYS: &[Key] = &[
     ),
     Key::new(
         "metrics",
-        "The Prometheus endpoint (a table with `listen`).",
+        "The Prometheus endpoint (a table: `listen`, `token_file`, `public`).",
         metrics,
     ),
     Key::new(
@@ -259,6 +259,16 @@ pub(crate) const KEYS: &[Key] = &[
         |f, d| {
             set(
                 &mut d.config.max_connections,
+                count(f, 1, 4096, "connections"),
+            )
+        },
+    ),
+    Key::new(
+        "max_connections_per_client",
+        "Of those, how many one local user (tenant socket) or one address (metrics) may hold.",
+        |f, d| {
+            set(
+                &mut d.config.max_connections_per_client,
                 count(f, 1, 4096, "connections"),
             )
         },
@@ -341,9 +351,10 @@ impl Draft<'_> {
             mail: Mail::default(),
             warn_at: Levels::default(),
             webhook: None,
-            metrics_listen: None,
+            metrics: super::Metrics::default(),
             kernel_log: false,
             max_connections: crate::serve::connections::DEFAULT_LIMIT,
+            max_connections_per_client: crate::serve::connections::DEFAULT_PER_PEER,
             allow_loopback: false,
             history: Retention::default(),
         };
@@ -455,26 +466,38 @@ fn warn_at(f: &mut Field<'_, '_>, d: &mut Draft<'_>) {
     d.config.warn_at = levels;
 }
 
-/// `[metrics]`: `listen`, the only key.
+/// `[metrics]`: `listen`, `token_file`, `public`.
 fn metrics(f: &mut Field<'_, '_>, d: &mut Draft<'_>) {
-    let Some(t) = f.table("must be a table with `listen`") else {
+    const KNOWN: [&str; 3] = ["listen", "token_file", "public"];
+    let Some(t) = f.table("must be a table with `listen` (and `token_file` or `public`)") else {
         return;
     };
-    for (k, v) in t.iter().filter(|(k, _)| *k != "listen") {
+    for (k, v) in t.iter().filter(|(k, _)| !KNOWN.contains(k)) {
         let key = format!("metrics.{k}");
-        f.c.add(Some(v), &key, "unknown key; the only key is listen");
+        f.c.add(
+            Some(v),
+            &key,
+            "unknown key; the keys are listen, token_file, public",
+        );
     }
-    let Some(listen) = t.get("listen") else {
-        return;
-    };
-    d.config.metrics_listen = match listen.as_str().map(str::parse) {
-        Some(Ok(addr)) => Some(addr),
-        _ => {
-            let message = "must be an address like \"127.0.0.1:9110\"";
-            f.c.add(Some(listen), "metrics.listen", message);
-            None
-        }
-    };
+    if let Some(listen) = t.get("listen") {
+        d.config.metrics.listen = match listen.as_str().map(str::parse) {
+            Some(Ok(addr)) => Some(addr),
+            _ => {
+                let message = "must be an address like \"127.0.0.1:9110\"";
+                f.c.add(Some(listen), "metrics.listen", message);
+                None
+            }
+        };
+    }
+    if let Some(item) = t.get("token_file") {
+        let path = Field::new(f.c, item, "metrics.token_file").path(&d.base);
+        d.config.metrics.token_file = path;
+    }
+    if let Some(item) = t.get("public") {
+        let public = Field::new(f.c, item, "metrics.public").boolean();
+        set(&mut d.config.metrics.public, public);
+    }
 }
 
 #[cfg(test)]

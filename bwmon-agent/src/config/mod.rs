@@ -78,16 +78,69 @@ pub(crate) struct Config {
     pub(crate) warn_at: Levels,
     /// Notices to a webhook too, when set.
     pub(crate) webhook: Option<Webhook>,
-    /// Prometheus listen address, if any.
-    pub(crate) metrics_listen: Option<std::net::SocketAddr>,
+    /// The Prometheus endpoint (`[metrics]`).
+    pub(crate) metrics: Metrics,
     /// Kernel-side diagnostics through aya-log.
     pub(crate) kernel_log: bool,
     /// Clients served at once by the control socket and, separately, the metrics endpoint.
     pub(crate) max_connections: usize,
+    /// Of those, how many one local user (tenant socket) or one address (metrics) may hold.
+    pub(crate) max_connections_per_client: usize,
     /// Accept the loopback interface (labs only).
     pub(crate) allow_loopback: bool,
     /// How much history is kept (`history_periods`, `history_sample_days`).
     pub(crate) history: Retention,
+}
+
+/// The Prometheus endpoint, `[metrics]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Metrics {
+    /// Where it listens; `None`: not served.
+    pub(crate) listen: Option<std::net::SocketAddr>,
+    /// The bearer token's file: per-slice series only to requests that carry it.
+    pub(crate) token_file: Option<PathBuf>,
+    /// Per-slice series to anyone who can connect (without `token_file`).
+    pub(crate) public: bool,
+}
+
+impl Metrics {
+    /// Who may see what, once the token (if any) is read.
+    ///
+    /// # Errors
+    /// The token file cannot be read or is empty.
+    pub(crate) fn access(
+        &self,
+    ) -> Result<crate::serve::metrics::Access, crate::serve::metrics::TokenError> {
+        use crate::serve::metrics::{Access, Token};
+        Ok(match (&self.token_file, self.public) {
+            (Some(path), _) => Access::Token(Token::read(path)?),
+            (None, true) => Access::Public,
+            (None, false) => Access::Untenanted,
+        })
+    }
+
+    /// What the endpoint exposes, in words (for `bwmon check`); `None` when it is off.
+    pub(crate) fn exposure(&self) -> Option<String> {
+        let addr = self.listen?;
+        let who = if addr.ip().is_loopback() {
+            "every local user"
+        } else {
+            "anyone who can reach it"
+        };
+        Some(match (&self.token_file, self.public) {
+            (Some(path), _) => format!(
+                "metrics on {addr}: every slice's name, usage and limits only to requests with the bearer token in {}; {who} gets 401 without it",
+                path.display()
+            ),
+            (None, true) => format!(
+                "metrics on {addr}: every slice's name, usage and limits to {who} (public = true)"
+            ),
+            (None, false) => format!(
+                "metrics on {addr}: only series without a tenant label ({}) to {who}; per-slice series need token_file (or public = true)",
+                crate::serve::metrics::UNTENANTED.join(", ")
+            ),
+        })
+    }
 }
 
 /// How much history is kept.
@@ -116,6 +169,15 @@ impl Config {
             node_cap: self.node_cap,
             exempt_max: self.exempt_max,
         }
+    }
+
+    /// The bounds of the tenant socket and the metrics endpoint: `max_connections`, and
+    /// `max_connections_per_client` of them from one uid or address.
+    pub(crate) fn connection_limits(&self) -> crate::serve::connections::Limits {
+        crate::serve::connections::Limits::new(
+            self.max_connections,
+            self.max_connections_per_client,
+        )
     }
 
     /// The HTB tree's fixed part.
@@ -292,7 +354,7 @@ listen = "127.0.0.1:9110"
         assert!(c.dry_run);
         assert_eq!(c.defaults.share, Some(2));
         assert!(matches!(c.mail.transport, Transport::Smtp { .. }));
-        assert_eq!(c.metrics_listen, Some("127.0.0.1:9110".parse().unwrap()));
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9110".parse().unwrap()));
     }
 
     #[test]

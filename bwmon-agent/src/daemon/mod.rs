@@ -73,6 +73,7 @@ pub(crate) async fn run(config: Config, fresh_state: bool) -> anyhow::Result<()>
         notify_errors: notifier.errors,
         warnings,
         history: (history::path_for(&config.state), config.history),
+        stopping: shutdown_rx.clone(),
     };
     let worker = std::thread::Builder::new()
         .name("bwmon-sync".into())

@@ -72,9 +72,11 @@ impl Edges {
             }
             Err(e) => warn!(error = %e, "the new [webhook] cannot be used; the old one stays"),
         }
-        if (new.metrics_listen, new.max_connections)
-            != (self.config.metrics_listen, self.config.max_connections)
+        if (&new.metrics, new.connection_limits())
+            != (&self.config.metrics, self.config.connection_limits())
+            || new.metrics.token_file.is_some()
         {
+            // (A token file is read again at every reload: a new token needs no restart.)
             if let Some(old) = self.metrics.take() {
                 old.abort();
             }
@@ -122,22 +124,27 @@ pub(super) fn ticker(interval: Duration) -> Interval {
     ticker
 }
 
-/// Serves metrics when `[metrics] listen` is set.
+/// Serves metrics when `[metrics] listen` is set, each series as `[metrics]` allows.
+///
+/// # Errors
+/// The token file cannot be read, or the address cannot be bound.
 pub(super) async fn start_metrics(
     config: &Config,
     status: &watch::Receiver<Arc<StatusReport>>,
     shutdown: &watch::Receiver<bool>,
 ) -> anyhow::Result<Option<JoinHandle<()>>> {
-    let Some(addr) = config.metrics_listen else {
+    let Some(addr) = config.metrics.listen else {
         return Ok(None);
     };
+    let access = config.metrics.access()?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("metrics listen address {addr}"))?;
-    info!(%addr, "serving Prometheus metrics");
+    info!(%addr, access = ?access, "serving Prometheus metrics");
     Ok(Some(tokio::spawn(crate::serve::metrics::serve(
         listener,
-        config.max_connections,
+        config.connection_limits(),
+        access,
         status.clone(),
         shutdown.clone(),
     ))))

@@ -103,6 +103,7 @@ pub(super) async fn syncer(
     let htb = Htb::open(&config.interface)?;
     let state_file = StateFile::new(config.state.clone());
     let mut syncer = Syncer::new(config.clone(), datapath, htb, state_file, state, Vec::new());
+    syncer.stop_on(shutdown.clone());
     // The tree is installed before anything else, so a foreign root qdisc stops the start.
     let syncer = tokio::task::spawn_blocking(move || syncer.install_tree().map(|_| syncer))
         .await
@@ -166,9 +167,11 @@ pub(super) fn serve_control(
     let listener = control::bind(&config.socket, 0o600)
         .with_context(|| format!("control socket {}", config.socket.display()))?;
     let (asks_tx, asks_rx) = mpsc::unbounded_channel::<control::Asked>();
+    // Root's socket: every client is root, so no bound per client below the total.
+    let root_only = crate::serve::connections::Limits::new(config.max_connections, usize::MAX);
     tokio::spawn(control::serve(
         listener,
-        config.max_connections,
+        root_only,
         crate::serve::connections::PER_CONNECTION,
         status.clone(),
         shutdown.clone(),
@@ -179,7 +182,7 @@ pub(super) fn serve_control(
             .with_context(|| format!("tenant socket {}", path.display()))?;
         tokio::spawn(control::serve_tenant(
             listener,
-            config.max_connections,
+            config.connection_limits(),
             status.clone(),
             shutdown.clone(),
             config.xid_source == XidSource::Uid,

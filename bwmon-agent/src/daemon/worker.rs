@@ -57,6 +57,8 @@ pub(super) struct Outlets {
     pub(super) warnings: Vec<String>,
     /// The history file and how much of it is kept.
     pub(super) history: (PathBuf, Retention),
+    /// True once the daemon is stopping: no command is started after that.
+    pub(super) stopping: watch::Receiver<bool>,
 }
 
 /// The one owner of the syncer and the slices file: runs commands until the channel closes,
@@ -68,8 +70,25 @@ pub(super) fn sync_worker(
     out: Outlets,
 ) {
     let mut worker = Worker::start(syncer, slices, out);
-    while let Some(command) = commands.blocking_recv() {
-        if let Some(reload) = worker.handle(command) {
+    loop {
+        // Once the daemon is stopping, commands are still carried out (a delivery confirmed
+        // before is forgotten before the final save) but no sync is started.
+        let stopping = *worker.out.stopping.borrow();
+        // Leaves still to create: the next sync at once, unless a command is waiting.
+        let command = match commands.try_recv() {
+            Ok(command) => command,
+            Err(mpsc::error::TryRecvError::Empty) if worker.building && !stopping => {
+                worker.sync(false);
+                continue;
+            }
+            Err(_) => match commands.blocking_recv() {
+                Some(command) => command,
+                None => break,
+            },
+        };
+        if let Some(reload) = worker.handle(command)
+            && !*worker.out.stopping.borrow()
+        {
             worker.sync(reload);
         }
     }
@@ -90,6 +109,11 @@ struct Worker {
     /// A lever's caller is answered after the sync that applied it: where, the audit line,
     /// and the slice's xid.
     after_sync: Option<(oneshot::Sender<ReplyBody>, String, u32)>,
+    /// Leaves the last sync left to create.
+    leaves_pending: u64,
+    /// The last sync left leaves to create and fewer than the one before: the next one
+    /// follows at once (a tree the kernel refuses waits for the interval instead).
+    building: bool,
 }
 
 impl Worker {
@@ -111,6 +135,8 @@ impl Worker {
             ready: false,
             history,
             after_sync: None,
+            leaves_pending: 0,
+            building: false,
         }
     }
 
@@ -227,6 +253,9 @@ impl Worker {
             self.out.notices.send(n);
         }
         let mut report = outcome.report;
+        let before = std::mem::replace(&mut self.leaves_pending, report.leaves_pending);
+        self.building =
+            report.leaves_pending > 0 && (before == 0 || report.leaves_pending < before);
         let failed = self.out.notify_errors.load(Ordering::Relaxed);
         if failed > 0 {
             report.errors.insert(ErrorKind::Notify, failed);

@@ -29,7 +29,7 @@ use tracing::debug;
 use crate::{
     policy::levers::Lever,
     serve::{
-        connections::PER_CONNECTION,
+        connections::{self, Limits, PER_CONNECTION, Ticket},
         slice_view::{SliceDetail, SliceRef},
         status::StatusReport,
     },
@@ -182,7 +182,14 @@ pub(crate) async fn answer(
     status: &watch::Receiver<Arc<StatusReport>>,
     asks: &mpsc::UnboundedSender<Asked>,
 ) -> ReplyBody {
-    let what = match decode(frame) {
+    let request = decode(frame);
+    if uid != 0 && request.is_ok() {
+        // The socket's mode guards it; the uid is checked anyway, for every request.
+        return ReplyBody::Error(format!(
+            "only root may use the control socket (the caller is uid {uid}); a user sees their own slice with `bwmon status`"
+        ));
+    }
+    let what = match request {
         Err(why) => return ReplyBody::Error(why),
         Ok(RequestBody::Status) => return ReplyBody::Status((**status.borrow()).clone()),
         Ok(RequestBody::Mine) => {
@@ -193,11 +200,6 @@ pub(crate) async fn answer(
         Ok(RequestBody::Show(which)) => SliceRequest::Show(which),
         Ok(RequestBody::Pull(which, lever, id)) => SliceRequest::Pull(which, lever, id),
     };
-    if uid != 0 {
-        return ReplyBody::Error(format!(
-            "only root may ask about or change a slice (the caller is uid {uid})"
-        ));
-    }
     let (reply, answer) = oneshot::channel();
     if asks.send(Asked { what, uid, reply }).is_err() {
         return ReplyBody::Error("the daemon is stopping".into());
@@ -285,7 +287,12 @@ fn chmod_socket(path: &Path, mode: u32) -> io::Result<()> {
 /// Reads one request frame from `stream` and writes the reply `respond` makes of it (an
 /// oversized frame is answered with an error, unread). Reading and writing each have
 /// `deadline`; `respond` has none (a lever waits for the sync that applies it).
-async fn exchange<F, Fut>(mut stream: UnixStream, deadline: Duration, respond: F) -> io::Result<()>
+async fn exchange<F, Fut>(
+    mut stream: UnixStream,
+    ticket: Ticket,
+    deadline: Duration,
+    respond: F,
+) -> io::Result<()>
 where
     F: FnOnce(Vec<u8>, u32) -> Fut,
     Fut: std::future::Future<Output = ReplyBody>,
@@ -296,6 +303,7 @@ where
     let read = tokio::time::timeout(deadline, read_frame(&mut stream, MAX_REQUEST))
         .await
         .map_err(|_| timed_out("reading the request"))?;
+    ticket.answering();
     let body = match read {
         Ok(frame) => respond(frame, uid).await,
         Err(e) if e.kind() == io::ErrorKind::InvalidData => ReplyBody::Error(e.to_string()),
@@ -315,37 +323,40 @@ where
 /// within `deadline` ([`PER_CONNECTION`] in the daemon).
 pub(crate) async fn serve(
     listener: UnixListener,
-    limit: usize,
+    limits: Limits,
     deadline: Duration,
     status: watch::Receiver<Arc<StatusReport>>,
     shutdown: watch::Receiver<bool>,
     asks: mpsc::UnboundedSender<Asked>,
 ) {
-    let handle = move |stream: UnixStream| {
+    let handle = move |stream: UnixStream, ticket| {
         let status = status.clone();
         let asks = asks.clone();
-        exchange(stream, deadline, move |frame, uid| async move {
+        exchange(stream, ticket, deadline, move |frame, uid| async move {
             answer(&frame, uid, &status, &asks).await
         })
     };
-    crate::serve::connections::serve(listener, "control", limit, None, handle, shutdown).await;
+    connections::serve(listener, "control", limits, None, handle, shutdown).await;
 }
 
-/// Serves the tenant socket until `shutdown`.
+/// Serves the tenant socket until `shutdown`, at most `limits.per_peer` connections per uid.
 pub(crate) async fn serve_tenant(
     listener: UnixListener,
-    limit: usize,
+    limits: Limits,
     status: watch::Receiver<Arc<StatusReport>>,
     shutdown: watch::Receiver<bool>,
     uid_is_xid: bool,
 ) {
-    let handle = move |stream: UnixStream| {
+    let handle = move |stream: UnixStream, ticket| {
         let status = status.clone();
-        exchange(stream, PER_CONNECTION, move |frame, uid| async move {
-            answer_tenant(&frame, uid, &status.borrow(), uid_is_xid)
-        })
+        exchange(
+            stream,
+            ticket,
+            PER_CONNECTION,
+            move |frame, uid| async move { answer_tenant(&frame, uid, &status.borrow(), uid_is_xid) },
+        )
     };
-    crate::serve::connections::serve(listener, "tenant", limit, None, handle, shutdown).await;
+    connections::serve(listener, "tenant", limits, None, handle, shutdown).await;
 }
 
 /// Sends `body` to the daemon at `path` and returns its reply (an error reply as `Err`).
@@ -431,6 +442,9 @@ mod tests {
             ask(frame(PROTOCOL, RequestBody::Status), 0).await,
             ReplyBody::Status(report.clone())
         );
+        // The uid is checked for every request, the status too (not only the socket's mode).
+        let r = ask(frame(PROTOCOL, RequestBody::Status), 1001).await;
+        assert!(matches!(r, ReplyBody::Error(e) if e.contains("only root")));
         let newer = ask(frame(PROTOCOL + 1, RequestBody::Status), 0).await;
         assert!(matches!(newer, ReplyBody::Error(e) if e.contains("not supported")));
         for junk in [&b""[..], b"\xff\xff\xff", b"\x01\x09"] {
@@ -468,7 +482,14 @@ mod tests {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (asks, mut asked) = mpsc::unbounded_channel::<Asked>();
         let deadline = Duration::from_millis(200);
-        let server = tokio::spawn(serve(listener, 4, deadline, rx, stop_rx, asks));
+        let server = tokio::spawn(serve(
+            listener,
+            Limits::new(4, 4),
+            deadline,
+            rx,
+            stop_rx,
+            asks,
+        ));
         // The sync that applies it takes five deadlines.
         let worker = tokio::spawn(async move {
             let a = asked.recv().await.unwrap();
@@ -566,7 +587,14 @@ mod tests {
         }));
         let (stop_tx, stop_rx) = watch::channel(false);
         let (asks, _asked) = mpsc::unbounded_channel();
-        let server = tokio::spawn(serve(listener, 4, PER_CONNECTION, rx, stop_rx, asks));
+        let server = tokio::spawn(serve(
+            listener,
+            Limits::new(4, 4),
+            PER_CONNECTION,
+            rx,
+            stop_rx,
+            asks,
+        ));
         assert_eq!(status(&path).await.unwrap().now, 7);
         // A client sending garbage gets an error reply; the server goes on.
         let mut s = UnixStream::connect(&path).await.unwrap();
@@ -588,6 +616,16 @@ mod tests {
         // idle client's deadline passes.
         let idle: Vec<UnixStream> = futures_idle(&path, 4).await;
         assert_eq!(status(&path).await.unwrap().now, 7);
+        drop(idle);
+        // Fifty times as many, from the same uid: the oldest waiting ones make room, at once.
+        let idle: Vec<UnixStream> = futures_idle(&path, 200).await;
+        let asked = std::time::Instant::now();
+        assert_eq!(status(&path).await.unwrap().now, 7);
+        assert!(
+            asked.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            asked.elapsed()
+        );
         drop(idle);
         stop_tx.send(true).unwrap();
         server.await.unwrap();

@@ -4,6 +4,13 @@
 //! counters may); `bwmon_slice_used_bytes` is the same as a gauge, beside the budget and the
 //! threshold, so "% of budget" is one division; ceilings in bit/s and in bytes/s;
 //! `bwmon_slice_capped` is 0 or 1.
+//!
+//! Who sees what ([`Access`]): the per-slice series name every tenant and their usage, so they
+//! go only to requests with the bearer token of `[metrics] token_file` (Prometheus'
+//! `authorization: credentials_file`), or to anyone when the operator says `public = true`.
+//! Otherwise only the series without a tenant label are served (the daemon's health: syncs,
+//! errors, how many slices are capped), so a listener on 127.0.0.1 does not show one local
+//! user another's usage. `GET` and `HEAD`, `/metrics` with or without a query string.
 
 use std::{fmt::Write as _, sync::Arc};
 
@@ -16,7 +23,10 @@ use tokio::{
 use crate::{
     class::PerClass,
     error_kind::ErrorKind,
-    serve::status::{SliceStatus, StatusReport},
+    serve::{
+        connections::{self, Limits, PER_CONNECTION, Ticket},
+        status::{SliceStatus, StatusReport},
+    },
 };
 
 /// Escapes a label value (backslash, quote, newline).
@@ -86,9 +96,143 @@ const PER_CLASS: [ClassMetric; 8] = [
     ),
 ];
 
-/// The exposition text for a report.
-pub(crate) fn render(r: &StatusReport) -> String {
+/// Who may see what of the endpoint (`[metrics]` `token_file`, `public`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Every series to requests that carry this bearer token; 401 to the others.
+    Token(Token),
+    /// Every series to anyone who can connect (`public = true`).
+    Public,
+    /// Only the series without a tenant label (the daemon's health), to anyone.
+    Untenanted,
+}
+
+/// A bearer token, compared in constant time.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Token(String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(…)")
+    }
+}
+
+/// Why a token file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TokenError {
+    /// It cannot be read.
+    #[error("token file {path}: {source}")]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// It holds no token.
+    #[error("token file {path} is empty")]
+    Empty {
+        /// The file.
+        path: std::path::PathBuf,
+    },
+}
+
+impl Token {
+    /// The token in `path` (its first line, without surrounding blanks), as Prometheus'
+    /// `authorization: credentials_file` sends it.
+    ///
+    /// # Errors
+    /// The file cannot be read, or holds no token.
+    pub(crate) fn read(path: &std::path::Path) -> Result<Token, TokenError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let token = text.lines().next().unwrap_or("").trim();
+        if token.is_empty() {
+            return Err(TokenError::Empty {
+                path: path.to_owned(),
+            });
+        }
+        Ok(Token(token.to_owned()))
+    }
+
+    /// Whether `given` is the token, in time that does not depend on where they differ.
+    fn matches(&self, given: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), given.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+/// The series without a tenant label: what [`Access::Untenanted`] serves.
+pub(crate) const UNTENANTED: [&str; 8] = [
+    "bwmon_last_sync_timestamp_seconds",
+    "bwmon_build_info",
+    "bwmon_sync_duration_seconds",
+    "bwmon_kernel_memory_bytes",
+    "bwmon_errors_total",
+    "bwmon_slices",
+    "bwmon_slices_capped",
+    "bwmon_leaves_pending",
+];
+
+/// The exposition text for a report: every series, or (`tenants` false) only the
+/// [`UNTENANTED`] ones.
+pub(crate) fn render(r: &StatusReport, tenants: bool) -> String {
     let mut out = String::new();
+    if tenants {
+        render_slices(r, &mut out);
+    }
+    out.push_str("# HELP bwmon_last_sync_timestamp_seconds When the last sync finished (Unix time).\n# TYPE bwmon_last_sync_timestamp_seconds gauge\n");
+    let _ = writeln!(out, "bwmon_last_sync_timestamp_seconds {}", r.now);
+    out.push_str(
+        "# HELP bwmon_build_info The running bwmon's version.\n# TYPE bwmon_build_info gauge\n",
+    );
+    let _ = writeln!(
+        out,
+        "bwmon_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    out.push_str("# HELP bwmon_sync_duration_seconds Duration of the last sync.\n# TYPE bwmon_sync_duration_seconds gauge\n");
+    let _ = writeln!(out, "bwmon_sync_duration_seconds {}", r.last_sync_secs);
+    if let Some(bytes) = r.kernel_memory_bytes {
+        out.push_str("# HELP bwmon_kernel_memory_bytes Kernel memory of the datapath's maps (their memlock).\n# TYPE bwmon_kernel_memory_bytes gauge\n");
+        let _ = writeln!(out, "bwmon_kernel_memory_bytes {bytes}");
+    }
+    out.push_str("# HELP bwmon_errors_total Errors since start, by kind.\n# TYPE bwmon_errors_total counter\n");
+    for kind in ErrorKind::ALL {
+        let v = r.errors.get(&kind).copied().unwrap_or(0);
+        let _ = writeln!(out, "bwmon_errors_total{{kind=\"{}\"}} {v}", kind.name());
+    }
+    let capped = r
+        .slices
+        .iter()
+        .filter(|s| s.capped || s.exempt_capped)
+        .count();
+    for (name, help, v) in [
+        (
+            "bwmon_slices",
+            "Slices shown (root and default included).",
+            r.slices.len() as u64,
+        ),
+        (
+            "bwmon_slices_capped",
+            "Slices with a lowered ceiling in either class.",
+            capped as u64,
+        ),
+        (
+            "bwmon_leaves_pending",
+            "HTB leaves still to be created (a sync creates capped slices' first, in bounded batches).",
+            r.leaves_pending,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    }
+    out
+}
+
+/// The per-slice series (labelled with the slice's name and xid).
+fn render_slices(r: &StatusReport, out: &mut String) {
     for (name, help, kind, values) in PER_CLASS {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for s in &r.slices {
@@ -117,28 +261,6 @@ pub(crate) fn render(r: &StatusReport) -> String {
             s.xid
         );
     }
-    out.push_str("# HELP bwmon_last_sync_timestamp_seconds When the last sync finished (Unix time).\n# TYPE bwmon_last_sync_timestamp_seconds gauge\n");
-    let _ = writeln!(out, "bwmon_last_sync_timestamp_seconds {}", r.now);
-    out.push_str(
-        "# HELP bwmon_build_info The running bwmon's version.\n# TYPE bwmon_build_info gauge\n",
-    );
-    let _ = writeln!(
-        out,
-        "bwmon_build_info{{version=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION")
-    );
-    out.push_str("# HELP bwmon_sync_duration_seconds Duration of the last sync.\n# TYPE bwmon_sync_duration_seconds gauge\n");
-    let _ = writeln!(out, "bwmon_sync_duration_seconds {}", r.last_sync_secs);
-    if let Some(bytes) = r.kernel_memory_bytes {
-        out.push_str("# HELP bwmon_kernel_memory_bytes Kernel memory of the datapath's maps (their memlock).\n# TYPE bwmon_kernel_memory_bytes gauge\n");
-        let _ = writeln!(out, "bwmon_kernel_memory_bytes {bytes}");
-    }
-    out.push_str("# HELP bwmon_errors_total Errors since start, by kind.\n# TYPE bwmon_errors_total counter\n");
-    for kind in ErrorKind::ALL {
-        let v = r.errors.get(&kind).copied().unwrap_or(0);
-        let _ = writeln!(out, "bwmon_errors_total{{kind=\"{}\"}} {v}", kind.name());
-    }
-    out
 }
 
 /// The largest request head read.
@@ -159,38 +281,91 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<String>> {
     Ok(Some(String::from_utf8_lossy(&head).into_owned()))
 }
 
-/// Serves `GET /metrics` until `shutdown` flips, at most `limit` clients at once.
+/// The bearer token a request head carries, if any.
+fn bearer(head: &str) -> Option<&str> {
+    head.lines().skip(1).find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        if !name.trim().eq_ignore_ascii_case("authorization") {
+            return None;
+        }
+        let (scheme, token) = value.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    })
+}
+
+/// The response to a request head: status line, extra headers, body, and whether the body is
+/// sent (not for `HEAD`).
+fn respond(
+    head: &str,
+    access: &Access,
+    report: &StatusReport,
+) -> (&'static str, &'static str, String, bool) {
+    let mut words = head.split_whitespace();
+    let method = words.next().unwrap_or("");
+    let target = words.next().unwrap_or("");
+    // `/metrics?x=1` is `/metrics`: a query string asks nothing of bwmon.
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    let send_body = method != "HEAD";
+    if !matches!(method, "GET" | "HEAD") || !(path == "/metrics" || path == "/") {
+        return (
+            "404 Not Found",
+            "",
+            "only GET or HEAD /metrics\n".to_owned(),
+            send_body,
+        );
+    }
+    let tenants = match access {
+        Access::Public => true,
+        Access::Untenanted => false,
+        Access::Token(token) => {
+            if !bearer(head).is_some_and(|t| token.matches(t)) {
+                return (
+                    "401 Unauthorized",
+                    "WWW-Authenticate: Bearer realm=\"bwmon\"\r\n",
+                    "a bearer token is required (Prometheus: authorization: credentials_file)\n"
+                        .to_owned(),
+                    send_body,
+                );
+            }
+            true
+        }
+    };
+    ("200 OK", "", render(report, tenants), send_body)
+}
+
+/// Serves `GET` and `HEAD /metrics` until `shutdown` flips, within `limits` (per client
+/// address), each series as `access` allows.
 pub(crate) async fn serve(
     listener: TcpListener,
-    limit: usize,
+    limits: Limits,
+    access: Access,
     status: watch::Receiver<Arc<StatusReport>>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let handle = move |mut stream: TcpStream| {
+    let access = Arc::new(access);
+    let handle = move |mut stream: TcpStream, ticket: Ticket| {
         let status = status.clone();
+        let access = access.clone();
         async move {
             let request = read_head(&mut stream).await?.unwrap_or_default();
-            let path = request.split_whitespace().nth(1).unwrap_or("");
-            let (code, body) = if request.starts_with("GET ") && (path == "/metrics" || path == "/")
-            {
-                ("200 OK", render(&status.borrow()))
-            } else {
-                ("404 Not Found", "only GET /metrics\n".to_owned())
-            };
+            ticket.answering();
+            let (code, headers, body, send_body) = respond(&request, &access, &status.borrow());
             let head = format!(
-                "HTTP/1.1 {code}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                "HTTP/1.1 {code}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n{headers}Connection: close\r\n\r\n",
                 body.len()
             );
             stream.write_all(head.as_bytes()).await?;
-            stream.write_all(body.as_bytes()).await?;
+            if send_body {
+                stream.write_all(body.as_bytes()).await?;
+            }
             stream.shutdown().await
         }
     };
-    crate::serve::connections::serve(
+    connections::serve(
         listener,
         "metrics",
-        limit,
-        Some(crate::serve::connections::PER_CONNECTION),
+        limits,
+        Some(PER_CONNECTION),
         handle,
         shutdown,
     )
@@ -235,7 +410,7 @@ mod tests {
             period_secs: 86_400,
             ..Default::default()
         };
-        let text = render(&r);
+        let text = render(&r, true);
         // What Prometheus reads: every line parses, every sample has its HELP and TYPE.
         let lines = text.lines().map(|l| Ok(l.to_owned()));
         let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
@@ -274,6 +449,91 @@ mod tests {
             assert!(
                 text.lines().any(|l| l == line),
                 "missing {line:?} in\n{text}"
+            );
+        }
+    }
+
+    fn one_slice() -> StatusReport {
+        StatusReport {
+            slices: vec![SliceStatus {
+                name: "alice".into(),
+                xid: 1001,
+                capped: true,
+                ..Default::default()
+            }],
+            leaves_pending: 3,
+            kernel_memory_bytes: Some(4096),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn without_a_token_or_public_only_untenanted_series_are_served() {
+        let r = one_slice();
+        let get = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (code, _, body, _) = respond(get, &Access::Untenanted, &r);
+        assert_eq!(code, "200 OK");
+        assert!(!body.contains("alice") && !body.contains("1001"), "{body}");
+        let names = metric_names(&body);
+        let untenanted: std::collections::BTreeSet<String> =
+            UNTENANTED.iter().map(|n| (*n).to_owned()).collect();
+        assert_eq!(names, untenanted);
+        assert!(body.lines().any(|l| l == "bwmon_slices_capped 1"), "{body}");
+        assert!(
+            body.lines().any(|l| l == "bwmon_leaves_pending 3"),
+            "{body}"
+        );
+        let (_, _, body, _) = respond(get, &Access::Public, &r);
+        assert!(body.contains("slice=\"alice\""), "{body}");
+    }
+
+    #[test]
+    fn a_token_opens_every_series_and_its_absence_gets_401() {
+        let r = one_slice();
+        let token = Access::Token(Token("s3cret".into()));
+        let (code, headers, body, _) = respond("GET /metrics HTTP/1.1\r\n\r\n", &token, &r);
+        assert_eq!(code, "401 Unauthorized");
+        assert!(headers.starts_with("WWW-Authenticate: Bearer"));
+        assert!(!body.contains("alice"));
+        let wrong = "GET /metrics HTTP/1.1\r\nAuthorization: Bearer s3creT\r\n\r\n";
+        assert_eq!(respond(wrong, &token, &r).0, "401 Unauthorized");
+        let right = "GET /metrics HTTP/1.1\r\nauthorization: bearer s3cret\r\n\r\n";
+        let (code, _, body, _) = respond(right, &token, &r);
+        assert_eq!(code, "200 OK");
+        assert!(body.contains("slice=\"alice\""), "{body}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "  s3cret \n").unwrap();
+        assert_eq!(Token::read(&file).unwrap(), Token("s3cret".into()));
+        std::fs::write(&file, "\n").unwrap();
+        assert!(
+            Token::read(&file)
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
+    }
+
+    #[test]
+    fn query_strings_and_head_are_served_other_paths_are_not() {
+        let r = one_slice();
+        let (code, _, body, send) =
+            respond("GET /metrics?x=1 HTTP/1.1\r\n\r\n", &Access::Public, &r);
+        assert_eq!((code, send), ("200 OK", true));
+        assert!(body.contains("bwmon_slice_bytes_total"));
+        let (code, _, body, send) = respond("HEAD /metrics HTTP/1.1\r\n\r\n", &Access::Public, &r);
+        assert_eq!((code, send), ("200 OK", false));
+        assert!(!body.is_empty(), "its length is still said");
+        for other in [
+            "POST /metrics HTTP/1.1",
+            "GET /other HTTP/1.1",
+            "GET /metricsx HTTP/1.1",
+            "",
+        ] {
+            assert_eq!(
+                respond(other, &Access::Public, &r).0,
+                "404 Not Found",
+                "{other}"
             );
         }
     }
@@ -320,10 +580,13 @@ mod tests {
 
     /// The names bwmon serves.
     fn served() -> std::collections::BTreeSet<String> {
-        metric_names(&render(&StatusReport {
-            slices: vec![SliceStatus::default()],
-            ..Default::default()
-        }))
+        metric_names(&render(
+            &StatusReport {
+                slices: vec![SliceStatus::default()],
+                ..Default::default()
+            },
+            true,
+        ))
     }
 
     /// Whether `expr` names only metrics bwmon serves, and at least one unless it is about

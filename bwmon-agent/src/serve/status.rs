@@ -119,6 +119,10 @@ pub struct StatusReport {
     /// maps' sizes and entries), when it could be read.
     #[serde(default)]
     pub(crate) kernel_memory_bytes: Option<u64>,
+    /// HTB leaves the plan wants that are not created yet (a sync creates capped slices'
+    /// leaves first, in bounded batches, and the rest in the next syncs).
+    #[serde(default)]
+    pub(crate) leaves_pending: u64,
 }
 
 impl StatusReport {
@@ -138,6 +142,7 @@ impl StatusReport {
             warnings: Vec::new(),
             version: self.version.clone(),
             kernel_memory_bytes: None,
+            leaves_pending: 0,
         })
     }
 }

@@ -35,6 +35,12 @@ use crate::{
 
 /// The root slice's share (bwlimit gave it 5).
 const ROOT_SHARE: u32 = 5;
+/// Changes sent to the tree at once: between batches a sync checks whether the daemon is
+/// stopping and whether its time is up. Adding a class costs a few milliseconds once there are
+/// 20,000 (the kernel walks them all), so a batch stays well under a second.
+const TREE_BATCH: usize = 64;
+/// How long one sync may spend changing the tree; what is left is done by the next syncs.
+const TREE_BUDGET: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What one sync produced.
 #[derive(Debug)]
@@ -73,6 +79,10 @@ pub(crate) struct Syncer<K, T> {
     tree_created: bool,
     /// Notices decided outside a sync (a lever pulled), handed over with the next one's.
     told: Vec<Notice>,
+    /// The daemon is stopping: a sync stops changing the tree between batches.
+    stopping: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Saves of the state that failed in a row (said once per streak).
+    failed_saves: u64,
 }
 
 impl<K: Kernel, T: Tree> Syncer<K, T> {
@@ -110,7 +120,19 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
             clock_behind: false,
             tree_created: false,
             told: Vec::new(),
+            stopping: None,
+            failed_saves: 0,
         }
+    }
+
+    /// From now on a sync stops changing the tree between batches once `stopping` is true
+    /// (SIGTERM): the rest is left for the next start.
+    pub(crate) fn stop_on(&mut self, stopping: tokio::sync::watch::Receiver<bool>) {
+        self.stopping = Some(stopping);
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping.as_ref().is_some_and(|s| *s.borrow())
     }
 
     /// The persisted accounting.
@@ -149,10 +171,30 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
     }
 
     /// Saves the state when it changed since the last good save; a failure is counted and
-    /// retried at the next call.
+    /// retried at the next call. A streak of failures is said once, at its first, and its
+    /// length when a save works again (not one warning per sync: 86,400 a day at 1 s).
     pub(crate) fn persist(&mut self) {
-        if let Err(e) = self.file.save_if_dirty(&self.state) {
-            self.error(ErrorKind::State, "saving the state", &e);
+        match self.file.save_if_dirty(&self.state) {
+            Ok(()) if self.failed_saves > 0 => {
+                info!(
+                    failed = self.failed_saves,
+                    "the state is saved again, after {} failed attempts", self.failed_saves
+                );
+                self.failed_saves = 0;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                self.failed_saves += 1;
+                if self.failed_saves == 1 {
+                    self.error(
+                        ErrorKind::State,
+                        "saving the state (said once until a save works)",
+                        &e,
+                    );
+                } else {
+                    self.count_error(ErrorKind::State);
+                }
+            }
         }
     }
 
@@ -309,6 +351,39 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
         }
     }
 
+    /// Carries out `ops` (enforcement first, see [`crate::htb::tree::enforcement_first`]) in
+    /// batches of [`TREE_BATCH`], until they are done, the sync's [`TREE_BUDGET`] is spent, or
+    /// the daemon is stopping; returns how many leaves are left to create or change (the next
+    /// syncs plan them again). A slice steered to a leaf not created yet is sent to the
+    /// default leaf by HTB meanwhile, and counted all the same.
+    fn apply_tree(&mut self, ops: &[crate::htb::Op], started: std::time::Instant) -> u64 {
+        let mut done = 0;
+        let mut first_error = None;
+        for batch in ops.chunks(TREE_BATCH) {
+            if done > 0 && (self.is_stopping() || started.elapsed() >= TREE_BUDGET) {
+                break;
+            }
+            if let Err(e) = self.tree.apply(batch) {
+                first_error.get_or_insert(e);
+            }
+            done += batch.len();
+        }
+        if let Some(e) = first_error {
+            self.error(ErrorKind::Htb, "applying class changes", &e);
+        }
+        let pending = ops[done..]
+            .iter()
+            .filter(|op| matches!(op, crate::htb::Op::Upsert(_)))
+            .count() as u64;
+        if pending > 0 {
+            info!(
+                applied = done,
+                pending, "HTB: leaves left for the next syncs (capped slices' first)"
+            );
+        }
+        pending
+    }
+
     /// Carries `plan` out: the log, the maps, the tree; then persists and reports.
     fn act(&mut self, plan: Plan, now: UnixSecs, started: std::time::Instant) -> Outcome {
         self.log_events(&plan.events, plan.clock_behind, now);
@@ -332,11 +407,7 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
                 Err(e) => self.error(ErrorKind::Datapath, "updating source prefixes", &e),
             }
         }
-        if !plan.tree_ops.is_empty()
-            && let Err(e) = self.tree.apply(&plan.tree_ops)
-        {
-            self.error(ErrorKind::Htb, "applying class changes", &e);
-        }
+        let leaves_pending = self.apply_tree(&plan.tree_ops, started);
 
         let changed = plan.state != self.state;
         self.state = plan.state;
@@ -358,6 +429,7 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
             warnings: Vec::new(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             kernel_memory_bytes: self.kernel.kernel_memory_bytes(),
+            leaves_pending,
         };
         self.last_report = report.clone();
         let mut new_notices = std::mem::take(&mut self.told);
@@ -671,6 +743,78 @@ mod tests {
             .unwrap();
         s.step(1001);
         assert!(!s.tree.classes.contains_key(&Minor(0x4444)));
+    }
+
+    #[test]
+    fn a_stopping_daemon_creates_one_batch_capped_slices_first_and_the_rest_is_pending() {
+        let mut slices: Vec<SliceSpec> = (0..1000)
+            .map(|i| {
+                let mut s = slice(&format!("s{i}"), 10_000 + i);
+                s.attrs.max_rate = Some(crate::units::KbitPerSec(50_000 + u64::from(i)));
+                s
+            })
+            .collect();
+        slices.push(slice("hog", 9_999));
+        let mut s = syncer(slices);
+        s.step(1000);
+        // All 1,001 leaves are made in bounded batches within the budget (fast fake tree).
+        assert_eq!(s.last_report.leaves_pending, 0);
+        assert_eq!(
+            s.tree.classes.len(),
+            1002,
+            "own ceilings, root's two; the hog has sent nothing"
+        );
+        // The tree is lost; the hog is capped meanwhile; SIGTERM has come.
+        s.tree.classes.clear();
+        send(&mut s.kernel, 9_999, 900 * 1024);
+        let (stop, stopping) = tokio::sync::watch::channel(true);
+        s.stop_on(stopping);
+        let applied = s.tree.applied.len();
+        let o = s.step(1001);
+        assert!(row(&o, "hog").capped);
+        let made: Vec<Op> = s.tree.applied[applied..].to_vec();
+        assert_eq!(made.len(), TREE_BATCH, "one batch, then it stops");
+        assert!(
+            matches!(made[0], Op::Upsert(l) if l.minor == general_leaf(&s, 9_999)),
+            "the capped slice's leaf first: {:?}",
+            made[0]
+        );
+        assert_eq!(o.report.leaves_pending, 1003 - TREE_BATCH as u64);
+        // The next syncs finish it.
+        drop(stop);
+        s.stopping = None;
+        let o = s.step(1002);
+        assert_eq!(o.report.leaves_pending, 0);
+        assert_eq!(s.tree.classes.len(), 1003);
+    }
+
+    #[test]
+    fn a_failing_save_is_said_once_per_streak() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file where the state's directory should be: every save fails.
+        let blocker = dir.path().join("blocker");
+        std::fs::write(&blocker, b"").unwrap();
+        let path = blocker.join("state");
+        let mut s = Syncer::new(
+            config(),
+            FakeKernel::default(),
+            FakeTree::default(),
+            StateFile::new(path.clone()),
+            State::default(),
+            vec![slice("alice", 1001)],
+        );
+        for t in 0..5 {
+            send(&mut s.kernel, 1001, 100);
+            s.step(1000 + t);
+        }
+        assert_eq!(s.failed_saves, 5);
+        assert_eq!(s.errors[&ErrorKind::State], 5, "each failure is counted");
+        std::fs::remove_file(&blocker).unwrap();
+        std::fs::create_dir_all(&blocker).unwrap();
+        send(&mut s.kernel, 1001, 100);
+        s.step(1010);
+        assert_eq!(s.failed_saves, 0, "the streak ends with a good save");
+        assert!(path.exists());
     }
 
     #[test]

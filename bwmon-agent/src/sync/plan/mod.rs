@@ -29,7 +29,11 @@ pub(crate) use leaves::differs_from_default;
 use crate::{
     class::PerClass,
     datapath::Snapshot,
-    htb::{ClassInfo, Leaf, Minor, Op, TreeSpec, minors::Minors},
+    htb::{
+        ClassInfo, Leaf, Minor, Op, TreeSpec,
+        minors::Minors,
+        tree::{self, Urgency},
+    },
     policy::{Capping, Counters, Limits, shares::Claim, warnings::Levels},
     serve::status::SliceStatus,
     state::{ClassNote, Notice, State},
@@ -161,7 +165,8 @@ pub(crate) struct Plan {
     pub(crate) steering: HashMap<u32, ClassIds>,
     /// Source prefix → xid, when source prefixes steer.
     pub(crate) sources: Option<Vec<(IpNet, u32)>>,
-    /// Changes to the tree: missing or different leaves, orphans.
+    /// Changes to the tree: missing or different leaves, orphans, enforcement first
+    /// ([`tree::enforcement_first`]).
     pub(crate) tree_ops: Vec<Op>,
     /// Notices decided in this sync (also queued in `state`).
     pub(crate) new_notices: Vec<Notice>,
@@ -221,6 +226,8 @@ struct SliceOutputs {
     steering: HashMap<u32, ClassIds>,
     /// xid → what each class claims of its cap (the default pseudo-slice's too).
     claims: HashMap<u32, PerClass<Claim>>,
+    /// The leaves that enforce a ceiling: created first.
+    urgent: HashMap<Minor, Urgency>,
     clock_behind: bool,
 }
 
@@ -252,7 +259,11 @@ pub(crate) fn plan(
         draft.slice(l, &mut out);
     }
     draft.end_levers();
-    let tree_ops = draft.tree_ops(&obs.listed, &out.leaves);
+    let tree_ops = tree::enforcement_first(
+        draft.tree_ops(&obs.listed, &out.leaves),
+        &obs.listed,
+        &out.urgent,
+    );
     let (default_row, default_claims) = draft.default_slice(state.default, &live_xids, restarted);
     out.rows.insert(1.min(out.rows.len()), default_row);
     out.claims.insert(DEFAULT_XID, default_claims);
