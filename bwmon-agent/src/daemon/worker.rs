@@ -17,7 +17,10 @@ use super::{
     systemd,
 };
 use crate::{
-    config::{Config, Retention, slices::SlicesFile},
+    config::{
+        Config, Retention,
+        slices::{SlicesFile, entry_of, keep_last_good},
+    },
     datapath::Datapath,
     error_kind::ErrorKind,
     history,
@@ -278,9 +281,11 @@ impl Worker {
 }
 
 /// Reads the slices file when it changed (or `force`): every valid slice is applied, each
-/// skipped one said (log, status, `bwmon_errors_total{kind="slices"}`); a file that does not
-/// parse, or is missing, keeps the slices in force (none at a first start: root and default
-/// are still accounted).
+/// skipped entry said (log, status, `bwmon_errors_total{kind="slices"}`) at every read until it
+/// is fixed; a skipped entry that still names a slice in force keeps that slice's last good
+/// definition (limits, cap, usage: a typo frees no one), and only a slice whose entry is gone
+/// departs. A file that does not parse, or is missing, keeps the slices in force (none at a
+/// first start: root and default are still accounted).
 fn read_slices<K: Kernel, T: Tree>(
     syncer: &mut Syncer<K, T>,
     file: &mut SlicesFile,
@@ -293,19 +298,44 @@ fn read_slices<K: Kernel, T: Tree>(
     warnings.clear();
     match read {
         Ok(parsed) => {
-            info!(count = parsed.slices.len(), "slices file loaded");
+            let (slices, kept) = keep_last_good(&parsed, syncer.slices());
+            info!(
+                count = parsed.slices.len(),
+                kept = kept.len(),
+                "slices file loaded"
+            );
             if let Some(skipped) = &parsed.skipped {
                 syncer.count_error(ErrorKind::Slices);
-                for line in skipped.to_string().lines() {
-                    warn!("slices file: {line}; that slice is skipped");
-                    warnings.push(format!("skipped: {line}"));
+                for p in &skipped.problems {
+                    let line = format!(
+                        "{}:{}: {}: {}",
+                        skipped.path.display(),
+                        p.line,
+                        p.key,
+                        p.message
+                    );
+                    let kept_as = entry_of(&p.key)
+                        .and_then(|i| kept.iter().find(|(index, _)| *index == i))
+                        .map(|(_, name)| name);
+                    match kept_as {
+                        Some(name) => {
+                            warn!(
+                                "slices file: {line}; slice '{name}' keeps its last good definition (limits, cap, usage) until this is fixed"
+                            );
+                            warnings.push(format!("kept: {line}; slice '{name}' keeps its last good definition until this is fixed"));
+                        }
+                        None => {
+                            warn!("slices file: {line}; that slice is skipped");
+                            warnings.push(format!("skipped: {line}"));
+                        }
+                    }
                 }
             }
             for w in &parsed.warnings {
                 warn!("slices file: {w}");
                 warnings.push(w.clone());
             }
-            syncer.set_slices(parsed.slices);
+            syncer.set_slices(slices);
         }
         Err(e) => {
             syncer.count_error(ErrorKind::Slices);

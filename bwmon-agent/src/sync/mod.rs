@@ -151,6 +151,11 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
         self.config = config;
     }
 
+    /// The slices in force (root aside).
+    pub(crate) fn slices(&self) -> &[SliceSpec] {
+        &self.slices
+    }
+
     /// Replaces the slices (a good new slices file).
     pub(crate) fn set_slices(&mut self, slices: Vec<SliceSpec>) {
         self.slices = slices;
