@@ -9,7 +9,13 @@
 //! is a packet charged at one sync and dropped before the next: nothing is added until the
 //! counter passes the last value again. Only the end of the
 //! period is a **reset** (new period, `used = 0`, ceilings back to the max rates, `emailed`
-//! and the warnings said cleared); a clock earlier than the period start holds the period, it never resets it.
+//! and the warnings said cleared); a clock earlier than the period start holds the period, it
+//! never resets it — up to one period: a start later than `now` + its period's length is
+//! impossible (the clock ran ahead when the period began, and came back), and such a record
+//! starts a new period at once, carrying its usage (see [`ClockJump`]). A cap therefore outlasts
+//! a clock set right by at most the hold (one period) and the period that follows it. A
+//! period's end is computed from its start by the calendar, never stored, so it cannot lie
+//! beyond its length.
 //! Otherwise an **update**: once `used ≥ thresh` the ceiling becomes `(max − used) × 8 /
 //! (period − elapsed)` bit/s, never below the min rate nor bwmin, never above the max rate. A
 //! slice capped in a period is noticed exactly once in that period, whichever class tripped.
@@ -162,6 +168,13 @@ impl Record {
         self.classes.of(class).used
     }
 
+    /// Whether this record's period cannot be at `now`: it starts more than its own length
+    /// after `now` (a clock that ran ahead when it began).
+    pub(crate) fn impossible<C: Calendar>(&self, now: UnixSecs, period: C) -> bool {
+        let length = period.end(self.period_start) - self.period_start;
+        self.period_start > now.saturating_add(length)
+    }
+
     /// Whether this record's period is over at `now`.
     pub(crate) fn expired<C: Calendar>(&self, now: UnixSecs, period: C) -> bool {
         now >= period.end(self.period_start)
@@ -206,6 +219,20 @@ pub(crate) struct Decision {
     pub(crate) clock_behind: bool,
     /// Send the slice its notice for this period now.
     pub(crate) notify: bool,
+    /// The record's period was impossible and a new one started now, its usage carried.
+    pub(crate) jumped: Option<ClockJump>,
+}
+
+/// A period whose start was more than one period after the clock ([`Record::impossible`]),
+/// replaced by one that starts now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ClockJump {
+    /// The impossible start.
+    pub(crate) was: UnixSecs,
+    /// The new period's start.
+    pub(crate) now: UnixSecs,
+    /// The usage carried into the new period.
+    pub(crate) carried: PerClass<Bytes>,
 }
 
 /// Starts a slice's first period (a new slice, or one whose record expired).
@@ -250,12 +277,31 @@ pub(crate) fn decide<C: Calendar>(
     period: C,
     capping: Capping,
 ) -> Decision {
+    // A start the clock cannot have been at: a new period from now, with the usage so far
+    // (no fresh budget), never held for as long as the clock had run ahead.
+    let jumped = record.impossible(now, period).then(|| ClockJump {
+        was: record.period_start,
+        now: period.start_at(now),
+        carried: PerClass::from_fn(|c| record.classes.of(c).carried(*counters.of(c)).used),
+    });
+    let rebased;
+    let record = match jumped {
+        Some(j) => {
+            rebased = Record {
+                period_start: j.now,
+                ..*record
+            };
+            &rebased
+        }
+        None => record,
+    };
     if record.expired(now, period) {
         return Decision {
             record: start(counters, limits, period.start_at(now)),
             reset: true,
             clock_behind: false,
             notify: false,
+            jumped: None,
         };
     }
     // A clock behind the period start holds the period: no time has elapsed in it.
@@ -281,6 +327,7 @@ pub(crate) fn decide<C: Calendar>(
         reset: false,
         clock_behind,
         notify,
+        jumped,
     }
 }
 
@@ -558,11 +605,11 @@ pub(crate) mod tests {
                 exempt: 0,
             },
             &l,
-            500,
+            950,
             100,
             Capping::Policy,
         );
-        assert!(!d.reset && d.clock_behind);
+        assert!(!d.reset && d.clock_behind && d.jumped.is_none());
         assert_eq!(d.record.period_start, 1000);
         assert_eq!(d.record.used(TrafficClass::General), Bytes(9 * 1024));
         assert!(
@@ -571,7 +618,102 @@ pub(crate) mod tests {
         );
     }
 
+    #[test]
+    fn a_period_start_more_than_a_period_ahead_starts_a_new_period_now_with_its_usage() {
+        let l = limits(10);
+        // Begun while the clock was a year ahead; capped in it.
+        let year = 365 * 86_400;
+        let r = start(Counters::default(), &l, 1000 + year);
+        let d = decide(
+            &r,
+            Counters {
+                general: 9 * 1024,
+                exempt: 0,
+            },
+            &l,
+            1000 + year,
+            3600,
+            Capping::Policy,
+        );
+        assert!(d.record.capped(TrafficClass::General, &l));
+        let back = decide(
+            &d.record,
+            Counters {
+                general: 9 * 1024,
+                exempt: 0,
+            },
+            &l,
+            1000,
+            3600,
+            Capping::Policy,
+        );
+        assert_eq!(
+            back.jumped,
+            Some(ClockJump {
+                was: 1000 + year,
+                now: 1000,
+                carried: PerClass {
+                    general: Bytes(9 * 1024),
+                    exempt: Bytes(0)
+                },
+            })
+        );
+        assert!(!back.clock_behind && !back.reset);
+        assert_eq!(back.record.period_start, 1000);
+        assert_eq!(
+            back.record.used(TrafficClass::General),
+            Bytes(9 * 1024),
+            "usage carried"
+        );
+        assert!(!back.notify, "told once already");
+        // That period ends one period later, not a year later.
+        let later = decide(
+            &back.record,
+            Counters {
+                general: 9 * 1024,
+                exempt: 0,
+            },
+            &l,
+            4600,
+            3600,
+            Capping::Policy,
+        );
+        assert!(later.reset && !later.record.capped(TrafficClass::General, &l));
+    }
+
     proptest! {
+        /// Whatever the clock said before it was set right at `right`, no period is held past
+        /// one period length after that, and no cap outlasts the hold and the period after it
+        /// (the slice sends nothing once the clock is right).
+        #[test]
+        fn no_clock_readings_hold_a_period_past_one_period_after_the_clock_is_right(
+            length in 60u64..200_000,
+            wrong in proptest::collection::vec((0u64..4_000_000_000, 0u64..20_000), 1..12),
+            step in 1u64..5_000,
+        ) {
+            let l = limits(10);
+            let right = 2_000_000_000u64;
+            let mut sent = 0u64;
+            let mut r = start(Counters::default(), &l, wrong[0].0);
+            for (at, bytes) in &wrong {
+                sent += bytes;
+                r = decide(&r, Counters { general: sent, exempt: 0 }, &l, *at, length, Capping::Policy).record;
+            }
+            let mut now = right;
+            while now < right + 2 * length + step {
+                let d = decide(&r, Counters { general: sent, exempt: 0 }, &l, now, length, Capping::Policy);
+                if now >= right + length {
+                    prop_assert!(!d.clock_behind, "held at {} after the clock is right", now - right);
+                    prop_assert!(d.record.period_start <= now);
+                }
+                if now >= right + 2 * length {
+                    prop_assert!(!d.record.capped(TrafficClass::General, &l), "capped {} after the clock is right", now - right);
+                }
+                r = d.record;
+                now += step;
+            }
+        }
+
         #[test]
         fn ceiling_stays_within_min_and_max(
             max_kbyte in 1u64..10_000_000,

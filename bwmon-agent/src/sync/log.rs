@@ -104,6 +104,19 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
             Event::CountersRestarted => warn!(
                 "the kernel's counters restarted from zero (reboot, or pins removed): usage is carried on; bytes sent since the last sync before that are lost"
             ),
+            Event::ClockJumped(Who { slice, xid }, j) => warn!(
+                slice,
+                xid,
+                period_start = j.was,
+                new_start = j.now,
+                carried = %j.carried.general,
+                carried_exempt = %j.carried.exempt,
+                "the slice's period started at {}, more than one period after the clock: the clock ran ahead when it began; a new period starts at {}, carrying the {} (exempt {}) used in it",
+                crate::time::text::format_time(j.was),
+                crate::time::text::format_time(j.now),
+                j.carried.general,
+                j.carried.exempt
+            ),
             Event::Orphan(minor) => {
                 info!(class = %minor, "removing a class that belongs to no slice")
             }

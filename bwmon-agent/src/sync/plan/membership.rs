@@ -115,7 +115,8 @@ impl Draft<'_> {
                 s.departed = true;
                 events.push(Event::Departed(who.clone()));
             }
-            if !s.record.expired(now, periods) {
+            // A departed slice whose period cannot be (the clock ran ahead) is not kept.
+            if !s.record.expired(now, periods) && !s.record.impossible(now, periods) {
                 return true;
             }
             for (_, m) in s.minors.iter() {

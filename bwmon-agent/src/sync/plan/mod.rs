@@ -34,7 +34,7 @@ use crate::{
         minors::Minors,
         tree::{self, Urgency},
     },
-    policy::{Capping, Counters, Limits, shares::Claim, warnings::Levels},
+    policy::{Capping, ClockJump, Counters, Limits, shares::Claim, warnings::Levels},
     serve::status::SliceStatus,
     state::{ClassNote, Notice, State},
     time::UnixSecs,
@@ -150,6 +150,9 @@ pub(crate) enum Event {
     Orphan(Minor),
     /// The kernel's counters restarted from zero (reboot, lost pins): usage is carried.
     CountersRestarted,
+    /// A slice's period started more than one period after the clock: a new one starts now,
+    /// with the usage carried.
+    ClockJumped(Who, ClockJump),
 }
 
 /// Everything one sync will do.

@@ -46,6 +46,9 @@ impl Draft<'_> {
         if d.reset {
             self.events.push(Event::NewPeriod(who.clone()));
         }
+        if let Some(jump) = d.jumped {
+            self.events.push(Event::ClockJumped(who.clone(), jump));
+        }
         let warn = l.capping == Capping::Policy;
         self.tell(&who, &before, &d, &limits, warn);
         let Some(s) = self.state.slices.get_mut(&l.xid) else {

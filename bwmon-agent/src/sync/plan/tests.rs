@@ -468,13 +468,36 @@ fn a_clock_behind_the_period_start_holds_every_period() {
     let live = [root(), slice("alice", 1001)];
     w.sync(&live, 100_000);
     w.send(1001, 900 * 1024);
-    let p = w.sync(&live, 50_000);
+    // Behind by less than one period (more is impossible: see the test of a year ahead).
+    let p = w.sync(&live, 99_950);
     assert!(p.clock_behind);
     assert_eq!(line(&p, "alice").period_start, 100_000);
     assert_eq!(line(&p, "alice").bytes, 900 * 1024);
     let p = w.sync(&live, 100_001);
     assert!(!p.clock_behind);
     assert_eq!(line(&p, "alice").period_start, 100_000);
+}
+
+#[test]
+fn a_period_begun_while_the_clock_was_a_year_ahead_ends_one_period_after_it_is_back() {
+    let mut w = World::new(false);
+    let live = [root(), slice("alice", 1001)];
+    let year = 365 * 86_400;
+    w.sync(&live, 100_000 + year);
+    w.send(1001, 900 * 1024);
+    assert!(line(&w.sync(&live, 100_001 + year), "alice").capped);
+    let p = w.sync(&live, 100_000);
+    assert!(!p.clock_behind, "not held for a year");
+    assert!(
+        p.events.iter().any(|e| matches!(e, Event::ClockJumped(who, j)
+            if who.slice == "alice" && j.was == 100_000 + year && j.carried.general.0 == 900 * 1024)),
+        "{:?}",
+        p.events
+    );
+    let alice = line(&p, "alice");
+    assert_eq!(alice.period_start, 100_000);
+    assert_eq!(alice.bytes, 900 * 1024, "usage carried");
+    assert!(!line(&w.sync(&live, 100_000 + PERIOD), "alice").capped);
 }
 
 #[test]
