@@ -141,7 +141,7 @@ fn metrics_agree_with_status_during_traffic() {
     let d = Daemon::start(
         &lab,
         &format!(
-            "period = \"300s\"\ninterval = \"1s\"\n[defaults]\nnet_max_kbyte = 100\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
+            "period = \"300s\"\ninterval = \"1s\"\n[defaults]\nnet_max_kbyte = 100\n[metrics]\nlisten = \"127.0.0.1:{port}\"\npublic = true\n"
         ),
         "[[slice]]\nname = \"alice\"\nxid = 5001\n[[slice]]\nname = \"bob\"\nxid = 5002\nnet_max_kbyte = 100000\n",
     );

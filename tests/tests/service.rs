@@ -319,7 +319,7 @@ fn a_metrics_request_split_across_writes_is_answered() {
     let port = free_port();
     let _d = Daemon::start(
         &lab,
-        &format!("interval = \"1s\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+        &format!("interval = \"1s\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\npublic = true\n"),
         &alice(),
     );
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
