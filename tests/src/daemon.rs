@@ -10,6 +10,27 @@ pub fn u(v: &serde_json::Value, k: &str) -> u64 {
         .unwrap_or_else(|| panic!("{k} missing in {v}"))
 }
 
+/// One HTTP request to 127.0.0.1:`port` (a metrics endpoint): the whole response.
+pub fn http(port: u16, request: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// Raises this process's descriptor limit (a test that holds thousands of connections).
+pub fn raise_nofile(n: u64) {
+    let lim = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: n,
+    };
+    // SAFETY: setrlimit with a valid struct.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+}
+
 /// A `bwmon run` under test, with its files in a temporary directory. Stopped on drop.
 pub struct Daemon {
     /// Directory holding config, slices, state, socket and log.

@@ -1,12 +1,6 @@
 //! What an operator meets on day one: the systemd unit, the install, the metrics endpoint.
 
-use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
-    path::Path,
-    process::Command,
-    time::Duration,
-};
+use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
 
 use bwmon_tests::{Daemon, Lab, bwmon_bin, cmd, free_port, send_udp_as};
 
@@ -117,12 +111,7 @@ fn install_puts_everything_in_place_and_keeps_an_existing_config() {
 }
 
 fn scrape(port: u16) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
+    let out = bwmon_tests::http(port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
     out
 }

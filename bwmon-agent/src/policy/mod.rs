@@ -621,32 +621,16 @@ pub(crate) mod tests {
     #[test]
     fn a_period_start_more_than_a_period_ahead_starts_a_new_period_now_with_its_usage() {
         let l = limits(10);
+        let sent = Counters {
+            general: 9 * 1024,
+            exempt: 0,
+        };
         // Begun while the clock was a year ahead; capped in it.
         let year = 365 * 86_400;
         let r = start(Counters::default(), &l, 1000 + year);
-        let d = decide(
-            &r,
-            Counters {
-                general: 9 * 1024,
-                exempt: 0,
-            },
-            &l,
-            1000 + year,
-            3600,
-            Capping::Policy,
-        );
+        let d = decide(&r, sent, &l, 1000 + year, 3600, Capping::Policy);
         assert!(d.record.capped(TrafficClass::General, &l));
-        let back = decide(
-            &d.record,
-            Counters {
-                general: 9 * 1024,
-                exempt: 0,
-            },
-            &l,
-            1000,
-            3600,
-            Capping::Policy,
-        );
+        let back = decide(&d.record, sent, &l, 1000, 3600, Capping::Policy);
         assert_eq!(
             back.jumped,
             Some(ClockJump {
@@ -667,17 +651,7 @@ pub(crate) mod tests {
         );
         assert!(!back.notify, "told once already");
         // That period ends one period later, not a year later.
-        let later = decide(
-            &back.record,
-            Counters {
-                general: 9 * 1024,
-                exempt: 0,
-            },
-            &l,
-            4600,
-            3600,
-            Capping::Policy,
-        );
+        let later = decide(&back.record, sent, &l, 4600, 3600, Capping::Policy);
         assert!(later.reset && !later.record.capped(TrafficClass::General, &l));
     }
 
