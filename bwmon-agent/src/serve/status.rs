@@ -425,6 +425,12 @@ pub(crate) fn table(report: &StatusReport) -> String {
     if let Some(bytes) = report.kernel_memory_bytes {
         out.push_str(&format!("kernel memory of the maps: {}\n", Bytes(bytes)));
     }
+    if report.leaves_pending > 0 {
+        out.push_str(&format!(
+            "HTB leaves still to create: {} (capped slices' first; the next syncs make the rest)\n",
+            report.leaves_pending
+        ));
+    }
     out
 }
 
@@ -541,6 +547,18 @@ mod tests {
         assert_eq!(
             (json["capped"].clone(), json["exempt_capped"].clone()),
             (false.into(), true.into())
+        );
+    }
+
+    #[test]
+    fn the_table_says_how_many_leaves_are_still_to_create() {
+        let mut report = StatusReport::default();
+        assert!(!table(&report).contains("leaves still to create"));
+        report.leaves_pending = 14_050;
+        assert!(
+            table(&report).contains("HTB leaves still to create: 14050"),
+            "{}",
+            table(&report)
         );
     }
 
