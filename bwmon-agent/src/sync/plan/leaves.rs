@@ -6,10 +6,14 @@ use super::{Draft, Event};
 use crate::{
     class::{PerClass, TrafficClass},
     datapath::Snapshot,
-    htb::{ClassInfo, ClassParams, Leaf, Op, TreeSpec, minors::Minors, tree},
+    htb::{
+        ClassInfo, ClassParams, Leaf, Minor, Op, TreeSpec,
+        minors::Minors,
+        tree::{self, Urgency},
+    },
     policy::{Limits, shares::Claim},
     state::SliceState,
-    units::BWMIN,
+    units::{BWMIN, BitsPerSec},
 };
 
 /// Whether a slice's class needs a leaf of its own even without traffic: its limits differ
@@ -59,6 +63,31 @@ pub(super) fn claims(s: &SliceState, limits: &Limits, dry_run: bool) -> PerClass
             },
             share: lim.share,
         }
+    })
+}
+
+/// How much each leaf of `s` enforces ([`tree::enforcement_first`] creates them in that
+/// order): capped when its class is capped by the policy or held below its own max rate by
+/// an operator's limit (`limits` in force against the `base` ones), a ceiling of its own when
+/// it claims less than its class's cap.
+pub(super) fn urgency<'a>(
+    s: &'a SliceState,
+    limits: &'a Limits,
+    base: &'a Limits,
+    claims: PerClass<Claim>,
+    caps: PerClass<BitsPerSec>,
+) -> impl Iterator<Item = (Minor, Urgency)> + 'a {
+    s.minors.iter().filter_map(move |(class, m)| {
+        let capped =
+            s.record.capped(class, limits) || limits.of(class).max_rate < base.of(class).max_rate;
+        let urgency = if capped {
+            Urgency::Capped
+        } else if claims.of(class).ceil < *caps.of(class) {
+            Urgency::OwnCeiling
+        } else {
+            return None;
+        };
+        m.map(|m| (m, urgency))
     })
 }
 

@@ -9,7 +9,7 @@ use super::{
 use crate::{
     class::PerClass,
     datapath::Snapshot,
-    htb::{tree, tree::Urgency},
+    htb::tree,
     policy::{self, Capping},
     state::SliceState,
     sync::report,
@@ -62,21 +62,8 @@ impl Draft<'_> {
             .extend((0..short).map(|_| Event::NoMinors(who.clone())));
         let claims = leaves::claims(s, &limits, settings.dry_run);
         let caps = settings.tree.ceilings();
-        for (class, m) in s.minors.iter() {
-            let Some(m) = m else { continue };
-            let urgency = if s.record.capped(class, &limits)
-                || limits.of(class).max_rate < l.limits.of(class).max_rate
-            {
-                Some(Urgency::Capped)
-            } else if claims.of(class).ceil < *caps.of(class) {
-                Some(Urgency::OwnCeiling)
-            } else {
-                None
-            };
-            if let Some(u) = urgency {
-                out.urgent.insert(*m, u);
-            }
-        }
+        out.urgent
+            .extend(leaves::urgency(s, &limits, &l.limits, claims, caps));
         out.leaves.extend(leaves::of_slice(s, claims));
         out.claims.insert(l.xid, claims);
         if s.minors.iter().any(|(_, m)| m.is_some()) {
