@@ -21,6 +21,7 @@
 //! policy, attributes and notices, and none of its unit bugs, limits or lost counters.
 #![deny(missing_docs)]
 
+pub(crate) mod cgroup;
 pub mod class;
 pub mod cli;
 pub mod config;

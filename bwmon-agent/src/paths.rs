@@ -17,6 +17,8 @@ pub(crate) const STATE: &str = "/var/lib/bwmon/state";
 pub(crate) const RUNTIME: &str = "/run/bwmon";
 /// Default control socket.
 pub(crate) const SOCKET: &str = "/run/bwmon/bwmon.sock";
+/// Where processes are listed (`/proc/PID/cgroup`: a tenant's cgroup).
+pub(crate) const PROC: &str = "/proc";
 /// The tenants' socket: every local user may ask it for their own slice.
 pub(crate) const TENANT_SOCKET: &str = "/run/bwmon/tenant.sock";
 

@@ -62,6 +62,14 @@ pub mod names {
     pub const SOURCE_V6: &str = "BWMON_SOURCE_V6";
     /// The drop program (BTF tracepoint `skb:kfree_skb`).
     pub const DROP: &str = "bwmon_drop";
+    /// Hash (not preallocated): cgroup v2 id (the inode number of the cgroup's directory) →
+    /// xid of the cgroup slice it is. Written by the agent only.
+    pub const CGROUP_XIDS: &str = "BWMON_CGROUP_XIDS";
+    /// Array with one `u32`: bit `L` set when some tenant cgroup is at level `L` of the
+    /// hierarchy (the root is level 0), for `L` from 1 to
+    /// [`MAX_CGROUP_LEVEL`](crate::MAX_CGROUP_LEVEL). Zero: no cgroup slices, and the
+    /// classifier reads no socket's cgroup.
+    pub const CGROUP_LEVELS: &str = "BWMON_CGROUP_LEVELS";
     /// Read-only global [`Settings`](crate::Settings) written by the loader.
     pub const SETTINGS: &str = "BWMON_SETTINGS";
     /// The classifier program (TC egress).
@@ -123,6 +131,12 @@ pub const SEEN_CHUNK: u32 = 4096;
 pub const SEEN_INCOMPLETE: u8 = 2;
 /// `BPF_F_NO_PREALLOC`: a hash whose entries are allocated when inserted.
 pub const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// Capacity of [`names::CGROUP_XIDS`]: tenant cgroups.
+pub const MAX_CGROUPS: u32 = 65_536;
+/// The deepest level a tenant cgroup may be at (`/a/b/c` is level 3): the classifier asks
+/// for the socket's ancestor at each configured level, deepest first, at most this many.
+pub const MAX_CGROUP_LEVEL: u32 = 16;
 
 /// Capacity of each exempt-destination trie (one per address family).
 pub const MAX_EXEMPT_PREFIXES: u32 = 16_384;

@@ -27,14 +27,18 @@ fn bwmon_classify(ctx: TcContext) -> i32 {
 fn classify(ctx: &TcContext) {
     let mut buf = MaybeUninit::<[u8; 40]>::uninit();
     let ip = ip_header(ctx, &mut buf);
-    let xid = match XidSource::from_u32(setting!(xid_source)) {
-        // SAFETY: the context's `__sk_buff` is valid for the program's run; the verifier
-        // checks the field access.
-        Some(XidSource::Mark) => unsafe { (*ctx.skb.skb).mark },
-        Some(XidSource::Source) => ip
-            .and_then(IpHeader::src_xid)
-            .unwrap_or(UNMATCHED_SOURCE_XID),
-        _ => ctx.get_socket_uid(),
+    // A tenant cgroup's socket first; everything else by `xid_source`.
+    let xid = match crate::cgroup::tenant_xid(ctx.skb.skb) {
+        Some(xid) => xid,
+        None => match XidSource::from_u32(setting!(xid_source)) {
+            // SAFETY: the context's `__sk_buff` is valid for the program's run; the verifier
+            // checks the field access.
+            Some(XidSource::Mark) => unsafe { (*ctx.skb.skb).mark },
+            Some(XidSource::Source) => ip
+                .and_then(IpHeader::src_xid)
+                .unwrap_or(UNMATCHED_SOURCE_XID),
+            _ => ctx.get_socket_uid(),
+        },
     };
     // The filter (an inlined array lookup) spares the trie walk for destinations no exempt
     // prefix can cover: most packets, on most hosts.

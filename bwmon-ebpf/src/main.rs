@@ -20,6 +20,7 @@
 // The settings' macro first: the modules below use it.
 #[macro_use]
 mod settings;
+mod cgroup;
 mod classify;
 mod diag;
 mod drop;

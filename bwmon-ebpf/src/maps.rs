@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use bwmon_common::{
     BPF_F_NO_PREALLOC, CLASS_ARRAY_XIDS, COUNTER_SLOTS, Counter, DropControl, EXEMPT_FILTER_WORDS,
-    MAX_EXEMPT_PREFIXES, MAX_MINORS, MAX_SOURCE_PREFIXES, MAX_XIDS, SEEN_CHUNK, XidCounters,
-    XidEntry,
+    MAX_CGROUPS, MAX_EXEMPT_PREFIXES, MAX_MINORS, MAX_SOURCE_PREFIXES, MAX_XIDS, SEEN_CHUNK,
+    XidCounters, XidEntry,
 };
 
 #[map(name = "BWMON_DROPS")]
@@ -56,6 +56,13 @@ pub(crate) static SOURCE_V4: LpmTrie<[u8; 4], u32> =
 #[map(name = "BWMON_SOURCE_V6")]
 pub(crate) static SOURCE_V6: LpmTrie<[u8; 16], u32> =
     LpmTrie::with_max_entries(MAX_SOURCE_PREFIXES, 0);
+
+#[map(name = "BWMON_CGROUP_XIDS")]
+pub(crate) static CGROUP_XIDS: HashMap<u64, u32> =
+    HashMap::with_max_entries(MAX_CGROUPS, BPF_F_NO_PREALLOC);
+
+#[map(name = "BWMON_CGROUP_LEVELS")]
+pub(crate) static CGROUP_LEVELS: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Per-CPU time of the last diagnostic, so logging is at most one line per second per CPU.
 #[map(name = "BWMON_LOG_GATE")]

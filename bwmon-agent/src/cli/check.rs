@@ -196,6 +196,7 @@ mod tests {
                 xid: 1000 + i,
                 sources: Vec::new(),
                 attrs,
+                cgroup: None,
             })
             .collect()
     }

@@ -6,6 +6,14 @@
 //! xid = 1001              # optional when `name` is a local user (its uid)
 //! sources = ["10.1.0.0/24"]   # with xid_source = "source"
 //! net_max_kbyte = 2000000     # any rspec attribute
+//!
+//! [[slice]]
+//! name = "ci-42"
+//! cgroup = "/system.slice/ci-job-42.scope"   # this cgroup and everything below it
+//!
+//! [[cgroups]]
+//! pattern = "/system.slice/docker-*.scope"   # a slice per matching cgroup, named after it
+//! net_max_kbyte = 1000000
 //! ```
 //!
 //! A slice with any problem is skipped whole, located; the others are applied (see [`parse`]).
@@ -25,6 +33,7 @@ use ipnet::IpNet;
 use toml_edit::Table;
 
 use crate::{
+    cgroup::{CgroupPath, Pattern, path::assign_xids},
     config::{
         problems::{Collector, FileErrors, parse_document},
         read::{Field, attributes},
@@ -47,6 +56,18 @@ pub(crate) struct SliceSpec {
     /// Source prefixes (for `xid_source = "source"`).
     pub(crate) sources: Vec<IpNet>,
     /// Attributes given for it (not yet merged with defaults).
+    pub(crate) attrs: Attributes,
+    /// Its cgroup (v2): packets of sockets in it or below it are its own.
+    pub(crate) cgroup: Option<CgroupPath>,
+}
+
+/// A `[[cgroups]]` table: every cgroup its pattern matches is a slice with its attributes,
+/// named after the cgroup (its last component).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PatternSpec {
+    /// The pattern.
+    pub(crate) pattern: Pattern,
+    /// Attributes of every slice it makes.
     pub(crate) attrs: Attributes,
 }
 
@@ -81,13 +102,17 @@ pub(crate) fn uid_of(name: &str) -> Option<u32> {
 }
 
 /// A slice's keys that are not attributes.
-const SLICE_KEYS: [&str; 3] = ["name", "xid", "sources"];
+const SLICE_KEYS: [&str; 4] = ["name", "xid", "sources", "cgroup"];
+/// A `[[cgroups]]` table's keys that are not attributes.
+const PATTERN_KEYS: [&str; 1] = ["pattern"];
 
 /// A slices file as read: the slices that can be used, and what was wrong with the rest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Parsed {
     /// Every valid slice, in file order.
     pub(crate) slices: Vec<SliceSpec>,
+    /// Every valid `[[cgroups]]` table, in file order.
+    pub(crate) patterns: Vec<PatternSpec>,
     /// The entries skipped (and other problems), located; `None` when there were none.
     pub(crate) skipped: Option<FileErrors>,
     /// Values used after a correction, located (a min rate above the max rate, …).
@@ -172,13 +197,17 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Parsed, FileErrors> {
     let doc = parse_document(path, text)?;
     let mut c = Collector::new(text);
     let root = doc.as_table();
-    for (key, item) in root.iter().filter(|(key, _)| *key != "slice") {
+    for (key, item) in root
+        .iter()
+        .filter(|(key, _)| *key != "slice" && *key != "cgroups")
+    {
         c.add(
             Some(item),
             key,
-            "unknown key; the file holds [[slice]] tables",
+            "unknown key; the file holds [[slice]] and [[cgroups]] tables",
         );
     }
+    let patterns = read_patterns(&mut c, root);
     let mut slices = Vec::new();
     let mut warnings = Vec::new();
     let mut broken = Vec::new();
@@ -218,6 +247,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Parsed, FileErrors> {
     one_owner_per_source(&mut c, &mut slices);
     Ok(Parsed {
         slices,
+        patterns,
         skipped: c.finish(path).err(),
         warnings,
         broken,
@@ -246,7 +276,25 @@ impl Entry<'_> {
     /// skipped whole, never half applied.
     fn read(&self, c: &mut Collector, taken: &mut Taken) -> Option<SliceSpec> {
         let name = self.name(c, taken)?;
-        let xid = self.xid(c, &name)?;
+        let cgroup = match self.table.get("cgroup") {
+            Some(item) => match item.as_str().map(CgroupPath::parse) {
+                Some(Ok(p)) => Some(p),
+                Some(Err(e)) => {
+                    taken.names.remove(&name);
+                    return self.refuse(c, "cgroup", e.to_string());
+                }
+                None => {
+                    taken.names.remove(&name);
+                    return self.refuse(c, "cgroup", "must be a string".into());
+                }
+            },
+            None => None,
+        };
+        let xid = match (&cgroup, self.table.get("xid")) {
+            // A cgroup slice without an xid: its path's, unless an earlier slice has that.
+            (Some(path), None) => assign_xids(std::slice::from_ref(path), &taken.xids)[0],
+            _ => self.xid(c, &name)?,
+        };
         if !taken.xids.insert(xid) {
             self.problem(c, "xid", format!("{xid} is used by another slice"));
             return None;
@@ -272,6 +320,7 @@ impl Entry<'_> {
             xid,
             sources,
             attrs,
+            cgroup,
         })
     }
 
@@ -352,6 +401,54 @@ impl Entry<'_> {
         self.problem(c, key, message);
         None
     }
+}
+
+/// The `[[cgroups]]` tables: each with a valid `pattern` and attributes, the others reported
+/// as `cgroups[i].key` and skipped.
+fn read_patterns(c: &mut Collector, root: &Table) -> Vec<PatternSpec> {
+    let Some(item) = root.get("cgroups") else {
+        return Vec::new();
+    };
+    let Some(tables) = item.as_array_of_tables() else {
+        c.add(Some(item), "cgroups", "must be [[cgroups]] tables");
+        return Vec::new();
+    };
+    let mut out: Vec<PatternSpec> = Vec::new();
+    for (index, table) in tables.iter().enumerate() {
+        let key = |k: &str| format!("cgroups[{index}].{k}");
+        let before = c.problems.len();
+        let pattern = match table.get("pattern") {
+            Some(item) => match item.as_str().map(Pattern::parse) {
+                Some(Ok(p)) => Some(p),
+                Some(Err(e)) => {
+                    c.add(Some(item), &key("pattern"), e.to_string());
+                    None
+                }
+                None => {
+                    c.add(Some(item), &key("pattern"), "must be a string");
+                    None
+                }
+            },
+            None => {
+                let line = c.line_of(table.span());
+                c.add_line(line, &key("pattern"), "missing");
+                None
+            }
+        };
+        let mut attrs = Attributes::default();
+        attributes(c, table, &key(""), &PATTERN_KEYS, &mut attrs);
+        if let Some(pattern) = pattern
+            && c.problems.len() == before
+        {
+            if out.iter().any(|p| p.pattern == pattern) {
+                let message = format!("'{}' appears twice", pattern.as_str());
+                c.add(table.get("pattern"), &key("pattern"), message);
+                continue;
+            }
+            out.push(PatternSpec { pattern, attrs });
+        }
+    }
+    out
 }
 
 /// A source prefix belongs to one slice only: the first that names it keeps it, a later
@@ -585,6 +682,53 @@ sources = ["10.1.0.7/24", "2001:db8::/64"]
         assert_eq!(s.len(), 2);
         assert_eq!(s[0].attrs.max_kbyte, Some(crate::units::KBytes(100)));
         assert_eq!(s[1].sources[0].to_string(), "10.1.0.0/24");
+    }
+
+    #[test]
+    fn cgroup_slices_and_patterns() {
+        let parsed = parse(
+            Path::new(PATH),
+            r#"
+[[slice]]
+name = "ci-42"
+cgroup = "/system.slice/ci-job-42.scope/"
+net_max_kbyte = 100
+[[slice]]
+name = "web"
+xid = 7000
+cgroup = "/system.slice/web.service"
+[[cgroups]]
+pattern = "/system.slice/docker-*.scope"
+net_max_kbyte = 200
+[[cgroups]]
+pattern = "relative/*"
+[[cgroups]]
+net_max_kbyte = 1
+[[slice]]
+name = "bad"
+cgroup = "/a/*"
+"#,
+        )
+        .unwrap();
+        let ci = &parsed.slices[0];
+        let path = CgroupPath::parse("/system.slice/ci-job-42.scope").unwrap();
+        assert_eq!(ci.xid, path.hashed_xid(), "its path's xid");
+        assert_eq!(ci.cgroup.as_ref(), Some(&path));
+        assert_eq!(parsed.slices[1].xid, 7000, "a configured xid is kept");
+        assert_eq!(parsed.slices.len(), 2);
+        assert_eq!(parsed.patterns.len(), 1);
+        assert_eq!(
+            parsed.patterns[0].attrs.max_kbyte,
+            Some(crate::units::KBytes(200))
+        );
+        let text = parsed.skipped.unwrap().to_string();
+        for expect in [
+            "cgroups[1].pattern: 'relative/*' must start with '/'",
+            "cgroups[2].pattern: missing",
+            "slice[2].cgroup: '/a/*' has a '*'",
+        ] {
+            assert!(text.contains(expect), "missing {expect:?} in\n{text}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use tokio::{
     io::unix::AsyncFd,
     sync::{mpsc, watch},
 };
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::{
     config::Config,
@@ -104,6 +104,12 @@ pub(super) async fn syncer(
     let state_file = StateFile::new(config.state.clone());
     let mut syncer = Syncer::new(config.clone(), datapath, htb, state_file, state, Vec::new());
     syncer.stop_on(shutdown.clone());
+    let hierarchy = crate::cgroup::Hierarchy::locate();
+    match &hierarchy {
+        Some(h) => info!("{}: cgroup slices are read there", h.describe()),
+        None => info!("no cgroup v2 hierarchy is mounted: cgroup slices match nothing"),
+    }
+    syncer.set_hierarchy(hierarchy);
     // The tree is installed before anything else, so a foreign root qdisc stops the start.
     let syncer = tokio::task::spawn_blocking(move || syncer.install_tree().map(|_| syncer))
         .await

@@ -336,6 +336,7 @@ fn read_slices<K: Kernel, T: Tree>(
                 warnings.push(w.clone());
             }
             syncer.set_slices(slices);
+            syncer.set_patterns(parsed.patterns);
         }
         Err(e) => {
             syncer.count_error(ErrorKind::Slices);

@@ -91,6 +91,49 @@ impl Datapath {
         self.replace_trie(names::SOURCE_V4, names::SOURCE_V6, sources)
     }
 
+    /// Makes the tenant cgroups' map hold exactly `ids` (cgroup id → xid) and the classifier
+    /// look at the levels `levels` (bit `L`: some tenant cgroup at level `L`; 0: none, the
+    /// classifier reads no socket's cgroup). Make-before-break: the levels of the old and the
+    /// new set, the new entries, the removals, then only the new levels.
+    ///
+    /// # Errors
+    /// A failed map update, naming the map.
+    pub fn set_cgroups(&mut self, ids: &HashMap<u64, u32>, levels: u32) -> Result<()> {
+        let name = names::CGROUP_LEVELS;
+        let old_levels = {
+            let map: Array<&MapData, u32> =
+                Array::try_from(self.map(name)?).map_err(|e| self.map_err(name, e))?;
+            map.get(&0, 0).map_err(|e| self.map_err(name, e))?
+        };
+        self.write_levels(old_levels | levels)?;
+        let (map, err) = self.map_for_write(names::CGROUP_XIDS)?;
+        let mut hash: BpfHashMap<&mut MapData, u64, u32> =
+            BpfHashMap::try_from(map).map_err(&err)?;
+        for (id, xid) in ids {
+            if hash.get(id, 0).ok() != Some(*xid) {
+                hash.insert(id, xid, 0).map_err(&err)?;
+            }
+        }
+        let stale: Vec<u64> = hash
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !ids.contains_key(k))
+            .collect();
+        for id in stale {
+            match hash.remove(&id) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
+        self.write_levels(levels)
+    }
+
+    fn write_levels(&mut self, levels: u32) -> Result<()> {
+        let (map, err) = self.map_for_write(names::CGROUP_LEVELS)?;
+        let mut array: Array<&mut MapData, u32> = Array::try_from(map).map_err(&err)?;
+        array.set(0, levels, 0).map_err(&err)
+    }
+
     fn replace_trie<V: aya::Pod + PartialEq>(
         &mut self,
         v4: &'static str,

@@ -16,7 +16,7 @@ use crate::paths;
 
 /// Maps of the object that outlive the agent (pinned). The rest (log gate, globals) are per
 /// load; the carried maps the agent makes itself ([`super::older`]).
-const PINNED_MAPS: [&str; 13] = [
+const PINNED_MAPS: [&str; 15] = [
     names::SLOTS,
     names::UNSLOTTED,
     names::OFFERED_OVERFLOW,
@@ -30,6 +30,8 @@ const PINNED_MAPS: [&str; 13] = [
     names::EXEMPT_FILTER,
     names::SOURCE_V4,
     names::SOURCE_V6,
+    names::CGROUP_XIDS,
+    names::CGROUP_LEVELS,
 ];
 
 /// Pinned TCX link of the classifier, inside an interface's pin directory.

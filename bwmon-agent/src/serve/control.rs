@@ -27,6 +27,8 @@ use tokio::{
 use tracing::debug;
 
 use crate::{
+    cgroup::CgroupPath,
+    paths::PROC,
     policy::levers::Lever,
     serve::{
         connections::{self, Limits, PER_CONNECTION, Ticket},
@@ -209,16 +211,25 @@ pub(crate) async fn answer(
         .unwrap_or_else(|_| ReplyBody::Error("the daemon is stopping".into()))
 }
 
-/// The tenant socket's answer to `frame` from `uid`: the status report of that uid's slice
-/// (the root's document with that one slice), when `uid_is_xid`.
+/// The tenant socket's answer to `frame` from `uid`, a process in cgroup `cgroup`: the status
+/// report (the root's document with that one slice) of the cgroup slice it is in (its cgroup
+/// or the nearest ancestor that is one), else of its uid's slice, when `uid_is_xid`.
 pub(crate) fn answer_tenant(
     frame: &[u8],
     uid: u32,
+    cgroup: Option<&CgroupPath>,
     status: &StatusReport,
     uid_is_xid: bool,
 ) -> ReplyBody {
+    let in_cgroup = cgroup.and_then(|c| status.cgroup_slice(c));
     match decode(frame) {
         Err(why) => ReplyBody::Error(why),
+        Ok(RequestBody::Mine) if in_cgroup.is_some() => in_cgroup
+            .and_then(|xid| status.for_tenant(xid))
+            .map_or_else(
+                || ReplyBody::Error(format!("no slice for uid {uid}")),
+                ReplyBody::Status,
+            ),
         Ok(RequestBody::Mine) if !uid_is_xid => ReplyBody::Error(format!(
             "no slice for uid {uid}: slices here are not identified by uid (xid_source)"
         )),
@@ -349,11 +360,19 @@ pub(crate) async fn serve_tenant(
 ) {
     let handle = move |stream: UnixStream, ticket| {
         let status = status.clone();
+        // The caller's cgroup, by the pid the kernel vouches for: read when it connects (a
+        // process that is gone by then is answered by its uid).
+        let cgroup = (stream.peer_cred().ok())
+            .and_then(|c| c.pid())
+            .and_then(|pid| u32::try_from(pid).ok())
+            .and_then(|pid| crate::cgroup::hierarchy::cgroup_of(Path::new(PROC), pid));
         exchange(
             stream,
             ticket,
             PER_CONNECTION,
-            move |frame, uid| async move { answer_tenant(&frame, uid, &status.borrow(), uid_is_xid) },
+            move |frame, uid| async move {
+                answer_tenant(&frame, uid, cgroup.as_ref(), &status.borrow(), uid_is_xid)
+            },
         )
     };
     connections::serve(listener, "tenant", limits, None, handle, shutdown).await;
@@ -531,7 +550,7 @@ mod tests {
             ..Default::default()
         };
         let mine = frame(PROTOCOL, RequestBody::Mine);
-        match answer_tenant(&mine, 1002, &report, true) {
+        match answer_tenant(&mine, 1002, None, &report, true) {
             ReplyBody::Status(r) => {
                 // Root's document, with the caller's slice alone and nothing of the daemon's.
                 assert_eq!(r.now, 1500);
@@ -543,10 +562,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let none = answer_tenant(&mine, 4242, &report, true);
+        let none = answer_tenant(&mine, 4242, None, &report, true);
         assert_eq!(none, ReplyBody::Error("no slice for uid 4242".into()));
         assert!(matches!(
-            answer_tenant(&mine, 1001, &report, false),
+            answer_tenant(&mine, 1001, None, &report, false),
             ReplyBody::Error(_)
         ));
         for other in [
@@ -554,12 +573,54 @@ mod tests {
             RequestBody::Show(SliceRef::Xid(1001)),
             RequestBody::Pull(SliceRef::Xid(1002), Lever::Reset, RequestId(1)),
         ] {
-            let r = answer_tenant(&frame(PROTOCOL, other), 1002, &report, true);
+            let r = answer_tenant(&frame(PROTOCOL, other), 1002, None, &report, true);
             assert!(matches!(r, ReplyBody::Error(e) if e.contains("only a user's own")));
         }
         assert!(matches!(
-            answer_tenant(b"junk", 1002, &report, true),
+            answer_tenant(b"junk", 1002, None, &report, true),
             ReplyBody::Error(e) if e.contains("malformed")
+        ));
+    }
+
+    #[test]
+    fn a_process_in_a_tenant_cgroup_is_answered_with_its_slice() {
+        let mut ci = crate::serve::status::SliceStatus {
+            name: "ci-42".into(),
+            xid: 0x8000_0042,
+            cgroup: Some("/ci/job-42".into()),
+            ..Default::default()
+        };
+        let alice = crate::serve::status::SliceStatus {
+            name: "alice".into(),
+            xid: 1001,
+            ..Default::default()
+        };
+        let report = StatusReport {
+            slices: vec![alice, ci.clone()],
+            ..Default::default()
+        };
+        let mine = frame(PROTOCOL, RequestBody::Mine);
+        let at = |p: &str| CgroupPath::parse(p).unwrap();
+        let name = |r: ReplyBody| match r {
+            ReplyBody::Status(r) => r.slices[0].name.clone(),
+            other => panic!("{other:?}"),
+        };
+        // In the cgroup, or in a cgroup below it; even with slices by mark.
+        for (path, uid_is_xid) in [("/ci/job-42", true), ("/ci/job-42/step/1", false)] {
+            let r = answer_tenant(&mine, 1001, Some(&at(path)), &report, uid_is_xid);
+            assert_eq!(name(r), "ci-42", "{path}");
+        }
+        // Outside it (a sibling with the same prefix): by uid.
+        let r = answer_tenant(&mine, 1001, Some(&at("/ci/job-420")), &report, true);
+        assert_eq!(name(r), "alice");
+        ci.cgroup = None;
+        let report = StatusReport {
+            slices: vec![ci],
+            ..Default::default()
+        };
+        assert!(matches!(
+            answer_tenant(&mine, 1001, Some(&at("/ci/job-42")), &report, true),
+            ReplyBody::Error(_)
         ));
     }
 

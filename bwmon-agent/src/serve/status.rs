@@ -89,6 +89,9 @@ pub(crate) struct SliceStatus {
     /// The levels of its exempt budget it was warned of this period, in %.
     #[serde(default)]
     pub(crate) exempt_warned_percent: Vec<u8>,
+    /// Its cgroup (v2 path), for a cgroup slice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) cgroup: Option<String>,
 }
 
 /// The whole report.
@@ -126,6 +129,20 @@ pub struct StatusReport {
 }
 
 impl StatusReport {
+    /// The xid of the cgroup slice a process in `cgroup` belongs to: the slice of its cgroup
+    /// or of its nearest ancestor that is one.
+    pub(crate) fn cgroup_slice(&self, cgroup: &crate::cgroup::CgroupPath) -> Option<u32> {
+        let path = cgroup.as_str();
+        self.slices
+            .iter()
+            .filter_map(|s| Some((s.cgroup.as_deref()?, s.xid)))
+            .filter(|(c, _)| {
+                path == *c || (path.starts_with(*c) && path.as_bytes().get(c.len()) == Some(&b'/'))
+            })
+            .max_by_key(|(c, _)| c.len())
+            .map(|(_, xid)| xid)
+    }
+
     /// The report a tenant is given: the same document with only the slice of `xid` in it,
     /// and nothing about the daemon's health (errors, warnings, kernel memory) or other
     /// slices.
@@ -254,6 +271,7 @@ impl SliceStatus {
             exempt_cap_bps: e.cap.0,
             warned_percent: g.warned.percents(),
             exempt_warned_percent: e.warned.percents(),
+            cgroup: None,
         }
     }
 

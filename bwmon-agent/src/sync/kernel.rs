@@ -50,6 +50,11 @@ pub(crate) trait Kernel {
     /// # Errors
     /// A map update fails.
     fn set_sources(&mut self, sources: &[(IpNet, u32)]) -> Result<(), DatapathError>;
+    /// Tenant cgroup id → xid, and the levels where tenant cgroups are (a bit each).
+    ///
+    /// # Errors
+    /// A map update fails.
+    fn set_cgroups(&mut self, ids: &HashMap<u64, u32>, levels: u32) -> Result<(), DatapathError>;
     /// After a sync that read `snapshot`: counter slots for the xids that send, back from idle
     /// ones without a record (`kept`: the xids with one), an older layout folded in.
     ///
@@ -104,6 +109,9 @@ impl Kernel for Datapath {
     }
     fn set_sources(&mut self, sources: &[(IpNet, u32)]) -> Result<(), DatapathError> {
         Datapath::set_sources(self, sources)
+    }
+    fn set_cgroups(&mut self, ids: &HashMap<u64, u32>, levels: u32) -> Result<(), DatapathError> {
+        Datapath::set_cgroups(self, ids, levels)
     }
     fn tend_counters(
         &mut self,

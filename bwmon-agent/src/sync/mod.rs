@@ -22,8 +22,9 @@ pub(crate) use operator::PullOutcome;
 use plan::{LiveSlice, Memory, Observation, Plan, Settings};
 
 use crate::{
+    cgroup::{self, CgroupPath, Hierarchy, Pattern, Tenants},
     config::Config,
-    config::slices::{ROOT_NAME, SliceSpec},
+    config::slices::{PatternSpec, ROOT_NAME, SliceSpec},
     error_kind::{ErrorCounts, ErrorKind},
     htb::{ClassInfo, TreeSpec, minors::Minors},
     policy::rspec::Attributes,
@@ -57,6 +58,7 @@ struct Pushed {
     classes: Option<HashMap<u32, ClassIds>>,
     sources: Option<Vec<(IpNet, u32)>>,
     exempt: bool,
+    cgroups: Option<(HashMap<u64, u32>, u32)>,
 }
 
 /// The sync loop's memory between syncs: the one owner of the state.
@@ -70,6 +72,14 @@ pub(crate) struct Syncer<K, T> {
     minors: Minors,
     memory: Memory,
     slices: Vec<SliceSpec>,
+    /// The slices file's `[[cgroups]]` tables.
+    patterns: Vec<PatternSpec>,
+    /// The cgroup v2 hierarchy, where the host has one.
+    hierarchy: Option<Hierarchy>,
+    /// The slices the patterns made at the last scan.
+    found: Vec<SliceSpec>,
+    /// The tenant cgroups' ids → xids and levels of the last scan, to write.
+    cgroup_map: Option<(HashMap<u64, u32>, u32)>,
     pushed: Pushed,
     errors: ErrorCounts,
     last_report: StatusReport,
@@ -114,6 +124,10 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
             minors,
             memory: Memory::default(),
             slices,
+            patterns: Vec::new(),
+            hierarchy: None,
+            found: Vec::new(),
+            cgroup_map: None,
             pushed: Pushed::default(),
             errors: ErrorCounts::new(),
             last_report: StatusReport::default(),
@@ -159,6 +173,74 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
     /// Replaces the slices (a good new slices file).
     pub(crate) fn set_slices(&mut self, slices: Vec<SliceSpec>) {
         self.slices = slices;
+    }
+
+    /// Replaces the `[[cgroups]]` patterns (a good new slices file).
+    pub(crate) fn set_patterns(&mut self, patterns: Vec<PatternSpec>) {
+        self.patterns = patterns;
+    }
+
+    /// Scans `hierarchy` for tenant cgroups at every sync from now on.
+    pub(crate) fn set_hierarchy(&mut self, hierarchy: Option<Hierarchy>) {
+        self.hierarchy = hierarchy;
+    }
+
+    /// The slices in force that are cgroups: the file's and those patterns found, with their
+    /// paths.
+    pub(crate) fn cgroup_slices(&self) -> impl Iterator<Item = (&SliceSpec, &CgroupPath)> {
+        (self.slices.iter().chain(&self.found)).filter_map(|s| Some((s, s.cgroup.as_ref()?)))
+    }
+
+    /// Reads the hierarchy: the cgroups the slices name and those the patterns match become
+    /// this sync's pattern slices and the map the classifier reads. A host without cgroup
+    /// slices is not scanned and its map stays empty (the classifier then reads no cgroup).
+    fn scan_cgroups(&mut self) {
+        let named: Vec<&CgroupPath> = self
+            .slices
+            .iter()
+            .filter_map(|s| s.cgroup.as_ref())
+            .collect();
+        let tenants = match &self.hierarchy {
+            Some(h) if !named.is_empty() || !self.patterns.is_empty() => {
+                let patterns: Vec<&Pattern> = self.patterns.iter().map(|p| &p.pattern).collect();
+                cgroup::scan(h, &named, &patterns)
+            }
+            _ => Tenants::default(),
+        };
+        let names: HashSet<&str> = self.slices.iter().map(|s| s.name.as_str()).collect();
+        let taken: HashSet<u32> = self
+            .slices
+            .iter()
+            .map(|s| s.xid)
+            .chain([ROOT_XID])
+            .collect();
+        let paths: Vec<CgroupPath> = tenants.found.iter().map(|(_, p)| p.clone()).collect();
+        let xids = cgroup::path::assign_xids(&paths, &taken);
+        let mut found_names: HashSet<String> = HashSet::new();
+        self.found = tenants
+            .found
+            .iter()
+            .zip(xids)
+            .filter_map(|((i, path), xid)| {
+                let name = cgroup::path::slice_name(path);
+                // A name a slice of the file has (or an earlier match) stays that slice's.
+                if names.contains(name.as_str()) || !found_names.insert(name.clone()) {
+                    return None;
+                }
+                Some(SliceSpec {
+                    name,
+                    xid,
+                    sources: Vec::new(),
+                    attrs: self.patterns[*i].attrs,
+                    cgroup: Some(path.clone()),
+                })
+            })
+            .collect();
+        let map: HashMap<u64, u32> = self
+            .cgroup_slices()
+            .filter_map(|(s, path)| Some((*tenants.ids.get(path)?, s.xid)))
+            .collect();
+        self.cgroup_map = Some((map, tenants.levels()));
     }
 
     /// Counts a failure of `kind` that was handled elsewhere (the slices file, delivery).
@@ -253,7 +335,7 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
             capping: Capping::Never,
             sources: Vec::new(),
         }];
-        live.extend(self.slices.iter().map(|s| LiveSlice {
+        live.extend(self.slices.iter().chain(&self.found).map(|s| LiveSlice {
             name: s.name.clone(),
             xid: s.xid,
             limits: self.base_limits(&s.attrs),
@@ -304,6 +386,7 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
     /// The tree (installed if it vanished), the attachment, the counters. `None` when the
     /// counters cannot be read: nothing can be planned without them.
     fn observe(&mut self, now: UnixSecs) -> Option<Observation> {
+        self.scan_cgroups();
         let spec = self.tree_spec();
         // The listing made while checking the tree serves the whole sync.
         let listed = match self
@@ -412,6 +495,14 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
                 Err(e) => self.error(ErrorKind::Datapath, "updating source prefixes", &e),
             }
         }
+        if let Some(map) = self.cgroup_map.take()
+            && self.pushed.cgroups.as_ref() != Some(&map)
+        {
+            match self.kernel.set_cgroups(&map.0, map.1) {
+                Ok(()) => self.pushed.cgroups = Some(map),
+                Err(e) => self.error(ErrorKind::Datapath, "updating tenant cgroups", &e),
+            }
+        }
         let leaves_pending = self.apply_tree(&plan.tree_ops, started);
 
         let changed = plan.state != self.state;
@@ -423,12 +514,20 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
         }
         self.persist();
 
+        let cgroups: HashMap<u32, String> = self
+            .cgroup_slices()
+            .map(|(s, p)| (s.xid, p.to_string()))
+            .collect();
+        let mut rows = plan.rows;
+        for row in &mut rows {
+            row.cgroup = cgroups.get(&row.xid).cloned();
+        }
         let report = StatusReport {
             now,
             period_secs: self.config.periods.nominal_secs(),
             interface: self.config.interface.clone(),
             dry_run: self.config.dry_run,
-            slices: plan.rows,
+            slices: rows,
             last_sync_secs: started.elapsed().as_secs_f64(),
             errors: self.errors.clone(),
             warnings: Vec::new(),
@@ -498,6 +597,9 @@ mod tests {
         fn set_sources(&mut self, _: &[(IpNet, u32)]) -> Result<(), DatapathError> {
             Ok(())
         }
+        fn set_cgroups(&mut self, _: &HashMap<u64, u32>, _: u32) -> Result<(), DatapathError> {
+            Ok(())
+        }
     }
 
     /// An HTB tree in memory.
@@ -549,6 +651,7 @@ mod tests {
             xid,
             sources: vec![],
             attrs: Attributes::default(),
+            cgroup: None,
         }
     }
 
