@@ -9,6 +9,7 @@
 )]
 
 pub mod bench;
+mod cgroup;
 mod daemon;
 mod debian_root;
 pub mod frames;
@@ -23,6 +24,7 @@ mod tc;
 mod traffic;
 mod webhook;
 
+pub use cgroup::*;
 pub use daemon::*;
 pub use debian_root::*;
 pub use kernel_log::*;

@@ -89,8 +89,9 @@ pub(crate) struct SliceStatus {
     /// The levels of its exempt budget it was warned of this period, in %.
     #[serde(default)]
     pub(crate) exempt_warned_percent: Vec<u8>,
-    /// Its cgroup (v2 path), for a cgroup slice.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Its cgroup (v2 path) for a cgroup slice, else `None` (`null`: the control protocol's
+    /// format has no optional fields).
+    #[serde(default)]
     pub(crate) cgroup: Option<String>,
 }
 

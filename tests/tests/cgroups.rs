@@ -1,0 +1,374 @@
+//! Tenants as cgroups, end to end: a real daemon, real cgroups under the v2 hierarchy
+//! (processes moved into them through `cgroup.procs`), real traffic from a namespace lab.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use bwmon_tests::{
+    Daemon, Lab, TestCgroups, cmd, median, poll, rates, send_tcp_in, send_udp_as, send_udp_in,
+    sender_in, u,
+};
+
+const ALICE: u32 = 4901;
+const CONFIG: &str = "period = \"600s\"\ninterval = \"1s\"\n";
+
+/// Two intervals: what was sent is synced.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(2500));
+}
+
+fn classes(slice: &serde_json::Value) -> Vec<String> {
+    slice["classes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The slice `name` once it is in the status with `leaves` leaves.
+fn with_leaves(d: &Daemon, name: &str, leaves: usize) -> serde_json::Value {
+    let s = poll(
+        10,
+        || d.slice(name),
+        |s| s.as_ref().is_some_and(|s| classes(s).len() == leaves),
+    );
+    s.unwrap_or_else(|| panic!("no slice {name} in {}", d.status()))
+}
+
+#[test]
+fn a_process_in_a_tenant_cgroup_and_below_it_is_charged_to_the_slice_exactly() {
+    let lab = Lab::new();
+    let cg = TestCgroups::new();
+    let ci = cg.make("ci");
+    let step = cg.make("ci/step");
+    let d = Daemon::start(
+        &lab,
+        &format!("{CONFIG}exempt_prefixes = [\"{}\"]\n", lab.exempt_net_v4),
+        &format!(
+            "[[slice]]\nname = \"alice\"\nxid = {ALICE}\n[[slice]]\nname = \"ci\"\ncgroup = \"{}\"\n",
+            cg.path("ci")
+        ),
+    );
+    let general = SocketAddr::new(lab.general_v4.into(), 9);
+    let exempt = SocketAddr::new(lab.exempt_v4.into(), 9);
+    // Its leaves come with its first traffic (general first: the classes list general first).
+    send_udp_in(&ci, Some(ALICE), None, general, 1, 100);
+    with_leaves(&d, "ci", 1);
+    send_udp_in(&ci, Some(ALICE), None, exempt, 1, 100);
+    let before = with_leaves(&d, "ci", 2);
+    settle();
+    let before = d.slice("ci").unwrap_or(before);
+    assert_eq!(before["cgroup"], cg.path("ci"), "{before}");
+    let leaves = classes(&before);
+    let htb = |i: usize| lab.class_bytes(&leaves[i]);
+    let (g0, e0) = (htb(0), htb(1));
+    let alice0 = d.slice("alice").map(|s| u(&s, "bytes")).unwrap_or(0);
+
+    // The tenant's processes (with alice's uid): in the cgroup and in its sub-cgroup.
+    let w1 = send_udp_in(&ci, Some(ALICE), None, general, 200, 1000);
+    let w2 = send_udp_in(&step, Some(ALICE), None, general, 100, 500);
+    let we = send_udp_in(&step, Some(ALICE), None, exempt, 50, 700);
+    let tcp = SocketAddr::new(lab.general_v4.into(), 5801);
+    let sink = lab.tcp_sink(tcp, 1);
+    send_tcp_in(&step, Some(ALICE), tcp, 4 << 20);
+    assert_eq!(sink.join().unwrap(), 4 << 20);
+    // The same uid outside the cgroup: alice's.
+    let wa = send_udp_as(ALICE, general, 30, 400);
+    settle();
+
+    let after = d.slice("ci").unwrap();
+    let added = u(&after, "bytes") - u(&before, "bytes");
+    let added_exempt = u(&after, "exempt_bytes") - u(&before, "exempt_bytes");
+    let (g1, e1) = (htb(0), htb(1));
+    eprintln!(
+        "ci: general {added} bytes (HTB sent {}), exempt {added_exempt} (HTB sent {})",
+        g1 - g0,
+        e1 - e0
+    );
+    assert_eq!(added, g1 - g0, "general: what its leaf sent");
+    assert_eq!(added_exempt, e1 - e0, "exempt: what its leaf sent");
+    assert_eq!(added_exempt, 50 * we, "exempt: every datagram, exactly");
+    assert!(added >= 200 * w1 + 100 * w2 + (4 << 20), "{after}");
+    assert!(
+        added <= 200 * w1 + 100 * w2 + (4 << 20) * 105 / 100,
+        "{after}"
+    );
+    let alice = d.slice("alice").unwrap();
+    assert_eq!(
+        u(&alice, "bytes") - alice0,
+        30 * wa,
+        "alice: her own datagrams only"
+    );
+}
+
+#[test]
+fn a_capped_cgroup_slice_is_held_at_its_ceiling() {
+    let lab = Lab::new();
+    let cg = TestCgroups::new();
+    let ci = cg.make("ci");
+    let step = cg.make("ci/step");
+    let d = Daemon::start(
+        &lab,
+        &format!("{CONFIG}node_cap = \"100mbit\"\n"),
+        &format!(
+            "[[slice]]\nname = \"ci\"\ncgroup = \"{}\"\nnet_max_rate = \"8mbit\"\n",
+            cg.path("ci")
+        ),
+    );
+    // A limit below the node cap: its leaf is made before it sends.
+    let s = with_leaves(&d, "ci", 1);
+    assert_eq!(u(&s, "ceil_bps"), 8_000_000);
+    let dst = SocketAddr::new(lab.general_v4.into(), 5811);
+    let meter = lab.meter(dst, 2);
+    let _a = sender_in(&ci, dst);
+    let _b = sender_in(&step, dst);
+    std::thread::sleep(Duration::from_secs(2));
+    let samples: Vec<f64> = (0..4)
+        .map(|_| rates(&[&meter], Duration::from_secs(1))[0])
+        .collect();
+    let rate = median(&samples);
+    eprintln!("ci held at {:.2} Mbit/s received (ceiling 8)", rate / 1e6);
+    assert!(
+        (7.0e6..=8.4e6).contains(&rate),
+        "received {rate} bit/s, samples {samples:?}"
+    );
+}
+
+#[test]
+fn a_patterns_new_cgroup_is_a_slice_within_an_interval_and_a_recreated_one_continues() {
+    let lab = Lab::new();
+    let cg = TestCgroups::new();
+    let d = Daemon::start(
+        &lab,
+        CONFIG,
+        &format!(
+            "[[cgroups]]\npattern = \"{}\"\nnet_max_kbyte = 500000\n",
+            cg.path("job-*")
+        ),
+    );
+    assert!(d.slice("job-1").is_none());
+    let job = cg.make("job-1");
+    let made = Instant::now();
+    let s = poll(5, || d.slice("job-1"), Option::is_some)
+        .unwrap_or_else(|| panic!("no slice for job-1 in {}", d.status()));
+    let took = made.elapsed();
+    eprintln!("job-1 became a slice {took:?} after its cgroup was made");
+    assert!(
+        took <= Duration::from_millis(2200),
+        "{took:?}: more than an interval"
+    );
+    assert_eq!(s["cgroup"], cg.path("job-1"));
+    assert_eq!(u(&s, "max_kbyte"), 500000, "the pattern's attributes");
+    let xid = u(&s, "xid");
+    assert!(classes(&s).is_empty(), "no leaf before it sends");
+
+    let dst = SocketAddr::new(lab.general_v4.into(), 9);
+    let w = send_udp_in(&job, None, None, dst, 100, 1000);
+    let s = with_leaves(&d, "job-1", 1);
+    let s = poll(
+        5,
+        || d.slice("job-1").unwrap_or(s.clone()),
+        |s| u(s, "bytes") >= 100 * w,
+    );
+    assert_eq!(u(&s, "bytes"), 100 * w);
+
+    // Gone, then back under the same path with a new kernel id: the same slice, its usage
+    // carried on.
+    let old_id = cg.id("job-1");
+    cg.remove("job-1");
+    poll(5, || d.slice("job-1"), Option::is_none);
+    let job = cg.make("job-1");
+    assert_ne!(cg.id("job-1"), old_id, "a new cgroup");
+    poll(5, || d.slice("job-1"), Option::is_some).expect("back");
+    // Within one interval the map follows the new id.
+    std::thread::sleep(Duration::from_millis(1200));
+    send_udp_in(&job, None, None, dst, 50, 1000);
+    let s = poll(
+        5,
+        || d.slice("job-1").unwrap(),
+        |s| u(s, "bytes") >= 150 * w,
+    );
+    assert_eq!(u(&s, "xid"), xid);
+    assert_eq!(
+        u(&s, "bytes"),
+        150 * w,
+        "continued, nothing twice, nothing lost"
+    );
+}
+
+#[test]
+fn a_restart_and_a_reboot_keep_a_cgroup_slices_usage() {
+    let lab = Lab::new();
+    let cg = TestCgroups::new();
+    let ci = cg.make("ci");
+    let mut d = Daemon::start(
+        &lab,
+        CONFIG,
+        &format!("[[slice]]\nname = \"ci\"\ncgroup = \"{}\"\n", cg.path("ci")),
+    );
+    let dst = SocketAddr::new(lab.general_v4.into(), 9);
+    let w = send_udp_in(&ci, None, None, dst, 300, 1000);
+    settle();
+    let before = d.slice("ci").unwrap();
+    assert_eq!(u(&before, "bytes"), 300 * w);
+
+    // A restart.
+    d.stop(libc::SIGTERM);
+    d.restart();
+    settle();
+    assert_eq!(u(&d.slice("ci").unwrap(), "bytes"), 300 * w, "restart");
+
+    // A reboot: the kernel's side is lost.
+    d.stop(libc::SIGKILL);
+    d.teardown();
+    d.restart();
+    settle();
+    let after = d.slice("ci").unwrap();
+    assert_eq!(after["period_start"], before["period_start"]);
+    assert_eq!(u(&after, "bytes"), 300 * w, "reboot");
+    let tcp = SocketAddr::new(lab.general_v4.into(), 5821);
+    let sink = lab.tcp_sink(tcp, 1);
+    send_tcp_in(&ci, None, tcp, 2 << 20);
+    sink.join().unwrap();
+    settle();
+    let later = d.slice("ci").unwrap();
+    let added = u(&later, "bytes") - 300 * w;
+    let htb = lab.class_bytes(&classes(&later)[0]);
+    eprintln!("after the reboot: {added} bytes added, HTB sent {htb}");
+    assert!(added >= 2 << 20);
+    assert_eq!(added, htb, "charged what the new tree sent");
+}
+
+/// A network namespace ("container") routed through the root namespace to the lab: its
+/// traffic reaches the lab's interface forwarded, without its socket.
+struct Container {
+    netns: String,
+    host_end: String,
+    forwarding: String,
+}
+
+impl Container {
+    fn new(lab: &Lab) -> Container {
+        let n = lab.lab_no;
+        let c = Container {
+            netns: format!("{}c", lab.netns),
+            host_end: format!("{}c", lab.host_if),
+            forwarding: std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
+        };
+        let peer = format!("{}d", lab.host_if);
+        cmd("ip", &["netns", "add", &c.netns]);
+        cmd(
+            "ip",
+            &[
+                "link",
+                "add",
+                &c.host_end,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &peer,
+            ],
+        );
+        cmd("ip", &["link", "set", &peer, "netns", &c.netns]);
+        cmd(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("10.214.{n}.1/24"),
+                "dev",
+                &c.host_end,
+            ],
+        );
+        cmd("ip", &["link", "set", &c.host_end, "up"]);
+        let ns = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", c.netns.as_str()];
+            all.extend_from_slice(args);
+            cmd("ip", &all);
+        };
+        ns(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("10.214.{n}.2/24"),
+            "dev",
+            &peer,
+        ]);
+        ns(&["ip", "link", "set", &peer, "up"]);
+        ns(&["ip", "link", "set", "lo", "up"]);
+        ns(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.214.{n}.1"),
+        ]);
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
+        c
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", self.forwarding.trim());
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.host_end])
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+    }
+}
+
+#[test]
+fn traffic_forwarded_from_a_container_netns_is_not_charged_to_its_cgroup() {
+    let lab = Lab::new();
+    let cg = TestCgroups::new();
+    let ci = cg.make("ci");
+    let container = Container::new(&lab);
+    let d = Daemon::start(
+        &lab,
+        CONFIG,
+        &format!("[[slice]]\nname = \"ci\"\ncgroup = \"{}\"\n", cg.path("ci")),
+    );
+    let dst = SocketAddr::new(lab.general_v4.into(), 9);
+    // A local process of the tenant: its own.
+    let w = send_udp_in(&ci, None, None, dst, 20, 600);
+    settle();
+    let before = d.status();
+    let row = |doc: &serde_json::Value, name: &str| {
+        doc["slices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .map(|s| u(s, "bytes"))
+            .unwrap_or(0)
+    };
+    assert_eq!(row(&before, "ci"), 20 * w);
+    // The same cgroup's process inside the container's namespace: its packets are forwarded.
+    let wf = send_udp_in(&ci, None, Some(&container.netns), dst, 100, 800);
+    settle();
+    let after = d.status();
+    eprintln!(
+        "forwarded: ci {} → {}, default {} → {}",
+        row(&before, "ci"),
+        row(&after, "ci"),
+        row(&before, "default"),
+        row(&after, "default")
+    );
+    assert_eq!(
+        row(&after, "ci"),
+        20 * w,
+        "not charged to the cgroup's slice"
+    );
+    // Counted all the same, by xid_source (no socket: the overflow uid, a slice of no one).
+    assert!(row(&after, "default") - row(&before, "default") >= 100 * wf);
+}
