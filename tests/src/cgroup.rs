@@ -238,3 +238,24 @@ impl Drop for CgroupSender {
         }
     }
 }
+
+/// Runs `program args` as `uid` in a process in the cgroup at `dir`; its standard output.
+pub fn output_in(dir: &Path, uid: u32, program: &Path, args: &[&str]) -> String {
+    let out = tempfile::NamedTempFile::new().unwrap();
+    std::fs::set_permissions(
+        out.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    let file = out.reopen().unwrap();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    fork_in(dir, Some(uid), None, true, || {
+        let status = std::process::Command::new(program)
+            .args(&args)
+            .stdout(file)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{} {args:?}: {status}", program.display());
+    });
+    std::fs::read_to_string(out.path()).unwrap()
+}

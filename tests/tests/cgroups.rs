@@ -7,8 +7,8 @@ use std::{
 };
 
 use bwmon_tests::{
-    Daemon, Lab, TestCgroups, cmd, median, poll, rates, send_tcp_in, send_udp_as, send_udp_in,
-    sender_in, u,
+    Daemon, Lab, TestCgroups, bwmon_bin, cmd, median, output_in, poll, rates, send_tcp_in,
+    send_udp_as, send_udp_in, sender_in, u,
 };
 
 const ALICE: u32 = 4901;
@@ -371,4 +371,86 @@ fn traffic_forwarded_from_a_container_netns_is_not_charged_to_its_cgroup() {
     );
     // Counted all the same, by xid_source (no socket: the overflow uid, a slice of no one).
     assert!(row(&after, "default") - row(&before, "default") >= 100 * wf);
+}
+
+#[test]
+fn a_tenant_in_a_cgroup_is_answered_with_its_cgroups_slice() {
+    let lab = Lab::new();
+    let cg = TestCgroups::new();
+    let ci = cg.make("ci");
+    let step = cg.make("ci/step");
+    let d = Daemon::start(
+        &lab,
+        CONFIG,
+        &format!(
+            "[[slice]]\nname = \"alice\"\nxid = {ALICE}\n[[slice]]\nname = \"ci\"\ncgroup = \"{}\"\n",
+            cg.path("ci")
+        ),
+    );
+    let config = d.config();
+    let status = |dir: &std::path::Path| {
+        let out = output_in(
+            dir,
+            ALICE,
+            &bwmon_bin(),
+            &["status", "--json", "--config", config.to_str().unwrap()],
+        );
+        let doc: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        assert_eq!(doc["slices"].as_array().unwrap().len(), 1, "{doc}");
+        doc["slices"][0].clone()
+    };
+    // alice's uid, in the tenant's cgroup and below it: the cgroup's slice.
+    for dir in [&ci, &step] {
+        let s = status(dir);
+        assert_eq!(s["name"], "ci", "{s}");
+        assert_eq!(s["cgroup"], cg.path("ci"));
+    }
+    // The same uid outside it: her own.
+    let outside = cg.make("other");
+    assert_eq!(status(&outside)["name"], "alice");
+}
+
+#[test]
+fn check_says_where_the_hierarchy_is_and_warns_of_cgroups_that_match_nothing() {
+    let lab = Lab::new();
+    let cg = TestCgroups::new();
+    cg.make("ci");
+    cg.make("job-1");
+    let d = Daemon::prepare(
+        &lab,
+        CONFIG,
+        &format!(
+            "[[slice]]\nname = \"ci\"\ncgroup = \"{}\"\n[[slice]]\nname = \"gone\"\ncgroup = \"{}\"\n[[cgroups]]\npattern = \"{}\"\n[[cgroups]]\npattern = \"{}\"\n",
+            cg.path("ci"),
+            cg.path("gone"),
+            cg.path("job-*"),
+            cg.path("none-*"),
+        ),
+    );
+    let out = d.command(&["check"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    eprintln!("{stdout}{stderr}");
+    assert!(out.status.success(), "warnings only");
+    let root = bwmon_tests::cgroup2_root();
+    assert!(
+        stdout.contains(&format!("cgroup v2 hierarchy at {}", root.display())),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&format!(
+        "pattern {}: 1 cgroups match now",
+        cg.path("job-*")
+    )));
+    assert!(stderr.contains(&format!(
+        "slice 'gone': cgroup {} does not exist now",
+        cg.path("gone")
+    )));
+    assert!(stderr.contains(&format!(
+        "pattern {} matches no cgroup now",
+        cg.path("none-*")
+    )));
+    assert!(!stderr.contains("slice 'ci'"), "{stderr}");
 }

@@ -11,6 +11,47 @@ use crate::{
     policy::Limits,
 };
 
+/// Where the cgroup v2 hierarchy is, and which cgroup slices and patterns match nothing now
+/// (a warning: a job's cgroup may not exist yet; its slice is there when it does).
+fn say_cgroups(parsed: &slices::Parsed, hierarchy: Option<&crate::cgroup::Hierarchy>) {
+    let named: Vec<(&str, &crate::cgroup::CgroupPath)> = (parsed.slices.iter())
+        .filter_map(|s| Some((s.name.as_str(), s.cgroup.as_ref()?)))
+        .collect();
+    let Some(h) = hierarchy else {
+        let uses = !named.is_empty() || !parsed.patterns.is_empty();
+        let then = if uses {
+            ": the cgroup slices and [[cgroups]] patterns match nothing"
+        } else {
+            " (cgroup slices need one)"
+        };
+        eprintln!("bwmon: warning: no cgroup v2 hierarchy is mounted{then}");
+        return;
+    };
+    println!("{}", h.describe());
+    let paths: Vec<&crate::cgroup::CgroupPath> = named.iter().map(|(_, p)| *p).collect();
+    let patterns: Vec<&crate::cgroup::Pattern> =
+        parsed.patterns.iter().map(|p| &p.pattern).collect();
+    let found = crate::cgroup::scan(h, &paths, &patterns);
+    for (name, path) in &named {
+        if !found.ids.contains_key(*path) {
+            eprintln!(
+                "bwmon: warning: slice '{name}': cgroup {path} does not exist now; it is charged once it does"
+            );
+        }
+    }
+    for (i, p) in patterns.iter().enumerate() {
+        let n = found.found.iter().filter(|(at, _)| *at == i).count();
+        if n == 0 {
+            eprintln!(
+                "bwmon: warning: [[cgroups]] pattern {} matches no cgroup now; a cgroup that matches becomes a slice within an interval",
+                p.as_str()
+            );
+        } else {
+            println!("[[cgroups]] pattern {}: {n} cgroups match now", p.as_str());
+        }
+    }
+}
+
 /// `bwmon check`'s exit code when the files are usable but some slices are skipped, or the
 /// slices file is missing (`bwmon run` starts then, with a warning).
 const SOME_SKIPPED: u8 = 2;
@@ -50,6 +91,7 @@ pub fn check(config: &Path) -> anyhow::Result<ExitCode> {
     for line in crate::notify::destinations(&config)? {
         println!("{line}");
     }
+    say_cgroups(&parsed, crate::cgroup::Hierarchy::locate().as_ref());
     let skipped = parsed.skipped.map(|s| {
         eprintln!("{s}");
         s.problems.len()
