@@ -146,14 +146,13 @@ fn fork_in(
             unsafe { libc::close(fd) };
             if let Some(ns) = &ns {
                 // SAFETY: setns on a valid namespace descriptor.
-                assert_eq!(
-                    unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-                    0
-                );
+                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns");
             }
             if let Some(uid) = uid {
                 // SAFETY: plain set*id calls in the single-threaded child.
-                assert_eq!(unsafe { libc::setresuid(uid, uid, uid) }, 0, "setresuid");
+                let rc = unsafe { libc::setresuid(uid, uid, uid) };
+                assert_eq!(rc, 0, "setresuid");
             }
             f();
         }))
