@@ -261,6 +261,26 @@ fn render_slices(r: &StatusReport, out: &mut String) {
             s.xid
         );
     }
+    // An info metric, so the usual series keep their labels: join on slice and xid.
+    let name = "bwmon_slice_cgroup_info";
+    let cgroups: Vec<(&SliceStatus, &str)> = (r.slices.iter())
+        .filter_map(|s| Some((s, s.cgroup.as_deref()?)))
+        .collect();
+    if !cgroups.is_empty() {
+        let _ = writeln!(
+            out,
+            "# HELP {name} A cgroup slice's cgroup (its path under the cgroup v2 hierarchy).\n# TYPE {name} gauge"
+        );
+    }
+    for (s, cgroup) in cgroups {
+        let _ = writeln!(
+            out,
+            "{name}{{slice=\"{}\",xid=\"{}\",cgroup=\"{}\"}} 1",
+            label(&s.name),
+            s.xid,
+            label(cgroup)
+        );
+    }
 }
 
 /// The largest request head read.
@@ -465,6 +485,25 @@ mod tests {
             kernel_memory_bytes: Some(4096),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_cgroup_slice_has_an_info_series_with_its_cgroup() {
+        let mut r = one_slice();
+        assert!(
+            !render(&r, true).contains("bwmon_slice_cgroup_info"),
+            "none without cgroups"
+        );
+        r.slices[0].cgroup = Some("/system.slice/ci-job-42.scope".into());
+        let text = render(&r, true);
+        assert!(text.contains("# TYPE bwmon_slice_cgroup_info gauge"));
+        assert!(text.contains(
+            "bwmon_slice_cgroup_info{slice=\"alice\",xid=\"1001\",cgroup=\"/system.slice/ci-job-42.scope\"} 1"
+        ));
+        assert!(
+            !render(&r, false).contains("bwmon_slice_cgroup_info"),
+            "a tenant's"
+        );
     }
 
     #[test]

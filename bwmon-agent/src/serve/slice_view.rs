@@ -126,6 +126,9 @@ pub struct SliceDetail {
     pub(crate) emailed: bool,
     /// A notice waits for delivery.
     pub(crate) notice_pending: bool,
+    /// Its cgroup (v2 path), for a cgroup slice.
+    #[serde(default)]
+    pub(crate) cgroup: Option<String>,
 }
 
 /// What a tenant sees of their own slice.
@@ -259,6 +262,7 @@ pub(crate) fn detail(k: &Known<'_>, periods: &Periods, now: UnixSecs) -> SliceDe
         classes,
         emailed: r.emailed,
         notice_pending: k.notice_pending,
+        cgroup: k.row.and_then(|row| row.cgroup.clone()),
     }
 }
 
@@ -333,6 +337,9 @@ pub(crate) fn render(d: &SliceDetail, now: UnixSecs) -> String {
             ""
         }
     );
+    if let Some(cgroup) = &d.cgroup {
+        let _ = writeln!(out, "  cgroup   {cgroup} (and every cgroup below it)");
+    }
     let _ = writeln!(
         out,
         "  period   {} → {} (ends {})",

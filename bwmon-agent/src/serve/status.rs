@@ -437,8 +437,13 @@ pub(crate) fn table(report: &StatusReport) -> String {
     }
     out.push_str(&line(headers.to_vec()));
     out.push('\n');
-    for r in &rows {
-        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    for (r, s) in rows.iter().zip(&report.slices) {
+        let mut text = line(r.iter().map(String::as_str).collect());
+        // Cgroup slices say their cgroup after the columns (a host without them: no change).
+        if let Some(cgroup) = &s.cgroup {
+            text.push_str(&format!("  cgroup {cgroup}"));
+        }
+        out.push_str(&text);
         out.push('\n');
     }
     if let Some(bytes) = report.kernel_memory_bytes {

@@ -83,7 +83,9 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
 
     /// The attributes of the live slice `xid`; `None` once it departed.
     fn attributes(&self, xid: u32) -> Option<&Attributes> {
-        self.slices.iter().find(|s| s.xid == xid).map(|s| &s.attrs)
+        (self.slices.iter().chain(&self.found))
+            .find(|s| s.xid == xid)
+            .map(|s| &s.attrs)
     }
 
     /// Everything known of the slice `which`.
