@@ -409,6 +409,19 @@ fn a_tenant_in_a_cgroup_is_answered_with_its_cgroups_slice() {
     // The same uid outside it: her own.
     let outside = cg.make("other");
     assert_eq!(status(&outside)["name"], "alice");
+
+    // Root's views say the cgroup too, in documents their schemas take.
+    let all = d.status();
+    bwmon_tests::schema::assert_document("status", &all);
+    let shown = d.command(&["slice", "show", "ci", "--json"]);
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    bwmon_tests::schema::assert_document("slice", &shown);
+    assert_eq!(shown["cgroup"], cg.path("ci"));
+    let text = String::from_utf8(d.command(&["status"]).stdout).unwrap();
+    assert!(
+        text.contains(&format!("cgroup {}", cg.path("ci"))),
+        "{text}"
+    );
 }
 
 #[test]
