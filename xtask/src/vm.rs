@@ -57,7 +57,8 @@ const KERNELS: [Kernel; 2] = [
 /// teardown (counters), a restart that keeps its counts (restart), counter slots given, kept
 /// and zeroed before reuse (slots), the maps' kernel memory (memory), a lowered ceiling held
 /// (htb), shares that divide a contended cap (shares; with `BWMON_SLOW=1` its runs are longer
-/// under emulation; on the oldest kernel only, see [`OLDEST_ONLY`]).
+/// under emulation; on the oldest kernel only, see [`OLDEST_ONLY`]), cgroup slices: the
+/// socket's cgroup read by the classifier, a pattern's cgroups, forwarded traffic (cgroups).
 const CHECKS: &[(&str, &str)] = &[
     ("datapath", ""),
     ("counters", ""),
@@ -69,6 +70,7 @@ const CHECKS: &[(&str, &str)] = &[
         "a_lowered_slice_is_held_to_its_ceiling_and_others_are_not",
     ),
     ("shares", ""),
+    ("cgroups", ""),
 ];
 
 /// Checks run on the oldest kernel line only: HTB's round robin is the same code on every
@@ -435,6 +437,7 @@ mount -t tmpfs run /host/run
 mkdir -p /host/run/tmp
 chmod 1777 /host/run/tmp
 mount -t bpf bpf /host/sys/fs/bpf
+grep -q ' /host/sys/fs/cgroup cgroup2 ' /proc/mounts || mount -t cgroup2 cgroup2 /host/sys/fs/cgroup || echo "VMTEST no cgroup2"
 mount -t tracefs tracefs /host/sys/kernel/tracing 2>/dev/null
 printf '#!/bin/busybox sh\nexec /bin/busybox chroot /host /sbin/modprobe -d {kdir} "$@"\n' > /bin/vm-modprobe
 chmod +x /bin/vm-modprobe
