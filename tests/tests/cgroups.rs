@@ -467,3 +467,115 @@ fn check_says_where_the_hierarchy_is_and_warns_of_cgroups_that_match_nothing() {
     )));
     assert!(!stderr.contains("slice 'ci'"), "{stderr}");
 }
+
+/// The setpriv arguments of the shipped unit's credentials: root with only the unit's
+/// capabilities (`CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_NET_ADMIN`,
+/// `NoNewPrivileges=yes`), and group `gid` instead of root's when given.
+fn unit_creds(gid: Option<u32>) -> Vec<String> {
+    let mut args = vec![
+        "--bounding-set=-all,+bpf,+perfmon,+net_admin".to_owned(),
+        "--inh-caps=-all".to_owned(),
+        "--no-new-privs".to_owned(),
+    ];
+    if let Some(gid) = gid {
+        args.extend([format!("--regid={gid}"), "--clear-groups".to_owned()]);
+    }
+    args
+}
+
+/// What the shipped unit's sandbox does that cgroup slices meet, for a daemon started under
+/// it without systemd: its own mount namespace where `/proc` hides other users' processes
+/// (`ProtectProc=invisible`) and the v2 hierarchy is read-only (`ProtectControlGroups=yes`),
+/// with the unit's credentials ([`unit_creds`]).
+fn sandboxed(d: &mut Daemon, gid: Option<u32>) {
+    let root = bwmon_tests::cgroup2_root();
+    let root = root.display();
+    let script = format!(
+        "mount -t proc -o hidepid=invisible proc /proc && mount --bind {root} {root} && mount -o remount,bind,ro {root} && exec setpriv {} \"$@\"",
+        unit_creds(gid).join(" ")
+    );
+    d.wrapper = [
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+        "sh",
+    ]
+    .map(String::from)
+    .to_vec();
+}
+
+/// Whether a process with the unit's credentials (group `gid`) in the daemon's mount
+/// namespace can read alice's `/proc/PID/cgroup`.
+fn proc_shows_alice(d: &Daemon, gid: Option<u32>) -> bool {
+    let mut sleeper =
+        std::os::unix::process::CommandExt::uid(&mut std::process::Command::new("sleep"), ALICE)
+            .arg("30")
+            .spawn()
+            .unwrap();
+    let pid = d.pid().unwrap();
+    let read = std::process::Command::new("nsenter")
+        .args([&format!("--mount=/proc/{pid}/ns/mnt"), "setpriv"])
+        .args(unit_creds(gid))
+        .args(["--", "cat", &format!("/proc/{}/cgroup", sleeper.id())])
+        .output()
+        .unwrap();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    read.status.success()
+}
+
+#[test]
+fn under_the_units_sandbox_cgroup_slices_are_charged_and_tenants_found() {
+    let lab = Lab::new();
+    let cg = TestCgroups::new();
+    let step = cg.make("ci/step");
+    let mut d = Daemon::prepare(
+        &lab,
+        CONFIG,
+        &format!(
+            "[[slice]]\nname = \"alice\"\nxid = {ALICE}\n[[slice]]\nname = \"ci\"\ncgroup = \"{}\"\n[[cgroups]]\npattern = \"{}\"\n",
+            cg.path("ci"),
+            cg.path("job-*")
+        ),
+    );
+    // Stricter than the unit: a group that is not root's, so that /proc really hides alice's
+    // processes (hidepid exempts its gid= group, root's by default: the unit's root-group
+    // daemon reads them; asserted below) and the tenant is found through cgroup.procs.
+    const NOGROUP: u32 = 65534;
+    sandboxed(&mut d, Some(NOGROUP));
+    d.restart();
+    assert!(
+        !proc_shows_alice(&d, Some(NOGROUP)),
+        "hidden from a daemon outside root's group"
+    );
+    assert!(
+        proc_shows_alice(&d, None),
+        "the unit's root-group daemon reads it"
+    );
+
+    let dst = SocketAddr::new(lab.general_v4.into(), 9);
+    let w = send_udp_in(&step, Some(ALICE), None, dst, 100, 1000);
+    cg.make("job-7");
+    settle();
+    assert_eq!(u(&d.slice("ci").unwrap(), "bytes"), 100 * w);
+    assert!(
+        d.slice("job-7").is_some(),
+        "a pattern's cgroup, read from the read-only hierarchy"
+    );
+    let config = d.config();
+    let out = output_in(
+        &step,
+        ALICE,
+        &bwmon_bin(),
+        &["status", "--json", "--config", config.to_str().unwrap()],
+    );
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        doc["slices"][0]["name"], "ci",
+        "found through cgroup.procs: {doc}"
+    );
+}

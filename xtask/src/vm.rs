@@ -471,7 +471,10 @@ fn write_run_script(
     let oldest = KERNELS[0].line == kernel.line;
     // `BWMON_VM_ONLY=cgroups,htb`: only those checks (while working on one of them).
     let only = std::env::var("BWMON_VM_ONLY").ok();
-    let wanted = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|n| n == name));
+    let wanted = |name: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|n| n == name))
+    };
     for (name, filter) in checks {
         if (OLDEST_ONLY.contains(name) && !oldest) || !wanted(name) {
             continue;

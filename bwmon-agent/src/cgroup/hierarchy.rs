@@ -83,6 +83,41 @@ pub(crate) fn cgroup_of(proc_root: &Path, pid: u32) -> Option<CgroupPath> {
     parse_proc_cgroup(&text)
 }
 
+/// The cgroup of process `pid` among `tenants` and the cgroups below them, found in their
+/// `cgroup.procs` files: the deepest that lists it. This is how the daemon finds a tenant's
+/// cgroup when `/proc` hides other users' processes (the shipped unit's
+/// `ProtectProc=invisible`, without `CAP_SYS_PTRACE`): cgroupfs lists them all the same.
+pub(crate) fn find_pid(
+    hierarchy: &Hierarchy,
+    tenants: &[CgroupPath],
+    pid: u32,
+) -> Option<CgroupPath> {
+    let mut best: Option<CgroupPath> = None;
+    for t in tenants {
+        let mut stack = vec![t.clone()];
+        while let Some(path) = stack.pop() {
+            let dir = hierarchy.dir(&path);
+            let listed = std::fs::read_to_string(dir.join("cgroup.procs"))
+                .is_ok_and(|text| text.lines().any(|l| l.trim().parse() == Ok(pid)));
+            if listed && best.as_ref().is_none_or(|b| path.level() > b.level()) {
+                best = Some(path.clone());
+            }
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir())
+                    && let Some(name) = e.file_name().to_str()
+                    && let Ok(below) = CgroupPath::parse(&format!("{path}/{name}"))
+                {
+                    stack.push(below);
+                }
+            }
+        }
+    }
+    best
+}
+
 /// The v2 path in the text of a `/proc/PID/cgroup` file.
 pub(crate) fn parse_proc_cgroup(text: &str) -> Option<CgroupPath> {
     let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
@@ -113,6 +148,24 @@ mod tests {
             Hierarchy::from_mounts(elsewhere).unwrap().root,
             Path::new("/mnt/cg")
         );
+    }
+
+    #[test]
+    fn a_pid_is_found_in_the_deepest_cgroup_procs_that_lists_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = Hierarchy {
+            root: dir.path().to_owned(),
+            hybrid: false,
+        };
+        for (d, procs) in [("ci", "7\n"), ("ci/step", "42\n43\n"), ("web", "42\n")] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+            std::fs::write(dir.path().join(d).join("cgroup.procs"), procs).unwrap();
+        }
+        let ci = CgroupPath::parse("/ci").unwrap();
+        let found = |pid| find_pid(&h, std::slice::from_ref(&ci), pid).map(|p| p.to_string());
+        assert_eq!(found(42).as_deref(), Some("/ci/step"));
+        assert_eq!(found(7).as_deref(), Some("/ci"));
+        assert_eq!(found(8), None, "in no tenant cgroup (web is not one)");
     }
 
     #[test]

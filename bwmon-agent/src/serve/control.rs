@@ -243,6 +243,19 @@ pub(crate) fn answer_tenant(
     }
 }
 
+/// The cgroup of the tenant process `pid`: from `/proc/PID/cgroup`, or, where `/proc` hides
+/// it (`ProtectProc=invisible`), from the `cgroup.procs` of the tenant cgroups `status` has.
+fn caller_cgroup(pid: u32, status: &StatusReport) -> Option<CgroupPath> {
+    use crate::cgroup::hierarchy::{Hierarchy, cgroup_of, find_pid};
+    let tenants: Vec<CgroupPath> = (status.slices.iter())
+        .filter_map(|s| CgroupPath::parse(s.cgroup.as_deref()?).ok())
+        .collect();
+    if tenants.is_empty() {
+        return None;
+    }
+    cgroup_of(Path::new(PROC), pid).or_else(|| find_pid(&Hierarchy::locate()?, &tenants, pid))
+}
+
 /// Binds a socket at `path` with permissions `mode`, replacing a stale socket. Nothing at
 /// `path` is followed: a link (or anything but a socket) there is refused, and the mode is set
 /// on the socket bound, not on whatever a link there would point to. (The daemon holds
@@ -362,10 +375,10 @@ pub(crate) async fn serve_tenant(
         let status = status.clone();
         // The caller's cgroup, by the pid the kernel vouches for: read when it connects (a
         // process that is gone by then is answered by its uid).
-        let cgroup = (stream.peer_cred().ok())
+        let pid = (stream.peer_cred().ok())
             .and_then(|c| c.pid())
-            .and_then(|pid| u32::try_from(pid).ok())
-            .and_then(|pid| crate::cgroup::hierarchy::cgroup_of(Path::new(PROC), pid));
+            .and_then(|pid| u32::try_from(pid).ok());
+        let cgroup = pid.and_then(|pid| caller_cgroup(pid, &status.borrow()));
         exchange(
             stream,
             ticket,
