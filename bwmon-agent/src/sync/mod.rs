@@ -1170,4 +1170,93 @@ mod tests {
         );
         println!("  state file: {bytes} bytes");
     }
+
+    /// A pattern's cgroups become slices at the sync after they appear, and go when they go.
+    /// Real cgroups under the v2 hierarchy (root only).
+    #[test]
+    #[ignore = "needs root and a cgroup v2 hierarchy (the lab tests in tests/tests/cgroups.rs)"]
+    fn a_patterns_cgroups_come_and_go_as_slices() {
+        let Some(h) = Hierarchy::locate() else {
+            panic!("no cgroup v2 hierarchy");
+        };
+        let top = format!("bwmon-unit-{}", std::process::id());
+        let dir = h.root.join(&top);
+        std::fs::create_dir_all(dir.join("job-1")).unwrap();
+        let mut s = syncer(vec![slice("alice", 1001)]);
+        s.set_hierarchy(Some(h));
+        s.set_patterns(vec![PatternSpec {
+            pattern: Pattern::parse(&format!("/{top}/job-*")).unwrap(),
+            attrs: Attributes::default(),
+        }]);
+        let o = s.step(1000);
+        let job = o.report.slices.iter().find(|r| r.name == "job-1").unwrap();
+        assert_eq!(
+            job.cgroup.as_deref(),
+            Some(format!("/{top}/job-1").as_str())
+        );
+        std::fs::remove_dir(dir.join("job-1")).unwrap();
+        let o = s.step(1001);
+        assert!(o.report.slices.iter().all(|r| r.name != "job-1"));
+        std::fs::remove_dir(&dir).unwrap();
+    }
+
+    /// Benchmark (cargo xtask bench): what scanning the hierarchy for a pattern adds to a
+    /// sync, with 1,000 matching cgroups (real ones, under the v2 hierarchy: root only).
+    #[test]
+    #[ignore = "benchmark: cargo xtask bench"]
+    fn bench_sync_with_1k_pattern_cgroups() {
+        let Some(h) = Hierarchy::locate() else {
+            panic!("no cgroup v2 hierarchy");
+        };
+        let top = format!("bwmon-bench-{}", std::process::id());
+        let dir = h.root.join(&top);
+        for i in 0..1000 {
+            std::fs::create_dir_all(dir.join(format!("job-{i}"))).unwrap();
+        }
+        let time = |s: &mut Syncer<FakeKernel, FakeTree>, from: u64| {
+            s.step(from);
+            let mut runs: Vec<f64> = (1..=20)
+                .map(|i| {
+                    let t = std::time::Instant::now();
+                    s.step(from + i);
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+                .collect();
+            runs.sort_by(f64::total_cmp);
+            runs[runs.len() / 2]
+        };
+        let mut plain = syncer(vec![]);
+        let fixed: Vec<SliceSpec> = (0..1000)
+            .map(|i| slice(&format!("job-{i}"), 0x8000_0000 + i))
+            .collect();
+        plain.set_slices(fixed);
+        let without = time(&mut plain, 1000);
+        let mut s = syncer(vec![]);
+        s.set_hierarchy(Some(h.clone()));
+        s.set_patterns(vec![PatternSpec {
+            pattern: Pattern::parse(&format!("/{top}/job-*")).unwrap(),
+            attrs: Attributes::default(),
+        }]);
+        let with = time(&mut s, 1000);
+        let t = std::time::Instant::now();
+        let found = cgroup::scan(
+            &h,
+            &[],
+            &[&Pattern::parse(&format!("/{top}/job-*")).unwrap()],
+        );
+        let scan = t.elapsed().as_secs_f64() * 1e3;
+        assert_eq!(found.found.len(), 1000);
+        for i in 0..1000 {
+            let _ = std::fs::remove_dir(dir.join(format!("job-{i}")));
+        }
+        let _ = std::fs::remove_dir(&dir);
+        bench_row("sync, 1k slices of the slices file", without, "ms", "");
+        bench_row(
+            "sync, 1k slices found by a pattern (scan included)",
+            with,
+            "ms",
+            "",
+        );
+        bench_row("  scan of 1k matching cgroups alone", scan, "ms", "");
+    }
 }
