@@ -13,9 +13,9 @@ use aya::{
 use bwmon_agent::datapath::{Datapath, ProgramStats};
 use bwmon_common::{ClassIds, tc_handle};
 use bwmon_tests::{
-    Lab,
+    Lab, TestCgroups,
     bench::{Row, record},
-    cmd, send_udp_as,
+    cmd, send_udp_as, send_udp_in,
 };
 use ipnet::IpNet;
 
@@ -202,6 +202,186 @@ fn classifier_cost_with_10k_slices_and_10k_prefixes() {
         what: "drain counters (seen xids and minors)",
         value: drain.as_secs_f64() * 1e3,
         unit: "ms",
+        ratio: None,
+        target: "",
+        ..Row::default()
+    });
+}
+
+/// ns per packet of the classifier and of the empty program, for `send` sending `PACKETS`.
+fn measure_with(dp: &Datapath, floor: &Floor, send: impl Fn(u32)) -> (f64, f64) {
+    send(10_000);
+    let (before, _) = dp.program_stats().unwrap();
+    let floor_before = floor.stats();
+    send(PACKETS);
+    let (after, _) = dp.program_stats().unwrap();
+    let floor_after = floor.stats();
+    let (runs, ns) = per_packet(before, after);
+    assert!(runs >= u64::from(PACKETS), "classifier ran {runs} times");
+    (ns, per_packet(floor_before, floor_after).1)
+}
+
+#[test]
+#[ignore = "benchmark: cargo xtask bench"]
+fn classifier_cost_with_cgroup_slices() {
+    cmd("sysctl", &["-qw", "kernel.bpf_stats_enabled=1"]);
+    let lab = Lab::new();
+    let mut dp = Datapath::open(&lab.datapath_options()).unwrap();
+    let floor = Floor::attach(&lab);
+    let cg = TestCgroups::new();
+    let tenant = cg.make("tenant");
+    let dst = SocketAddr::new(lab.general_v4.into(), 9);
+    let by_uid = |n| {
+        send_udp_as(UID, dst, n, 64);
+    };
+    let in_cgroup = |n| {
+        send_udp_in(&tenant, None, None, dst, n, 64);
+    };
+    let none = std::collections::HashSet::new();
+    // Slots for both xids, as the agent gives them at a sync, so only the xid's lookup differs.
+    let cgroup_xid = 0x8000_0001;
+    by_uid(1);
+    dp.set_cgroups(&HashMap::from([(cg.id("tenant"), cgroup_xid)]), 1 << 2)
+        .unwrap();
+    in_cgroup(1);
+    dp.tend_counters(&dp.snapshot().unwrap(), &none).unwrap();
+
+    dp.set_cgroups(&HashMap::new(), 0).unwrap();
+    let (uid_only, floor_a) = measure_with(&dp, &floor, by_uid);
+    // 1,000 tenant cgroups at levels 2 and 3 (a uid's packet pays a helper call per level).
+    let mut map: HashMap<u64, u32> = (0..999u64)
+        .map(|i| (1 << 40 | i, 0x9000_0000 + i as u32))
+        .collect();
+    map.insert(cg.id("tenant"), cgroup_xid);
+    dp.set_cgroups(&map, 1 << 2 | 1 << 3).unwrap();
+    let (uid_beside, floor_b) = measure_with(&dp, &floor, by_uid);
+    let (cgroup, floor_c) = measure_with(&dp, &floor, in_cgroup);
+    let snap = dp.snapshot().unwrap();
+    assert!(snap.offered[&cgroup_xid].general.packets >= u64::from(PACKETS));
+    println!(
+        "classifier per packet with cgroup slices (bpf_stats; empty program {floor_a:.1}, {floor_b:.1}, {floor_c:.1} ns):"
+    );
+    record(Row {
+        group: "datapath",
+        what: "classifier, uid slices only (no cgroup slices)",
+        value: uid_only,
+        unit: "ns/packet",
+        ratio: None,
+        target: "no change",
+        ..Row::default()
+    });
+    record(Row {
+        group: "datapath",
+        what: "  a uid's packet beside 1k cgroup slices (2 levels)",
+        value: uid_beside,
+        unit: "ns/packet",
+        ratio: Some((uid_beside / uid_only, "uid only")),
+        target: "≤ uid only + 60",
+        ..Row::default()
+    });
+    record(Row {
+        group: "datapath",
+        what: "  a cgroup slice's packet (1k cgroup slices)",
+        value: cgroup,
+        unit: "ns/packet",
+        ratio: Some((cgroup / uid_only, "uid only")),
+        target: "≤ uid only + 60",
+        ..Row::default()
+    });
+}
+
+/// The classifier of the object at `path`, loaded as the agent loads it (the lab interface's
+/// Ethernet header, xid by uid) with maps of its own, and attached after the others.
+fn attach_classifier(lab: &Lab, path: &std::path::Path) -> Ebpf {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let settings = bwmon_common::Settings {
+        link_header: bwmon_common::ETH_HLEN,
+        ..Default::default()
+    };
+    let mut ebpf = aya::EbpfLoader::new()
+        .override_global(bwmon_common::names::SETTINGS, &settings, true)
+        .load(&bytes)
+        .unwrap();
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(bwmon_common::names::CLASSIFIER)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    prog.load().unwrap();
+    prog.attach_with_options(
+        &lab.host_if,
+        TcAttachType::Egress,
+        TcAttachOptions::TcxOrder(LinkOrder::default()),
+    )
+    .unwrap();
+    ebpf
+}
+
+fn stats_of(ebpf: &Ebpf) -> ProgramStats {
+    let info = ebpf
+        .program(bwmon_common::names::CLASSIFIER)
+        .unwrap()
+        .info()
+        .unwrap();
+    ProgramStats {
+        run_count: info.run_count(),
+        run_time: info.run_time(),
+    }
+}
+
+/// Benchmark, by hand (`BWMON_BASELINE_OBJECT=<an older build's target/bpf/…/release/bwmon>`):
+/// this classifier without cgroup slices beside the older one, both attached, on the same
+/// packets: what a host without cgroup slices pays for them (one array read).
+#[test]
+#[ignore = "benchmark: needs BWMON_BASELINE_OBJECT"]
+fn classifier_without_cgroup_slices_beside_a_baseline() {
+    let Some(baseline) = std::env::var_os("BWMON_BASELINE_OBJECT") else {
+        eprintln!("BWMON_BASELINE_OBJECT is not set: nothing to compare with");
+        return;
+    };
+    cmd("sysctl", &["-qw", "kernel.bpf_stats_enabled=1"]);
+    let lab = Lab::new();
+    let ours = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/bpf/bpfel-unknown-none/release/bwmon");
+    let dst = SocketAddr::new(lab.general_v4.into(), 9);
+    let mut runs: Vec<(f64, f64)> = Vec::new();
+    // Alternate which is attached first, three rounds each.
+    for round in 0..6 {
+        let (first, second) = if round % 2 == 0 {
+            (ours.clone(), PathBuf::from(&baseline))
+        } else {
+            (PathBuf::from(&baseline), ours.clone())
+        };
+        let a = attach_classifier(&lab, &first);
+        let b = attach_classifier(&lab, &second);
+        send_udp_as(UID, dst, 10_000, 64);
+        let (a0, b0) = (stats_of(&a), stats_of(&b));
+        send_udp_as(UID, dst, PACKETS, 64);
+        let (a1, b1) = (stats_of(&a), stats_of(&b));
+        let (na, nb) = (per_packet(a0, a1).1, per_packet(b0, b1).1);
+        runs.push(if round % 2 == 0 { (na, nb) } else { (nb, na) });
+    }
+    let med = |f: fn(&(f64, f64)) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        (v[2] + v[3]) / 2.0
+    };
+    let (ours_ns, base_ns) = (med(|r| r.0), med(|r| r.1));
+    println!("runs (ours, baseline): {runs:?}");
+    record(Row {
+        group: "datapath",
+        what: "classifier, no cgroup slices (this build)",
+        value: ours_ns,
+        unit: "ns/packet",
+        ratio: Some((ours_ns / base_ns, "baseline")),
+        target: "no change",
+        ..Row::default()
+    });
+    record(Row {
+        group: "datapath",
+        what: "  the baseline build, same packets",
+        value: base_ns,
+        unit: "ns/packet",
         ratio: None,
         target: "",
         ..Row::default()
