@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: bwmon at work in a throwaway lab. A network namespace plays a remote
 //! host; three tenant uids send traffic through bwmon's interface; `bwmon status` is shown
-//! every two seconds until one tenant is visibly capped while the others are not. Everything
-//! is torn down at the end, also on Ctrl-C.
+//! every two seconds until one tenant is visibly capped while the others are not. Beside the
+//! uid slices, one slice is a cgroup (a CI job's): its process runs as alice's uid, and is
+//! charged to the job, not to her. Everything is torn down at the end, also on Ctrl-C.
 
 use std::{
     collections::HashSet,
@@ -30,6 +31,27 @@ const TENANTS: [(&str, u32, &str, u16, u64); 3] = [
     ("carol", 60003, "10.251.0.2", 5303, 12_000),
 ];
 
+/// The cgroup slice: (name, its cgroup under the v2 hierarchy, destination, port, budget).
+const CGROUP_TENANT: (&str, &str, &str, u16, u64) =
+    ("ci-job", "/bwmon-demo/ci-job-42", "10.250.0.2", 5304, 2_000_000);
+
+/// Where the cgroup v2 hierarchy is mounted (pure v2, else the hybrid layout's).
+fn cgroup2_root() -> anyhow::Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    let v2: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| f[1])
+        })
+        .collect();
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .find(|p| v2.contains(p))
+        .map(PathBuf::from)
+        .context("no cgroup v2 hierarchy is mounted")
+}
+
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_sigint(_: i32) {
@@ -46,6 +68,8 @@ struct Lab {
     dir: PathBuf,
     bwmon: PathBuf,
     children: Vec<Child>,
+    /// The cgroup slice's cgroup, removed once its process is gone.
+    cgroup: Option<PathBuf>,
 }
 
 fn quiet(program: &str, args: &[&str]) {
@@ -82,6 +106,10 @@ impl Drop for Lab {
         }
         quiet("ip", &["link", "del", HOST_IF]);
         quiet("ip", &["netns", "del", NETNS]);
+        if let Some(cgroup) = &self.cgroup {
+            let _ = std::fs::remove_dir(cgroup);
+            let _ = cgroup.parent().map(std::fs::remove_dir);
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
         eprintln!("demo: lab removed");
     }
@@ -138,6 +166,10 @@ fn write_files(dir: &Path) -> anyhow::Result<()> {
             "[[slice]]\nname = \"{name}\"\nxid = {uid}\nnet_max_kbyte = {kbyte}\n\n"
         ));
     }
+    let (name, cgroup, _, _, kbyte) = CGROUP_TENANT;
+    slices.push_str(&format!(
+        "# A CI job's cgroup: its processes (and those below it) are its own, whatever their uid.\n[[slice]]\nname = \"{name}\"\ncgroup = \"{cgroup}\"\nnet_max_kbyte = {kbyte}\n"
+    ));
     std::fs::write(dir.join("slices.toml"), slices)?;
     Ok(())
 }
@@ -172,8 +204,13 @@ pub(crate) fn run_demo(tools: &Tools) -> anyhow::Result<()> {
         dir: dir.clone(),
         bwmon: bwmon.clone(),
         children: Vec::new(),
+        cgroup: None,
     };
     build_lab()?;
+    let cgroup_dir = cgroup2_root()?.join(CGROUP_TENANT.1.trim_start_matches('/'));
+    std::fs::create_dir_all(&cgroup_dir)
+        .with_context(|| format!("creating {}", cgroup_dir.display()))?;
+    lab.cgroup = Some(cgroup_dir.clone());
     write_files(&dir)?;
     let config = dir.join("bwmon.toml");
     let log = std::fs::File::create(dir.join("bwmon.log"))?;
@@ -191,7 +228,8 @@ pub(crate) fn run_demo(tools: &Tools) -> anyhow::Result<()> {
             .spawn()
             .context("starting bwmon")?,
     );
-    for (_, _, _, port, _) in TENANTS {
+    let ports = TENANTS.iter().map(|t| t.3).chain([CGROUP_TENANT.3]);
+    for port in ports {
         lab.children.push(
             Command::new("ip")
                 .args([
@@ -243,6 +281,26 @@ pub(crate) fn run_demo(tools: &Tools) -> anyhow::Result<()> {
                 .context("starting iperf3 -c")?,
         );
     }
+    // The CI job: alice's uid, inside the job's cgroup (the shell moves itself there, then
+    // becomes iperf3: sockets keep the cgroup of the process that makes them).
+    let (name, cgroup, dst, port, kbyte) = CGROUP_TENANT;
+    eprintln!(
+        "demo: {name} (cgroup {cgroup}, budget {kbyte} KB) sends general traffic to {dst}, as alice's uid"
+    );
+    let procs = cgroup_dir.join("cgroup.procs");
+    lab.children.push(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {} && exec setpriv --reuid {uid} --regid {uid} --clear-groups iperf3 -c {dst} -p {port} -t 100 -b 4M",
+                procs.display(),
+                uid = TENANTS[0].1
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the CI job's iperf3 -c")?,
+    );
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut shown_capped = 0;
     while Instant::now() < deadline && !INTERRUPTED.load(Ordering::SeqCst) {
@@ -257,11 +315,14 @@ pub(crate) fn run_demo(tools: &Tools) -> anyhow::Result<()> {
             .arg(&config)
             .output()?;
         let capped = capped(&String::from_utf8_lossy(&json.stdout));
-        if capped.contains("alice") && !capped.contains("bob") && !capped.contains("carol") {
+        let others_free = ["bob", "carol", CGROUP_TENANT.0]
+            .iter()
+            .all(|n| !capped.contains(*n));
+        if capped.contains("alice") && others_free {
             shown_capped += 1;
             if shown_capped == 3 {
                 println!(
-                    "\ndemo: alice went over her general budget and is held to what is left of it until the period ends;\n      bob (large budget) and carol (exempt traffic, its own budget) run at full speed."
+                    "\ndemo: alice went over her general budget and is held to what is left of it until the period ends;\n      bob (large budget) and carol (exempt traffic, its own budget) run at full speed, and so does\n      ci-job: a cgroup slice whose process runs as alice's uid is charged to the job, not to her."
                 );
                 return Ok(());
             }
