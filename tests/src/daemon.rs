@@ -165,8 +165,14 @@ impl Daemon {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", self.binary().display()));
         self.child = Some(child);
-        // Ready when the first status is served.
-        for _ in 0..100 {
+        // Ready when the first status is served (a cold start in an emulated guest reads the
+        // binary over 9p first: longer there).
+        let tries = if std::env::var_os("BWMON_SLOW").is_some() {
+            600
+        } else {
+            100
+        };
+        for _ in 0..tries {
             if let Some(s) = self.try_status()
                 && !s["slices"].as_array().is_none_or(|a| a.is_empty())
             {

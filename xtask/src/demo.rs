@@ -32,8 +32,13 @@ const TENANTS: [(&str, u32, &str, u16, u64); 3] = [
 ];
 
 /// The cgroup slice: (name, its cgroup under the v2 hierarchy, destination, port, budget).
-const CGROUP_TENANT: (&str, &str, &str, u16, u64) =
-    ("ci-job", "/bwmon-demo/ci-job-42", "10.250.0.2", 5304, 2_000_000);
+const CGROUP_TENANT: (&str, &str, &str, u16, u64) = (
+    "ci-job",
+    "/bwmon-demo/ci-job-42",
+    "10.250.0.2",
+    5304,
+    2_000_000,
+);
 
 /// Where the cgroup v2 hierarchy is mounted (pure v2, else the hybrid layout's).
 fn cgroup2_root() -> anyhow::Result<PathBuf> {
