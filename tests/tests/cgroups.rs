@@ -579,3 +579,46 @@ fn under_the_units_sandbox_cgroup_slices_are_charged_and_tenants_found() {
         "found through cgroup.procs: {doc}"
     );
 }
+
+#[test]
+fn a_cgroup_slices_history_says_its_cgroup() {
+    let lab = Lab::new();
+    let cg = TestCgroups::new();
+    let ci = cg.make("ci");
+    let d = Daemon::start(
+        &lab,
+        "period = \"5s\"\ninterval = \"1s\"\n",
+        &format!("[[slice]]\nname = \"ci\"\ncgroup = \"{}\"\n", cg.path("ci")),
+    );
+    let w = send_udp_in(
+        &ci,
+        None,
+        None,
+        SocketAddr::new(lab.general_v4.into(), 9),
+        10,
+        500,
+    );
+    let history = || {
+        let out = d.command(&["history", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let doc = poll(15, history, |doc| {
+        doc["slices"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|s| s["name"] == "ci"))
+    });
+    bwmon_tests::schema::assert_document("history", &doc);
+    let ci = doc["slices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "ci")
+        .unwrap_or_else(|| panic!("{doc}"));
+    assert_eq!(ci["cgroup"], cg.path("ci"));
+    assert_eq!(u(&ci["periods"][0], "bytes"), 10 * w);
+    let text = String::from_utf8(d.command(&["history", "ci"]).stdout).unwrap();
+    assert!(
+        text.contains(&format!("cgroup {}", cg.path("ci"))),
+        "{text}"
+    );
+}

@@ -210,6 +210,6 @@ mod tests {
         let shown = periods(&kept, Some(&SliceRef::Name("a".into())), 1);
         assert_eq!(shown.len(), 1);
         assert_eq!(shown[0].start, 3000);
-        assert!(render(&shown).contains("a (xid 1)"));
+        assert!(render(&shown, &Default::default()).contains("a (xid 1)"));
     }
 }

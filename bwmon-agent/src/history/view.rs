@@ -31,6 +31,10 @@ pub(crate) struct SliceHistory {
     pub xid: u32,
     /// Oldest first.
     pub periods: Vec<PeriodView>,
+    /// Its cgroup, for a cgroup slice the slices file names now (by path, or by a pattern
+    /// matching a cgroup that exists now).
+    #[serde(default)]
+    pub cgroup: Option<String>,
 }
 
 /// One finished period, its classes' numbers side by side as in the status document.
@@ -92,7 +96,10 @@ impl PeriodView {
 }
 
 /// The document of `periods` (as [`periods`] returns them: by slice, oldest first).
-pub(crate) fn document(periods: &[PeriodEntry]) -> HistoryDocument {
+pub(crate) fn document(
+    periods: &[PeriodEntry],
+    cgroups: &std::collections::HashMap<u32, String>,
+) -> HistoryDocument {
     let mut slices: Vec<SliceHistory> = Vec::new();
     for p in periods {
         match slices.last_mut() {
@@ -101,6 +108,7 @@ pub(crate) fn document(periods: &[PeriodEntry]) -> HistoryDocument {
                 name: p.slice.clone(),
                 xid: p.xid,
                 periods: vec![PeriodView::of(p)],
+                cgroup: cgroups.get(&p.xid).cloned(),
             }),
         }
     }
@@ -150,13 +158,18 @@ fn bar(used: u64, budget: u64) -> String {
 
 /// `bwmon history` as text: per slice, a line per period and class with a bar of its use
 /// against its budget.
-pub(crate) fn render(periods: &[PeriodEntry]) -> String {
+pub(crate) fn render(
+    periods: &[PeriodEntry],
+    cgroups: &std::collections::HashMap<u32, String>,
+) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let mut last = None;
     for p in periods {
         if last != Some((&p.slice, p.xid)) {
-            let _ = writeln!(out, "{} (xid {})", p.slice, p.xid);
+            let cgroup = cgroups.get(&p.xid);
+            let cgroup = cgroup.map_or(String::new(), |c| format!(", cgroup {c}"));
+            let _ = writeln!(out, "{} (xid {}{cgroup})", p.slice, p.xid);
             last = Some((&p.slice, p.xid));
         }
         let _ = writeln!(
