@@ -524,15 +524,32 @@ fn proc_shows_alice(d: &Daemon, gid: Option<u32>) -> bool {
             .spawn()
             .unwrap();
     let pid = d.pid().unwrap();
+    // The daemon's root too (an emulated guest runs everything in a chroot); the probe must
+    // read its own cgroup file, so that a failure to run is not taken for "hidden".
+    let probe = format!(
+        "cat /proc/self/cgroup >/dev/null && if cat /proc/{}/cgroup >/dev/null 2>&1; then echo shown; else echo hidden; fi",
+        sleeper.id()
+    );
     let read = std::process::Command::new("nsenter")
-        .args([&format!("--mount=/proc/{pid}/ns/mnt"), "setpriv"])
+        .args([
+            format!("--mount=/proc/{pid}/ns/mnt"),
+            format!("--root=/proc/{pid}/root"),
+            "setpriv".to_owned(),
+        ])
         .args(unit_creds(gid))
-        .args(["--", "cat", &format!("/proc/{}/cgroup", sleeper.id())])
+        .args(["--", "sh", "-c", &probe])
         .output()
         .unwrap();
     let _ = sleeper.kill();
     let _ = sleeper.wait();
-    read.status.success()
+    match String::from_utf8_lossy(&read.stdout).trim() {
+        "shown" => true,
+        "hidden" => false,
+        other => panic!(
+            "the probe did not run: {other:?} {}",
+            String::from_utf8_lossy(&read.stderr)
+        ),
+    }
 }
 
 #[test]
