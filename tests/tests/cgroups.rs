@@ -140,6 +140,44 @@ fn a_capped_cgroup_slice_is_held_at_its_ceiling() {
 }
 
 #[test]
+fn a_cgroup_slice_over_its_threshold_is_capped_and_held_at_the_lowered_ceiling() {
+    let lab = Lab::new();
+    let cg = TestCgroups::new();
+    let step = cg.make("ci/step");
+    // Over 1 MB the ceiling becomes what is left of 40 MB over what is left of the minute: a
+    // few Mbit/s, measurable at the receiver.
+    let d = Daemon::start(
+        &lab,
+        "period = \"60s\"\ninterval = \"1s\"\nnode_cap = \"100mbit\"\n",
+        &format!(
+            "[[slice]]\nname = \"ci\"\ncgroup = \"{}\"\nnet_max_kbyte = 40000\nnet_thresh_kbyte = 1000\n",
+            cg.path("ci")
+        ),
+    );
+    let dst = SocketAddr::new(lab.general_v4.into(), 5831);
+    let meter = lab.meter(dst, 1);
+    let _sender = sender_in(&step, dst);
+    let capped = poll(10, || d.slice("ci").unwrap(), |s| s["capped"] == true);
+    assert_eq!(capped["capped"], true, "{capped}");
+    std::thread::sleep(Duration::from_secs(2));
+    let samples: Vec<f64> = (0..4)
+        .map(|_| rates(&[&meter], Duration::from_secs(1))[0])
+        .collect();
+    let rate = median(&samples);
+    let ceil = u(&d.slice("ci").unwrap(), "ceil_bps") as f64;
+    eprintln!(
+        "ci capped: ceiling {:.2} Mbit/s, received {:.2} Mbit/s",
+        ceil / 1e6,
+        rate / 1e6
+    );
+    assert!(ceil < 100e6 / 4.0, "lowered: {ceil}");
+    assert!(
+        (0.8 * ceil..=1.05 * ceil).contains(&rate),
+        "received {rate} bit/s under a ceiling of {ceil}, samples {samples:?}"
+    );
+}
+
+#[test]
 fn a_patterns_new_cgroup_is_a_slice_within_an_interval_and_a_recreated_one_continues() {
     let lab = Lab::new();
     let cg = TestCgroups::new();
