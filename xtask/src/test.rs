@@ -6,6 +6,7 @@ use anyhow::{Context as _, bail};
 use crate::{
     build::{self, Profile},
     setup::Tools,
+    vm,
     workspace::{self, exec, phase},
 };
 
@@ -66,7 +67,15 @@ fn dashboard_queries_as_rules(etc: &std::path::Path) -> anyhow::Result<String> {
     Ok(out)
 }
 
-pub(crate) fn run(tools: &Tools, filter: Option<String>) -> anyhow::Result<()> {
+/// fmt, clippy, unit tests, the Prometheus files, then the end-to-end tests on the host — and,
+/// for each kernel line of `vm_kernels`, in a qemu guest that runs beside the host's tests (the
+/// guests are single-threaded under TCG and mostly wait, like the labs; side by side they cost
+/// the wall time of the longer).
+pub(crate) fn run(
+    tools: &Tools,
+    filter: Option<String>,
+    vm_kernels: &[&str],
+) -> anyhow::Result<()> {
     phase("fmt", || {
         exec(workspace::cargo().args(["fmt", "--all", "--check"]))
     })?;
@@ -106,7 +115,12 @@ pub(crate) fn run(tools: &Tools, filter: Option<String>) -> anyhow::Result<()> {
     if let Some(f) = filter {
         integration.arg(f);
     }
-    phase("integration tests", || {
+    let guests = if vm_kernels.is_empty() {
+        None
+    } else {
+        Some(phase("vm start", || vm::start(tools, vm_kernels, vm::SMP))?)
+    };
+    let host = phase("integration tests", || {
         exec(
             integration.env(
                 "BWMON_BIN",
@@ -116,5 +130,9 @@ pub(crate) fn run(tools: &Tools, filter: Option<String>) -> anyhow::Result<()> {
                     .join("bwmon"),
             ),
         )
-    })
+    });
+    // The guests are waited for (and their results printed) whatever the host's tests did.
+    let guests = guests.map(|g| phase("vm tests", || g.finish()));
+    host?;
+    guests.transpose().map(|_| ())
 }

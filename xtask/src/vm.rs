@@ -56,9 +56,10 @@ const KERNELS: [Kernel; 2] = [
 /// (datapath), per-uid counts, the attachment, its replacement, a re-created interface and
 /// teardown (counters), a restart that keeps its counts (restart), counter slots given, kept
 /// and zeroed before reuse (slots), the maps' kernel memory (memory), a lowered ceiling held
-/// (htb), shares that divide a contended cap (shares; with `BWMON_SLOW=1` its runs are longer
-/// under emulation; on the oldest kernel only, see [`OLDEST_ONLY`]), cgroup slices: the
-/// socket's cgroup read by the classifier, a pattern's cgroups, forwarded traffic (cgroups).
+/// (htb), shares that divide a contended cap (shares: 1 : 3 and 1 : 1 : 2, the other share tests
+/// run on the host; with `BWMON_SLOW=1` its runs are longer under emulation; on the oldest
+/// kernel only, see [`OLDEST_ONLY`]), cgroup slices: the socket's cgroup read by the
+/// classifier, a pattern's cgroups, forwarded traffic, the unit's sandbox (cgroups).
 const CHECKS: &[(&str, &str)] = &[
     ("datapath", ""),
     ("counters", ""),
@@ -69,7 +70,10 @@ const CHECKS: &[(&str, &str)] = &[
         "htb",
         "a_lowered_slice_is_held_to_its_ceiling_and_others_are_not",
     ),
-    ("shares", ""),
+    (
+        "shares",
+        "--exact shares_one_to_three_split_a_saturated_cap_one_to_three shares_one_one_two_give_a_quarter_a_quarter_and_a_half",
+    ),
     ("cgroups", ""),
 ];
 
@@ -136,6 +140,16 @@ pub(crate) fn kernels(which: &str) -> anyhow::Result<Vec<&'static str>> {
 /// (each runs its TCG vCPUs on about one host core, so two kernels take the time of one);
 /// fails when any check fails on any kernel.
 pub(crate) fn run(tools: &Tools, lines: &[&str], smp: u32) -> anyhow::Result<()> {
+    start(tools, lines, smp)?.finish()
+}
+
+/// The guests booted by [`start`], running their checks.
+pub(crate) struct Guests(Vec<Guest>);
+
+/// Boots a guest for each kernel of `lines` (`smp` CPUs each) that runs its checks and powers
+/// off; [`Guests::finish`] waits for them. The caller may do other work meanwhile: the host's
+/// end-to-end tests, say (the guests only read the host's files).
+pub(crate) fn start(tools: &Tools, lines: &[&str], smp: u32) -> anyhow::Result<Guests> {
     if !workspace::is_root() {
         bail!("the VM tests install packages and use the host's bpffs tools: run as root");
     }
@@ -144,9 +158,9 @@ pub(crate) fn run(tools: &Tools, lines: &[&str], smp: u32) -> anyhow::Result<()>
     install_host_packages()?;
     let qemu = extract_qemu(&vm)?;
     build::all(tools, Profile::Debug)?;
-    let binaries = test_binaries()?;
+    let binaries = test_binaries(&build::ebpf_object())?;
     let bwmon = workspace::root().join("target/debug/bwmon");
-    let mut guests = Vec::new();
+    let mut guests = Guests(Vec::new());
     for line in lines {
         let kernel = KERNELS
             .iter()
@@ -156,31 +170,39 @@ pub(crate) fn run(tools: &Tools, lines: &[&str], smp: u32) -> anyhow::Result<()>
         let checks = if smp > SMP { CHECKS_MANY_CPUS } else { CHECKS };
         let script = write_run_script(&vm, &k, kernel, checks, &binaries, &bwmon)?;
         let initrd = make_initrd(&vm, &k, &script)?;
-        guests.push(Guest::start(&qemu, k, &initrd, smp)?);
+        guests.0.push(Guest::start(&qemu, k, &initrd, smp)?);
     }
-    let mut failed = Vec::new();
-    for guest in guests {
-        let (version, took, code, log) = guest.finish()?;
-        let summary: Vec<&str> = log
-            .lines()
-            .filter(|l| l.starts_with("test result:") || l.contains("VMTEST"))
-            .collect();
-        if code == Some(0) {
-            eprintln!("xtask: vm-test: Linux {version} passed in {took} s");
-            for l in summary {
-                println!("{l}");
+    Ok(guests)
+}
+
+impl Guests {
+    /// Waits for every guest; fails when any check failed on any kernel (each failed guest's
+    /// console log is printed).
+    pub(crate) fn finish(self) -> anyhow::Result<()> {
+        let mut failed = Vec::new();
+        for guest in self.0 {
+            let (version, took, code, log) = guest.finish()?;
+            let summary: Vec<&str> = log
+                .lines()
+                .filter(|l| l.starts_with("test result:") || l.contains("VMTEST"))
+                .collect();
+            if code == Some(0) {
+                eprintln!("xtask: vm-test: Linux {version} passed in {took} s");
+                for l in summary {
+                    println!("{l}");
+                }
+            } else {
+                eprintln!(
+                    "xtask: vm-test: Linux {version} FAILED (exit {code:?}) after {took} s; the guest's log:\n{log}"
+                );
+                failed.push(version);
             }
-        } else {
-            eprintln!(
-                "xtask: vm-test: Linux {version} FAILED (exit {code:?}) after {took} s; the guest's log:\n{log}"
-            );
-            failed.push(version);
         }
+        if !failed.is_empty() {
+            bail!("VM tests failed on {}", failed.join(", "));
+        }
+        Ok(())
     }
-    if !failed.is_empty() {
-        bail!("VM tests failed on {}", failed.join(", "));
-    }
-    Ok(())
 }
 
 fn apt(args: &[&str]) -> Command {
@@ -263,8 +285,9 @@ fn extract_qemu(vm: &Path) -> anyhow::Result<Qemu> {
 }
 
 /// The test binaries of the `tests` crate, by target name.
-fn test_binaries() -> anyhow::Result<BTreeMap<String, PathBuf>> {
-    let out = workspace::cargo()
+fn test_binaries(object: &Path) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+    // With the object the host tests are built with: the same build, not a second one.
+    let out = build::host_cargo(object)
         .args([
             "test",
             "--package",

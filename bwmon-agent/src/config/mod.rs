@@ -4,10 +4,12 @@
 //! `[mail]` is read in `mail`, `[webhook]` in `webhook`.
 
 pub(crate) mod keys;
+pub(crate) mod last_good;
 pub(crate) mod mailaddr;
 pub mod problems;
 pub(crate) mod slices;
 
+mod draft;
 mod mail;
 mod read;
 mod webhook;
@@ -25,7 +27,7 @@ use toml_edit::{Item, Table};
 
 use crate::{
     config::{
-        keys::Draft,
+        draft::Draft,
         problems::{Collector, FileErrors, parse_document, read_text},
         read::Field,
     },

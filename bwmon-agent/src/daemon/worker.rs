@@ -19,7 +19,8 @@ use super::{
 use crate::{
     config::{
         Config, Retention,
-        slices::{SlicesFile, entry_of, keep_last_good},
+        last_good::{entry_of, keep_last_good},
+        slices::SlicesFile,
     },
     datapath::Datapath,
     error_kind::ErrorKind,

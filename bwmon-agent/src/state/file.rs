@@ -7,7 +7,6 @@
 //! started afresh. A failed save leaves the files as they were and is retried.
 
 use std::{
-    collections::BTreeMap,
     ffi::OsString,
     fs,
     io::{self, Read as _},
@@ -15,16 +14,10 @@ use std::{
 };
 
 use super::{
-    Notice, SliceState, State,
+    State,
     atomic::atomic_replace,
+    migrate,
     open::{Access, is_refused, open_regular},
-};
-use crate::{
-    class::PerClass,
-    htb::Minor,
-    policy::{ClassRecord, Record},
-    time::UnixSecs,
-    units::{BitsPerSec, Bytes},
 };
 
 /// Files of this format: magic, CRC-32 (LE) of the rest, version (LE), postcard.
@@ -251,9 +244,7 @@ impl State {
             if rest.get(..2) != Some(&1u16.to_le_bytes()[..]) {
                 return Err(corrupt("a first-format header with another version".into()));
             }
-            let old: v1::State =
-                postcard::from_bytes(&rest[2..]).map_err(|e| corrupt(e.to_string()))?;
-            return Ok(State::from(v4::State::from(old)));
+            return migrate::from_first(&rest[2..]).map_err(|e| corrupt(e.to_string()));
         }
         let Some(rest) = bytes.strip_prefix(MAGIC) else {
             return Err(corrupt("no bwmon state header".into()));
@@ -273,19 +264,13 @@ impl State {
                 found: version,
             });
         }
-        match version {
-            2 => postcard::from_bytes::<v2::State>(&body[2..])
-                .map(|v2| State::from(v4::State::from(v3::State::from(v2))))
-                .map_err(|e| corrupt(e.to_string())),
-            3 => postcard::from_bytes::<v3::State>(&body[2..])
-                .map(|v3| State::from(v4::State::from(v3)))
-                .map_err(|e| corrupt(e.to_string())),
-            4 => postcard::from_bytes::<v4::State>(&body[2..])
-                .map(State::from)
-                .map_err(|e| corrupt(e.to_string())),
-            VERSION => postcard::from_bytes(&body[2..]).map_err(|e| corrupt(e.to_string())),
-            _ => Err(corrupt(format!("unknown version {version}"))),
-        }
+        let decoded = if version == VERSION {
+            postcard::from_bytes(&body[2..])
+        } else {
+            migrate::from_older(version, &body[2..])
+                .ok_or_else(|| corrupt(format!("unknown version {version}")))?
+        };
+        decoded.map_err(|e| corrupt(e.to_string()))
     }
 
     /// The encoded file contents.
@@ -348,268 +333,21 @@ impl StateFile {
     }
 }
 
-/// The first format, read to migrate it: a record kept the counter at the period's start.
-mod v1 {
-    use super::*;
-
-    #[derive(serde::Deserialize)]
-    pub(crate) struct ClassRecordV1 {
-        baseline: u64,
-        ceil: BitsPerSec,
-    }
-
-    #[derive(serde::Deserialize)]
-    pub(crate) struct RecordV1 {
-        period_start: UnixSecs,
-        classes: PerClass<ClassRecordV1>,
-        emailed: bool,
-    }
-
-    #[derive(serde::Deserialize)]
-    pub(crate) struct SliceStateV1 {
-        name: String,
-        record: RecordV1,
-        minors: PerClass<Minor>,
-        departed: bool,
-    }
-
-    #[derive(serde::Deserialize)]
-    pub(crate) struct State {
-        slices: BTreeMap<u32, SliceStateV1>,
-        default: Option<RecordV1>,
-        notices: Vec<v4::Notice>,
-    }
-
-    impl From<RecordV1> for v4::Record {
-        /// Nothing used yet, last counter = the period's start: the next sync adds
-        /// `counter − baseline`, which is what the period used.
-        fn from(r: RecordV1) -> v4::Record {
-            v4::Record {
-                period_start: r.period_start,
-                classes: r.classes.map(|_, c| ClassRecord {
-                    used: Bytes(0),
-                    last: c.baseline,
-                    ceil: c.ceil,
-                }),
-                emailed: r.emailed,
-            }
-        }
-    }
-
-    impl From<State> for v4::State {
-        fn from(s: State) -> v4::State {
-            v4::State {
-                slices: s
-                    .slices
-                    .into_iter()
-                    .map(|(xid, s)| {
-                        let slice = v4::SliceState {
-                            name: s.name,
-                            record: s.record.into(),
-                            minors: s.minors.map(|_, m| Some(m)),
-                            drop_base: PerClass::default(),
-                            departed: s.departed,
-                        };
-                        (xid, slice)
-                    })
-                    .collect(),
-                default: s.default.map(v4::Record::from),
-                notices: s.notices,
-                // Unknown: the counters the first format saw are taken to go on.
-                counters_epoch: None,
-                levers: BTreeMap::new(),
-                requests: Vec::new(),
-            }
-        }
-    }
-}
-
-/// The second format: the third without the levers.
-mod v2 {
-    use super::*;
-
-    #[derive(serde::Deserialize)]
-    pub(crate) struct State {
-        slices: BTreeMap<u32, v4::SliceState>,
-        default: Option<v4::Record>,
-        notices: Vec<v4::Notice>,
-        counters_epoch: Option<u64>,
-    }
-
-    impl From<State> for super::v3::State {
-        fn from(s: State) -> super::v3::State {
-            super::v3::State {
-                slices: s.slices,
-                default: s.default,
-                notices: s.notices,
-                counters_epoch: s.counters_epoch,
-                levers: BTreeMap::new(),
-            }
-        }
-    }
-}
-
-/// The third format: the fourth without the lever requests.
-mod v3 {
-    use super::*;
-    use crate::policy::levers::Levers;
-
-    #[derive(serde::Deserialize)]
-    pub(crate) struct State {
-        pub(super) slices: BTreeMap<u32, v4::SliceState>,
-        pub(super) default: Option<v4::Record>,
-        pub(super) notices: Vec<v4::Notice>,
-        pub(super) counters_epoch: Option<u64>,
-        pub(super) levers: BTreeMap<u32, Levers>,
-    }
-
-    impl From<State> for v4::State {
-        fn from(s: State) -> v4::State {
-            v4::State {
-                slices: s.slices,
-                default: s.default,
-                notices: s.notices,
-                counters_epoch: s.counters_epoch,
-                levers: s.levers,
-                requests: Vec::new(),
-            }
-        }
-    }
-}
-
-/// The fourth format: records without the warnings said; a notice was the cap's, by mail, one
-/// per slice and period, without an id.
-mod v4 {
-    use super::*;
-    use crate::{
-        class::TrafficClass,
-        policy::levers::Levers,
-        state::{AppliedRequest, Channels, ClassNote, NoticeId, NoticeKind},
-    };
-
-    #[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
-    pub(crate) struct Record {
-        pub(super) period_start: UnixSecs,
-        pub(super) classes: PerClass<ClassRecord>,
-        pub(super) emailed: bool,
-    }
-
-    #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-    pub(crate) struct SliceState {
-        pub(super) name: String,
-        pub(super) record: Record,
-        pub(super) minors: PerClass<Option<Minor>>,
-        pub(super) drop_base: PerClass<u64>,
-        pub(super) departed: bool,
-    }
-
-    #[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
-    pub(crate) struct CappedClass {
-        pub(super) class: TrafficClass,
-        pub(super) used: Bytes,
-        pub(super) ceil: BitsPerSec,
-        pub(super) budget: Bytes,
-    }
-
-    #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-    pub(crate) struct Notice {
-        pub(super) slice: String,
-        pub(super) xid: u32,
-        pub(super) period_start: UnixSecs,
-        pub(super) period_end: UnixSecs,
-        pub(super) capped: Vec<CappedClass>,
-        pub(super) decided_at: UnixSecs,
-        pub(super) attempts: u32,
-        pub(super) next_attempt: UnixSecs,
-    }
-
-    #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-    pub(crate) struct State {
-        pub(super) slices: BTreeMap<u32, SliceState>,
-        pub(super) default: Option<Record>,
-        pub(super) notices: Vec<Notice>,
-        pub(super) counters_epoch: Option<u64>,
-        pub(super) levers: BTreeMap<u32, Levers>,
-        pub(super) requests: Vec<AppliedRequest>,
-    }
-
-    impl From<Record> for super::Record {
-        /// Nothing warned yet: the warnings came after this format.
-        fn from(r: Record) -> super::Record {
-            super::Record {
-                period_start: r.period_start,
-                classes: r.classes,
-                emailed: r.emailed,
-                warned: PerClass::default(),
-            }
-        }
-    }
-
-    impl From<State> for super::State {
-        /// Each queued notice is the cap's, still to be mailed, numbered in queue order.
-        fn from(s: State) -> super::State {
-            let notices: Vec<super::Notice> = (0u64..)
-                .zip(s.notices)
-                .map(|(id, n)| super::Notice {
-                    id: NoticeId(id),
-                    slice: n.slice,
-                    xid: n.xid,
-                    period_start: n.period_start,
-                    period_end: n.period_end,
-                    kind: NoticeKind::Capped,
-                    classes: n
-                        .capped
-                        .into_iter()
-                        .map(|c| ClassNote {
-                            class: c.class,
-                            used: c.used,
-                            ceil: c.ceil,
-                            budget: c.budget,
-                            level: None,
-                        })
-                        .collect(),
-                    pending: Channels {
-                        mail: true,
-                        webhook: false,
-                    },
-                    decided_at: n.decided_at,
-                    attempts: n.attempts,
-                    next_attempt: n.next_attempt,
-                })
-                .collect();
-            super::State {
-                slices: s
-                    .slices
-                    .into_iter()
-                    .map(|(xid, s)| {
-                        let slice = super::SliceState {
-                            name: s.name,
-                            record: s.record.into(),
-                            minors: s.minors,
-                            drop_base: s.drop_base,
-                            departed: s.departed,
-                        };
-                        (xid, slice)
-                    })
-                    .collect(),
-                default: s.default.map(super::Record::from),
-                next_notice: NoticeId(notices.len() as u64),
-                notices,
-                counters_epoch: s.counters_epoch,
-                levers: s.levers,
-                requests: s.requests,
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::{
-        class::TrafficClass,
+        class::{PerClass, TrafficClass},
+        htb::Minor,
         policy::warnings::{Levels, Percent},
-        state::{Channels, ClassNote, Notice, NoticeId, NoticeKind, atomic::names as files},
+        policy::{ClassRecord, Record},
+        state::migrate::v4,
+        state::{
+            Channels, ClassNote, Notice, NoticeId, NoticeKind, SliceState, atomic::names as files,
+        },
+        units::{BitsPerSec, Bytes},
     };
 
     fn sample() -> State {

@@ -5,6 +5,7 @@
 
 pub(crate) mod atomic;
 mod file;
+mod migrate;
 pub(crate) mod open;
 
 use std::collections::BTreeMap;
