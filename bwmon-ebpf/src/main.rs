@@ -24,6 +24,7 @@ mod classify;
 mod diag;
 mod drop;
 mod header;
+mod ingress;
 mod maps;
 
 #[cfg(not(test))]

@@ -11,6 +11,7 @@
 pub mod bench;
 mod daemon;
 mod debian_root;
+mod download;
 pub mod frames;
 mod kernel_log;
 mod lab;
@@ -25,6 +26,7 @@ mod webhook;
 
 pub use daemon::*;
 pub use debian_root::*;
+pub use download::*;
 pub use kernel_log::*;
 pub use lab::*;
 pub use meter::*;
