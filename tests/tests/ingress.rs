@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::IpAddr, net::SocketAddr, time::Duration};
 
 use bwmon_agent::datapath::{Datapath, Snapshot};
 use bwmon_common::XidSource;
-use bwmon_tests::{Lab, tcp_drain, tcp_listener_as, udp_drain, udp_socket_as};
+use bwmon_tests::{Daemon, Lab, tcp_drain, tcp_listener_as, u, udp_drain, udp_socket_as};
 
 const UID_A: u32 = 4201;
 const UID_B: u32 = 4202;
@@ -130,5 +130,117 @@ fn tcp_downloads_per_uid_match_what_the_interface_received() {
     assert_eq!(
         counted, rx,
         "counted {counted} received bytes, the veth received {rx}"
+    );
+}
+
+const ALICE: u32 = 4211;
+/// Long enough that no test crosses a period's end unless it means to.
+const CONFIG: &str = "period = \"600s\"\ninterval = \"1s\"\n";
+
+fn alice(extra: &str) -> String {
+    format!("[[slice]]\nname = \"alice\"\nxid = {ALICE}\n{extra}")
+}
+
+/// Two intervals: what was received is synced.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(2500));
+}
+
+/// `bytes` downloaded by `uid` over TCP from the lab's namespace (the peer sends, closes
+/// first).
+fn download(lab: &Lab, uid: u32, bytes: u64) {
+    let host = IpAddr::V4(lab.host_v4());
+    let listener = tcp_listener_as(uid, SocketAddr::new(host, 0));
+    let to = listener.local_addr().unwrap();
+    let drain = tcp_drain(uid, listener);
+    lab.send_tcp_from_ns(lab.general_v4.into(), to, bytes)
+        .join()
+        .unwrap();
+    assert_eq!(drain.join().unwrap(), bytes);
+}
+
+fn received(d: &Daemon, name: &str) -> u64 {
+    let s = d.slice(name).unwrap();
+    u(&s, "received_bytes") + u(&s, "received_exempt_bytes")
+}
+
+#[test]
+fn received_bytes_survive_kill_9_and_a_reboot_and_teardown_removes_the_ingress_programs() {
+    let lab = Lab::new();
+    let mut d = Daemon::start(&lab, CONFIG, &alice(""));
+    download(&lab, ALICE, 4 << 20);
+    settle();
+    let before = d.slice("alice").unwrap();
+    let got = received(&d, "alice");
+    assert!((4 << 20..(4 << 20) * 105 / 100).contains(&got), "{before}");
+    assert_eq!(before["count"], "egress");
+    assert!(
+        u(&before, "bytes") < 1 << 20,
+        "egress: only the ACKs it sent: {before}"
+    );
+
+    // kill -9: the pinned counters go on, nothing lost or doubled.
+    d.stop(libc::SIGKILL);
+    d.restart();
+    settle();
+    assert_eq!(received(&d, "alice"), got, "nothing received in between");
+    download(&lab, ALICE, 1 << 20);
+    settle();
+    let after_kill = received(&d, "alice");
+    assert!(
+        (got + (1 << 20)..got + (1 << 20) * 105 / 100).contains(&after_kill),
+        "{after_kill} after {got}"
+    );
+
+    // A reboot: the kernel's state is lost; the state file keeps what was received.
+    let pins = std::path::Path::new(bwmon_agent::paths::PIN_ROOT).join(&lab.host_if);
+    let link = pins.join("link_ingress_cgroup");
+    let prog_id = aya::programs::links::PinnedLink::from_pin(&link)
+        .map(aya::programs::links::FdLink::from)
+        .unwrap()
+        .info()
+        .unwrap()
+        .program_id();
+    d.stop(libc::SIGKILL);
+    d.teardown();
+    assert!(!pins.exists(), "teardown removed the pins");
+    // The cgroup program is gone with its link (give the kernel's RCU a moment to free it),
+    // and nothing of ours is on the interface's ingress.
+    let gone = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        !aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .any(|p| p.id() == prog_id)
+    });
+    assert!(
+        gone,
+        "the ingress counter {prog_id} is still loaded after teardown"
+    );
+    let tc = lab.tc(&["filter", "show", "dev", &lab.host_if, "ingress"]);
+    assert!(
+        String::from_utf8_lossy(&tc.stdout).trim().is_empty(),
+        "clsact ingress filters left: {}",
+        String::from_utf8_lossy(&tc.stdout)
+    );
+    let tcx = aya::programs::SchedClassifier::query_tcx(
+        lab.host_if.as_str(),
+        aya::programs::TcAttachType::Ingress,
+    )
+    .map(|(_, progs)| progs.len())
+    .unwrap_or(0);
+    assert_eq!(tcx, 0, "TCX ingress programs left");
+    d.restart();
+    settle();
+    assert_eq!(
+        received(&d, "alice"),
+        after_kill,
+        "the reboot lost nothing synced"
+    );
+    download(&lab, ALICE, 1 << 20);
+    settle();
+    let later = received(&d, "alice");
+    assert!(
+        (after_kill + (1 << 20)..after_kill + (1 << 20) * 105 / 100).contains(&later),
+        "{later} after {after_kill}"
     );
 }

@@ -195,6 +195,7 @@ mod tests {
                 name: format!("s{i}"),
                 xid: 1000 + i,
                 sources: Vec::new(),
+                count: None,
                 attrs,
             })
             .collect()

@@ -18,6 +18,7 @@ use super::{
 use crate::{
     interface::validate_name,
     paths,
+    policy::received::Count,
     policy::rspec::Attributes,
     policy::warnings::{Levels, Percent},
     time::calendar::{Align, Periods},
@@ -209,6 +210,15 @@ pub(crate) const KEYS: &[Key] = &[
         exempt_prefixes,
     ),
     Key::new(
+        "count",
+        "Which bytes a budget covers: \"egress\" (sent) or \"both\" (sent + received).",
+        |f, d| {
+            if let Some(c) = count_key(f) {
+                d.config.count = c;
+            }
+        },
+    ),
+    Key::new(
         "dry_run",
         "Account, report and notify, but never lower a ceiling.",
         |f, d| set(&mut d.config.dry_run, f.boolean()),
@@ -345,6 +355,7 @@ impl Draft<'_> {
             tenant_socket: Some(base.join(paths::TENANT_SOCKET)),
             xid_source: XidSource::Uid,
             exempt_prefixes: Vec::new(),
+            count: Count::Egress,
             dry_run: false,
             take_over_root_qdisc: false,
             defaults: Attributes::default(),
@@ -409,6 +420,16 @@ fn set<T>(into: &mut T, value: Option<T>) {
     if let Some(value) = value {
         *into = value;
     }
+}
+
+/// `count`: "egress" or "both" (a slice's own entry may say it too).
+pub(super) fn count_key(f: &mut Field<'_, '_>) -> Option<Count> {
+    let s = f.string()?;
+    let c = Count::parse(s);
+    if c.is_none() {
+        f.problem(format!("'{s}' is not one of \"egress\", \"both\""));
+    }
+    c
 }
 
 /// A ceiling: a rate no lower than the smallest bwmon sets.

@@ -46,6 +46,8 @@ pub(crate) struct SliceSpec {
     pub(crate) xid: u32,
     /// Source prefixes (for `xid_source = "source"`).
     pub(crate) sources: Vec<IpNet>,
+    /// Which bytes its budget covers, when its entry says (`count`); else the config's.
+    pub(crate) count: Option<crate::policy::received::Count>,
     /// Attributes given for it (not yet merged with defaults).
     pub(crate) attrs: Attributes,
 }
@@ -81,7 +83,7 @@ pub(crate) fn uid_of(name: &str) -> Option<u32> {
 }
 
 /// A slice's keys that are not attributes.
-const SLICE_KEYS: [&str; 3] = ["name", "xid", "sources"];
+const SLICE_KEYS: [&str; 4] = ["name", "xid", "sources", "count"];
 
 /// A slices file as read: the slices that can be used, and what was wrong with the rest.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -259,6 +261,10 @@ impl Entry<'_> {
             }
             None => Vec::new(),
         };
+        let count = self.table.get("count").and_then(|item| {
+            let key = self.key("count");
+            super::keys::count_key(&mut Field::new(c, item, &key))
+        });
         let mut attrs = Attributes::default();
         let prefix = self.key("");
         attributes(c, self.table, &prefix, &SLICE_KEYS, &mut attrs);
@@ -271,6 +277,7 @@ impl Entry<'_> {
             name,
             xid,
             sources,
+            count,
             attrs,
         })
     }

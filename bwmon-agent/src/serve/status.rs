@@ -4,6 +4,7 @@
 use crate::{
     class::{PerClass, TrafficClass},
     error_kind::ErrorCounts,
+    policy::received::Count,
     policy::warnings::{Levels, Percent},
     time::{UnixSecs, text::human_secs},
     units::{BitsPerSec, Bytes, KBytes},
@@ -89,6 +90,20 @@ pub(crate) struct SliceStatus {
     /// The levels of its exempt budget it was warned of this period, in %.
     #[serde(default)]
     pub(crate) exempt_warned_percent: Vec<u8>,
+    /// General bytes it received in the current period (downloads; by the packet's source).
+    /// Under `count = "both"` they are also in `bytes`, which its budget is charged.
+    #[serde(default)]
+    pub(crate) received_bytes: u64,
+    /// Exempt bytes it received in the current period (from the exempt prefixes).
+    #[serde(default)]
+    pub(crate) received_exempt_bytes: u64,
+    /// Which bytes its budget covers: "egress" (sent) or "both" (sent + received).
+    #[serde(default = "egress")]
+    pub(crate) count: String,
+}
+
+fn egress() -> String {
+    Count::Egress.name().to_owned()
 }
 
 /// The whole report.
@@ -164,6 +179,10 @@ pub(crate) struct SliceHead {
     pub(crate) dropped: Bytes,
     /// Its HTB leaves, as tc writes them.
     pub(crate) leaves: Vec<String>,
+    /// Bytes received in the current period, per class.
+    pub(crate) received: PerClass<Bytes>,
+    /// Which bytes its budget covers.
+    pub(crate) count: Count,
 }
 
 /// What a status line says of one traffic class of a slice.
@@ -254,6 +273,9 @@ impl SliceStatus {
             exempt_cap_bps: e.cap.0,
             warned_percent: g.warned.percents(),
             exempt_warned_percent: e.warned.percents(),
+            received_bytes: head.received.general.0,
+            received_exempt_bytes: head.received.exempt.0,
+            count: head.count.name().to_owned(),
         }
     }
 

@@ -252,6 +252,7 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
             limits: self.base_limits(&root_attrs),
             capping: Capping::Never,
             sources: Vec::new(),
+            count: self.config.count,
         }];
         live.extend(self.slices.iter().map(|s| LiveSlice {
             name: s.name.clone(),
@@ -259,6 +260,7 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
             limits: self.base_limits(&s.attrs),
             capping: Capping::Policy,
             sources: s.sources.clone(),
+            count: s.count.unwrap_or(self.config.count),
         }));
         live
     }
@@ -548,6 +550,7 @@ mod tests {
             name: name.into(),
             xid,
             sources: vec![],
+            count: None,
             attrs: Attributes::default(),
         }
     }

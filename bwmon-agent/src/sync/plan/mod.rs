@@ -34,7 +34,9 @@ use crate::{
         minors::Minors,
         tree::{self, Urgency},
     },
-    policy::{Capping, ClockJump, Counters, Limits, shares::Claim, warnings::Levels},
+    policy::{
+        Capping, ClockJump, Counters, Limits, received::Count, shares::Claim, warnings::Levels,
+    },
     serve::status::SliceStatus,
     state::{ClassNote, Notice, State},
     time::UnixSecs,
@@ -55,6 +57,8 @@ pub(crate) struct LiveSlice {
     pub(crate) capping: Capping,
     /// Source prefixes (for `xid_source = "source"`).
     pub(crate) sources: Vec<IpNet>,
+    /// Which bytes its budget covers (`count`).
+    pub(crate) count: Count,
 }
 
 /// What the config decides for a plan.

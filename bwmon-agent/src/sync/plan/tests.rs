@@ -50,6 +50,7 @@ fn slice(name: &str, xid: u32) -> LiveSlice {
         limits: limits(),
         capping: Capping::Policy,
         sources: Vec::new(),
+        count: Default::default(),
     }
 }
 
