@@ -13,8 +13,9 @@
 //! a `cgroup_skb` program sees it from the network header on, so the device's link header
 //! length is added). Exempt by the packet's *source* against the exempt prefixes.
 //!
-//! Policing: a slice with a [`Policer`] (written by the agent when it is capped or under an
-//! operator `limit`) has packets above its token bucket dropped, and those are not charged.
+//! Policing: a slice with a [`Policer`](bwmon_common::Policer) (written by the agent when its
+//! general class is capped or under an operator `limit`) has general packets above its token
+//! bucket dropped, and those are not charged.
 //! The bucket is shared by the CPUs without a lock: two CPUs refilling at once may let a
 //! packet's worth more through, which TCP's backing off makes up for.
 
@@ -104,14 +105,16 @@ fn receive<C: EbpfContext>(ctx: &C, skb: *mut __sk_buff, hook: Hook) -> Verdict 
     };
     let ip = ip_header(ctx, skb, at, &mut buf);
     let xid = packet_xid(skb, ip, Direction::Ingress);
-    if police(xid, len) == Verdict::Drop {
+    let exempt = ip.is_some_and(|h| may_be_exempt(h.src_filter_bit()) && h.src_exempt());
+    // The policer holds general downloads to the general ceiling; exempt ones have their own
+    // budget and are not policed.
+    if !exempt && police(xid, len) == Verdict::Drop {
         if let Some(p) = POLICED.get_ptr_mut(0) {
             // SAFETY: per-CPU value.
             unsafe { (*p).charge(len) };
         }
         return Verdict::Drop;
     }
-    let exempt = ip.is_some_and(|h| may_be_exempt(h.src_filter_bit()) && h.src_exempt());
     let counters = match received(xid) {
         Some(p) => p,
         None => {

@@ -244,3 +244,109 @@ fn received_bytes_survive_kill_9_and_a_reboot_and_teardown_removes_the_ingress_p
         "{later} after {after_kill}"
     );
 }
+
+const BOB: u32 = 4212;
+
+fn bob() -> String {
+    format!("[[slice]]\nname = \"bob\"\nxid = {BOB}\n")
+}
+
+#[test]
+fn under_count_both_a_slice_that_only_downloads_is_capped_and_ends_its_period_within_its_budget() {
+    let lab = Lab::new();
+    // 4000 KiB a 30 s period, capped from 2000 KiB on; downloads arrive at 4 mbit/s (500 KB/s),
+    // so the threshold is passed about 4 s in and the policer spreads the rest.
+    let config = "period = \"30s\"\ninterval = \"1s\"\ncount = \"both\"\n";
+    let slices = alice("net_max_kbyte = 4000\nnet_thresh_kbyte = 2000\n");
+    let d = Daemon::start(&lab, config, &slices);
+    settle();
+    let start = u(&d.slice("alice").unwrap(), "period_start");
+    let server = lab.iperf3_server(5731);
+    let secs = 36;
+    let rate =
+        bwmon_tests::iperf3_download_as(ALICE, lab.general_v4.into(), 5731, secs, &["-b", "4M"]);
+    drop(server);
+    eprintln!("alice downloaded at {rate:.0} bit/s on average over {secs} s");
+    settle();
+    let out = d.command(&["history", "alice", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let periods = doc["slices"][0]["periods"].as_array().unwrap();
+    let first = periods
+        .iter()
+        .find(|p| u(p, "start") == start)
+        .unwrap_or_else(|| panic!("no finished period from {start}: {doc}"));
+    let budget = 4000 * 1024;
+    let used = u(first, "bytes");
+    eprintln!(
+        "period {start}: charged {used} of {budget} ({:.1} %), received {}",
+        used as f64 * 100.0 / budget as f64,
+        first["received_bytes"]
+    );
+    assert!(!first["capped_at"].is_null(), "capped: {first}");
+    assert!(
+        (budget * 95 / 100..=budget).contains(&used),
+        "ended at {used} of {budget}: {first}"
+    );
+}
+
+/// alice's download held at `limit` (iperf3 -R, measured at the receiver).
+fn held_at(lab: &Lab, d: &Daemon, limit: &str, bps: f64, port: u16) -> f64 {
+    let out = d.command(&["slice", "limit", "alice", limit]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    settle();
+    let server = lab.iperf3_server(port);
+    // Steady state: the first 2 s (the bucket's initial burst) are left out.
+    let rate = bwmon_tests::iperf3_download_as(ALICE, lab.general_v4.into(), port, 8, &["-O", "2"]);
+    drop(server);
+    eprintln!("alice limited to {limit}: downloaded at {rate:.0} bit/s");
+    assert!(
+        (bps * 0.75..=bps * 1.25).contains(&rate),
+        "alice limited to {limit} downloaded at {rate:.0} bit/s"
+    );
+    rate
+}
+
+#[test]
+fn a_limited_slices_downloads_are_held_at_its_ceiling_and_a_neighbours_are_not() {
+    let lab = Lab::new();
+    // bob's download without bwmon, then beside a limited alice with bwmon.
+    let bare = {
+        let server = lab.iperf3_server(5741);
+        let r = bwmon_tests::iperf3_download_as(BOB, lab.general_v4.into(), 5741, 4, &[]);
+        drop(server);
+        r
+    };
+    let d = Daemon::start(&lab, CONFIG, &format!("{}{}", alice(""), bob()));
+    settle();
+    held_at(&lab, &d, "10mbit", 10e6, 5742);
+    held_at(&lab, &d, "1mbit", 1e6, 5743);
+    // alice keeps downloading at her 1 mbit/s while bob downloads.
+    let alice_server = lab.iperf3_server(5744);
+    let general = lab.general_v4.into();
+    let alice_dl =
+        std::thread::spawn(move || bwmon_tests::iperf3_download_as(ALICE, general, 5744, 6, &[]));
+    let server = lab.iperf3_server(5745);
+    let with = bwmon_tests::iperf3_download_as(BOB, lab.general_v4.into(), 5745, 4, &[]);
+    drop(server);
+    let alice_rate = alice_dl.join().unwrap();
+    drop(alice_server);
+    eprintln!(
+        "bob downloaded at {bare:.0} bit/s without bwmon, {with:.0} with it beside alice at {alice_rate:.0} ({:.2})",
+        with / bare
+    );
+    assert!(
+        with >= 0.9 * bare,
+        "bob: {with:.0} with bwmon, {bare:.0} without"
+    );
+    let policed = d.slice("alice").unwrap();
+    assert_eq!(policed["limit_bps"], 1_000_000, "{policed}");
+}

@@ -110,14 +110,15 @@ fn link_update(link: &impl AsFd, prog: &impl AsFd) -> io::Result<()> {
     unsafe { bpf(BPF_LINK_UPDATE, &mut attr) }.map(|_| ())
 }
 
-/// The token bucket of a download ceiling: a tenth of a second's bytes, and never less than
-/// two of the largest packets the stack hands up (64 KiB GRO/GSO packets), so a packet larger
-/// than the bucket is never dropped whatever the rate.
+/// The token bucket of a download ceiling: half a second's bytes, and never less than four of
+/// the largest packets the stack hands up (64 KiB GRO/GSO packets). A policer drops whole
+/// packets, and TCP recovers slowly from a 64 KiB packet lost at once: a bucket of a few of
+/// them lets it run near the rate instead of well below it.
 pub(crate) fn policer_for(ceil: BitsPerSec) -> Policer {
     let rate = ceil.0 / 8;
     Policer {
         rate,
-        burst: (rate / 10).max(2 * 65_536),
+        burst: (rate / 2).max(4 * 65_536),
         tokens: 0,
         last_ns: 0,
     }

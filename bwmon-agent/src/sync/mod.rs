@@ -14,6 +14,8 @@ mod report;
 use std::collections::{HashMap, HashSet};
 
 use bwmon_common::{ClassIds, ROOT_XID, XidSource};
+
+use crate::units::BitsPerSec;
 use ipnet::IpNet;
 use tracing::{info, warn};
 
@@ -55,6 +57,7 @@ pub(crate) struct Outcome {
 #[derive(Debug, Default)]
 struct Pushed {
     classes: Option<HashMap<u32, ClassIds>>,
+    policers: Option<HashMap<u32, BitsPerSec>>,
     sources: Option<Vec<(IpNet, u32)>>,
     exempt: bool,
 }
@@ -414,6 +417,12 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
                 Err(e) => self.error(ErrorKind::Datapath, "updating source prefixes", &e),
             }
         }
+        if self.pushed.policers.as_ref() != Some(&plan.policers) {
+            match self.kernel.set_policers(&plan.policers) {
+                Ok(()) => self.pushed.policers = Some(plan.policers),
+                Err(e) => self.error(ErrorKind::Datapath, "updating download policers", &e),
+            }
+        }
         let leaves_pending = self.apply_tree(&plan.tree_ops, started);
 
         let changed = plan.state != self.state;
@@ -498,6 +507,9 @@ mod tests {
             None
         }
         fn set_sources(&mut self, _: &[(IpNet, u32)]) -> Result<(), DatapathError> {
+            Ok(())
+        }
+        fn set_policers(&mut self, _: &HashMap<u32, BitsPerSec>) -> Result<(), DatapathError> {
             Ok(())
         }
     }

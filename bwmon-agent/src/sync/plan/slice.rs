@@ -74,6 +74,10 @@ impl Draft<'_> {
             .extend(leaves::urgency(s, &limits, &l.limits, claims, caps));
         out.leaves.extend(leaves::of_slice(s, claims));
         out.claims.insert(l.xid, claims);
+        // Downloads are held to the general ceiling when it is below the slice's own max rate.
+        if claims.general.ceil < l.limits.general.max_rate {
+            out.policers.insert(l.xid, claims.general.ceil);
+        }
         if s.minors.iter().any(|(_, m)| m.is_some()) {
             out.steering.insert(l.xid, tree::class_ids(s.minors));
         }
