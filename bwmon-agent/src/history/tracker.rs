@@ -162,6 +162,10 @@ fn period_of(row: &SliceStatus, classes: &PerClass<ClassStatus>) -> PeriodEntry 
         capped_at: PerClass::default(),
         lowest_ceil_bps: classes.map(|_, c| c.ceil.0),
         noticed: row.emailed,
+        received: PerClass {
+            general: row.received_bytes,
+            exempt: row.received_exempt_bytes,
+        },
     }
 }
 
