@@ -5,7 +5,9 @@ use std::{collections::BTreeMap, net::IpAddr, net::SocketAddr, time::Duration};
 
 use bwmon_agent::datapath::{Datapath, Snapshot};
 use bwmon_common::XidSource;
-use bwmon_tests::{Daemon, Lab, tcp_drain, tcp_listener_as, u, udp_drain, udp_socket_as};
+use bwmon_tests::{
+    Daemon, Lab, schema::assert_document, tcp_drain, tcp_listener_as, u, udp_drain, udp_socket_as,
+};
 
 const UID_A: u32 = 4201;
 const UID_B: u32 = 4202;
@@ -275,6 +277,13 @@ fn under_count_both_a_slice_that_only_downloads_is_capped_and_ends_its_period_wi
         String::from_utf8_lossy(&out.stderr)
     );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_document("history", &doc);
+    let status = d.status();
+    assert_document("status", &status);
+    let show = d.command(&["slice", "show", "alice", "--json"]);
+    let show: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_document("slice", &show);
+    assert!(u(&show["classes"][0], "received_bytes") > 0, "{show}");
     let periods = doc["slices"][0]["periods"].as_array().unwrap();
     let first = periods
         .iter()

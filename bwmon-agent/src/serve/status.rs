@@ -286,6 +286,14 @@ impl SliceStatus {
     }
 
     /// What the line says of `class`.
+    /// Bytes received in the current period by `class` (of the packets' source).
+    pub(crate) fn received(&self, class: TrafficClass) -> u64 {
+        match class {
+            TrafficClass::General => self.received_bytes,
+            TrafficClass::Exempt => self.received_exempt_bytes,
+        }
+    }
+
     pub(crate) fn class(&self, class: TrafficClass) -> ClassStatus {
         match class {
             TrafficClass::General => ClassStatus {
