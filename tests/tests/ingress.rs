@@ -361,3 +361,60 @@ fn a_limited_slices_downloads_are_held_at_its_ceiling_and_a_neighbours_are_not()
     let policed = d.slice("alice").unwrap();
     assert_eq!(policed["limit_bps"], 1_000_000, "{policed}");
 }
+
+/// What the shipped unit gives `bwmon run`: its capabilities only (`CapabilityBoundingSet`,
+/// `AmbientCapabilities` of `systemd/bwmon.service`), and the cgroup tree read-only
+/// (`ProtectControlGroups=yes`), in a mount namespace of its own. The script checks that the
+/// cgroup v2 mount is read-only before it starts bwmon (exit 97 otherwise).
+const UNIT_SANDBOX: &str = r#"
+for m in /sys/fs/cgroup /sys/fs/cgroup/unified; do
+  mountpoint -q "$m" && mount -o remount,bind,ro "$m"
+done
+for m in /sys/fs/cgroup /sys/fs/cgroup/unified; do
+  if [ "$(stat -f -c %T "$m" 2>/dev/null)" = cgroup2fs ]; then
+    mkdir "$m/bwmon-write-probe" 2>/dev/null && { rmdir "$m/bwmon-write-probe"; exit 97; }
+  fi
+done
+caps=-all,+bpf,+perfmon,+net_admin
+exec setpriv --bounding-set=$caps --inh-caps=$caps --ambient-caps=$caps "$0" "$@"
+"#;
+
+#[test]
+fn the_ingress_counter_attaches_with_the_units_capabilities_and_a_read_only_cgroup_tree() {
+    let lab = Lab::new();
+    let mut d = Daemon::prepare(&lab, CONFIG, &alice(""));
+    d.wrapper = [
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        UNIT_SANDBOX,
+    ]
+    .map(String::from)
+    .to_vec();
+    d.restart();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid().unwrap())).unwrap();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    // CAP_NET_ADMIN (12), CAP_PERFMON (38), CAP_BPF (39) and nothing else.
+    assert_eq!(cap_eff, (1 << 12) | (1 << 38) | (1 << 39), "{status}");
+    download(&lab, ALICE, 2 << 20);
+    settle();
+    let got = received(&d, "alice");
+    assert!(
+        (2 << 20..(2 << 20) * 105 / 100).contains(&got),
+        "received {got}: {}",
+        d.log()
+    );
+    assert!(
+        d.log()
+            .contains("attached the ingress counter to the cgroup v2 root"),
+        "{}",
+        d.log()
+    );
+}
