@@ -418,3 +418,43 @@ fn the_ingress_counter_attaches_with_the_units_capabilities_and_a_read_only_cgro
         d.log()
     );
 }
+
+#[test]
+fn a_source_prefix_slices_downloads_are_counted_by_destination_and_split_by_source() {
+    const TENANT: u32 = 77;
+    let lab = Lab::new();
+    let mut dp = open(&lab, XidSource::Source);
+    // The tenant's prefix is the host side's address: what it receives is sent there.
+    let prefix = format!("{}/32", lab.host_v4()).parse().unwrap();
+    dp.set_sources(&[(prefix, TENANT)]).unwrap();
+    let sock = udp_socket_as(0, SocketAddr::new(IpAddr::V4(lab.host_v4()), 0));
+    let to = sock.local_addr().unwrap();
+    let before = dp.snapshot().unwrap();
+    let general = lab.send_udp_from_ns(lab.general_v4.into(), to, 200, 900);
+    let exempt = lab.send_udp_from_ns(lab.exempt_v4.into(), to, 30, 500);
+    assert_eq!(udp_drain(&sock), 230);
+    let after = dp.snapshot().unwrap();
+    let t = after.received[&TENANT];
+    let b = before.received.get(&TENANT).copied().unwrap_or_default();
+    assert_eq!(
+        (
+            t.general.packets - b.general.packets,
+            t.general.bytes - b.general.bytes
+        ),
+        (200, 200 * general)
+    );
+    assert_eq!(
+        (
+            t.exempt.packets - b.exempt.packets,
+            t.exempt.bytes - b.exempt.bytes
+        ),
+        (30, 30 * exempt)
+    );
+    // Counted once: the cgroup counter (the socket's owner is root, xid 0) leaves them to
+    // the TC one; root is charged only what matched no prefix (ARP, neighbour discovery).
+    let root = |s: &Snapshot| {
+        let c = s.received.get(&0).copied().unwrap_or_default();
+        c.general.bytes + c.exempt.bytes
+    };
+    assert!(root(&after) - root(&before) < 200 * general, "{after:?}");
+}

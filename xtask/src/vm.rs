@@ -69,12 +69,21 @@ const CHECKS: &[(&str, &str)] = &[
         "a_lowered_slice_is_held_to_its_ceiling_and_others_are_not",
     ),
     ("shares", ""),
+    // Downloads: counted per uid and per source prefix, byte-exact; kept over kill -9 and a
+    // reboot, teardown (clsact on 6.1, TCX on 6.12); under the unit's sandbox; policed (a
+    // rate check: on the oldest line only).
+    ("ingress", "downloads_"),
+    ("ingress", "received_bytes_survive"),
+    ("ingress", "the_ingress_counter_attaches"),
+    ("ingress", "a_limited_slices_downloads"),
 ];
 
 /// Checks run on the oldest kernel line only: HTB's round robin is the same code on every
 /// line (and the host's kernel runs them too), and they are the slowest checks — the guests
 /// run at once and share the host's cores.
 const OLDEST_ONLY: &[&str] = &["shares"];
+/// Of the checks above, the filters run on the oldest line only (rates under emulation).
+const OLDEST_ONLY_FILTERS: &[&str] = &["a_limited_slices_downloads"];
 
 /// The guest's virtual CPUs for the checks above.
 pub(crate) const SMP: u32 = 2;
@@ -435,6 +444,8 @@ mount -t tmpfs run /host/run
 mkdir -p /host/run/tmp
 chmod 1777 /host/run/tmp
 mount -t bpf bpf /host/sys/fs/bpf
+# Debian 12 is pure cgroup v2 (systemd mounts it there): the ingress counter attaches to its root.
+mount -t cgroup2 cgroup2 /host/sys/fs/cgroup
 mount -t tracefs tracefs /host/sys/kernel/tracing 2>/dev/null
 printf '#!/bin/busybox sh\nexec /bin/busybox chroot /host /sbin/modprobe -d {kdir} "$@"\n' > /bin/vm-modprobe
 chmod +x /bin/vm-modprobe
@@ -467,7 +478,7 @@ fn write_run_script(
     let skip = if kernel.tcx { "" } else { "--skip tcx" };
     let oldest = KERNELS[0].line == kernel.line;
     for (name, filter) in checks {
-        if OLDEST_ONLY.contains(name) && !oldest {
+        if (OLDEST_ONLY.contains(name) || OLDEST_ONLY_FILTERS.contains(filter)) && !oldest {
             continue;
         }
         let exe = binaries
