@@ -201,6 +201,34 @@ pub fn iperf3_download_as(uid: u32, dst: IpAddr, port: u16, secs: u32, extra: &[
         .unwrap_or_else(|| panic!("iperf3 reported no rate: {v}"))
 }
 
+/// `payload`-byte UDP datagrams sent by the iperf3 server at `dst` as fast as it can (`-R`)
+/// for `secs` seconds, received as `uid`; returns the datagrams per second received.
+pub fn iperf3_udp_download_pps_as(
+    uid: u32,
+    dst: IpAddr,
+    port: u16,
+    secs: u32,
+    payload: usize,
+) -> f64 {
+    let length = payload.to_string();
+    let v = iperf3_client(
+        uid,
+        dst,
+        port,
+        secs,
+        &["-R", "-u", "-b", "0", "-l", &length],
+    );
+    let sum = &v["end"]["sum"];
+    let (Some(packets), Some(lost), Some(seconds)) = (
+        sum["packets"].as_f64(),
+        sum["lost_packets"].as_f64(),
+        sum["seconds"].as_f64(),
+    ) else {
+        panic!("iperf3 reported no UDP counts: {v}");
+    };
+    (packets - lost) / seconds.max(1e-9)
+}
+
 /// Sends `payload`-byte UDP datagrams as fast as iperf3 can as `uid` for `secs` seconds;
 /// returns the datagrams per second the receiver got.
 pub fn iperf3_udp_pps_as(uid: u32, dst: IpAddr, port: u16, secs: u32, payload: usize) -> f64 {

@@ -199,6 +199,27 @@ impl Datapath {
         Ok(())
     }
 
+    /// Run counts and run time of the ingress programs (`bpf_stats`): the `cgroup_skb` one and
+    /// the TC one (the one that counts depends on the xid source; the other returns at once).
+    ///
+    /// # Errors
+    /// The kernel refuses the program info.
+    pub fn ingress_program_stats(&self) -> Result<(super::ProgramStats, super::ProgramStats)> {
+        let stats = |name: &'static str| -> Result<super::ProgramStats> {
+            let info = self
+                .ebpf
+                .program(name)
+                .ok_or(DatapathError::MissingProgram { program: name })?
+                .info()
+                .map_err(|source| program_err(&self.iface, name, "describing", source))?;
+            Ok(super::ProgramStats {
+                run_count: info.run_count(),
+                run_time: info.run_time(),
+            })
+        };
+        Ok((stats(names::INGRESS_CGROUP)?, stats(names::INGRESS_TC)?))
+    }
+
     /// Points the ingress counters at the device `ifindex`.
     pub(super) fn write_ingress_control(&mut self, ifindex: u32) -> Result<()> {
         let (map, err) = self.map_for_write(names::INGRESS_CONTROL)?;
