@@ -30,6 +30,10 @@ const TENANTS: [(&str, u32, &str, u16, u64); 3] = [
     ("carol", 60003, "10.251.0.2", 5303, 12_000),
 ];
 
+/// A tenant who downloads (`iperf3 -R`) under `count = "both"`: (name, uid, source, port,
+/// budget in KBytes).
+const DOWNLOADER: (&str, u32, &str, u16, u64) = ("dave", 60004, "10.250.0.2", 5304, 2_000_000);
+
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_sigint(_: i32) {
@@ -138,8 +142,31 @@ fn write_files(dir: &Path) -> anyhow::Result<()> {
             "[[slice]]\nname = \"{name}\"\nxid = {uid}\nnet_max_kbyte = {kbyte}\n\n"
         ));
     }
+    let (name, uid, _, _, kbyte) = DOWNLOADER;
+    slices.push_str(&format!(
+        "[[slice]]\nname = \"{name}\"\nxid = {uid}\nnet_max_kbyte = {kbyte}\n# What dave downloads counts against his budget too.\ncount = \"both\"\n\n"
+    ));
     std::fs::write(dir.join("slices.toml"), slices)?;
     Ok(())
+}
+
+/// The bytes `bwmon status --json` shows `slice` received.
+fn received(json: &str, slice: &str) -> u64 {
+    let mut current = String::new();
+    let mut total = 0;
+    for line in json.lines() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("\"name\": \"") {
+            current = rest.trim_end_matches(['"', ',']).to_owned();
+        } else if current == slice
+            && let Some(rest) = line
+                .strip_prefix("\"received_bytes\": ")
+                .or_else(|| line.strip_prefix("\"received_exempt_bytes\": "))
+        {
+            total += rest.trim_end_matches(',').parse::<u64>().unwrap_or(0);
+        }
+    }
+    total
 }
 
 /// Which slices `bwmon status --json` shows as capped (general or exempt).
@@ -191,7 +218,8 @@ pub(crate) fn run_demo(tools: &Tools) -> anyhow::Result<()> {
             .spawn()
             .context("starting bwmon")?,
     );
-    for (_, _, _, port, _) in TENANTS {
+    let ports = TENANTS.iter().map(|t| t.3).chain([DOWNLOADER.3]);
+    for port in ports {
         lab.children.push(
             Command::new("ip")
                 .args([
@@ -243,6 +271,34 @@ pub(crate) fn run_demo(tools: &Tools) -> anyhow::Result<()> {
                 .context("starting iperf3 -c")?,
         );
     }
+    let (name, uid, src, port, kbyte) = DOWNLOADER;
+    eprintln!("demo: {name} (uid {uid}, budget {kbyte} KB, count = \"both\") downloads from {src}");
+    lab.children.push(
+        Command::new("setpriv")
+            .args([
+                "--reuid",
+                &uid.to_string(),
+                "--regid",
+                &uid.to_string(),
+                "--clear-groups",
+            ])
+            .args([
+                "iperf3",
+                "-R",
+                "-c",
+                src,
+                "-p",
+                &port.to_string(),
+                "-t",
+                "100",
+                "-b",
+                "8M",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting iperf3 -R -c")?,
+    );
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut shown_capped = 0;
     while Instant::now() < deadline && !INTERRUPTED.load(Ordering::SeqCst) {
@@ -260,8 +316,10 @@ pub(crate) fn run_demo(tools: &Tools) -> anyhow::Result<()> {
         if capped.contains("alice") && !capped.contains("bob") && !capped.contains("carol") {
             shown_capped += 1;
             if shown_capped == 3 {
+                let json = String::from_utf8_lossy(&json.stdout);
                 println!(
-                    "\ndemo: alice went over her general budget and is held to what is left of it until the period ends;\n      bob (large budget) and carol (exempt traffic, its own budget) run at full speed."
+                    "\ndemo: alice went over her general budget and is held to what is left of it until the period ends;\n      bob (large budget) and carol (exempt traffic, its own budget) run at full speed;\n      dave downloaded {:.1} MB, counted against his budget (count = \"both\").",
+                    received(&json, DOWNLOADER.0) as f64 / 1e6
                 );
                 return Ok(());
             }
