@@ -150,9 +150,16 @@ impl Lab {
         (read("rx_bytes"), read("rx_packets"))
     }
 
-    /// Permanent IPv4 neighbour entries on both ends (general and exempt addresses), so no ARP
-    /// packet arrives while a test compares what sockets got with what the interface got.
+    /// Permanent IPv4 neighbour entries on both ends (general and exempt addresses), and IPv6
+    /// off on the namespace's end (its router solicitations and MLD reports come at random
+    /// times after the link comes up), so nothing but the test's packets arrives while a test
+    /// compares what sockets got with what the interface got.
     pub fn static_neighbours(&self) {
+        let v6_off = format!("net.ipv6.conf.{}.disable_ipv6=1", self.peer_if);
+        cmd(
+            "ip",
+            &["netns", "exec", &self.netns, "sysctl", "-qw", &v6_off],
+        );
         let mac = |ns: Option<&str>, dev: &str| {
             let path = format!("/sys/class/net/{dev}/address");
             let out = match ns {
