@@ -72,7 +72,8 @@ const CHECKS: &[(&str, &str)] = &[
     // Downloads: counted per uid and per source prefix, byte-exact; kept over kill -9 and a
     // reboot, teardown (clsact on 6.1, TCX on 6.12); under the unit's sandbox; policed (a
     // rate check: on the oldest line only).
-    ("ingress", "downloads_"),
+    ("ingress", "downloads_per_uid"),
+    ("ingress", "a_source_prefix"),
     ("ingress", "received_bytes_survive"),
     ("ingress", "the_ingress_counter_attaches"),
     ("ingress", "a_limited_slices_downloads"),
