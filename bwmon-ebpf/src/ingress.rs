@@ -71,12 +71,24 @@ fn bwmon_ingress_tc(ctx: TcContext) -> i32 {
     }
 }
 
+/// What the TC ingress program writes in `skb->tc_index` of every packet it sees when the
+/// cgroup program is the one that counts: the packet came in through the accounted interface
+/// *in its network namespace*. An ifindex alone does not say that: another namespace's
+/// device may have the same index (6.6+ allocates them per namespace), and a socket there
+/// would be charged for it. `tc_index` is kept with the packet up the stack and nothing else
+/// on a host's ingress uses it (the dsmark and tcindex qdiscs that did are gone since 6.3).
+const SEEN_ON_OUR_INTERFACE: u32 = 0xb3a0;
+
 #[inline(always)]
 fn receive<C: EbpfContext>(ctx: &C, skb: *mut __sk_buff, hook: Hook) -> Verdict {
     let by_prefix = XidSource::from_u32(setting!(xid_source)) == Some(XidSource::Source);
     // One hook counts each packet: the TC one for source-prefix slices, the cgroup one for
     // the others.
     if by_prefix != (hook == Hook::Tc) {
+        if hook == Hook::Tc {
+            // SAFETY: `tc_index` is a writable field of `__sk_buff` for TC programs.
+            unsafe { (*skb).tc_index = SEEN_ON_OUR_INTERFACE };
+        }
         return Verdict::Pass;
     }
     let link = setting!(link_header);
@@ -89,8 +101,10 @@ fn receive<C: EbpfContext>(ctx: &C, skb: *mut __sk_buff, hook: Hook) -> Verdict 
             let Some(control) = INGRESS_CONTROL.get(0) else {
                 return Verdict::Pass;
             };
-            // SAFETY: reading a field of the context: the device the packet arrived on.
-            if unsafe { (*skb).ifindex } != control.ifindex {
+            // SAFETY: reading fields of the context: the device the packet arrived on, and
+            // the TC program's mark that it came through ours.
+            let (ifindex, seen) = unsafe { ((*skb).ifindex, (*skb).tc_index) };
+            if ifindex != control.ifindex || seen != SEEN_ON_OUR_INTERFACE {
                 return Verdict::Pass;
             }
             let link = if link == LINK_HEADER_UNKNOWN { 0 } else { link };

@@ -412,6 +412,13 @@ fn the_ingress_counter_attaches_with_the_units_capabilities_and_a_read_only_cgro
         "received {got}: {}",
         d.log()
     );
+    // Without CAP_SYS_ADMIN the programs in place are still seen as in place: no sync
+    // attaches them again.
+    assert!(
+        !d.log().contains("no longer reaches the interface"),
+        "{}",
+        d.log()
+    );
     assert!(
         d.log()
             .contains("attached the ingress counter to the cgroup v2 root"),

@@ -146,12 +146,65 @@ pub(super) fn attach(
 }
 
 /// Whether `prog` is among the programs attached to the interface's TCX `side`.
+///
+/// Asked with `BPF_PROG_QUERY` for the programs' ids alone: aya's `query_tcx` also opens
+/// every program by id, which needs `CAP_SYS_ADMIN`, which the shipped unit does not give (it
+/// failed there, and a program in place read as gone at every sync).
 fn tcx_attached(prog: &SchedClassifier, iface: &str, side: Side) -> bool {
     let Ok(ours) = prog.info().map(|i| i.id()) else {
         return false;
     };
-    SchedClassifier::query_tcx(iface, side.attach_type())
-        .is_ok_and(|(_, progs)| progs.iter().any(|p| p.id() == ours))
+    let Ok(ifindex) = crate::interface::index(iface) else {
+        return false;
+    };
+    tcx_program_ids(ifindex, side).is_ok_and(|ids| ids.contains(&ours))
+}
+
+/// The ids of the programs on the interface `ifindex`'s TCX `side`.
+fn tcx_program_ids(ifindex: u32, side: Side) -> io::Result<Vec<u32>> {
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    const BPF_TCX_INGRESS: u32 = 46;
+    const BPF_TCX_EGRESS: u32 = 47;
+    #[repr(C)]
+    #[derive(Default)]
+    struct QueryAttr {
+        target_ifindex: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        prog_cnt: u32,
+        _pad: u32,
+        prog_attach_flags: u64,
+        link_ids: u64,
+        link_attach_flags: u64,
+        revision: u64,
+    }
+    let mut ids = vec![0u32; 64];
+    let mut attr = QueryAttr {
+        target_ifindex: ifindex,
+        attach_type: match side {
+            Side::Egress => BPF_TCX_EGRESS,
+            Side::Ingress => BPF_TCX_INGRESS,
+        },
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: ids.len() as u32,
+        ..QueryAttr::default()
+    };
+    // SAFETY: `prog_ids` points at `prog_cnt` writable u32s alive for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_QUERY,
+            &mut attr as *mut QueryAttr,
+            size_of::<QueryAttr>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    ids.truncate(attr.prog_cnt as usize);
+    Ok(ids)
 }
 
 fn attach_clsact(prog: &mut SchedClassifier, iface: &str, side: Side) -> Result<(), AttachCause> {
