@@ -41,3 +41,7 @@ pub fn lock_beside(file: &Path) -> PathBuf {
     name.push(".lock");
     PathBuf::from(name)
 }
+
+/// Where the cgroup v2 hierarchy is mounted: `/sys/fs/cgroup` on a pure v2 host (Debian 12),
+/// `/sys/fs/cgroup/unified` under systemd's hybrid layout.
+pub(crate) const CGROUP2_MOUNTS: [&str; 2] = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"];

@@ -74,6 +74,31 @@ pub mod names {
     pub const SETTINGS: &str = "BWMON_SETTINGS";
     /// The classifier program (TC egress).
     pub const CLASSIFIER: &str = "bwmon_classify";
+    /// Per-CPU hash (not preallocated: memory only for xids that received): xid →
+    /// [`XidCounters`](crate::XidCounters) of bytes *received* by the xid, split by the
+    /// packet's source address against the exempt prefixes. A received byte is one of the
+    /// packet as the stack delivered it plus its link header: IP length + link header, what
+    /// the egress side's wire length is for a packet sent. Bytes the policer dropped are not
+    /// in it.
+    pub const RECEIVED: &str = "BWMON_RECEIVED";
+    /// Per-CPU array with one slot: received bytes of xids that found no room in
+    /// [`RECEIVED`].
+    pub const RECEIVED_OVERFLOW: &str = "BWMON_RECEIVED_OVERFLOW";
+    /// Array with one [`IngressControl`](crate::IngressControl): which device's packets the
+    /// ingress programs count.
+    pub const INGRESS_CONTROL: &str = "BWMON_INGRESS_CONTROL";
+    /// Hash (not preallocated): xid → [`Policer`](crate::Policer), the token bucket a capped
+    /// slice's downloads are held to. Written by the agent (rate, burst), updated by the
+    /// ingress programs (tokens, time).
+    pub const POLICERS: &str = "BWMON_POLICERS";
+    /// Per-CPU array with one [`Counter`](crate::Counter): what the policers dropped.
+    pub const POLICED: &str = "BWMON_POLICED";
+    /// The ingress counter for uid and mark slices (`cgroup_skb/ingress` on the cgroup v2
+    /// root: it sees a packet after the socket lookup, with the receiving socket's owner).
+    pub const INGRESS_CGROUP: &str = "bwmon_ingress";
+    /// The ingress counter for source-prefix slices (TC ingress of the interface, keyed by the
+    /// packet's *destination* address).
+    pub const INGRESS_TC: &str = "bwmon_ingress_tc";
 }
 
 /// The maps the layouts before counter slots pinned (counters for every possible xid and
@@ -240,6 +265,32 @@ pub struct Lineage {
     pub offered_array: u32,
     /// Padding (keeps the layout explicit).
     pub _pad: u32,
+}
+
+/// Value of [`names::INGRESS_CONTROL`]: the device whose received packets are counted. The
+/// `cgroup_skb` program runs for every socket's packets on the host; it counts those that
+/// arrived on this device.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IngressControl {
+    /// ifindex of the accounted interface (0: count nothing).
+    pub ifindex: u32,
+    /// Padding (keeps the layout explicit).
+    pub _pad: u32,
+}
+
+/// Value of [`names::POLICERS`]: one slice's download token bucket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Policer {
+    /// Bytes per second it lets through (the slice's ceiling ÷ 8); 0: no policing.
+    pub rate: u64,
+    /// Bytes the bucket holds at most.
+    pub burst: u64,
+    /// Bytes in the bucket at `last_ns`.
+    pub tokens: u64,
+    /// `bpf_ktime_get_ns` of the last refill.
+    pub last_ns: u64,
 }
 
 /// Where the classifier takes a packet's xid from.
@@ -412,4 +463,8 @@ mod pod {
     unsafe impl aya::Pod for super::XidEntry {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Lineage {}
+    // SAFETY: as above (two u32s).
+    unsafe impl aya::Pod for super::IngressControl {}
+    // SAFETY: as above (four u64s).
+    unsafe impl aya::Pod for super::Policer {}
 }

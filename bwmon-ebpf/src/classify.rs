@@ -1,7 +1,12 @@
 //! `bwmon_classify` (TC egress): a packet's slice, its class (general or exempt), its HTB leaf
 //! through `skb->priority`, and its bytes counted in the slice's counter slot.
 
-use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::{__sk_buff, TC_ACT_UNSPEC},
+    helpers::bpf_get_socket_uid,
+    macros::classifier,
+    programs::TcContext,
+};
 use core::mem::MaybeUninit;
 
 use bwmon_common::{CLASS_ARRAY_XIDS, ClassIds, XidCounters, XidEntry, XidSource};
@@ -12,9 +17,43 @@ use crate::{
     maps::{OFFERED_OVERFLOW, SLOTS, UNSLOTTED, XID_ARRAY, XID_HASH},
 };
 
-/// The xid of packets whose source address matches no source prefix: the root slice.
+/// The xid of packets whose local address matches no source prefix: the root slice.
 const UNMATCHED_SOURCE_XID: u32 = bwmon_common::ROOT_XID;
-const BPF_NOEXIST: u64 = 1;
+pub(crate) const BPF_NOEXIST: u64 = 1;
+
+/// Which way a packet goes through the interface.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    /// Sent: the local address is the source.
+    Egress,
+    /// Received: the local address is the destination.
+    Ingress,
+}
+
+/// The packet's slice (xid), in either direction: by the socket owner's uid, by `skb->mark`,
+/// or by the prefix of its local address (the source of a packet sent, the destination of
+/// one received). The one place a packet's xid is chosen.
+#[inline(always)]
+pub(crate) fn packet_xid(skb: *mut __sk_buff, ip: Option<IpHeader>, dir: Direction) -> u32 {
+    // A tenant cgroup's socket first (at TC ingress there is no socket yet: none matches);
+    // everything else by `xid_source`.
+    if let Some(xid) = crate::cgroup::tenant_xid(skb) {
+        return xid;
+    }
+    match XidSource::from_u32(setting!(xid_source)) {
+        // SAFETY: the context's `__sk_buff` is valid for the program's run; the verifier
+        // checks the field access.
+        Some(XidSource::Mark) => unsafe { (*skb).mark },
+        Some(XidSource::Source) => ip
+            .and_then(|h| match dir {
+                Direction::Egress => h.src_xid(),
+                Direction::Ingress => h.dst_xid(),
+            })
+            .unwrap_or(UNMATCHED_SOURCE_XID),
+        // SAFETY: the helper reads the skb's socket, if any (overflow uid without one).
+        _ => unsafe { bpf_get_socket_uid(skb) },
+    }
+}
 
 #[classifier]
 fn bwmon_classify(ctx: TcContext) -> i32 {
@@ -26,20 +65,8 @@ fn bwmon_classify(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn classify(ctx: &TcContext) {
     let mut buf = MaybeUninit::<[u8; 40]>::uninit();
-    let ip = ip_header(ctx, &mut buf);
-    // A tenant cgroup's socket first; everything else by `xid_source`.
-    let xid = match crate::cgroup::tenant_xid(ctx.skb.skb) {
-        Some(xid) => xid,
-        None => match XidSource::from_u32(setting!(xid_source)) {
-            // SAFETY: the context's `__sk_buff` is valid for the program's run; the verifier
-            // checks the field access.
-            Some(XidSource::Mark) => unsafe { (*ctx.skb.skb).mark },
-            Some(XidSource::Source) => ip
-                .and_then(IpHeader::src_xid)
-                .unwrap_or(UNMATCHED_SOURCE_XID),
-            _ => ctx.get_socket_uid(),
-        },
-    };
+    let ip = ip_header(ctx, ctx.skb.skb, setting!(link_header), &mut buf);
+    let xid = packet_xid(ctx.skb.skb, ip, Direction::Egress);
     // The filter (an inlined array lookup) spares the trie walk for destinations no exempt
     // prefix can cover: most packets, on most hosts.
     let exempt = ip.is_some_and(|h| may_be_exempt(h.filter_bit()) && h.dst_exempt());
@@ -100,7 +127,7 @@ fn unslotted(xid: u32) -> Option<*mut XidCounters> {
 /// [`CLASS_ARRAY_XIDS`] (an inlined bounds check), from the hash above; empty when it has
 /// nothing.
 #[inline(always)]
-fn xid_entry(xid: u32) -> XidEntry {
+pub(crate) fn xid_entry(xid: u32) -> XidEntry {
     let found = if xid < CLASS_ARRAY_XIDS {
         XID_ARRAY.get(xid).copied()
     } else {

@@ -1,6 +1,6 @@
 //! Kernel-side diagnostics through aya-log, when the operator turned them on.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::{EbpfContext, helpers::bpf_ktime_get_ns};
 use aya_log_ebpf::warn;
 
 use crate::maps::LOG_GATE;
@@ -15,7 +15,7 @@ pub(crate) enum Diag {
 
 /// Logs `d` through aya-log when diagnostics are on, at most once a second per CPU.
 #[inline(always)]
-pub(crate) fn diag(ctx: &TcContext, d: Diag) {
+pub(crate) fn diag<C: EbpfContext>(ctx: &C, d: Diag) {
     if setting!(log_enabled) == 0 {
         return;
     }

@@ -2,8 +2,10 @@
 //! known, copied by a helper otherwise; the exempt tries and source tries looked up from it.
 
 use aya_ebpf::{
-    bindings::bpf_hdr_start_off::BPF_HDR_START_NET,
-    helpers::generated::bpf_skb_load_bytes_relative, maps::lpm_trie::Key, programs::TcContext,
+    EbpfContext,
+    bindings::{__sk_buff, bpf_hdr_start_off::BPF_HDR_START_NET},
+    helpers::generated::bpf_skb_load_bytes_relative,
+    maps::lpm_trie::Key,
 };
 use core::mem::MaybeUninit;
 
@@ -39,33 +41,89 @@ impl IpHeader {
         }
     }
 
-    /// Whether the destination is in an exempt prefix.
+    /// The source address' first bits, for the exempt filter (a received packet is exempt by
+    /// where it came from).
     #[inline(always)]
-    pub(crate) fn dst_exempt(self) -> bool {
-        // SAFETY: within the header's readable bytes; `[u8; N]` has no alignment.
+    pub(crate) fn src_filter_bit(self) -> (u32, u64) {
+        // SAFETY: within the header's readable bytes.
         unsafe {
             if self.v6 {
-                let dst = *(self.at.add(24) as *const [u8; 16]);
-                EXEMPT_V6.get(Key::new(128, dst)).is_some()
+                exempt_filter_bit_v6(u16::from_be_bytes(*(self.at.add(8) as *const [u8; 2])))
             } else {
-                let dst = *(self.at.add(16) as *const [u8; 4]);
-                EXEMPT_V4.get(Key::new(32, dst)).is_some()
+                exempt_filter_bit_v4(*self.at.add(12))
             }
         }
     }
 
-    /// The xid of the source address' prefix.
+    /// Whether the destination is in an exempt prefix.
+    #[inline(always)]
+    pub(crate) fn dst_exempt(self) -> bool {
+        self.exempt(Addr::Dst)
+    }
+
+    /// Whether the source is in an exempt prefix.
+    #[inline(always)]
+    pub(crate) fn src_exempt(self) -> bool {
+        self.exempt(Addr::Src)
+    }
+
+    #[inline(always)]
+    fn exempt(self, which: Addr) -> bool {
+        let (v4, v6) = which.offsets();
+        // SAFETY: within the header's readable bytes; `[u8; N]` has no alignment.
+        unsafe {
+            if self.v6 {
+                let a = *(self.at.add(v6) as *const [u8; 16]);
+                EXEMPT_V6.get(Key::new(128, a)).is_some()
+            } else {
+                let a = *(self.at.add(v4) as *const [u8; 4]);
+                EXEMPT_V4.get(Key::new(32, a)).is_some()
+            }
+        }
+    }
+
+    /// The xid of the source address' prefix (a packet sent by a source-prefix slice).
     #[inline(always)]
     pub(crate) fn src_xid(self) -> Option<u32> {
+        self.prefix_xid(Addr::Src)
+    }
+
+    /// The xid of the destination address' prefix (a packet a source-prefix slice receives).
+    #[inline(always)]
+    pub(crate) fn dst_xid(self) -> Option<u32> {
+        self.prefix_xid(Addr::Dst)
+    }
+
+    #[inline(always)]
+    fn prefix_xid(self, which: Addr) -> Option<u32> {
+        let (v4, v6) = which.offsets();
         // SAFETY: as above.
         unsafe {
             if self.v6 {
-                let src = *(self.at.add(8) as *const [u8; 16]);
-                SOURCE_V6.get(Key::new(128, src)).copied()
+                let a = *(self.at.add(v6) as *const [u8; 16]);
+                SOURCE_V6.get(Key::new(128, a)).copied()
             } else {
-                let src = *(self.at.add(12) as *const [u8; 4]);
-                SOURCE_V4.get(Key::new(32, src)).copied()
+                let a = *(self.at.add(v4) as *const [u8; 4]);
+                SOURCE_V4.get(Key::new(32, a)).copied()
             }
+        }
+    }
+}
+
+/// One of a header's two addresses.
+#[derive(Clone, Copy)]
+enum Addr {
+    Src,
+    Dst,
+}
+
+impl Addr {
+    /// Its byte offset in an IPv4 header and in an IPv6 one.
+    #[inline(always)]
+    const fn offsets(self) -> (usize, usize) {
+        match self {
+            Addr::Src => (12, 8),
+            Addr::Dst => (16, 24),
         }
     }
 }
@@ -74,10 +132,10 @@ impl IpHeader {
 /// Ethernet its type field must say `proto`), the header is in the linear part and of `proto`'s
 /// version. `None`: ask the helper.
 #[inline(always)]
-fn direct_header(ctx: &TcContext, proto: u16, len: usize) -> Option<IpHeader> {
-    let data = ctx.data();
-    let end = ctx.data_end();
-    let link = match setting!(link_header) {
+fn direct_header(skb: *mut __sk_buff, link: u32, proto: u16, len: usize) -> Option<IpHeader> {
+    // SAFETY: reading the context's packet pointers (the verifier tracks them).
+    let (data, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
+    let link = match link {
         ETH_HLEN => {
             if data + ETH_HLEN as usize > end {
                 return None;
@@ -113,7 +171,7 @@ fn ip_version(proto: u16) -> u8 {
 /// whatever the device. `Err(version)`: cut short (0) or of another IP version.
 #[inline(always)]
 fn copied_header(
-    ctx: &TcContext,
+    skb: *mut __sk_buff,
     proto: u16,
     len: usize,
     buf: &mut MaybeUninit<[u8; 40]>,
@@ -121,7 +179,7 @@ fn copied_header(
     // SAFETY: the helper writes at most `len` ≤ 40 bytes into `buf`.
     let ret = unsafe {
         bpf_skb_load_bytes_relative(
-            ctx.skb.skb as *const _,
+            skb as *const _,
             0,
             buf.as_mut_ptr() as *mut _,
             len as u32,
@@ -145,20 +203,26 @@ fn copied_header(
 
 /// The packet's IP header; `None` for other protocols, and for an IP ethertype whose header
 /// is cut short or carries another version (charged as general traffic of its xid, and said
-/// in the kernel log).
+/// in the kernel log). `link`: the bytes before the network header at `skb->data` (the
+/// device's link header at TC, 0 in a `cgroup_skb` program), or [`bwmon_common::LINK_HEADER_UNKNOWN`].
 #[inline(always)]
-pub(crate) fn ip_header(ctx: &TcContext, buf: &mut MaybeUninit<[u8; 40]>) -> Option<IpHeader> {
+pub(crate) fn ip_header<C: EbpfContext>(
+    ctx: &C,
+    skb: *mut __sk_buff,
+    link: u32,
+    buf: &mut MaybeUninit<[u8; 40]>,
+) -> Option<IpHeader> {
     // SAFETY: reading a field of the context the kernel handed us.
-    let proto = u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16);
+    let proto = u16::from_be(unsafe { (*skb).protocol } as u16);
     let len = match proto {
         ETH_P_IP => 20,
         ETH_P_IPV6 => 40,
         _ => return None,
     };
-    if let Some(h) = direct_header(ctx, proto, len) {
+    if let Some(h) = direct_header(skb, link, proto, len) {
         return Some(h);
     }
-    match copied_header(ctx, proto, len, buf) {
+    match copied_header(skb, proto, len, buf) {
         Ok(h) => Some(h),
         Err(version) => {
             diag(ctx, Diag::UnexpectedPacket { proto, version });

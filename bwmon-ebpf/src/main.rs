@@ -25,6 +25,7 @@ mod classify;
 mod diag;
 mod drop;
 mod header;
+mod ingress;
 mod maps;
 
 #[cfg(not(test))]

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use bwmon_common::{
     BPF_F_NO_PREALLOC, CLASS_ARRAY_XIDS, COUNTER_SLOTS, Counter, DropControl, EXEMPT_FILTER_WORDS,
-    MAX_CGROUPS, MAX_EXEMPT_PREFIXES, MAX_MINORS, MAX_SOURCE_PREFIXES, MAX_XIDS, SEEN_CHUNK,
-    XidCounters, XidEntry,
+    IngressControl, MAX_CGROUPS, MAX_EXEMPT_PREFIXES, MAX_MINORS, MAX_SOURCE_PREFIXES, MAX_XIDS,
+    Policer, SEEN_CHUNK, XidCounters, XidEntry,
 };
 
 #[map(name = "BWMON_DROPS")]
@@ -82,3 +82,20 @@ pub(crate) fn mark_seen(seen: &Array<[u8; SEEN_CHUNK as usize]>, index: u32) {
         }
     }
 }
+
+#[map(name = "BWMON_RECEIVED")]
+pub(crate) static RECEIVED: PerCpuHashMap<u32, XidCounters> =
+    PerCpuHashMap::with_max_entries(MAX_XIDS, BPF_F_NO_PREALLOC);
+
+#[map(name = "BWMON_RECEIVED_OVERFLOW")]
+pub(crate) static RECEIVED_OVERFLOW: PerCpuArray<XidCounters> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "BWMON_INGRESS_CONTROL")]
+pub(crate) static INGRESS_CONTROL: Array<IngressControl> = Array::with_max_entries(1, 0);
+
+#[map(name = "BWMON_POLICERS")]
+pub(crate) static POLICERS: HashMap<u32, Policer> =
+    HashMap::with_max_entries(MAX_XIDS, BPF_F_NO_PREALLOC);
+
+#[map(name = "BWMON_POLICED")]
+pub(crate) static POLICED: PerCpuArray<Counter> = PerCpuArray::with_max_entries(1, 0);

@@ -189,6 +189,46 @@ pub fn iperf3_as(uid: u32, dst: IpAddr, port: u16, secs: u32) -> f64 {
         .unwrap_or_else(|| panic!("iperf3 reported no rate: {v}"))
 }
 
+/// Downloads from the iperf3 server at `dst` for `secs` seconds as `uid` (`-R`: the server
+/// sends, this side receives), with `extra` options (`-b 4M` paces the server); returns the
+/// rate this side received, in bit/s.
+pub fn iperf3_download_as(uid: u32, dst: IpAddr, port: u16, secs: u32, extra: &[&str]) -> f64 {
+    let mut args = vec!["-R"];
+    args.extend_from_slice(extra);
+    let v = iperf3_client(uid, dst, port, secs, &args);
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("iperf3 reported no rate: {v}"))
+}
+
+/// `payload`-byte UDP datagrams sent by the iperf3 server at `dst` as fast as it can (`-R`)
+/// for `secs` seconds, received as `uid`; returns the datagrams per second received.
+pub fn iperf3_udp_download_pps_as(
+    uid: u32,
+    dst: IpAddr,
+    port: u16,
+    secs: u32,
+    payload: usize,
+) -> f64 {
+    let length = payload.to_string();
+    let v = iperf3_client(
+        uid,
+        dst,
+        port,
+        secs,
+        &["-R", "-u", "-b", "0", "-l", &length],
+    );
+    let sum = &v["end"]["sum"];
+    let (Some(packets), Some(lost), Some(seconds)) = (
+        sum["packets"].as_f64(),
+        sum["lost_packets"].as_f64(),
+        sum["seconds"].as_f64(),
+    ) else {
+        panic!("iperf3 reported no UDP counts: {v}");
+    };
+    (packets - lost) / seconds.max(1e-9)
+}
+
 /// Sends `payload`-byte UDP datagrams as fast as iperf3 can as `uid` for `secs` seconds;
 /// returns the datagrams per second the receiver got.
 pub fn iperf3_udp_pps_as(uid: u32, dst: IpAddr, port: u16, secs: u32, payload: usize) -> f64 {

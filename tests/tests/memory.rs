@@ -54,6 +54,19 @@ fn the_maps_of_10k_slices_with_1k_active_fit_16_mib_and_512_kib_per_cpu() {
         })
         .collect();
     dp.set_classes(&classes).unwrap();
+    // ... and receive: their received counters, as the ingress programs insert them.
+    {
+        let pin = lab.pin_root.join(&lab.host_if).join(names::RECEIVED);
+        let data = aya::maps::MapData::from_pin(&pin).unwrap();
+        let mut received: aya::maps::PerCpuHashMap<_, u32, bwmon_common::XidCounters> =
+            aya::maps::PerCpuHashMap::try_from(aya::maps::Map::PerCpuHashMap(data)).unwrap();
+        let cpus = aya::util::nr_cpus().unwrap();
+        for xid in FIRST_XID..FIRST_XID + ACTIVE {
+            let one = bwmon_common::XidCounters::default();
+            let values = aya::maps::PerCpuValues::try_from(vec![one; cpus]).unwrap();
+            received.insert(xid, values, 0).unwrap();
+        }
+    }
     let kept: HashSet<u32> = (FIRST_XID..FIRST_XID + SLICES).collect();
     let snap = dp.snapshot().unwrap();
     dp.tend_counters(&snap, &kept).unwrap();

@@ -11,7 +11,12 @@ use crate::{
     workspace,
 };
 
-const BENCHES: &[&str] = &["bench_datapath", "bench_htb", "bench_compare"];
+const BENCHES: &[&str] = &[
+    "bench_datapath",
+    "bench_htb",
+    "bench_compare",
+    "bench_ingress",
+];
 
 pub(crate) fn run(tools: &Tools) -> anyhow::Result<()> {
     if !workspace::is_root() {

@@ -57,6 +57,10 @@ fn cgroup2_root() -> anyhow::Result<PathBuf> {
         .context("no cgroup v2 hierarchy is mounted")
 }
 
+/// A tenant who downloads (`iperf3 -R`) under `count = "both"`: (name, uid, source, port,
+/// budget in KBytes).
+const DOWNLOADER: (&str, u32, &str, u16, u64) = ("dave", 60004, "10.250.0.2", 5305, 2_000_000);
+
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_sigint(_: i32) {
@@ -173,10 +177,33 @@ fn write_files(dir: &Path) -> anyhow::Result<()> {
     }
     let (name, cgroup, _, _, kbyte) = CGROUP_TENANT;
     slices.push_str(&format!(
-        "# A CI job's cgroup: its processes (and those below it) are its own, whatever their uid.\n[[slice]]\nname = \"{name}\"\ncgroup = \"{cgroup}\"\nnet_max_kbyte = {kbyte}\n"
+        "# A CI job's cgroup: its processes (and those below it) are its own, whatever their uid.\n[[slice]]\nname = \"{name}\"\ncgroup = \"{cgroup}\"\nnet_max_kbyte = {kbyte}\n\n"
+    ));
+    let (name, uid, _, _, kbyte) = DOWNLOADER;
+    slices.push_str(&format!(
+        "[[slice]]\nname = \"{name}\"\nxid = {uid}\nnet_max_kbyte = {kbyte}\n# What dave downloads counts against his budget too.\ncount = \"both\"\n\n"
     ));
     std::fs::write(dir.join("slices.toml"), slices)?;
     Ok(())
+}
+
+/// The bytes `bwmon status --json` shows `slice` received.
+fn received(json: &str, slice: &str) -> u64 {
+    let mut current = String::new();
+    let mut total = 0;
+    for line in json.lines() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("\"name\": \"") {
+            current = rest.trim_end_matches(['"', ',']).to_owned();
+        } else if current == slice
+            && let Some(rest) = line
+                .strip_prefix("\"received_bytes\": ")
+                .or_else(|| line.strip_prefix("\"received_exempt_bytes\": "))
+        {
+            total += rest.trim_end_matches(',').parse::<u64>().unwrap_or(0);
+        }
+    }
+    total
 }
 
 /// Which slices `bwmon status --json` shows as capped (general or exempt).
@@ -233,7 +260,10 @@ pub(crate) fn run_demo(tools: &Tools) -> anyhow::Result<()> {
             .spawn()
             .context("starting bwmon")?,
     );
-    let ports = TENANTS.iter().map(|t| t.3).chain([CGROUP_TENANT.3]);
+    let ports = TENANTS
+        .iter()
+        .map(|t| t.3)
+        .chain([CGROUP_TENANT.3, DOWNLOADER.3]);
     for port in ports {
         lab.children.push(
             Command::new("ip")
@@ -293,18 +323,63 @@ pub(crate) fn run_demo(tools: &Tools) -> anyhow::Result<()> {
         "demo: {name} (cgroup {cgroup}, budget {kbyte} KB) sends general traffic to {dst}, as alice's uid"
     );
     let procs = cgroup_dir.join("cgroup.procs");
+    let alice = TENANTS[0].1.to_string();
     lab.children.push(
+        // A fixed script: the cgroup file and the command come as its arguments.
         Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "echo $$ > {} && exec setpriv --reuid {uid} --regid {uid} --clear-groups iperf3 -c {dst} -p {port} -t 100 -b 4M",
-                procs.display(),
-                uid = TENANTS[0].1
-            ))
+            .args(["-c", "echo $$ > \"$1\" && shift && exec \"$@\"", "sh"])
+            .arg(&procs)
+            .args([
+                "setpriv",
+                "--reuid",
+                &alice,
+                "--regid",
+                &alice,
+                "--clear-groups",
+            ])
+            .args([
+                "iperf3",
+                "-c",
+                dst,
+                "-p",
+                &port.to_string(),
+                "-t",
+                "100",
+                "-b",
+                "4M",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("starting the CI job's iperf3 -c")?,
+    );
+    let (name, uid, src, port, kbyte) = DOWNLOADER;
+    eprintln!("demo: {name} (uid {uid}, budget {kbyte} KB, count = \"both\") downloads from {src}");
+    lab.children.push(
+        Command::new("setpriv")
+            .args([
+                "--reuid",
+                &uid.to_string(),
+                "--regid",
+                &uid.to_string(),
+                "--clear-groups",
+            ])
+            .args([
+                "iperf3",
+                "-R",
+                "-c",
+                src,
+                "-p",
+                &port.to_string(),
+                "-t",
+                "100",
+                "-b",
+                "8M",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting iperf3 -R -c")?,
     );
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut shown_capped = 0;
@@ -326,8 +401,10 @@ pub(crate) fn run_demo(tools: &Tools) -> anyhow::Result<()> {
         if capped.contains("alice") && others_free {
             shown_capped += 1;
             if shown_capped == 3 {
+                let json = String::from_utf8_lossy(&json.stdout);
                 println!(
-                    "\ndemo: alice went over her general budget and is held to what is left of it until the period ends;\n      bob (large budget) and carol (exempt traffic, its own budget) run at full speed, and so does\n      ci-job: a cgroup slice whose process runs as alice's uid is charged to the job, not to her."
+                    "\ndemo: alice went over her general budget and is held to what is left of it until the period ends;\n      bob (large budget) and carol (exempt traffic, its own budget) run at full speed, and so does\n      ci-job: a cgroup slice whose process runs as alice's uid is charged to the job, not to her;\n      dave downloaded {:.1} MB, counted against his budget (count = \"both\").",
+                    received(&json, DOWNLOADER.0) as f64 / 1e6
                 );
                 return Ok(());
             }

@@ -75,12 +75,22 @@ const CHECKS: &[(&str, &str)] = &[
         "--exact shares_one_to_three_split_a_saturated_cap_one_to_three shares_one_one_two_give_a_quarter_a_quarter_and_a_half",
     ),
     ("cgroups", ""),
+    // Downloads: counted per uid and per source prefix, byte-exact; kept over kill -9 and a
+    // reboot, teardown (clsact on 6.1, TCX on 6.12); under the unit's sandbox; policed (a
+    // rate check: on the oldest line only).
+    ("ingress", "downloads_per_uid"),
+    ("ingress", "a_source_prefix"),
+    ("ingress", "received_bytes_survive"),
+    ("ingress", "the_ingress_counter_attaches"),
+    ("ingress", "a_limited_slices_downloads"),
 ];
 
 /// Checks run on the oldest kernel line only: HTB's round robin is the same code on every
 /// line (and the host's kernel runs them too), and they are the slowest checks — the guests
 /// run at once and share the host's cores.
 const OLDEST_ONLY: &[&str] = &["shares"];
+/// Of the checks above, the filters run on the oldest line only (rates under emulation).
+const OLDEST_ONLY_FILTERS: &[&str] = &["a_limited_slices_downloads"];
 
 /// The guest's virtual CPUs for the checks above.
 pub(crate) const SMP: u32 = 2;
@@ -460,6 +470,7 @@ mount -t tmpfs run /host/run
 mkdir -p /host/run/tmp
 chmod 1777 /host/run/tmp
 mount -t bpf bpf /host/sys/fs/bpf
+# Debian 12 is pure cgroup v2 (systemd mounts it there): the ingress counter attaches to its root.
 grep -q ' /host/sys/fs/cgroup cgroup2 ' /proc/mounts || mount -t cgroup2 cgroup2 /host/sys/fs/cgroup || echo "VMTEST no cgroup2"
 mount -t tracefs tracefs /host/sys/kernel/tracing 2>/dev/null
 printf '#!/bin/busybox sh\nexec /bin/busybox chroot /host /sbin/modprobe -d {kdir} "$@"\n' > /bin/vm-modprobe
@@ -499,7 +510,9 @@ fn write_run_script(
             .is_none_or(|o| o.split(',').any(|n| n == name))
     };
     for (name, filter) in checks {
-        if (OLDEST_ONLY.contains(name) && !oldest) || !wanted(name) {
+        if ((OLDEST_ONLY.contains(name) || OLDEST_ONLY_FILTERS.contains(filter)) && !oldest)
+            || !wanted(name)
+        {
             continue;
         }
         let exe = binaries

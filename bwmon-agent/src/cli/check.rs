@@ -237,6 +237,7 @@ mod tests {
                 name: format!("s{i}"),
                 xid: 1000 + i,
                 sources: Vec::new(),
+                count: None,
                 attrs,
                 cgroup: None,
             })

@@ -9,6 +9,7 @@ use toml_edit::Item;
 use super::{Config, Retention, mail::Mail, read::Field};
 use crate::{
     paths,
+    policy::received::Count,
     policy::rspec::Attributes,
     policy::warnings::{Levels, Percent},
     time::calendar::{Align, Periods},
@@ -55,6 +56,7 @@ impl Draft<'_> {
             tenant_socket: Some(base.join(paths::TENANT_SOCKET)),
             xid_source: XidSource::Uid,
             exempt_prefixes: Vec::new(),
+            count: Count::Egress,
             dry_run: false,
             take_over_root_qdisc: false,
             defaults: Attributes::default(),
@@ -82,6 +84,16 @@ pub(super) fn set<T>(into: &mut T, value: Option<T>) {
     if let Some(value) = value {
         *into = value;
     }
+}
+
+/// `count`: "egress" or "both" (a slice's own entry may say it too).
+pub(super) fn count_key(f: &mut Field<'_, '_>) -> Option<Count> {
+    let s = f.string()?;
+    let c = Count::parse(s);
+    if c.is_none() {
+        f.problem(format!("'{s}' is not one of \"egress\", \"both\""));
+    }
+    c
 }
 
 /// A ceiling: a rate no lower than the smallest bwmon sets.

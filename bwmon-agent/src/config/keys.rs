@@ -8,7 +8,7 @@ use toml_edit::Table;
 
 use super::{
     Config,
-    draft::{Draft, ceiling, count, exempt_prefixes, metrics, set, warn_at},
+    draft::{Draft, ceiling, count, count_key, exempt_prefixes, metrics, set, warn_at},
     mail::parse_mail,
     problems::Collector,
     read::{Field, attributes},
@@ -199,6 +199,15 @@ pub(crate) const KEYS: &[Key] = &[
         "exempt_prefixes",
         "Destinations with their own, separate budget (CIDR prefixes).",
         exempt_prefixes,
+    ),
+    Key::new(
+        "count",
+        "Which bytes a budget covers: \"egress\" (sent) or \"both\" (sent + received).",
+        |f, d| {
+            if let Some(c) = count_key(f) {
+                d.config.count = c;
+            }
+        },
     ),
     Key::new(
         "dry_run",

@@ -68,6 +68,8 @@ pub(crate) struct Config {
     pub(crate) xid_source: XidSource,
     /// Exempt destination prefixes.
     pub(crate) exempt_prefixes: Vec<IpNet>,
+    /// Which bytes a budget covers (`count`; a slice's own entry may say otherwise).
+    pub(crate) count: crate::policy::received::Count,
     /// Account, report and notify, never lower a ceiling.
     pub(crate) dry_run: bool,
     /// Replace a root qdisc bwmon did not create.

@@ -55,6 +55,8 @@ pub(crate) struct SliceSpec {
     pub(crate) xid: u32,
     /// Source prefixes (for `xid_source = "source"`).
     pub(crate) sources: Vec<IpNet>,
+    /// Which bytes its budget covers, when its entry says (`count`); else the config's.
+    pub(crate) count: Option<crate::policy::received::Count>,
     /// Attributes given for it (not yet merged with defaults).
     pub(crate) attrs: Attributes,
     /// Its cgroup (v2): packets of sockets in it or below it are its own.
@@ -102,7 +104,7 @@ pub(crate) fn uid_of(name: &str) -> Option<u32> {
 }
 
 /// A slice's keys that are not attributes.
-const SLICE_KEYS: [&str; 4] = ["name", "xid", "sources", "cgroup"];
+const SLICE_KEYS: [&str; 5] = ["name", "xid", "sources", "cgroup", "count"];
 /// A `[[cgroups]]` table's keys that are not attributes.
 const PATTERN_KEYS: [&str; 1] = ["pattern"];
 
@@ -254,6 +256,10 @@ impl Entry<'_> {
             }
             None => Vec::new(),
         };
+        let count = self.table.get("count").and_then(|item| {
+            let key = self.key("count");
+            super::draft::count_key(&mut Field::new(c, item, &key))
+        });
         let mut attrs = Attributes::default();
         let prefix = self.key("");
         attributes(c, self.table, &prefix, &SLICE_KEYS, &mut attrs);
@@ -266,6 +272,7 @@ impl Entry<'_> {
             name,
             xid,
             sources,
+            count,
             attrs,
             cgroup,
         })

@@ -143,6 +143,8 @@ impl Footprint {
                 let entries = match name.as_str() {
                     // Each slice's first packets of a boot are counted there (until its slot).
                     names::UNSLOTTED => sending,
+                    // Each slice that receives (downloads) has its counters there.
+                    names::RECEIVED => sending,
                     names::XID_HASH => u64::from(load.high_xids.min(MAX_XIDS)),
                     names::EXEMPT_V4 | names::EXEMPT_V6 => u64::from(load.exempt_prefixes),
                     names::SOURCE_V4 | names::SOURCE_V6 => u64::from(load.source_prefixes),

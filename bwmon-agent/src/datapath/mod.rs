@@ -3,7 +3,9 @@
 //! fill the xid → class, exempt-prefix and source-prefix maps, and read the counters.
 //!
 //! Pins live under `<pin root>/<interface>/`: `link_egress` (the classifier's TCX link),
-//! `link_drop` (the `skb:kfree_skb` tracepoint program) and one file per map ([`pins`]).
+//! `link_ingress` (the TC ingress counter's), `link_ingress_cgroup` (the `cgroup_skb/ingress`
+//! counter on the cgroup v2 root, [`ingress`]), `link_drop` (the `skb:kfree_skb` tracepoint
+//! program) and one file per map ([`pins`]).
 //!
 //! Restarts lose and double nothing:
 //! - the maps are re-opened from their pins, counters and all;
@@ -24,6 +26,7 @@ mod bulk;
 mod drops;
 pub mod epoch;
 mod error;
+pub(crate) mod ingress;
 mod inspect;
 mod maps;
 pub mod memory;
@@ -242,7 +245,14 @@ impl Datapath {
         classifier
             .load()
             .map_err(|source| program_err(&opts.interface, names::CLASSIFIER, "loading", source))?;
-        attach::attach(classifier, &opts.interface, &pin_dir, opts.attach_mode)?;
+        attach::attach(
+            classifier,
+            &opts.interface,
+            &pin_dir,
+            opts.attach_mode,
+            attach::Side::Egress,
+        )?;
+        dp.attach_ingress(device.ifindex)?;
 
         let kernel_btf = aya::Btf::from_sys_fs().map_err(|source| DatapathError::KernelBtf {
             iface: opts.interface.clone(),

@@ -16,7 +16,12 @@ use crate::paths;
 
 /// Maps of the object that outlive the agent (pinned). The rest (log gate, globals) are per
 /// load; the carried maps the agent makes itself ([`super::older`]).
-const PINNED_MAPS: [&str; 15] = [
+const PINNED_MAPS: [&str; 20] = [
+    names::RECEIVED,
+    names::RECEIVED_OVERFLOW,
+    names::INGRESS_CONTROL,
+    names::POLICERS,
+    names::POLICED,
     names::SLOTS,
     names::UNSLOTTED,
     names::OFFERED_OVERFLOW,
@@ -36,6 +41,10 @@ const PINNED_MAPS: [&str; 15] = [
 
 /// Pinned TCX link of the classifier, inside an interface's pin directory.
 pub(crate) const LINK_PIN: &str = "link_egress";
+/// Pinned TCX link of the ingress program of source-prefix slices.
+pub(crate) const INGRESS_LINK_PIN: &str = "link_ingress";
+/// Pinned link of the `cgroup_skb/ingress` program on the cgroup v2 root.
+pub(crate) const CGROUP_LINK_PIN: &str = "link_ingress_cgroup";
 /// Pinned link of the drop program.
 pub(crate) const DROP_LINK_PIN: &str = "link_drop";
 
@@ -60,7 +69,12 @@ pub(super) fn map_paths(pin_dir: &Path) -> Vec<(&'static str, PathBuf)> {
 /// The pins that should be in `pin_dir` and are not (`link_egress` only with TCX, the carried
 /// maps only when `carried`).
 pub(super) fn missing(pin_dir: &Path, tcx: bool, carried: bool) -> Vec<&'static str> {
-    let links = [(DROP_LINK_PIN, true), (LINK_PIN, tcx)];
+    let links = [
+        (DROP_LINK_PIN, true),
+        (CGROUP_LINK_PIN, true),
+        (LINK_PIN, tcx),
+        (INGRESS_LINK_PIN, tcx),
+    ];
     let carried_pins = super::older::CARRIED_PINS.iter().filter(|_| carried);
     PINNED_MAPS
         .iter()

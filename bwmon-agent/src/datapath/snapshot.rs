@@ -26,6 +26,16 @@ pub struct Snapshot {
     /// Which instance of the counters these are: it changes when they restart from zero (a
     /// reboot, or maps re-created after their pins were lost), never otherwise.
     pub epoch: u64,
+    /// Bytes received per xid (summed over CPUs), monotonic; split by the packet's source
+    /// against the exempt prefixes. Policed bytes are not in them.
+    pub received: BTreeMap<u32, XidCounters>,
+    /// Received bytes of xids that found no room in the received map.
+    pub received_overflow: XidCounters,
+    /// Bytes and packets the download policers dropped (all slices).
+    pub policed: Counter,
+    /// The received counters' instance: like [`Snapshot::epoch`], for [`Snapshot::received`]
+    /// alone (they came after the others, and a state saved before them goes on with those).
+    pub received_epoch: u64,
     /// The epochs earlier bwmons computed for counters these go on from (the older layout's
     /// maps, whose final counts are part of these; with the stable hash and with std's): a
     /// state one of them saved goes on with these counters.
@@ -56,6 +66,15 @@ impl Snapshot {
             let dropped = leaves.of(class).map_or(0, |m| self.dropped_at(m).bytes);
             bytes.saturating_sub(dropped.saturating_sub(*drop_base.of(class)))
         })
+    }
+
+    /// The bytes `xid` received, per class.
+    pub fn received_bytes(&self, xid: u32) -> PerClass<u64> {
+        let r = self.received.get(&xid).copied().unwrap_or_default();
+        PerClass {
+            general: r.general.bytes,
+            exempt: r.exempt.bytes,
+        }
     }
 
     /// Bytes and packets the leaf `minor` dropped.
@@ -110,7 +129,7 @@ impl Datapath {
         Ok(epoch::epoch_hash(&self.boot_id, &parts))
     }
 
-    fn map_id(&self, name: &'static str) -> Result<Option<u32>> {
+    pub(super) fn map_id(&self, name: &'static str) -> Result<Option<u32>> {
         Ok(bulk::map_data(self.map(name)?)
             .and_then(|m| m.info().ok())
             .map(|i| i.id()))
@@ -197,6 +216,8 @@ impl Datapath {
         )
         .map_err(|e| self.map_err(names::OFFERED_OVERFLOW, e))?;
         out.offered_overflow = overflow.first().map(|(_, c)| *c).unwrap_or_default();
+        (out.received, out.received_overflow, out.policed) = self.read_received(nr_cpus)?;
+        out.received_epoch = self.received_epoch()?;
         Ok(out)
     }
 }

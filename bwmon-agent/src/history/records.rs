@@ -32,6 +32,9 @@ pub(crate) struct PeriodEntry {
     pub(crate) lowest_ceil_bps: PerClass<u64>,
     /// The slice was sent a notice.
     pub(crate) noticed: bool,
+    /// Bytes received, per class of where they came from (records before downloads were
+    /// counted: 0).
+    pub(crate) received: PerClass<u64>,
 }
 
 /// One slice's use so far in its period, at the start of an hour.
@@ -54,12 +57,88 @@ pub(crate) enum Entry {
     Sample(Sample),
 }
 
+/// A record as the file holds it. Postcard names a variant by its index: new kinds of record
+/// are added at the end, and the older ones are still read (written no more).
+#[derive(serde::Serialize, serde::Deserialize)]
+enum OnDisk {
+    /// A finished period before received bytes.
+    Period(v1::PeriodEntry),
+    /// A sample before received bytes.
+    Sample(v1::Sample),
+    /// A finished period.
+    PeriodReceived(PeriodEntry),
+    /// An hourly sample.
+    SampleReceived(Sample),
+}
+
+impl From<OnDisk> for Entry {
+    fn from(d: OnDisk) -> Entry {
+        match d {
+            OnDisk::Period(p) => Entry::Period(p.into()),
+            OnDisk::Sample(s) => Entry::Sample(Sample {
+                period: s.period.into(),
+                at: s.at,
+                threshold: s.threshold,
+            }),
+            OnDisk::PeriodReceived(p) => Entry::Period(p),
+            OnDisk::SampleReceived(s) => Entry::Sample(s),
+        }
+    }
+}
+
+/// The records written before received bytes.
+mod v1 {
+    use super::*;
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    pub(super) struct PeriodEntry {
+        pub(super) slice: String,
+        pub(super) xid: u32,
+        pub(super) start: UnixSecs,
+        pub(super) end: UnixSecs,
+        pub(super) bytes: PerClass<u64>,
+        pub(super) budget: PerClass<u64>,
+        pub(super) capped_at: PerClass<Option<UnixSecs>>,
+        pub(super) lowest_ceil_bps: PerClass<u64>,
+        pub(super) noticed: bool,
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    pub(super) struct Sample {
+        pub(super) period: PeriodEntry,
+        pub(super) at: UnixSecs,
+        pub(super) threshold: PerClass<u64>,
+    }
+
+    impl From<PeriodEntry> for super::PeriodEntry {
+        /// Nothing received: downloads were not counted then.
+        fn from(p: PeriodEntry) -> super::PeriodEntry {
+            super::PeriodEntry {
+                slice: p.slice,
+                xid: p.xid,
+                start: p.start,
+                end: p.end,
+                bytes: p.bytes,
+                budget: p.budget,
+                capped_at: p.capped_at,
+                lowest_ceil_bps: p.lowest_ceil_bps,
+                noticed: p.noticed,
+                received: PerClass::default(),
+            }
+        }
+    }
+}
+
 /// The bytes of `entries` as they are appended.
 pub(crate) fn encode(entries: &[Entry]) -> Vec<u8> {
     let mut out = Vec::new();
     for e in entries {
+        let d = match e.clone() {
+            Entry::Period(p) => OnDisk::PeriodReceived(p),
+            Entry::Sample(s) => OnDisk::SampleReceived(s),
+        };
         // Serializing plain data into a Vec cannot fail.
-        let body = postcard::to_stdvec(e).unwrap_or_default();
+        let body = postcard::to_stdvec(&d).unwrap_or_default();
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&(body.len() as u32).to_le_bytes());
         out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
@@ -224,7 +303,7 @@ impl<R: io::Read> Scanner<R> {
         if crc32fast::hash(body) != crc {
             return Ok(Err("checksum mismatch"));
         }
-        match postcard::from_bytes::<Entry>(body) {
+        match postcard::from_bytes::<OnDisk>(body).map(Entry::from) {
             Ok(e) => {
                 self.pos += HEADER + len;
                 Ok(Ok(e))
@@ -292,6 +371,46 @@ mod tests {
             problems,
             ["bytes 0..4 (4 bytes): no record starts here; skipped to the next record"]
         );
+    }
+
+    #[test]
+    fn records_written_before_received_bytes_read_with_none_received() {
+        let mut t = Tracker::default();
+        let mut entries = t.observe(&report(3600, vec![row("a", 1, 0, 1, false)]));
+        entries.extend(t.observe(&report(7200, vec![row("a", 1, 5000, 2, false)])));
+        // The same records as the earlier bwmon framed them: its two kinds, without received.
+        let mut old = Vec::new();
+        for e in &entries {
+            let v1 = |p: &PeriodEntry| v1::PeriodEntry {
+                slice: p.slice.clone(),
+                xid: p.xid,
+                start: p.start,
+                end: p.end,
+                bytes: p.bytes,
+                budget: p.budget,
+                capped_at: p.capped_at,
+                lowest_ceil_bps: p.lowest_ceil_bps,
+                noticed: p.noticed,
+            };
+            let d = match e {
+                Entry::Period(p) => OnDisk::Period(v1(p)),
+                Entry::Sample(s) => OnDisk::Sample(v1::Sample {
+                    period: v1(&s.period),
+                    at: s.at,
+                    threshold: s.threshold,
+                }),
+            };
+            let body = postcard::to_stdvec(&d).unwrap();
+            old.extend_from_slice(MAGIC);
+            old.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            old.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+            old.extend(body);
+        }
+        assert!(entries.iter().all(|e| match e {
+            Entry::Period(p) => p.received == PerClass::default(),
+            Entry::Sample(s) => s.period.received == PerClass::default(),
+        }));
+        assert_eq!(decode(&old), (entries, vec![]));
     }
 
     #[test]

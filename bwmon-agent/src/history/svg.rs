@@ -1,5 +1,6 @@
 //! `bwmon report --svg`: a picture of the hourly samples of the history — each slice's use of
-//! its general budget over the last days, drawn as a share of that budget so that a slice with
+//! its general budget over the last days (and, thin and dashed, what it received of it: the
+//! downloads, charged under `count = "both"`), drawn as a share of that budget so that a slice with
 //! a 40 MiB budget and one with 5 GiB are drawn alike and the ones near their budget stand
 //! out — with the 100 % line, each slice's threshold (dotted) and the moments it was capped
 //! (crosses). Drawn with plotters' SVG backend on a time axis whose ticks fit the span.
@@ -47,6 +48,8 @@ struct Point {
     at: UnixSecs,
     used: f64,
     threshold: f64,
+    /// General bytes received so far in the period, as percent of the budget.
+    received: f64,
     /// When the period's first cap was seen, if it was by then.
     capped_at: Option<UnixSecs>,
 }
@@ -98,6 +101,7 @@ fn choose<'a>(entries: &'a [Entry], pick: &Pick, days: u64, now: UnixSecs) -> Ch
                         at: x.at,
                         used: percent(x.period.bytes.general, budget)?,
                         threshold: percent(x.threshold.general, budget)?,
+                        received: percent(x.period.received.general, budget)?,
                         capped_at: x.period.capped_at.general,
                     })
                 })
@@ -303,7 +307,7 @@ pub(crate) fn svg(
                 BLACK.stroke_width(1),
             ))
             .map_err(|e| draw(&e))?
-            .label("budget (100 %); dotted: threshold")
+            .label("budget (100 %); dotted: threshold; dashed: received")
             .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK));
         for (i, s) in series.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
@@ -326,6 +330,14 @@ pub(crate) fn svg(
                     color.stroke_width(1),
                 ))
                 .map_err(|e| draw(&e))?;
+            // Downloads: drawn only for slices that received something.
+            if s.points.iter().any(|p| p.received > 0.0) {
+                let received: Vec<(f64, f64)> =
+                    s.points.iter().map(|p| (p.at as f64, p.received)).collect();
+                chart
+                    .draw_series(DashedLineSeries::new(received, 8, 4, color.stroke_width(1)))
+                    .map_err(|e| draw(&e))?;
+            }
             // The moments of capping: where the period's first cap was seen.
             let mut seen = std::collections::BTreeSet::new();
             let caps: Vec<(f64, f64)> = s
@@ -451,6 +463,38 @@ mod tests {
             ),
             Err(ReportError::Empty(_))
         ));
+    }
+
+    #[test]
+    fn what_a_slice_received_is_drawn_beside_its_use_when_it_received_anything() {
+        let all = Pick::Top(Pick::DEFAULT_TOP);
+        let polylines = |entries: &[Entry]| {
+            let text = svg(entries, &all, 3, 30 * 3600).unwrap();
+            parse(&text)
+                .descendants()
+                .filter(|n| n.has_tag_name("polyline"))
+                .count()
+        };
+        let plain = samples();
+        let mut downloads = plain.clone();
+        for e in &mut downloads {
+            if let Entry::Sample(s) = e
+                && s.period.slice == "alice"
+            {
+                s.period.received.general = s.period.bytes.general / 2;
+            }
+        }
+        // A dashed line is a polyline per dash.
+        assert!(
+            polylines(&downloads) > polylines(&plain),
+            "alice's received line is drawn"
+        );
+        let text = svg(&downloads, &all, 3, 30 * 3600).unwrap();
+        assert_eq!(
+            use_lines(&parse(&text)).len(),
+            2,
+            "the lines of use are unchanged"
+        );
     }
 
     #[test]

@@ -52,6 +52,11 @@ impl Tracker {
             let r = &s.record;
             if open.period.start == r.period_start {
                 open.period.bytes = PerClass::from_fn(|c| r.used(c).0);
+                if let Some(received) = state.received.get(xid)
+                    && received.period_start == r.period_start
+                {
+                    open.period.received = received.used.map(|_, b| b.0);
+                }
                 open.period.noticed |= r.emailed;
             }
         }
@@ -162,6 +167,10 @@ fn period_of(row: &SliceStatus, classes: &PerClass<ClassStatus>) -> PeriodEntry 
         capped_at: PerClass::default(),
         lowest_ceil_bps: classes.map(|_, c| c.ceil.0),
         noticed: row.emailed,
+        received: PerClass {
+            general: row.received_bytes,
+            exempt: row.received_exempt_bytes,
+        },
     }
 }
 
@@ -169,6 +178,7 @@ fn period_of(row: &SliceStatus, classes: &PerClass<ClassStatus>) -> PeriodEntry 
 fn merge(p: &mut PeriodEntry, seen: &PeriodEntry, capped: PerClass<bool>, now: UnixSecs) {
     p.slice.clone_from(&seen.slice);
     p.bytes = seen.bytes;
+    p.received = seen.received;
     p.budget = seen.budget;
     p.noticed |= seen.noticed;
     for class in TrafficClass::ALL {

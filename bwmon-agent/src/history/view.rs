@@ -62,6 +62,12 @@ pub(crate) struct PeriodView {
     pub lowest_ceil_bps: u64,
     /// The lowest exempt ceiling, bit/s.
     pub exempt_lowest_ceil_bps: u64,
+    /// General bytes received (downloads) in the period.
+    #[serde(default)]
+    pub received_bytes: u64,
+    /// Exempt bytes received in the period.
+    #[serde(default)]
+    pub received_exempt_bytes: u64,
 }
 
 impl PeriodView {
@@ -91,6 +97,8 @@ impl PeriodView {
             exempt_budget_bytes,
             lowest_ceil_bps,
             exempt_lowest_ceil_bps,
+            received_bytes: p.received.general,
+            received_exempt_bytes: p.received.exempt,
         }
     }
 }

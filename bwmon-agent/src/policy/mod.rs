@@ -21,6 +21,7 @@
 //! slice capped in a period is noticed exactly once in that period, whichever class tripped.
 
 pub(crate) mod levers;
+pub(crate) mod received;
 pub(crate) mod rspec;
 pub(crate) mod shares;
 pub(crate) mod warnings;

@@ -45,7 +45,7 @@ type ClassMetric = (
     fn(&SliceStatus) -> PerClass<u64>,
 );
 
-const PER_CLASS: [ClassMetric; 8] = [
+const PER_CLASS: [ClassMetric; 9] = [
     (
         "bwmon_slice_bytes_total",
         "Bytes a slice sent in the current period, by traffic class.",
@@ -87,6 +87,18 @@ const PER_CLASS: [ClassMetric; 8] = [
         "What a slice is guaranteed now (its part of the cap while it sends, else its min rate), by traffic class.",
         "gauge",
         |s| s.per_class().map(|_, c| c.guaranteed.0),
+    ),
+    (
+        // A name of its own (not a `direction` label on bwmon_slice_bytes_total, whose series
+        // would then change identity): what a slice received in the current period, by the
+        // traffic class of where it came from.
+        "bwmon_slice_received_bytes_total",
+        "Bytes a slice received (downloads) in the current period, by traffic class of the source.",
+        "counter",
+        |s| PerClass {
+            general: s.received_bytes,
+            exempt: s.received_exempt_bytes,
+        },
     ),
     (
         "bwmon_slice_capped",
@@ -421,6 +433,7 @@ mod tests {
                 rate_bps: 0,
                 exempt_rate_bps: 0,
                 classes: vec![],
+                received_bytes: 30,
                 ..Default::default()
             }],
             last_sync_secs: 0.25,
@@ -450,6 +463,7 @@ mod tests {
             "bwmon_slice_bytes_total{slice=\"a\\\"b\",xid=\"7\",class=\"exempt\"} 20",
             "bwmon_slice_ceil_bits_per_second{slice=\"a\\\"b\",xid=\"7\",class=\"exempt\"} 2000",
             "bwmon_slice_capped{slice=\"a\\\"b\",xid=\"7\",class=\"general\"} 1",
+            "bwmon_slice_received_bytes_total{slice=\"a\\\"b\",xid=\"7\",class=\"general\"} 30",
             "bwmon_sync_duration_seconds 0.25",
             "bwmon_slice_used_bytes{slice=\"a\\\"b\",xid=\"7\",class=\"general\"} 10",
             "bwmon_slice_budget_bytes{slice=\"a\\\"b\",xid=\"7\",class=\"general\"} 102400",

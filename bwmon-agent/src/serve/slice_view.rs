@@ -98,6 +98,10 @@ pub(crate) struct ClassView {
     /// The levels of its budget (`warn_at`, in %) it was warned of this period.
     #[serde(default)]
     pub(crate) warned_percent: Vec<u8>,
+    /// Bytes received this period (downloads from this class's sources), as of the last
+    /// sync; under `count = "both"` they are in `used_bytes` too.
+    #[serde(default)]
+    pub(crate) received_bytes: u64,
 }
 
 /// Everything bwmon knows of one slice (`bwmon slice show --json`,
@@ -242,6 +246,7 @@ pub(crate) fn detail(k: &Known<'_>, periods: &Periods, now: UnixSecs) -> SliceDe
                 guaranteed_bps: seen.map_or(0, |c| c.guaranteed.0),
                 cap_bps: seen.map_or(0, |c| c.cap.0),
                 warned_percent: r.warned.of(class).percents(),
+                received_bytes: k.row.map_or(0, |row| row.received(class)),
             }
         })
         .collect();
@@ -281,6 +286,13 @@ fn render_classes(out: &mut String, classes: &[ClassView]) {
             BitsPerSec(c.rate_bps),
             Bytes(c.forecast_bytes),
         );
+        if c.received_bytes > 0 {
+            let _ = writeln!(
+                out,
+                "           received {} this period",
+                Bytes(c.received_bytes)
+            );
+        }
         if c.granted_bytes > 0 {
             let _ = writeln!(
                 out,
@@ -404,6 +416,7 @@ pub(crate) fn tenant(row: &SliceStatus, now: UnixSecs) -> TenantView {
                 guaranteed_bps: c.guaranteed.0,
                 cap_bps: c.cap.0,
                 warned_percent: c.warned.percents(),
+                received_bytes: row.received(class),
             }
         })
         .collect();

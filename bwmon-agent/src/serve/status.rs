@@ -4,6 +4,7 @@
 use crate::{
     class::{PerClass, TrafficClass},
     error_kind::ErrorCounts,
+    policy::received::Count,
     policy::warnings::{Levels, Percent},
     time::{UnixSecs, text::human_secs},
     units::{BitsPerSec, Bytes, KBytes},
@@ -93,6 +94,20 @@ pub(crate) struct SliceStatus {
     /// format has no optional fields).
     #[serde(default)]
     pub(crate) cgroup: Option<String>,
+    /// General bytes it received in the current period (downloads; by the packet's source).
+    /// Under `count = "both"` they are also in `bytes`, which its budget is charged.
+    #[serde(default)]
+    pub(crate) received_bytes: u64,
+    /// Exempt bytes it received in the current period (from the exempt prefixes).
+    #[serde(default)]
+    pub(crate) received_exempt_bytes: u64,
+    /// Which bytes its budget covers: "egress" (sent) or "both" (sent + received).
+    #[serde(default = "egress")]
+    pub(crate) count: String,
+}
+
+fn egress() -> String {
+    Count::Egress.name().to_owned()
 }
 
 /// The whole report.
@@ -182,6 +197,10 @@ pub(crate) struct SliceHead {
     pub(crate) dropped: Bytes,
     /// Its HTB leaves, as tc writes them.
     pub(crate) leaves: Vec<String>,
+    /// Bytes received in the current period, per class.
+    pub(crate) received: PerClass<Bytes>,
+    /// Which bytes its budget covers.
+    pub(crate) count: Count,
 }
 
 /// What a status line says of one traffic class of a slice.
@@ -273,6 +292,9 @@ impl SliceStatus {
             warned_percent: g.warned.percents(),
             exempt_warned_percent: e.warned.percents(),
             cgroup: None,
+            received_bytes: head.received.general.0,
+            received_exempt_bytes: head.received.exempt.0,
+            count: head.count.name().to_owned(),
         }
     }
 
@@ -283,6 +305,14 @@ impl SliceStatus {
     }
 
     /// What the line says of `class`.
+    /// Bytes received in the current period by `class` (of the packets' source).
+    pub(crate) fn received(&self, class: TrafficClass) -> u64 {
+        match class {
+            TrafficClass::General => self.received_bytes,
+            TrafficClass::Exempt => self.received_exempt_bytes,
+        }
+    }
+
     pub(crate) fn class(&self, class: TrafficClass) -> ClassStatus {
         match class {
             TrafficClass::General => ClassStatus {

@@ -26,8 +26,9 @@ const MAGIC: &[u8; 8] = b"BWMONSC\x02";
 const MAGIC_V1: &[u8; 8] = b"BWMONST\x01";
 /// The format version this binary writes (3: the operator's levers after the rest; 4: the
 /// lever requests applied lately after those; 5: the warnings said in each record, notices of
-/// every kind with their ids and channels, the next notice id after the rest).
-pub(crate) const VERSION: u16 = 5;
+/// every kind with their ids and channels, the next notice id after the rest; 6: the received
+/// bytes per slice and their counters' epoch after the rest).
+pub(crate) const VERSION: u16 = 6;
 
 /// Why the state could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -755,6 +756,47 @@ mod tests {
         assert_eq!(
             State::decode(Path::new("state"), &file_of(2, &payload)).unwrap(),
             expect
+        );
+    }
+
+    #[test]
+    fn a_fifth_format_file_loads_whole_with_nothing_received_and_received_bytes_round_trip() {
+        // Format 5 is format 6 without the received bytes and their epoch at the end.
+        let old = sample();
+        let payload = (
+            &old.slices,
+            &old.default,
+            &old.notices,
+            &old.counters_epoch,
+            &old.levers,
+            &old.requests,
+            &old.next_notice,
+        );
+        let loaded = State::decode(Path::new("state"), &file_of(5, &payload)).unwrap();
+        assert_eq!(loaded, old, "everything of format 5 kept");
+        assert!(loaded.received.is_empty() && loaded.received_epoch.is_none());
+        // And a state with received bytes round-trips.
+        let mut with = old;
+        let received = crate::policy::received::Received {
+            period_start: 1_700_000_000,
+            used: PerClass {
+                general: Bytes(7 << 20),
+                exempt: Bytes(3),
+            },
+            last: PerClass {
+                general: 9 << 20,
+                exempt: 3,
+            },
+            charged: PerClass {
+                general: 5 << 20,
+                exempt: 0,
+            },
+        };
+        with.received.insert(1001, received);
+        with.received_epoch = Some(0xfeed);
+        assert_eq!(
+            State::decode(Path::new("state"), &with.encode()).unwrap(),
+            with
         );
     }
 

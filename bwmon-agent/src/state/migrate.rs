@@ -25,6 +25,7 @@ pub(super) fn from_older(version: u16, payload: &[u8]) -> Option<Result<State, p
             .map(|v2| State::from(v4::State::from(v3::State::from(v2)))),
         3 => postcard::from_bytes::<v3::State>(payload).map(|v3| State::from(v4::State::from(v3))),
         4 => postcard::from_bytes::<v4::State>(payload).map(State::from),
+        5 => postcard::from_bytes::<v5::State>(payload).map(State::from),
         _ => return None,
     })
 }
@@ -158,6 +159,40 @@ mod v3 {
     }
 }
 
+/// The fifth format: the sixth without the received bytes at the end.
+mod v5 {
+    use super::*;
+    use crate::state::{AppliedRequest, Notice, NoticeId, SliceState};
+
+    #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+    pub(crate) struct State {
+        pub(super) slices: BTreeMap<u32, SliceState>,
+        pub(super) default: Option<super::Record>,
+        pub(super) notices: Vec<Notice>,
+        pub(super) counters_epoch: Option<u64>,
+        pub(super) levers: BTreeMap<u32, crate::policy::levers::Levers>,
+        pub(super) requests: Vec<AppliedRequest>,
+        pub(super) next_notice: NoticeId,
+    }
+
+    impl From<State> for super::State {
+        /// Nothing received yet: downloads were not counted before this format.
+        fn from(s: State) -> super::State {
+            super::State {
+                slices: s.slices,
+                default: s.default,
+                notices: s.notices,
+                counters_epoch: s.counters_epoch,
+                levers: s.levers,
+                requests: s.requests,
+                next_notice: s.next_notice,
+                received: BTreeMap::new(),
+                received_epoch: None,
+            }
+        }
+    }
+}
+
 /// The fourth format: records without the warnings said; a notice was the cap's, by mail, one
 /// per slice and period, without an id.
 pub(super) mod v4 {
@@ -279,6 +314,8 @@ pub(super) mod v4 {
                 counters_epoch: s.counters_epoch,
                 levers: s.levers,
                 requests: s.requests,
+                received: BTreeMap::new(),
+                received_epoch: None,
             }
         }
     }

@@ -18,7 +18,7 @@ use crate::{
     htb::Minor,
     policy::levers::{Lever, Levers},
     policy::warnings::Percent,
-    policy::{Limits, Record},
+    policy::{Limits, Record, received::Received},
     time::UnixSecs,
     units::{BitsPerSec, Bytes},
 };
@@ -256,6 +256,11 @@ pub(crate) struct State {
     pub requests: Vec<AppliedRequest>,
     /// The id the next notice gets (format 5 on).
     pub(crate) next_notice: NoticeId,
+    /// Received bytes by xid, for the slices with a record (format 6 on).
+    pub(crate) received: BTreeMap<u32, Received>,
+    /// The instance of the received counters `received`'s `last` values came from
+    /// (`Snapshot::received_epoch`; format 6 on).
+    pub(crate) received_epoch: Option<u64>,
 }
 
 /// The id a client gives a lever request, the same on every retry of it.

@@ -4,6 +4,8 @@
 use std::collections::{HashMap, HashSet};
 
 use bwmon_common::ClassIds;
+
+use crate::units::BitsPerSec;
 use ipnet::IpNet;
 
 use crate::{
@@ -67,6 +69,11 @@ pub(crate) trait Kernel {
     ) -> Result<(), DatapathError>;
     /// Kernel memory of the maps, when it can be read.
     fn kernel_memory_bytes(&self) -> Option<u64>;
+    /// xid → the ceiling its downloads are policed at (capped slices, operator limits).
+    ///
+    /// # Errors
+    /// A map update fails.
+    fn set_policers(&mut self, ceilings: &HashMap<u32, BitsPerSec>) -> Result<(), DatapathError>;
 }
 
 /// The HTB tree.
@@ -122,6 +129,9 @@ impl Kernel for Datapath {
     }
     fn kernel_memory_bytes(&self) -> Option<u64> {
         Datapath::kernel_memory_bytes(self).ok()
+    }
+    fn set_policers(&mut self, ceilings: &HashMap<u32, BitsPerSec>) -> Result<(), DatapathError> {
+        Datapath::set_policers(self, ceilings)
     }
 }
 

@@ -14,6 +14,8 @@ mod report;
 use std::collections::{HashMap, HashSet};
 
 use bwmon_common::{ClassIds, ROOT_XID, XidSource};
+
+use crate::units::BitsPerSec;
 use ipnet::IpNet;
 use tracing::{info, warn};
 
@@ -56,6 +58,7 @@ pub(crate) struct Outcome {
 #[derive(Debug, Default)]
 struct Pushed {
     classes: Option<HashMap<u32, ClassIds>>,
+    policers: Option<HashMap<u32, BitsPerSec>>,
     sources: Option<Vec<(IpNet, u32)>>,
     exempt: bool,
     cgroups: Option<(HashMap<u64, u32>, u32)>,
@@ -231,6 +234,7 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
                     name,
                     xid,
                     sources: Vec::new(),
+                    count: None,
                     attrs: self.patterns[*i].attrs,
                     cgroup: Some(path.clone()),
                 })
@@ -334,6 +338,7 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
             limits: self.base_limits(&root_attrs),
             capping: Capping::Never,
             sources: Vec::new(),
+            count: self.config.count,
         }];
         live.extend(self.slices.iter().chain(&self.found).map(|s| LiveSlice {
             name: s.name.clone(),
@@ -341,6 +346,7 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
             limits: self.base_limits(&s.attrs),
             capping: Capping::Policy,
             sources: s.sources.clone(),
+            count: s.count.unwrap_or(self.config.count),
         }));
         live
     }
@@ -503,6 +509,12 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
                 Err(e) => self.error(ErrorKind::Datapath, "updating tenant cgroups", &e),
             }
         }
+        if self.pushed.policers.as_ref() != Some(&plan.policers) {
+            match self.kernel.set_policers(&plan.policers) {
+                Ok(()) => self.pushed.policers = Some(plan.policers),
+                Err(e) => self.error(ErrorKind::Datapath, "updating download policers", &e),
+            }
+        }
         let leaves_pending = self.apply_tree(&plan.tree_ops, started);
 
         let changed = plan.state != self.state;
@@ -600,6 +612,9 @@ mod tests {
         fn set_cgroups(&mut self, _: &HashMap<u64, u32>, _: u32) -> Result<(), DatapathError> {
             Ok(())
         }
+        fn set_policers(&mut self, _: &HashMap<u32, BitsPerSec>) -> Result<(), DatapathError> {
+            Ok(())
+        }
     }
 
     /// An HTB tree in memory.
@@ -650,6 +665,7 @@ mod tests {
             name: name.into(),
             xid,
             sources: vec![],
+            count: None,
             attrs: Attributes::default(),
             cgroup: None,
         }

@@ -3,7 +3,7 @@
 
 use crate::{
     class::PerClass,
-    policy::{Limits, Record, levers::Levers},
+    policy::{Limits, Record, levers::Levers, received::Count},
     serve::status::{ClassStatus, SliceHead, SliceStatus},
     time::UnixSecs,
     units::{BitsPerSec, Bytes, KBytes},
@@ -31,6 +31,10 @@ pub(super) struct Line<'a> {
     pub(super) leaves: Vec<String>,
     /// The ceiling of all of each class's traffic (node cap, exempt max).
     pub(super) caps: PerClass<BitsPerSec>,
+    /// Bytes it received in the current period.
+    pub(super) received: PerClass<Bytes>,
+    /// Which bytes its budget covers.
+    pub(super) count: Count,
 }
 
 impl Line<'_> {
@@ -46,6 +50,8 @@ impl Line<'_> {
             emailed: r.emailed,
             dropped: self.dropped,
             leaves: self.leaves,
+            received: self.received,
+            count: self.count,
         };
         let classes = PerClass::from_fn(|c| {
             let l = limits.of(c);

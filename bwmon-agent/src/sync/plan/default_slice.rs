@@ -125,6 +125,9 @@ impl Draft<'_> {
             dropped: Bytes(0),
             leaves: DEFAULT_LEAVES.iter().map(|(_, m)| m.to_string()).collect(),
             caps: tree.ceilings(),
+            // Received bytes are told per slice; the default pseudo-slice is egress only.
+            received: PerClass::default(),
+            count: crate::policy::received::Count::Egress,
         }
         .status();
         (line, claims)

@@ -8,7 +8,7 @@ use crate::{
     class::PerClass,
     datapath::Snapshot,
     htb::{Minor, minors::Minors},
-    policy,
+    policy::{self, received::Received},
     state::SliceState,
     time::calendar::Calendar,
 };
@@ -52,12 +52,29 @@ impl Draft<'_> {
             .is_some_and(|e| !snap.continues(e));
         if restarted {
             self.events.push(Event::CountersRestarted);
-            for s in self.state.slices.values_mut() {
+            for (xid, s) in self.state.slices.iter_mut() {
                 s.record = s.record.restarted();
+                // The received part of the budget's counter goes on.
+                if let Some(r) = self.state.received.get(xid) {
+                    let base = r.restart_base();
+                    for (class, b) in base.iter() {
+                        s.record.classes.of_mut(class).last = *b;
+                    }
+                }
                 s.drop_base = PerClass::default();
             }
         }
         self.state.counters_epoch = Some(snap.epoch);
+        let received_restarted = self
+            .state
+            .received_epoch
+            .is_some_and(|e| e != snap.received_epoch);
+        if received_restarted {
+            for r in self.state.received.values_mut() {
+                *r = r.restarted();
+            }
+        }
+        self.state.received_epoch = Some(snap.received_epoch);
         restarted
     }
 
@@ -80,8 +97,15 @@ impl Draft<'_> {
             let differs = differs_from_default(&l.limits, &self.settings.tree);
             let leaves = kept_leaves(self.state.slices.get(&xid), differs, &mut self.minors);
             let drop_base = drops_now(self.snap, leaves);
-            let counters = self.snap.charged_bytes(xid, leaves, drop_base);
-            let record = policy::start(counters, &l.limits, periods.start_at(now));
+            let sent = self.snap.charged_bytes(xid, leaves, drop_base);
+            let start = periods.start_at(now);
+            let received = match self.state.received.get(&xid) {
+                Some(r) => r.new_period(start),
+                None => Received::new(self.snap.received_bytes(xid), start),
+            };
+            let counters = received.budget_counters(sent);
+            self.state.received.insert(xid, received);
+            let record = policy::start(counters, &l.limits, start);
             let who = Who::of(&l.name, xid);
             let ended = self.state.slices.get(&xid).filter(|s| s.name == l.name);
             if let Some(ended) = ended.map(|s| s.record) {
@@ -127,6 +151,10 @@ impl Draft<'_> {
             events.push(Event::Forgotten(who));
             false
         });
+        let slices = &self.state.slices;
+        self.state
+            .received
+            .retain(|xid, _| slices.contains_key(xid));
     }
 
     /// Notices whose period is over are no use to anyone.

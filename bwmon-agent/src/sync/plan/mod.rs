@@ -34,7 +34,9 @@ use crate::{
         minors::Minors,
         tree::{self, Urgency},
     },
-    policy::{Capping, ClockJump, Counters, Limits, shares::Claim, warnings::Levels},
+    policy::{
+        Capping, ClockJump, Counters, Limits, received::Count, shares::Claim, warnings::Levels,
+    },
     serve::status::SliceStatus,
     state::{ClassNote, Notice, State},
     time::UnixSecs,
@@ -55,6 +57,8 @@ pub(crate) struct LiveSlice {
     pub(crate) capping: Capping,
     /// Source prefixes (for `xid_source = "source"`).
     pub(crate) sources: Vec<IpNet>,
+    /// Which bytes its budget covers (`count`).
+    pub(crate) count: Count,
 }
 
 /// What the config decides for a plan.
@@ -166,6 +170,9 @@ pub(crate) struct Plan {
     pub(crate) memory: Memory,
     /// xid → class ids for the classifier.
     pub(crate) steering: HashMap<u32, ClassIds>,
+    /// xid → the ceiling its (general) downloads are policed at: the slices held below their
+    /// max rate (capped, or under an operator's limit).
+    pub(crate) policers: HashMap<u32, BitsPerSec>,
     /// Source prefix → xid, when source prefixes steer.
     pub(crate) sources: Option<Vec<(IpNet, u32)>>,
     /// Changes to the tree: missing or different leaves, orphans, enforcement first
@@ -227,6 +234,8 @@ struct SliceOutputs {
     leaves: Vec<Leaf>,
     /// xid → class ids of those with a leaf of their own.
     steering: HashMap<u32, ClassIds>,
+    /// xid → download ceiling of those held below their max rate.
+    policers: HashMap<u32, BitsPerSec>,
     /// xid → what each class claims of its cap (the default pseudo-slice's too).
     claims: HashMap<u32, PerClass<Claim>>,
     /// The leaves that enforce a ceiling: created first.
@@ -286,6 +295,7 @@ pub(crate) fn plan(
         minors: draft.minors,
         memory: draft.memory,
         steering: out.steering,
+        policers: out.policers,
         sources,
         tree_ops,
         new_notices,

@@ -10,7 +10,7 @@ use crate::{
     class::PerClass,
     datapath::Snapshot,
     htb::tree,
-    policy::{self, Capping},
+    policy::{self, Capping, received::Received},
     state::SliceState,
     sync::report,
     time::calendar::Calendar,
@@ -35,12 +35,20 @@ impl Draft<'_> {
             return;
         };
         let drops = rebase_drops(s, self.snap);
-        let counters = self.snap.charged_bytes(l.xid, s.minors, s.drop_base);
+        let received = self.state.received.entry(l.xid).or_insert_with(|| {
+            Received::new(self.snap.received_bytes(l.xid), s.record.period_start)
+        });
+        *received = received.carried(self.snap.received_bytes(l.xid), l.count);
+        let sent = self.snap.charged_bytes(l.xid, s.minors, s.drop_base);
+        let counters = received.budget_counters(sent);
         let limits = l
             .limits
             .in_force(self.state.levers.get(&l.xid), &s.record, now, periods);
         let d = policy::decide(&s.record, counters, &limits, now, periods, l.capping);
         let before = std::mem::replace(&mut s.record, d.record);
+        if received.period_start != s.record.period_start {
+            *received = received.new_period(s.record.period_start);
+        }
         out.clock_behind |= d.clock_behind;
         let who = Who::of(&l.name, l.xid);
         if d.reset {
@@ -66,6 +74,10 @@ impl Draft<'_> {
             .extend(leaves::urgency(s, &limits, &l.limits, claims, caps));
         out.leaves.extend(leaves::of_slice(s, claims));
         out.claims.insert(l.xid, claims);
+        // Downloads are held to the general ceiling when it is below the slice's own max rate.
+        if claims.general.ceil < l.limits.general.max_rate {
+            out.policers.insert(l.xid, claims.general.ceil);
+        }
         if s.minors.iter().any(|(_, m)| m.is_some()) {
             out.steering.insert(l.xid, tree::class_ids(s.minors));
         }
@@ -90,6 +102,13 @@ impl Draft<'_> {
                     .filter_map(|(_, m)| m.map(|m| m.to_string()))
                     .collect(),
                 caps: settings.tree.ceilings(),
+                received: self
+                    .state
+                    .received
+                    .get(&l.xid)
+                    .map(|r| r.used)
+                    .unwrap_or_default(),
+                count: l.count,
             }
             .status(),
         );

@@ -8,6 +8,7 @@ use crate::{
     class::TrafficClass,
     htb::{ClassParams, tree},
     policy::Node,
+    policy::received::Count,
     policy::rspec::Attributes,
     units::{BitsPerSec, Bytes, KBytes},
 };
@@ -50,6 +51,7 @@ fn slice(name: &str, xid: u32) -> LiveSlice {
         limits: limits(),
         capping: Capping::Policy,
         sources: Vec::new(),
+        count: Default::default(),
     }
 }
 
@@ -563,4 +565,56 @@ fn a_capped_sender_is_guaranteed_its_ceiling_and_the_others_the_rest() {
     assert!(ceil < 1_000_000, "alice is capped: {ceil}");
     assert_eq!(line(&p, "alice").guaranteed_bps, ceil);
     assert_eq!(line(&p, "bob").guaranteed_bps, NODE.node_cap.0 - ceil);
+}
+
+impl World {
+    fn receive(&mut self, xid: u32, bytes: u64) {
+        let c = self.obs.snapshot.received.entry(xid).or_default();
+        c.general.bytes += bytes;
+        c.general.packets += 1;
+    }
+}
+
+#[test]
+fn under_count_both_downloads_are_charged_capped_and_policed_and_under_egress_only_shown() {
+    let mut w = World::new(false);
+    let both = LiveSlice {
+        count: Count::Both,
+        ..slice("alice", 1001)
+    };
+    let live = [root(), both, slice("bob", 1002)];
+    w.receive(1001, 100);
+    w.sync(&live, 1000);
+    // 900,000 bytes each: past the 819,200-byte threshold of a 1000 KiB budget.
+    w.receive(1001, 900_000);
+    w.receive(1002, 900_000);
+    w.send(1001, 1000);
+    let p = w.sync(&live, 1001);
+    let (alice, bob) = (line(&p, "alice"), line(&p, "bob"));
+    assert_eq!(
+        alice.received_bytes, 900_000,
+        "what came before her period is not hers"
+    );
+    assert_eq!(alice.bytes, 901_000, "sent + received under both");
+    assert!(alice.capped && alice.count == "both");
+    assert_eq!(p.policers.get(&1001), Some(&BitsPerSec(alice.ceil_bps)));
+    assert_eq!(
+        (bob.received_bytes, bob.bytes),
+        (900_000, 0),
+        "egress: shown, not charged"
+    );
+    assert!(!bob.capped && !p.policers.contains_key(&1002));
+    // The sent counters restart (a reboot): what she received stays charged, once.
+    w.obs.snapshot.offered.clear();
+    w.obs.snapshot.epoch += 1;
+    w.receive(1001, 10);
+    let p = w.sync(&live, 1002);
+    assert_eq!(line(&p, "alice").bytes, 901_010);
+    // The received counters restart: nothing is lost or charged twice.
+    w.obs.snapshot.received.clear();
+    w.obs.snapshot.received_epoch += 1;
+    w.receive(1001, 5);
+    let p = w.sync(&live, 1003);
+    assert_eq!(line(&p, "alice").bytes, 901_015);
+    assert_eq!(line(&p, "alice").received_bytes, 900_015);
 }
