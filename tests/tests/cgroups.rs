@@ -206,11 +206,8 @@ fn a_patterns_new_cgroup_is_a_slice_within_an_interval_and_a_recreated_one_conti
     eprintln!("job-1 became a slice {took:?} after its cgroup was made");
     // One interval (1 s), the sync itself and the status command that sees it; an emulated
     // guest (BWMON_SLOW) takes longer over each.
-    let bound = if std::env::var_os("BWMON_SLOW").is_some() {
-        4000
-    } else {
-        2200
-    };
+    // (Guests starved by other guests on the host were seen at 2.6 to 4.9 s.)
+    let bound = if slow() { 8000 } else { 2200 };
     assert!(
         took <= Duration::from_millis(bound),
         "{took:?}: more than an interval"
@@ -681,7 +678,9 @@ fn a_cgroup_slices_history_says_its_cgroup() {
             .map(|p| u(p, "bytes"))
             .sum()
     };
-    let doc = poll(20, history, |doc| used(doc) >= 10 * w);
+    let doc = poll(if slow() { 90 } else { 20 }, history, |doc| {
+        used(doc) >= 10 * w
+    });
     bwmon_tests::schema::assert_document("history", &doc);
     let ci = doc["slices"]
         .as_array()
