@@ -43,6 +43,34 @@ pub fn bwmon_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/bwmon"))
 }
 
+/// [`bwmon_bin`] where any user can run it: the binary itself when every directory above it
+/// lets others through, else a copy in a directory of mode 0755 under the temporary directory
+/// (a checkout under a `mktemp -d` directory, mode 0700, is closed to the tenants the tests
+/// run commands as).
+pub fn bwmon_bin_for_tenants() -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let bin = bwmon_bin();
+        let open_to_others = bin
+            .ancestors()
+            .skip(1)
+            .filter(|d| !d.as_os_str().is_empty())
+            .all(|d| std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0));
+        if open_to_others {
+            return bin;
+        }
+        let dir = std::env::temp_dir().join(format!("bwmon-tenant-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let copy = dir.join("bwmon");
+        std::fs::copy(&bin, &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        copy
+    })
+    .clone()
+}
+
 static LAB_SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A namespace host reached from the root namespace through a veth pair.

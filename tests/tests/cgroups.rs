@@ -7,8 +7,8 @@ use std::{
 };
 
 use bwmon_tests::{
-    Daemon, Lab, TestCgroups, bwmon_bin, cmd, median, output_in, poll, rates, send_tcp_in,
-    send_udp_as, send_udp_in, sender_in, u,
+    Daemon, Lab, TestCgroups, bwmon_bin_for_tenants, cmd, median, output_in, poll, rates,
+    send_tcp_in, send_udp_as, send_udp_in, sender_in, u,
 };
 
 const ALICE: u32 = 4901;
@@ -442,7 +442,7 @@ fn a_tenant_in_a_cgroup_is_answered_with_its_cgroups_slice() {
         let out = output_in(
             dir,
             ALICE,
-            &bwmon_bin(),
+            &bwmon_bin_for_tenants(),
             &["status", "--json", "--config", config.to_str().unwrap()],
         );
         let doc: serde_json::Value =
@@ -637,7 +637,7 @@ fn under_the_units_sandbox_cgroup_slices_are_charged_and_tenants_found() {
     let out = output_in(
         &step,
         ALICE,
-        &bwmon_bin(),
+        &bwmon_bin_for_tenants(),
         &["status", "--json", "--config", config.to_str().unwrap()],
     );
     let doc: serde_json::Value = serde_json::from_str(&out).unwrap();

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bwmon_tests::{Daemon, Lab, as_uid, bwmon_bin, free_port, http, raise_nofile, u};
+use bwmon_tests::{Daemon, Lab, as_uid, bwmon_bin_for_tenants, free_port, http, raise_nofile, u};
 
 const ALICE: u32 = 4941;
 const BOB: u32 = 4942;
@@ -43,7 +43,7 @@ fn bwmon_as(d: &Daemon, uid: u32, args: &[&str]) -> Output {
     let uid = uid.to_string();
     Command::new("setpriv")
         .args(["--reuid", &uid, "--regid", &uid, "--clear-groups"])
-        .arg(bwmon_bin())
+        .arg(bwmon_bin_for_tenants())
         .args(args)
         .arg("--config")
         .arg(d.config())

@@ -12,7 +12,10 @@ use std::{
 };
 
 use bwmon_agent::serve::control::{Reply, ReplyBody};
-use bwmon_tests::{Daemon, Lab, bwmon_bin, iperf3_as, schema::assert_document, send_tcp_as, u};
+use bwmon_tests::{
+    Daemon, Lab, bwmon_bin, bwmon_bin_for_tenants, iperf3_as, schema::assert_document, send_tcp_as,
+    u,
+};
 
 const ALICE: u32 = 4731;
 const BOB: u32 = 4732;
@@ -38,7 +41,7 @@ fn bwmon_as(d: &Daemon, uid: Option<u32>, args: &[&str]) -> Output {
                 &uid.to_string(),
                 "--clear-groups",
             ])
-            .arg(bwmon_bin());
+            .arg(bwmon_bin_for_tenants());
             c
         }
         None => Command::new(bwmon_bin()),
