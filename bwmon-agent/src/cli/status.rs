@@ -13,7 +13,7 @@ use crate::{
     paths,
     serve::{
         control::{self, ReplyBody, RequestBody},
-        slice_view, status,
+        slice_view, table,
     },
 };
 
@@ -37,7 +37,7 @@ pub fn status(config: &Path, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", status::table(&report));
+        print!("{}", table::table(&report));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -11,6 +11,7 @@ pub(crate) mod slices;
 
 mod draft;
 mod mail;
+mod patterns;
 mod read;
 mod webhook;
 

@@ -105,8 +105,6 @@ pub(crate) fn uid_of(name: &str) -> Option<u32> {
 
 /// A slice's keys that are not attributes.
 const SLICE_KEYS: [&str; 5] = ["name", "xid", "sources", "cgroup", "count"];
-/// A `[[cgroups]]` table's keys that are not attributes.
-const PATTERN_KEYS: [&str; 1] = ["pattern"];
 
 /// A slices file as read: the slices that can be used, and what was wrong with the rest.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,7 +154,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Parsed, FileErrors> {
             "unknown key; the file holds [[slice]] and [[cgroups]] tables",
         );
     }
-    let patterns = read_patterns(&mut c, root);
+    let patterns = super::patterns::read_patterns(&mut c, root);
     let mut slices = Vec::new();
     let mut warnings = Vec::new();
     let mut broken = Vec::new();
@@ -355,54 +353,6 @@ impl Entry<'_> {
         self.problem(c, key, message);
         None
     }
-}
-
-/// The `[[cgroups]]` tables: each with a valid `pattern` and attributes, the others reported
-/// as `cgroups[i].key` and skipped.
-fn read_patterns(c: &mut Collector, root: &Table) -> Vec<PatternSpec> {
-    let Some(item) = root.get("cgroups") else {
-        return Vec::new();
-    };
-    let Some(tables) = item.as_array_of_tables() else {
-        c.add(Some(item), "cgroups", "must be [[cgroups]] tables");
-        return Vec::new();
-    };
-    let mut out: Vec<PatternSpec> = Vec::new();
-    for (index, table) in tables.iter().enumerate() {
-        let key = |k: &str| format!("cgroups[{index}].{k}");
-        let before = c.problems.len();
-        let pattern = match table.get("pattern") {
-            Some(item) => match item.as_str().map(Pattern::parse) {
-                Some(Ok(p)) => Some(p),
-                Some(Err(e)) => {
-                    c.add(Some(item), &key("pattern"), e.to_string());
-                    None
-                }
-                None => {
-                    c.add(Some(item), &key("pattern"), "must be a string");
-                    None
-                }
-            },
-            None => {
-                let line = c.line_of(table.span());
-                c.add_line(line, &key("pattern"), "missing");
-                None
-            }
-        };
-        let mut attrs = Attributes::default();
-        attributes(c, table, &key(""), &PATTERN_KEYS, &mut attrs);
-        if let Some(pattern) = pattern
-            && c.problems.len() == before
-        {
-            if out.iter().any(|p| p.pattern == pattern) {
-                let message = format!("'{}' appears twice", pattern.as_str());
-                c.add(table.get("pattern"), &key("pattern"), message);
-                continue;
-            }
-            out.push(PatternSpec { pattern, attrs });
-        }
-    }
-    out
 }
 
 /// A source prefix belongs to one slice only: the first that names it keeps it, a later

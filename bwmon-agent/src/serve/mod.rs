@@ -6,3 +6,4 @@ pub mod control;
 pub(crate) mod metrics;
 pub(crate) mod slice_view;
 pub(crate) mod status;
+pub(crate) mod table;

@@ -5,11 +5,13 @@
 //! requests on a slice (`operator`). The kernel is reached through the two small traits of
 //! [`kernel`], so the logic is tested without root (and for real in `tests/`).
 
+mod cgroups;
 pub(crate) mod kernel;
 mod log;
 mod operator;
 pub(crate) mod plan;
 mod report;
+mod tree;
 
 use std::collections::{HashMap, HashSet};
 
@@ -24,11 +26,11 @@ pub(crate) use operator::PullOutcome;
 use plan::{LiveSlice, Memory, Observation, Plan, Settings};
 
 use crate::{
-    cgroup::{self, CgroupPath, Hierarchy, Pattern, Tenants},
+    cgroup::Hierarchy,
     config::Config,
     config::slices::{PatternSpec, ROOT_NAME, SliceSpec},
     error_kind::{ErrorCounts, ErrorKind},
-    htb::{ClassInfo, TreeSpec, minors::Minors},
+    htb::minors::Minors,
     policy::rspec::Attributes,
     policy::{Capping, Limits, Node},
     serve::status::StatusReport,
@@ -178,75 +180,6 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
         self.slices = slices;
     }
 
-    /// Replaces the `[[cgroups]]` patterns (a good new slices file).
-    pub(crate) fn set_patterns(&mut self, patterns: Vec<PatternSpec>) {
-        self.patterns = patterns;
-    }
-
-    /// Scans `hierarchy` for tenant cgroups at every sync from now on.
-    pub(crate) fn set_hierarchy(&mut self, hierarchy: Option<Hierarchy>) {
-        self.hierarchy = hierarchy;
-    }
-
-    /// The slices in force that are cgroups: the file's and those patterns found, with their
-    /// paths.
-    pub(crate) fn cgroup_slices(&self) -> impl Iterator<Item = (&SliceSpec, &CgroupPath)> {
-        (self.slices.iter().chain(&self.found)).filter_map(|s| Some((s, s.cgroup.as_ref()?)))
-    }
-
-    /// Reads the hierarchy: the cgroups the slices name and those the patterns match become
-    /// this sync's pattern slices and the map the classifier reads. A host without cgroup
-    /// slices is not scanned and its map stays empty (the classifier then reads no cgroup).
-    fn scan_cgroups(&mut self) {
-        let named: Vec<&CgroupPath> = self
-            .slices
-            .iter()
-            .filter_map(|s| s.cgroup.as_ref())
-            .collect();
-        let tenants = match &self.hierarchy {
-            Some(h) if !named.is_empty() || !self.patterns.is_empty() => {
-                let patterns: Vec<&Pattern> = self.patterns.iter().map(|p| &p.pattern).collect();
-                cgroup::scan(h, &named, &patterns)
-            }
-            _ => Tenants::default(),
-        };
-        let names: HashSet<&str> = self.slices.iter().map(|s| s.name.as_str()).collect();
-        let taken: HashSet<u32> = self
-            .slices
-            .iter()
-            .map(|s| s.xid)
-            .chain([ROOT_XID])
-            .collect();
-        let paths: Vec<CgroupPath> = tenants.found.iter().map(|(_, p)| p.clone()).collect();
-        let xids = cgroup::path::assign_xids(&paths, &taken);
-        let mut found_names: HashSet<String> = HashSet::new();
-        self.found = tenants
-            .found
-            .iter()
-            .zip(xids)
-            .filter_map(|((i, path), xid)| {
-                let name = cgroup::path::slice_name(path);
-                // A name a slice of the file has (or an earlier match) stays that slice's.
-                if names.contains(name.as_str()) || !found_names.insert(name.clone()) {
-                    return None;
-                }
-                Some(SliceSpec {
-                    name,
-                    xid,
-                    sources: Vec::new(),
-                    count: None,
-                    attrs: self.patterns[*i].attrs,
-                    cgroup: Some(path.clone()),
-                })
-            })
-            .collect();
-        let map: HashMap<u64, u32> = self
-            .cgroup_slices()
-            .filter_map(|(s, path)| Some((*tenants.ids.get(path)?, s.xid)))
-            .collect();
-        self.cgroup_map = Some((map, tenants.levels()));
-    }
-
     /// Counts a failure of `kind` that was handled elsewhere (the slices file, delivery).
     pub(crate) fn count_error(&mut self, kind: ErrorKind) {
         *self.errors.entry(kind).or_default() += 1;
@@ -287,25 +220,6 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
                 }
             }
         }
-    }
-
-    /// Installs the HTB tree's fixed part (at start: a foreign root qdisc is an error then).
-    ///
-    /// # Errors
-    /// The tree cannot be installed.
-    pub(crate) fn install_tree(&mut self) -> Result<bool, crate::htb::HtbError> {
-        let spec = self.tree_spec();
-        let created = self
-            .tree
-            .ensure_tree(&spec, self.config.take_over_root_qdisc)?
-            .created;
-        self.tree_created |= created;
-        Ok(created)
-    }
-
-    /// The tree's fixed part for this config.
-    pub(crate) fn tree_spec(&self) -> TreeSpec {
-        self.config.tree_spec()
     }
 
     fn error(&mut self, kind: ErrorKind, what: &str, e: &(dyn std::error::Error + 'static)) {
@@ -435,49 +349,6 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
         }
     }
 
-    fn list_tree(&mut self) -> Vec<ClassInfo> {
-        match self.tree.list() {
-            Ok(l) => l,
-            Err(e) => {
-                self.error(ErrorKind::Htb, "listing classes", &e);
-                Vec::new()
-            }
-        }
-    }
-
-    /// Carries out `ops` (enforcement first, see [`crate::htb::tree::enforcement_first`]) in
-    /// batches of [`TREE_BATCH`], until they are done, the sync's [`TREE_BUDGET`] is spent, or
-    /// the daemon is stopping; returns how many leaves are left to create or change (the next
-    /// syncs plan them again). A slice steered to a leaf not created yet is sent to the
-    /// default leaf by HTB meanwhile, and counted all the same.
-    fn apply_tree(&mut self, ops: &[crate::htb::Op], started: std::time::Instant) -> u64 {
-        let mut done = 0;
-        let mut first_error = None;
-        for batch in ops.chunks(TREE_BATCH) {
-            if done > 0 && (self.is_stopping() || started.elapsed() >= TREE_BUDGET) {
-                break;
-            }
-            if let Err(e) = self.tree.apply(batch) {
-                first_error.get_or_insert(e);
-            }
-            done += batch.len();
-        }
-        if let Some(e) = first_error {
-            self.error(ErrorKind::Htb, "applying class changes", &e);
-        }
-        let pending = ops[done..]
-            .iter()
-            .filter(|op| matches!(op, crate::htb::Op::Upsert(_)))
-            .count() as u64;
-        if pending > 0 {
-            info!(
-                applied = done,
-                pending, "HTB: leaves left for the next syncs (capped slices' first)"
-            );
-        }
-        pending
-    }
-
     /// Carries `plan` out: the log, the maps, the tree; then persists and reports.
     fn act(&mut self, plan: Plan, now: UnixSecs, started: std::time::Instant) -> Outcome {
         self.log_events(&plan.events, plan.clock_behind, now);
@@ -564,6 +435,10 @@ mod tests {
     use bwmon_common::{Counter, XidCounters};
 
     use super::*;
+    use crate::{
+        cgroup::{self, Pattern},
+        htb::{ClassInfo, TreeSpec},
+    };
     use crate::{
         class::{PerClass, TrafficClass},
         datapath::{DatapathError, Snapshot},

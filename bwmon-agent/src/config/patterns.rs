@@ -1,0 +1,58 @@
+//! The slices file's `[[cgroups]]` tables: a pattern and the attributes of every slice it
+//! makes (one per matching cgroup).
+
+use toml_edit::Table;
+
+use super::{problems::Collector, read::attributes, slices::PatternSpec};
+use crate::{cgroup::Pattern, policy::rspec::Attributes};
+
+/// A `[[cgroups]]` table's keys that are not attributes.
+const PATTERN_KEYS: [&str; 1] = ["pattern"];
+
+/// The `[[cgroups]]` tables: each with a valid `pattern` and attributes, the others reported
+/// as `cgroups[i].key` and skipped.
+pub(super) fn read_patterns(c: &mut Collector, root: &Table) -> Vec<PatternSpec> {
+    let Some(item) = root.get("cgroups") else {
+        return Vec::new();
+    };
+    let Some(tables) = item.as_array_of_tables() else {
+        c.add(Some(item), "cgroups", "must be [[cgroups]] tables");
+        return Vec::new();
+    };
+    let mut out: Vec<PatternSpec> = Vec::new();
+    for (index, table) in tables.iter().enumerate() {
+        let key = |k: &str| format!("cgroups[{index}].{k}");
+        let before = c.problems.len();
+        let pattern = match table.get("pattern") {
+            Some(item) => match item.as_str().map(Pattern::parse) {
+                Some(Ok(p)) => Some(p),
+                Some(Err(e)) => {
+                    c.add(Some(item), &key("pattern"), e.to_string());
+                    None
+                }
+                None => {
+                    c.add(Some(item), &key("pattern"), "must be a string");
+                    None
+                }
+            },
+            None => {
+                let line = c.line_of(table.span());
+                c.add_line(line, &key("pattern"), "missing");
+                None
+            }
+        };
+        let mut attrs = Attributes::default();
+        attributes(c, table, &key(""), &PATTERN_KEYS, &mut attrs);
+        if let Some(pattern) = pattern
+            && c.problems.len() == before
+        {
+            if out.iter().any(|p| p.pattern == pattern) {
+                let message = format!("'{}' appears twice", pattern.as_str());
+                c.add(table.get("pattern"), &key("pattern"), message);
+                continue;
+            }
+            out.push(PatternSpec { pattern, attrs });
+        }
+    }
+    out
+}
