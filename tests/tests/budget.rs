@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use bwmon_tests::{Daemon, Lab, cmd, send_tcp_as, send_tcp_until, send_udp_as, u};
+use bwmon_tests::{Daemon, Lab, cmd, poll, send_tcp_as, send_tcp_until, send_udp_as, u};
 
 const ALICE: u32 = 4811;
 const CAROL: u32 = 4813;
@@ -419,7 +419,8 @@ fn a_new_slice_on_a_departed_slices_minor_is_not_charged_its_drops() {
     let htb_first = lab.class_bytes(&general_class(&carol));
     send(&lab, CAROL, 5751, 2 << 20);
     settle();
-    let carol = d.slice("carol").unwrap();
+    // A sync that has read her bytes (a loaded machine may delay it past the settle).
+    let carol = poll(10, || d.slice("carol").unwrap(), |c| u(c, "bytes") > first);
     let htb = lab.class_bytes(&general_class(&carol));
     eprintln!(
         "carol: charged {} ({first} before her leaf), HTB sent {htb}",

@@ -79,7 +79,7 @@ enum Command {
     },
 }
 
-/// The kernels `cargo xtask test` checks in qemu beside the host tests ("" = none).
+/// The kernels `cargo xtask test` checks in qemu after the host tests ("" = none).
 const VM_TESTS_IN_TEST: &str = "all";
 
 fn main() -> ExitCode {
