@@ -2,7 +2,7 @@
 //! namespace, and the host interface's receive counters.
 
 use std::{
-    io::{Read, Write},
+    io::Read,
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     thread,
     time::Duration,
@@ -124,30 +124,13 @@ impl Lab {
             sock.connect_timeout(&dst.into(), Duration::from_secs(5))
                 .unwrap_or_else(|e| panic!("connect {dst}: {e}"));
             let mut s: TcpStream = sock.into();
-            let buf = vec![0xa5u8; 1 << 16];
-            let mut left = bytes;
-            while left > 0 {
-                let n = left.min(buf.len() as u64) as usize;
-                s.write_all(&buf[..n]).unwrap();
-                left -= n as u64;
-            }
-            s.shutdown(std::net::Shutdown::Write).unwrap();
-            let mut sink = [0u8; 16];
-            let _ = s.read(&mut sink);
+            write_then_close(&mut s, bytes);
         })
     }
 
     /// Interface statistics of the root-side veth: (rx bytes, rx packets).
     pub fn host_rx(&self) -> (u64, u64) {
-        let read = |what: &str| -> u64 {
-            let p = format!("/sys/class/net/{}/statistics/{what}", self.host_if);
-            std::fs::read_to_string(&p)
-                .unwrap_or_else(|e| panic!("{p}: {e}"))
-                .trim()
-                .parse()
-                .unwrap()
-        };
-        (read("rx_bytes"), read("rx_packets"))
+        (self.host_stat("rx_bytes"), self.host_stat("rx_packets"))
     }
 
     /// Permanent IPv4 neighbour entries on both ends (general and exempt addresses), and IPv6

@@ -261,15 +261,17 @@ impl Lab {
 
     /// Interface statistics of the root-side veth: (tx bytes, tx packets).
     pub fn host_tx(&self) -> (u64, u64) {
-        let read = |what: &str| -> u64 {
-            let p = format!("/sys/class/net/{}/statistics/{what}", self.host_if);
-            std::fs::read_to_string(&p)
-                .unwrap_or_else(|e| panic!("{p}: {e}"))
-                .trim()
-                .parse()
-                .unwrap()
-        };
-        (read("tx_bytes"), read("tx_packets"))
+        (self.host_stat("tx_bytes"), self.host_stat("tx_packets"))
+    }
+
+    /// One counter of the root-side veth's statistics (`rx_bytes`, `tx_packets`, …).
+    pub fn host_stat(&self, what: &str) -> u64 {
+        let p = format!("/sys/class/net/{}/statistics/{what}", self.host_if);
+        std::fs::read_to_string(&p)
+            .unwrap_or_else(|e| panic!("{p}: {e}"))
+            .trim()
+            .parse()
+            .unwrap()
     }
 }
 

@@ -49,18 +49,23 @@ pub fn send_tcp_as(uid: u32, dst: SocketAddr, bytes: u64) {
     as_uid(uid, move || {
         let mut s = TcpStream::connect_timeout(&dst, Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("connect {dst}: {e}"));
-        let buf = vec![0xa5u8; 1 << 16];
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(buf.len() as u64) as usize;
-            s.write_all(&buf[..n]).unwrap();
-            left -= n as u64;
-        }
-        s.shutdown(std::net::Shutdown::Write).unwrap();
-        // Wait for the peer's close so every data segment has left before we return.
-        let mut sink = [0u8; 16];
-        let _ = s.read(&mut sink);
+        write_then_close(&mut s, bytes);
     })
+}
+
+/// Writes `bytes` to `s`, shuts its sending side, then waits for the peer's close so every
+/// data segment has left before it returns.
+pub fn write_then_close(s: &mut TcpStream, bytes: u64) {
+    let buf = vec![0xa5u8; 1 << 16];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        s.write_all(&buf[..n]).unwrap();
+        left -= n as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut sink = [0u8; 16];
+    let _ = s.read(&mut sink);
 }
 
 /// Sends `count` UDP datagrams of `payload` bytes to `dst` from a socket marked with `mark`
