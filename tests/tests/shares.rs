@@ -90,7 +90,24 @@ fn runs(lab: &Lab, host: IpAddr, senders: &[(u32, usize)], port: u16) -> Vec<Vec
 
 /// What `name` is guaranteed now, from the daemon's status (bit/s).
 fn guaranteed(d: &Daemon, name: &str) -> u64 {
-    u(&d.slice(name).expect("a status line"), "guaranteed_bps")
+    guaranteed_each(d, &[name])[0]
+}
+
+/// What each of `names` is guaranteed now, all from one status document (two documents may be
+/// a sync apart, and a sync may divide the cap differently).
+fn guaranteed_each(d: &Daemon, names: &[&str]) -> Vec<u64> {
+    let status = d.status();
+    assert_document("status", &status);
+    names
+        .iter()
+        .map(|name| {
+            status["slices"]
+                .as_array()
+                .and_then(|all| all.iter().find(|s| s["name"] == *name))
+                .map(|s| u(s, "guaranteed_bps"))
+                .unwrap_or_else(|| panic!("no slice {name} in {status}"))
+        })
+        .collect()
 }
 
 /// What `name` is guaranteed once it is `want`, asking again each half interval for one more
@@ -156,10 +173,32 @@ fn shares_one_to_three_split_a_saturated_cap_one_to_three() {
         send_as(B, SocketAddr::new(host, 5902), 1),
     ];
     sleep(settle + 2 * INTERVAL);
-    let (a, b) = (guaranteed(&d, "a"), guaranteed(&d, "b"));
-    assert_document("status", &d.status());
-    let show = d.command(&["slice", "show", "b"]);
-    let show = String::from_utf8_lossy(&show.stdout);
+    // Both figures from one status document, and `slice show` beside it; asked again for a few
+    // intervals while they disagree: an interval in which a third leaf sent (a neighbour
+    // solicitation through the default leaf) or a flow paused is divided differently (a guest
+    // under TCG read a 10.0 / 13.3 mbit split from two documents a sync apart).
+    let split = || {
+        let ab = guaranteed_each(&d, &["a", "b"]);
+        let show = d.command(&["slice", "show", "b"]);
+        (
+            ab[0],
+            ab[1],
+            String::from_utf8_lossy(&show.stdout).into_owned(),
+        )
+    };
+    let settled = |(a, b, show): &(u64, u64, String)| {
+        show.contains("guaranteed 30mbit now (75.0 % of the 40mbit cap")
+            && b.abs_diff(3 * a) <= a / 10
+    };
+    let mut now = split();
+    for _ in 0..6 {
+        if settled(&now) {
+            break;
+        }
+        sleep(INTERVAL / 2);
+        now = split();
+    }
+    let (a, b, show) = now;
     eprintln!("guaranteed now: a {a}, b {b} bit/s; bwmon slice show b:\n{show}");
     drop(meters);
     assert!(
@@ -277,7 +316,8 @@ fn a_slice_arriving_or_leaving_re_divides_within_two_intervals() {
     // b arrives: two intervals later the cap is divided 1 : 3.
     let b = send_as(B, SocketAddr::new(host, 5842), 1);
     sleep(2 * INTERVAL);
-    let (ga, gb) = (guaranteed(&d, "a"), guaranteed(&d, "b"));
+    let g = guaranteed_each(&d, &["a", "b"]);
+    let (ga, gb) = (g[0], g[1]);
     let shared = rates(&both(), window);
     let ratio = shared[1] / shared[0];
     eprintln!(
