@@ -13,7 +13,7 @@ use std::{
 
 use bwmon_tests::{
     Daemon, Lab,
-    bench::{Row, median_spread, record},
+    bench::{BpfStats, Row, median_spread, record},
     cmd, iperf3_as, iperf3_udp_pps_as, send_udp_as,
 };
 
@@ -158,6 +158,7 @@ fn wait_until(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
 #[test]
 #[ignore = "benchmark: cargo xtask bench"]
 fn bwmon_next_to_its_peers() {
+    let _stats = BpfStats::off();
     let lab = Lab::new();
     let uid = FIRST_UID;
     let table = format!("bwbench{}", lab.lab_no);

@@ -14,8 +14,8 @@ use bwmon_agent::datapath::{Datapath, ProgramStats};
 use bwmon_common::{ClassIds, tc_handle};
 use bwmon_tests::{
     Lab, TestCgroups,
-    bench::{Row, record},
-    cmd, send_udp_as, send_udp_in,
+    bench::{BpfStats, Row, record},
+    send_udp_as, send_udp_in,
 };
 use ipnet::IpNet;
 
@@ -88,7 +88,7 @@ fn measure(lab: &Lab, dp: &Datapath, floor: &Floor) -> (f64, f64) {
 #[test]
 #[ignore = "benchmark: cargo xtask bench"]
 fn classifier_cost_with_10k_slices_and_10k_prefixes() {
-    cmd("sysctl", &["-qw", "kernel.bpf_stats_enabled=1"]);
+    let _stats = BpfStats::on();
     let lab = Lab::new();
     let mut dp = Datapath::open(&lab.datapath_options()).unwrap();
     let floor = Floor::attach(&lab);
@@ -224,7 +224,7 @@ fn measure_with(dp: &Datapath, floor: &Floor, send: impl Fn(u32)) -> (f64, f64) 
 #[test]
 #[ignore = "benchmark: cargo xtask bench"]
 fn classifier_cost_with_cgroup_slices() {
-    cmd("sysctl", &["-qw", "kernel.bpf_stats_enabled=1"]);
+    let _stats = BpfStats::on();
     let lab = Lab::new();
     let mut dp = Datapath::open(&lab.datapath_options()).unwrap();
     let floor = Floor::attach(&lab);
@@ -339,7 +339,7 @@ fn classifier_without_cgroup_slices_beside_a_baseline() {
         eprintln!("BWMON_BASELINE_OBJECT is not set: nothing to compare with");
         return;
     };
-    cmd("sysctl", &["-qw", "kernel.bpf_stats_enabled=1"]);
+    let _stats = BpfStats::on();
     let lab = Lab::new();
     let ours = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../target/bpf/bpfel-unknown-none/release/bwmon");

@@ -7,12 +7,12 @@ use std::net::SocketAddr;
 use bwmon_agent::datapath::{Datapath, ProgramStats};
 use bwmon_tests::{
     Lab,
-    bench::{Row, median_spread, record, spread_text},
-    cmd, iperf3_download_as, iperf3_udp_download_pps_as, udp_drain, udp_socket_as,
+    bench::{BpfStats, Row, median_spread, record, spread_text},
+    iperf3_download_as, iperf3_udp_download_pps_as, udp_drain, udp_socket_as,
 };
 
 const UID: u32 = 4601;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 fn per_packet(before: ProgramStats, after: ProgramStats) -> (u64, f64) {
     let runs = after.run_count - before.run_count;
@@ -23,7 +23,7 @@ fn per_packet(before: ProgramStats, after: ProgramStats) -> (u64, f64) {
 #[test]
 #[ignore = "benchmark: cargo xtask bench"]
 fn ingress_cost_and_downloads_through_bwmon_against_bare() {
-    cmd("sysctl", &["-qw", "kernel.bpf_stats_enabled=1"]);
+    let stats = BpfStats::off();
     let lab = Lab::new();
     let host = std::net::IpAddr::V4(lab.host_v4());
 
@@ -53,7 +53,9 @@ fn ingress_cost_and_downloads_through_bwmon_against_bare() {
         ratios.1.push(bw_pps / bare_pps);
     }
 
-    // Cost: 200,000 64-byte datagrams received by a uid's socket.
+    // Cost: 200,000 64-byte datagrams received by a uid's socket, statistics on.
+    drop(stats);
+    let _stats = BpfStats::on();
     let dp = Datapath::open(&lab.datapath_options()).unwrap();
     let sock = udp_socket_as(UID, SocketAddr::new(host, 0));
     let to = sock.local_addr().unwrap();
