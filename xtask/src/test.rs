@@ -67,8 +67,9 @@ fn dashboard_queries_as_rules(etc: &std::path::Path) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// fmt, clippy, unit tests, the Prometheus files, then the end-to-end tests on the host — and
-/// then, for each kernel line of `vm_kernels`, in a qemu guest (the guests side by side).
+/// fmt, clippy, unit tests, the Prometheus files, then the end-to-end tests on the host — and,
+/// beside them, for each kernel line of `vm_kernels`, in a qemu guest (the guests side by
+/// side, at the lowest CPU priority).
 pub(crate) fn run(
     tools: &Tools,
     filter: Option<String>,
@@ -113,7 +114,17 @@ pub(crate) fn run(
     if let Some(f) = filter {
         integration.arg(f);
     }
-    phase("integration tests", || {
+    // The guests boot now and run beside the host's tests, at the lowest priority
+    // (SCHED_IDLE): the host's end-to-end tests mostly wait for syncs (about an eighth of the
+    // two cores over the phase), so the guests take what they leave, and a host test that
+    // wants a core gets it at once (at the same priority, two TCG guests took both cores and
+    // a lab's sync missed its 2.5 s settle).
+    let guests = if vm_kernels.is_empty() {
+        None
+    } else {
+        Some(phase("vm start", || vm::start(tools, vm_kernels, vm::SMP))?)
+    };
+    let host = phase("integration tests", || {
         exec(
             integration.env(
                 "BWMON_BIN",
@@ -123,11 +134,9 @@ pub(crate) fn run(
                     .join("bwmon"),
             ),
         )
-    })?;
-    if vm_kernels.is_empty() {
-        return Ok(());
-    }
-    // After the host's tests, not beside them: two TCG guests take both cores, and a lab
-    // whose sync is starved misses its intervals (seen: a 2.5 s settle that saw no sync).
-    phase("vm tests", || vm::run(tools, vm_kernels, vm::SMP))
+    });
+    // The guests are waited for (and their results printed) whatever the host's tests did.
+    let guests = guests.map(|g| phase("vm tests", || g.finish()));
+    host?;
+    guests.transpose().map(|_| ())
 }

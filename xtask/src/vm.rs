@@ -51,53 +51,95 @@ const KERNELS: [Kernel; 2] = [
     },
 ];
 
-/// The integration tests that depend on the kernel, each with a name filter ("" = all):
-/// counting vs HTB's Sent with the exempt split and drops, the takeover from the older layout
-/// (datapath), per-uid counts, the attachment, its replacement, a re-created interface and
-/// teardown (counters), a restart that keeps its counts (restart), counter slots given, kept
-/// and zeroed before reuse (slots), the maps' kernel memory (memory), a lowered ceiling held
-/// (htb), shares that divide a contended cap (shares: 1 : 3 and 1 : 1 : 2, the other share tests
-/// run on the host; with `BWMON_SLOW=1` its runs are longer under emulation; on the oldest
-/// kernel only, see [`OLDEST_ONLY`]), cgroup slices: the socket's cgroup read by the
-/// classifier, a pattern's cgroups, forwarded traffic, the unit's sandbox (cgroups).
-const CHECKS: &[(&str, &str)] = &[
-    ("datapath", ""),
-    ("counters", ""),
-    ("restart", ""),
-    ("slots", ""),
-    ("memory", ""),
-    (
+/// Which kernel lines run a check.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum On {
+    /// Every line: the check exercises what differs between kernels (the programs' loads,
+    /// their attachment, the helpers and hooks they use).
+    Every,
+    /// The oldest line only.
+    Oldest,
+    /// The newest line only.
+    Newest,
+}
+
+/// One check: a test binary, a name filter ("" = all its tests) and the lines it runs on.
+struct Check {
+    test: &'static str,
+    filter: &'static str,
+    on: On,
+}
+
+/// Where a guest's kernel stands among the lines one run boots, oldest first.
+#[derive(Clone, Copy)]
+struct Place {
+    first: bool,
+    last: bool,
+}
+
+const fn check(test: &'static str, filter: &'static str, on: On) -> Check {
+    Check { test, filter, on }
+}
+
+/// The end-to-end checks in the guests. On every line: counting vs HTB's Sent with the exempt
+/// split and drops, the takeover from the older layout (datapath), per-uid counts, the
+/// attachment, its replacement, a re-created interface and teardown (counters), a restart that
+/// keeps its counts (restart), counter slots given, kept and zeroed before reuse (slots), the
+/// maps' kernel memory (memory), a lowered ceiling held (htb); cgroup slices charged through
+/// the socket's cgroup and its ancestors, their downloads held, forwarded traffic not theirs;
+/// downloads counted by uid and by source prefix, kept over kill -9 and a reboot, torn down
+/// (clsact on 6.1, TCX on 6.12), attached under the unit's capabilities.
+///
+/// On one line only, the checks of what is the same code on every kernel (the agent's, or
+/// HTB's round robin, which the host's kernel runs too) but wants Debian's own layout (pure
+/// cgroup v2) or is slow under emulation, split between the lines so the two guests, which run
+/// at once and share the host's cores, end together: shares (1 : 3 and 1 : 1 : 2, longer runs
+/// under `BWMON_SLOW=1`) and the policed download rate on the oldest; a pattern's cgroups, a
+/// cgroup slice's restart, threshold, tenant answer, `check` text, history and the unit's
+/// sandbox on the newest.
+const CHECKS: &[Check] = &[
+    check("datapath", "", On::Every),
+    check("counters", "", On::Every),
+    check("restart", "", On::Every),
+    check("slots", "", On::Every),
+    check("memory", "", On::Every),
+    check(
         "htb",
         "a_lowered_slice_is_held_to_its_ceiling_and_others_are_not",
+        On::Every,
     ),
-    (
+    check(
         "shares",
         "--exact shares_one_to_three_split_a_saturated_cap_one_to_three shares_one_one_two_give_a_quarter_a_quarter_and_a_half",
+        On::Oldest,
     ),
-    ("cgroups", ""),
-    // Downloads: counted per uid and per source prefix, byte-exact; kept over kill -9 and a
-    // reboot, teardown (clsact on 6.1, TCX on 6.12); under the unit's sandbox; policed (a
-    // rate check: on the oldest line only).
-    ("ingress", "downloads_per_uid"),
-    ("ingress", "a_source_prefix"),
-    ("ingress", "received_bytes_survive"),
-    ("ingress", "the_ingress_counter_attaches"),
-    ("ingress", "a_limited_slices_downloads"),
+    check(
+        "cgroups",
+        "a_process_in_a_tenant_cgroup_and_below_it",
+        On::Every,
+    ),
+    check("cgroups", "a_capped_cgroup_slice_is_held", On::Every),
+    check("cgroups", "traffic_forwarded_from_a_container", On::Every),
+    check("cgroups", "a_cgroup_slice_over_its_threshold", On::Newest),
+    check("cgroups", "a_patterns_new_cgroup", On::Newest),
+    check("cgroups", "a_restart_and_a_reboot", On::Newest),
+    check("cgroups", "a_tenant_in_a_cgroup", On::Newest),
+    check("cgroups", "check_says_where_the_hierarchy_is", On::Newest),
+    check("cgroups", "under_the_units_sandbox", On::Newest),
+    check("cgroups", "a_cgroup_slices_history", On::Newest),
+    check("ingress", "downloads_per_uid", On::Every),
+    check("ingress", "a_source_prefix", On::Every),
+    check("ingress", "received_bytes_survive", On::Every),
+    check("ingress", "the_ingress_counter_attaches", On::Every),
+    check("ingress", "a_limited_slices_downloads", On::Oldest),
 ];
-
-/// Checks run on the oldest kernel line only: HTB's round robin is the same code on every
-/// line (and the host's kernel runs them too), and they are the slowest checks — the guests
-/// run at once and share the host's cores.
-const OLDEST_ONLY: &[&str] = &["shares"];
-/// Of the checks above, the filters run on the oldest line only (rates under emulation).
-const OLDEST_ONLY_FILTERS: &[&str] = &["a_limited_slices_downloads"];
 
 /// The guest's virtual CPUs for the checks above.
 pub(crate) const SMP: u32 = 2;
 
 /// The checks on a guest with more CPUs than [`SMP`]: a load, a short lab check and the maps'
 /// kernel memory, which grows with the CPUs.
-const CHECKS_MANY_CPUS: &[(&str, &str)] = &[("memory", "")];
+const CHECKS_MANY_CPUS: &[Check] = &[check("memory", "", On::Every)];
 
 /// Debian packages the guest needs on the host: busybox for the initramfs, the module tools,
 /// qemu's libraries and firmware.
@@ -171,14 +213,18 @@ pub(crate) fn start(tools: &Tools, lines: &[&str], smp: u32) -> anyhow::Result<G
     let binaries = test_binaries(&build::ebpf_object())?;
     let bwmon = workspace::root().join("target/debug/bwmon");
     let mut guests = Guests(Vec::new());
-    for line in lines {
+    for (i, line) in lines.iter().enumerate() {
+        let place = Place {
+            first: i == 0,
+            last: i + 1 == lines.len(),
+        };
         let kernel = KERNELS
             .iter()
             .find(|k| k.line == *line)
             .context("unknown kernel line")?;
         let k = fetch_kernel(&vm, kernel)?;
         let checks = if smp > SMP { CHECKS_MANY_CPUS } else { CHECKS };
-        let script = write_run_script(&vm, &k, kernel, checks, &binaries, &bwmon)?;
+        let script = write_run_script(&vm, &k, kernel, place, checks, &binaries, &bwmon)?;
         let initrd = make_initrd(&vm, &k, &script)?;
         guests.0.push(Guest::start(&qemu, k, &initrd, smp)?);
     }
@@ -488,7 +534,8 @@ fn write_run_script(
     vm: &Path,
     k: &KernelDir,
     kernel: &Kernel,
-    checks: &[(&str, &str)],
+    place: Place,
+    checks: &[Check],
     binaries: &BTreeMap<String, PathBuf>,
     bwmon: &Path,
 ) -> anyhow::Result<PathBuf> {
@@ -502,24 +549,33 @@ fn write_run_script(
     s.push_str("export BWMON_SLOW=1\n");
     s.push_str("ip link set lo up\nuname -r\nfailed=0\n");
     let skip = if kernel.tcx { "" } else { "--skip tcx" };
-    let oldest = KERNELS[0].line == kernel.line;
+    // Of the lines this run boots (oldest first): a guest alone runs every check.
+    let runs_here = |on: On| match on {
+        On::Every => true,
+        On::Oldest => place.first,
+        On::Newest => place.last,
+    };
     // `BWMON_VM_ONLY=cgroups,htb`: only those checks (while working on one of them).
     let only = std::env::var("BWMON_VM_ONLY").ok();
     let wanted = |name: &str| {
         only.as_deref()
             .is_none_or(|o| o.split(',').any(|n| n == name))
     };
-    for (name, filter) in checks {
-        if ((OLDEST_ONLY.contains(name) || OLDEST_ONLY_FILTERS.contains(filter)) && !oldest)
-            || !wanted(name)
-        {
+    for Check {
+        test: name,
+        filter,
+        on,
+    } in checks
+    {
+        if !runs_here(*on) || !wanted(name) {
             continue;
         }
         let exe = binaries
             .get(*name)
             .with_context(|| format!("no test binary {name}"))?;
+        // Each check's seconds in the summary: what the guest's minutes go to.
         s.push_str(&format!(
-            "echo \"VMTEST running {name}\"\n{} --test-threads=1 --color never --nocapture {skip} {filter} 2>&1 || failed=1\n",
+            "echo \"VMTEST running {name} {filter}\"\nt=$(date +%s)\n{} --test-threads=1 --color never --nocapture {skip} {filter} 2>&1 || failed=1\necho \"VMTEST took $(( $(date +%s) - t )) s: {name} {filter}\"\n",
             exe.display()
         ));
     }
@@ -567,7 +623,10 @@ impl Guest {
             Ok("kvm") => "kvm",
             _ => "tcg,thread=multi",
         };
-        let mut cmd = Command::new(&qemu.binary);
+        // SCHED_IDLE (util-linux's chrt): the guests run beside the host's end-to-end tests
+        // and take only the CPU those leave.
+        let mut cmd = Command::new("chrt");
+        cmd.args(["--idle", "0"]).arg(&qemu.binary);
         cmd.env("QEMU_MODULE_DIR", &qemu.modules);
         for dir in &qemu.firmware {
             cmd.arg("-L").arg(dir);
