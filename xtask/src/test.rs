@@ -67,9 +67,8 @@ fn dashboard_queries_as_rules(etc: &std::path::Path) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// fmt, clippy, unit tests, the Prometheus files, then the end-to-end tests on the host — and,
-/// beside them, for each kernel line of `vm_kernels`, in a qemu guest (the guests side by
-/// side, at the lowest CPU priority).
+/// fmt, clippy, unit tests, the Prometheus files, then the end-to-end tests on the host — and
+/// then, for each kernel line of `vm_kernels`, in a qemu guest (the guests side by side).
 pub(crate) fn run(
     tools: &Tools,
     filter: Option<String>,
@@ -114,17 +113,7 @@ pub(crate) fn run(
     if let Some(f) = filter {
         integration.arg(f);
     }
-    // The guests boot now and run beside the host's tests, at the lowest priority
-    // (SCHED_IDLE): the host's end-to-end tests mostly wait for syncs (about an eighth of the
-    // two cores over the phase), so the guests take what they leave, and a host test that
-    // wants a core gets it at once (at the same priority, two TCG guests took both cores and
-    // a lab's sync missed its 2.5 s settle).
-    let guests = if vm_kernels.is_empty() {
-        None
-    } else {
-        Some(phase("vm start", || vm::start(tools, vm_kernels, vm::SMP))?)
-    };
-    let host = phase("integration tests", || {
+    phase("integration tests", || {
         exec(
             integration.env(
                 "BWMON_BIN",
@@ -134,9 +123,12 @@ pub(crate) fn run(
                     .join("bwmon"),
             ),
         )
-    });
-    // The guests are waited for (and their results printed) whatever the host's tests did.
-    let guests = guests.map(|g| phase("vm tests", || g.finish()));
-    host?;
-    guests.transpose().map(|_| ())
+    })?;
+    if vm_kernels.is_empty() {
+        return Ok(());
+    }
+    // After the host's tests, not beside them: the host's tests use about an eighth of the two
+    // cores, but the guests even at SCHED_IDLE disturbed them (two tries: a lab's sync missed
+    // its 2.5 s settle; a TCP sender was charged 7.8 % over its payload, retransmissions).
+    phase("vm tests", || vm::run(tools, vm_kernels, vm::SMP))
 }

@@ -196,12 +196,11 @@ pub(crate) fn run(tools: &Tools, lines: &[&str], smp: u32) -> anyhow::Result<()>
 }
 
 /// The guests booted by [`start`], running their checks.
-pub(crate) struct Guests(Vec<Guest>);
+struct Guests(Vec<Guest>);
 
 /// Boots a guest for each kernel of `lines` (`smp` CPUs each) that runs its checks and powers
-/// off; [`Guests::finish`] waits for them. The caller may do other work meanwhile: the host's
-/// end-to-end tests, say (the guests only read the host's files).
-pub(crate) fn start(tools: &Tools, lines: &[&str], smp: u32) -> anyhow::Result<Guests> {
+/// off; [`Guests::finish`] waits for them.
+fn start(tools: &Tools, lines: &[&str], smp: u32) -> anyhow::Result<Guests> {
     if !workspace::is_root() {
         bail!("the VM tests install packages and use the host's bpffs tools: run as root");
     }
@@ -234,7 +233,7 @@ pub(crate) fn start(tools: &Tools, lines: &[&str], smp: u32) -> anyhow::Result<G
 impl Guests {
     /// Waits for every guest; fails when any check failed on any kernel (each failed guest's
     /// console log is printed).
-    pub(crate) fn finish(self) -> anyhow::Result<()> {
+    fn finish(self) -> anyhow::Result<()> {
         let mut failed = Vec::new();
         for guest in self.0 {
             let (version, took, code, log) = guest.finish()?;
@@ -623,8 +622,8 @@ impl Guest {
             Ok("kvm") => "kvm",
             _ => "tcg,thread=multi",
         };
-        // SCHED_IDLE (util-linux's chrt): the guests run beside the host's end-to-end tests
-        // and take only the CPU those leave.
+        // SCHED_IDLE (util-linux's chrt): a guest takes only the CPU that other work on the
+        // machine leaves (a developer's build beside `cargo xtask vm-test`).
         let mut cmd = Command::new("chrt");
         cmd.args(["--idle", "0"]).arg(&qemu.binary);
         cmd.env("QEMU_MODULE_DIR", &qemu.modules);
