@@ -112,3 +112,13 @@ impl Drop for BpfStats {
         }
     }
 }
+
+/// A program's runs between two readings of its statistics, and its mean nanoseconds per run.
+pub fn per_packet(
+    before: bwmon_agent::datapath::ProgramStats,
+    after: bwmon_agent::datapath::ProgramStats,
+) -> (u64, f64) {
+    let runs = after.run_count - before.run_count;
+    let ns = (after.run_time - before.run_time).as_nanos() as f64;
+    (runs, ns / runs.max(1) as f64)
+}

@@ -4,7 +4,7 @@
 
 use std::{
     ffi::CString,
-    io::{Read, Write},
+    io::Write,
     net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
     os::fd::AsRawFd,
     path::{Path, PathBuf},
@@ -201,18 +201,9 @@ pub fn send_udp_in(
 /// Sends `bytes` over one TCP connection to `dst` from a process in the cgroup at `dir` (as
 /// `uid`, when given), and waits for the peer's close.
 pub fn send_tcp_in(dir: &Path, uid: Option<u32>, dst: SocketAddr, bytes: u64) {
-    let buf = vec![0xa5u8; 1 << 16];
     fork_in(dir, uid, None, true, || {
         let mut s = TcpStream::connect_timeout(&dst, Duration::from_secs(5)).unwrap();
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(buf.len() as u64) as usize;
-            s.write_all(&buf[..n]).unwrap();
-            left -= n as u64;
-        }
-        s.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut sink = [0u8; 16];
-        let _ = s.read(&mut sink);
+        crate::traffic::write_then_close(&mut s, bytes);
     });
 }
 

@@ -223,15 +223,7 @@ pub fn iperf3_udp_download_pps_as(
         secs,
         &["-R", "-u", "-b", "0", "-l", &length],
     );
-    let sum = &v["end"]["sum"];
-    let (Some(packets), Some(lost), Some(seconds)) = (
-        sum["packets"].as_f64(),
-        sum["lost_packets"].as_f64(),
-        sum["seconds"].as_f64(),
-    ) else {
-        panic!("iperf3 reported no UDP counts: {v}");
-    };
-    (packets - lost) / seconds.max(1e-9)
+    udp_pps(&v)
 }
 
 /// Sends `payload`-byte UDP datagrams as fast as iperf3 can as `uid` for `secs` seconds;
@@ -239,15 +231,7 @@ pub fn iperf3_udp_download_pps_as(
 pub fn iperf3_udp_pps_as(uid: u32, dst: IpAddr, port: u16, secs: u32, payload: usize) -> f64 {
     let length = payload.to_string();
     let v = iperf3_client(uid, dst, port, secs, &["-u", "-b", "0", "-l", &length]);
-    let sum = &v["end"]["sum"];
-    let (Some(packets), Some(lost), Some(seconds)) = (
-        sum["packets"].as_f64(),
-        sum["lost_packets"].as_f64(),
-        sum["seconds"].as_f64(),
-    ) else {
-        panic!("iperf3 reported no UDP counts: {v}");
-    };
-    (packets - lost) / seconds.max(1e-9)
+    udp_pps(&v)
 }
 
 fn iperf3_client(uid: u32, dst: IpAddr, port: u16, secs: u32, extra: &[&str]) -> serde_json::Value {
@@ -279,4 +263,17 @@ fn iperf3_client(uid: u32, dst: IpAddr, port: u16, secs: u32, extra: &[&str]) ->
             String::from_utf8_lossy(&out.stderr)
         )
     })
+}
+
+/// The datagrams per second an iperf3 UDP run's receiver got, from its JSON report.
+fn udp_pps(v: &serde_json::Value) -> f64 {
+    let sum = &v["end"]["sum"];
+    let (Some(packets), Some(lost), Some(seconds)) = (
+        sum["packets"].as_f64(),
+        sum["lost_packets"].as_f64(),
+        sum["seconds"].as_f64(),
+    ) else {
+        panic!("iperf3 reported no UDP counts: {v}");
+    };
+    (packets - lost) / seconds.max(1e-9)
 }

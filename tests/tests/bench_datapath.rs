@@ -14,19 +14,13 @@ use bwmon_agent::datapath::{Datapath, ProgramStats};
 use bwmon_common::{ClassIds, tc_handle};
 use bwmon_tests::{
     Lab, TestCgroups,
-    bench::{BpfStats, Row, record},
+    bench::{BpfStats, Row, per_packet, record},
     send_udp_as, send_udp_in,
 };
 use ipnet::IpNet;
 
 const PACKETS: u32 = 200_000;
 const UID: u32 = 4501;
-
-fn per_packet(before: ProgramStats, after: ProgramStats) -> (u64, f64) {
-    let runs = after.run_count - before.run_count;
-    let ns = (after.run_time - before.run_time).as_nanos() as f64;
-    (runs, ns / runs.max(1) as f64)
-}
 
 /// The empty program, attached to the lab's interface until dropped.
 struct Floor(Ebpf);

@@ -4,21 +4,15 @@
 
 use std::net::SocketAddr;
 
-use bwmon_agent::datapath::{Datapath, ProgramStats};
+use bwmon_agent::datapath::Datapath;
 use bwmon_tests::{
     Lab,
-    bench::{BpfStats, Row, median_spread, record, spread_text},
+    bench::{BpfStats, Row, median_spread, per_packet, record, spread_text},
     iperf3_download_as, iperf3_udp_download_pps_as, udp_drain, udp_socket_as,
 };
 
 const UID: u32 = 4601;
 const ROUNDS: usize = 5;
-
-fn per_packet(before: ProgramStats, after: ProgramStats) -> (u64, f64) {
-    let runs = after.run_count - before.run_count;
-    let ns = (after.run_time - before.run_time).as_nanos() as f64;
-    (runs, ns / runs.max(1) as f64)
-}
 
 #[test]
 #[ignore = "benchmark: cargo xtask bench"]
