@@ -8,7 +8,7 @@ use std::{
 
 use bwmon_tests::{
     Daemon, Lab, TestCgroups, bwmon_bin_for_tenants, cmd, median, output_in, poll, rates,
-    send_tcp_in, send_udp_as, send_udp_in, sender_in, u,
+    send_tcp_in, send_udp_as, send_udp_in, sender_in, tcp_wire_at_most, u,
 };
 
 const ALICE: u32 = 4901;
@@ -101,7 +101,7 @@ fn a_process_in_a_tenant_cgroup_and_below_it_is_charged_to_the_slice_exactly() {
     assert_eq!(added_exempt, 50 * we, "exempt: every datagram, exactly");
     assert!(added >= 200 * w1 + 100 * w2 + (4 << 20), "{after}");
     assert!(
-        added <= 200 * w1 + 100 * w2 + (4 << 20) * 105 / 100,
+        added <= 200 * w1 + 100 * w2 + tcp_wire_at_most(4 << 20),
         "{after}"
     );
     let alice = d.slice("alice").unwrap();
