@@ -1,6 +1,8 @@
 //! `cargo xtask test`: formatting, lints, unit tests, then the integration tests in network
 //! namespaces (root only: they refuse to run otherwise rather than skip).
 
+use std::{fs, path::Path};
+
 use anyhow::{Context as _, bail};
 
 use crate::{
@@ -9,6 +11,16 @@ use crate::{
     vm,
     workspace::{self, exec, phase},
 };
+
+/// The end-to-end test binaries that run beside the others, in a second stream: they measure
+/// no rate and no short timing window (exact counts, files, sockets, mail, hooks, the
+/// package), so the share of the two cores the others leave them is enough, and their own
+/// light work (a daemon's syncs, a few datagrams) moves no rate the others measure. The rest
+/// run one at a time: they measure rates on a 2-core machine.
+const BESIDE: &[&str] = &[
+    "budget", "history", "notices", "webhook", "service", "package", "operate", "restart", "slots",
+    "memory", "schemas", "packets",
+];
 
 /// The user-space crates whose unit tests run without privileges.
 const UNIT_PACKAGES: &[&str] = &["bwmon-common", "bwmon-agent", "xtask"];
@@ -105,25 +117,7 @@ pub(crate) fn run(
         );
     }
     phase("build", || build::all(tools, Profile::Debug))?;
-    let mut integration = build::host_cargo(&object);
-    integration
-        .args(["test", "--package", "tests", "--"])
-        // One at a time: they measure rates on a 2-core machine.
-        .arg("--test-threads=1");
-    if let Some(f) = filter {
-        integration.arg(f);
-    }
-    phase("integration tests", || {
-        exec(
-            integration.env(
-                "BWMON_BIN",
-                workspace::root()
-                    .join("target")
-                    .join(Profile::Debug.dir())
-                    .join("bwmon"),
-            ),
-        )
-    })?;
+    phase("integration tests", || integration(&object, filter))?;
     if vm_kernels.is_empty() {
         return Ok(());
     }
@@ -131,4 +125,114 @@ pub(crate) fn run(
     // cores, but the guests even at SCHED_IDLE disturbed them (two tries: a lab's sync missed
     // its 2.5 s settle; a TCP sender was charged 7.8 % over its payload, retransmissions).
     phase("vm tests", || vm::run(tools, vm_kernels, vm::SMP))
+}
+
+/// The end-to-end tests: those of [`BESIDE`] in a second stream beside the others (its output
+/// printed whole when both are done), or, with a name `filter`, every binary's tests that match
+/// it in one stream.
+fn integration(object: &Path, filter: Option<String>) -> anyhow::Result<()> {
+    let bin = workspace::root()
+        .join("target")
+        .join(Profile::Debug.dir())
+        .join("bwmon");
+    let tests = |targets: &[String]| {
+        let mut cmd = build::host_cargo(object);
+        cmd.args(["test", "--package", "tests"]);
+        for t in targets {
+            cmd.args(["--test", t]);
+        }
+        // One at a time within a stream.
+        cmd.args(["--", "--test-threads=1"]).env("BWMON_BIN", &bin);
+        cmd
+    };
+    if let Some(f) = filter {
+        return exec(tests(&[]).arg(f));
+    }
+    // Built first, so that neither stream waits on the other for cargo's lock.
+    exec(build::host_cargo(object).args(["test", "--package", "tests", "--no-run"]))?;
+    let (beside, alone) = streams(&test_targets()?)?;
+    let log_path = workspace::root().join("target").join("xtask-beside.log");
+    let log =
+        fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let mut second = tests(&beside);
+    second
+        .stdout(log.try_clone().context("the log of the tests beside")?)
+        .stderr(log);
+    eprintln!(
+        "xtask: $ {} (beside, output below when done)",
+        workspace::describe(&second)
+    );
+    let mut child = second
+        .spawn()
+        .with_context(|| format!("starting `{}`", workspace::describe(&second)))?;
+    let mut first = tests(&alone);
+    first.arg("--lib");
+    let first_result = exec(&mut first);
+    let status = child.wait().context("waiting for the tests beside")?;
+    let out =
+        fs::read_to_string(&log_path).with_context(|| format!("reading {}", log_path.display()))?;
+    eprintln!("xtask: the tests that ran beside ({}):", beside.join(", "));
+    print!("{out}");
+    first_result?;
+    if !status.success() {
+        bail!("the tests that ran beside failed ({status})");
+    }
+    Ok(())
+}
+
+/// The end-to-end test binaries: `tests/tests/*.rs`, by name.
+fn test_targets() -> anyhow::Result<Vec<String>> {
+    let dir = workspace::root().join("tests").join("tests");
+    let mut names = Vec::new();
+    for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+        let path = entry
+            .with_context(|| format!("listing {}", dir.display()))?
+            .path();
+        if path.extension().is_some_and(|e| e == "rs")
+            && let Some(stem) = path.file_stem()
+        {
+            names.push(stem.to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// `targets` split into those of [`BESIDE`] and the others; a name of [`BESIDE`] that is no
+/// test binary is an error (a renamed file would otherwise leave the second stream quietly).
+fn streams(targets: &[String]) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    if let Some(gone) = BESIDE.iter().find(|b| !targets.iter().any(|t| t == *b)) {
+        bail!(
+            "xtask/src/test.rs names the test binary `{gone}` beside the others, but tests/tests/{gone}.rs does not exist"
+        );
+    }
+    Ok(targets
+        .iter()
+        .cloned()
+        .partition(|t| BESIDE.contains(&t.as_str())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_binary_runs_in_one_stream_and_the_ones_beside_exist() {
+        let all = test_targets().unwrap();
+        let (beside, alone) = streams(&all).unwrap();
+        assert_eq!(beside.len(), BESIDE.len());
+        assert!(alone.iter().any(|t| t == "shares"), "{alone:?}");
+        let mut both: Vec<String> = beside.into_iter().chain(alone).collect();
+        both.sort();
+        assert_eq!(both, all);
+    }
+
+    #[test]
+    fn a_name_beside_that_is_no_binary_is_refused() {
+        let err = streams(&["shares".to_owned()]).unwrap_err().to_string();
+        assert!(
+            err.contains("tests/tests/budget.rs does not exist"),
+            "{err}"
+        );
+    }
 }
