@@ -1,16 +1,20 @@
 //! bwmon's agent: per-slice traffic accounting and bandwidth budgets on a shared Linux host.
 //!
-//! The wings, from the ground up (a wing imports only from wings below it):
+//! The wings, from the ground up (a wing imports only from wings below it; `farm-studio look
+//! bwmon-agent/src` draws them, with no arrow running back up and no circle):
 //!
-//! - `units`, `class`, `time`, `paths`, `error_kind`, `interface`: the vocabulary — sizes and
-//!   rates as types, general/exempt pairs, seconds and calendars, where files live.
-//! - `policy`: the budget arithmetic (pure), the operator's levers, the rspec attributes.
-//! - `config`: what the operator wrote — `bwmon.toml` through one key table, the slices file.
-//! - `datapath` (the eBPF programs, their maps and pins), `htb` (the tree over netlink),
-//!   `state` (what survives a restart, written atomically).
+//! - `units`, `class`, `time`, `error_kind`, `interface`, `cgroup`: the vocabulary — sizes and
+//!   rates as types, general/exempt pairs, seconds and calendars, interfaces, cgroup v2 paths,
+//!   the hierarchy and its scan; `paths`: where files live.
+//! - `htb` (the tree over netlink), `policy` (the budget arithmetic, pure; the operator's
+//!   levers, the rspec attributes, shares of a cap, which use `htb`'s quanta).
+//! - `state`: what survives a restart, written atomically.
 //! - `serve`: the documents bwmon shows (status, slice view) and the sockets and endpoint
 //!   that serve them.
-//! - `history`, `notify`: what is kept of finished periods, and what is told to tenants.
+//! - `config`: what the operator wrote — `bwmon.toml` through one key table, the slices file —
+//!   read into the types of the wings that use it (`htb`'s tree, `serve`'s access and limits).
+//! - `datapath` (the eBPF programs, their maps and pins), `history` (what is kept of finished
+//!   periods), `notify` (what is told to tenants).
 //! - `sync`: one sync — observe, plan (pure), act; the one place that wires the kernel, the
 //!   tree, the state and the policy together.
 //! - `daemon`: `bwmon run`, the async edges around the sync thread; `cli`: one function per

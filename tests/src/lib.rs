@@ -21,6 +21,7 @@ pub mod older;
 mod poll;
 pub mod schema;
 mod smtp;
+pub mod syscalls;
 mod tc;
 mod traffic;
 mod webhook;

@@ -8,7 +8,7 @@ use std::{
 
 use bwmon_tests::{
     Daemon, Lab, TestCgroups, bwmon_bin_for_tenants, cmd, median, output_in, poll, rates,
-    send_tcp_in, send_udp_as, send_udp_in, sender_in, tcp_wire_at_most, u,
+    send_tcp_in, send_udp_as, send_udp_in, sender_in, syscalls, tcp_wire_at_most, u,
 };
 
 const ALICE: u32 = 4901;
@@ -536,13 +536,14 @@ fn unit_creds(gid: Option<u32>) -> Vec<String> {
 /// What the shipped unit's sandbox does that cgroup slices meet, for a daemon started under
 /// it without systemd: its own mount namespace where `/proc` hides other users' processes
 /// (`ProtectProc=invisible`) and the v2 hierarchy is read-only (`ProtectControlGroups=yes`),
-/// with the unit's credentials ([`unit_creds`]).
-fn sandboxed(d: &mut Daemon, gid: Option<u32>) {
+/// with the unit's credentials ([`unit_creds`]), its system calls written to `syscalls`.
+fn sandboxed(d: &mut Daemon, gid: Option<u32>, syscalls: &std::path::Path) {
     let root = bwmon_tests::cgroup2_root();
     let root = root.display();
     let script = format!(
-        "mount -t proc -o hidepid=invisible proc /proc && mount --bind {root} {root} && mount -o remount,bind,ro {root} && exec setpriv {} \"$@\"",
-        unit_creds(gid).join(" ")
+        "mount -t proc -o hidepid=invisible proc /proc && mount --bind {root} {root} && mount -o remount,bind,ro {root} && exec setpriv {} {} \"$@\"",
+        unit_creds(gid).join(" "),
+        syscalls::strace_args(syscalls).join(" ")
     );
     d.wrapper = [
         "unshare",
@@ -613,7 +614,8 @@ fn under_the_units_sandbox_cgroup_slices_are_charged_and_tenants_found() {
     // processes (hidepid exempts its gid= group, root's by default: the unit's root-group
     // daemon reads them; asserted below) and the tenant is found through cgroup.procs.
     const NOGROUP: u32 = 65534;
-    sandboxed(&mut d, Some(NOGROUP));
+    let syscalls_log = d.dir.join("syscalls");
+    sandboxed(&mut d, Some(NOGROUP), &syscalls_log);
     d.restart();
     assert!(
         !proc_shows_alice(&d, Some(NOGROUP)),
@@ -644,6 +646,25 @@ fn under_the_units_sandbox_cgroup_slices_are_charged_and_tenants_found() {
     assert_eq!(
         doc["slices"][0]["name"], "ci",
         "found through cgroup.procs: {doc}"
+    );
+    // Every system call it made, from its start (the programs' load and attachment, the
+    // hierarchy's scan) to its stop, is one the unit's SystemCallFilter= allows
+    // (under the unit, any other fails with EPERM).
+    assert!(d.stop(libc::SIGTERM).success());
+    let made = syscalls::traced(&syscalls_log);
+    assert!(
+        made.contains("bpf") && made.contains("getdents64"),
+        "{made:?}"
+    );
+    let allowed = syscalls::unit_allows(&syscalls::unit_file());
+    let refused: Vec<&String> = made.difference(&allowed).collect();
+    println!(
+        "the daemon made {} distinct system calls: {made:?}",
+        made.len()
+    );
+    assert!(
+        refused.is_empty(),
+        "outside the unit's SystemCallFilter=: {refused:?}"
     );
 }
 

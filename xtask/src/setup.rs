@@ -53,6 +53,10 @@ const PACKAGES: &[Package] = &[
         why: "`systemd-analyze verify` checks bwmon's unit file in the tests",
     },
     Package {
+        name: "strace",
+        why: "the system calls a daemon under the unit's sandbox makes, held against its SystemCallFilter=",
+    },
+    Package {
         name: "util-linux",
         why: "`setpriv`: the demo sends traffic as tenant uids; `unshare`: the package test's root",
     },

@@ -135,9 +135,13 @@ fn integration(object: &Path, filter: Option<String>) -> anyhow::Result<()> {
         .join("target")
         .join(Profile::Debug.dir())
         .join("bwmon");
-    let tests = |targets: &[String]| {
+    // `targets` by name (with the harness's own unit tests when `lib`), or all of them.
+    let tests = |targets: &[String], lib: bool| {
         let mut cmd = build::host_cargo(object);
         cmd.args(["test", "--package", "tests"]);
+        if lib {
+            cmd.arg("--lib");
+        }
         for t in targets {
             cmd.args(["--test", t]);
         }
@@ -146,7 +150,7 @@ fn integration(object: &Path, filter: Option<String>) -> anyhow::Result<()> {
         cmd
     };
     if let Some(f) = filter {
-        return exec(tests(&[]).arg(f));
+        return exec(tests(&[], false).arg(f));
     }
     // Built first, so that neither stream waits on the other for cargo's lock.
     exec(build::host_cargo(object).args(["test", "--package", "tests", "--no-run"]))?;
@@ -154,7 +158,7 @@ fn integration(object: &Path, filter: Option<String>) -> anyhow::Result<()> {
     let log_path = workspace::root().join("target").join("xtask-beside.log");
     let log =
         fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-    let mut second = tests(&beside);
+    let mut second = tests(&beside, false);
     second
         .stdout(log.try_clone().context("the log of the tests beside")?)
         .stderr(log);
@@ -165,9 +169,7 @@ fn integration(object: &Path, filter: Option<String>) -> anyhow::Result<()> {
     let mut child = second
         .spawn()
         .with_context(|| format!("starting `{}`", workspace::describe(&second)))?;
-    let mut first = tests(&alone);
-    first.arg("--lib");
-    let first_result = exec(&mut first);
+    let first_result = exec(&mut tests(&alone, true));
     let status = child.wait().context("waiting for the tests beside")?;
     let out =
         fs::read_to_string(&log_path).with_context(|| format!("reading {}", log_path.display()))?;

@@ -11,7 +11,7 @@ pub(crate) mod slices;
 
 mod draft;
 mod mail;
-mod patterns;
+pub(crate) mod patterns;
 mod read;
 mod webhook;
 

@@ -3,8 +3,18 @@
 
 use toml_edit::Table;
 
-use super::{problems::Collector, read::attributes, slices::PatternSpec};
+use super::{problems::Collector, read::attributes};
 use crate::{cgroup::Pattern, policy::rspec::Attributes};
+
+/// A `[[cgroups]]` table: every cgroup its pattern matches is a slice with its attributes,
+/// named after the cgroup (its last component).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PatternSpec {
+    /// The pattern.
+    pub(crate) pattern: Pattern,
+    /// Attributes of every slice it makes.
+    pub(crate) attrs: Attributes,
+}
 
 /// A `[[cgroups]]` table's keys that are not attributes.
 const PATTERN_KEYS: [&str; 1] = ["pattern"];

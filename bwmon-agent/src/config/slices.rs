@@ -33,8 +33,9 @@ use ipnet::IpNet;
 use toml_edit::Table;
 
 use crate::{
-    cgroup::{CgroupPath, Pattern, path::assign_xids},
+    cgroup::{CgroupPath, path::assign_xids},
     config::{
+        patterns::{PatternSpec, read_patterns},
         problems::{Collector, FileErrors, parse_document},
         read::{Field, attributes},
     },
@@ -61,16 +62,6 @@ pub(crate) struct SliceSpec {
     pub(crate) attrs: Attributes,
     /// Its cgroup (v2): packets of sockets in it or below it are its own.
     pub(crate) cgroup: Option<CgroupPath>,
-}
-
-/// A `[[cgroups]]` table: every cgroup its pattern matches is a slice with its attributes,
-/// named after the cgroup (its last component).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct PatternSpec {
-    /// The pattern.
-    pub(crate) pattern: Pattern,
-    /// Attributes of every slice it makes.
-    pub(crate) attrs: Attributes,
 }
 
 /// Whether `name` can be a slice name: 1 to 64 of letters, digits, `_`, `.`, `-`, starting
@@ -154,7 +145,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Parsed, FileErrors> {
             "unknown key; the file holds [[slice]] and [[cgroups]] tables",
         );
     }
-    let patterns = super::patterns::read_patterns(&mut c, root);
+    let patterns = read_patterns(&mut c, root);
     let mut slices = Vec::new();
     let mut warnings = Vec::new();
     let mut broken = Vec::new();

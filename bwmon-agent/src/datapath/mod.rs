@@ -48,7 +48,7 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{BtfTracePoint, SchedClassifier},
 };
-use bwmon_common::{COUNTER_SLOTS, ClassIds, Settings, XidCounters, XidEntry, XidSource, names};
+use bwmon_common::{COUNTER_SLOTS, Settings, XidCounters, XidEntry, XidSource, names};
 use tracing::{info, warn};
 
 pub use attach::AttachMode;
@@ -223,18 +223,7 @@ impl Datapath {
         // slots are known, and its xid maps hold what an older layout's class maps held.
         dp.cover_tries_in_filter()?;
         dp.load_slots()?;
-        if !older_classes.is_empty() {
-            let mut classes: HashMap<u32, ClassIds> = dp
-                .entries
-                .iter()
-                .filter(|(_, e)| e.classes != ClassIds::NONE)
-                .map(|(x, e)| (*x, e.classes))
-                .collect();
-            for (xid, ids) in older_classes {
-                classes.entry(xid).or_insert(ids);
-            }
-            dp.set_classes(&classes)?;
-        }
+        dp.steer_as_the_older_layout(older_classes)?;
         if incomplete {
             info!(iface = %dp.iface, map = names::DROPS_SEEN, "the drop counters' seen map was made anew: reading them whole until the next reboot");
             let (map, err) = dp.map_for_write(names::DROPS_SEEN)?;

@@ -391,4 +391,26 @@ impl super::Datapath {
         self.carried = Some(carried);
         Ok(())
     }
+
+    /// Makes the xid maps hold the class ids an older layout's class maps held (`older`), as
+    /// well as the ones they hold already, so that its slices are steered as before until the
+    /// first sync.
+    pub(super) fn steer_as_the_older_layout(
+        &mut self,
+        older: HashMap<u32, ClassIds>,
+    ) -> super::Result<()> {
+        if older.is_empty() {
+            return Ok(());
+        }
+        let mut classes: HashMap<u32, ClassIds> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.classes != ClassIds::NONE)
+            .map(|(x, e)| (*x, e.classes))
+            .collect();
+        for (xid, ids) in older {
+            classes.entry(xid).or_insert(ids);
+        }
+        self.set_classes(&classes)
+    }
 }

@@ -240,6 +240,29 @@ fn share_axis_top(peak: f64) -> f64 {
     peak.clamp(100.0, 300.0) * 1.1
 }
 
+/// The report's error when `pick` chose no slice with something to draw.
+fn nothing_to_draw(pick: &Pick) -> ReportError {
+    let of = match pick {
+        Pick::Top(_) => " of a slice with a budget".to_owned(),
+        Pick::Named(names) => {
+            let names: Vec<String> = names.iter().map(ToString::to_string).collect();
+            format!(" of slice {}", names.join(", "))
+        }
+    };
+    ReportError::Empty(of)
+}
+
+/// The chart's caption: `drawn` slices of the `of` that had something to draw.
+fn caption(drawn: usize, of: usize) -> String {
+    if drawn < of {
+        format!(
+            "bwmon: general traffic used, as a share of each slice's budget ({drawn} of {of} slices, nearest their budget first)"
+        )
+    } else {
+        "bwmon: general traffic used, as a share of each slice's budget".to_owned()
+    }
+}
+
 /// Writes the picture of the general class as SVG text.
 ///
 /// # Errors
@@ -252,14 +275,7 @@ pub(crate) fn svg(
 ) -> Result<String, ReportError> {
     let Chosen { series, of } = choose(entries, pick, days, now);
     if series.is_empty() {
-        let of = match pick {
-            Pick::Top(_) => " of a slice with a budget".to_owned(),
-            Pick::Named(names) => {
-                let names: Vec<String> = names.iter().map(ToString::to_string).collect();
-                format!(" of slice {}", names.join(", "))
-            }
-        };
-        return Err(ReportError::Empty(of));
+        return Err(nothing_to_draw(pick));
     }
     let draw = |e: &dyn std::fmt::Display| ReportError::Draw(e.to_string());
     let first = series
@@ -274,14 +290,7 @@ pub(crate) fn svg(
     let title = axis.title();
     let labels = axis.clone();
     let tick_label = |x: &f64| labels.label(*x as UnixSecs);
-    let caption = if series.len() < of {
-        format!(
-            "bwmon: general traffic used, as a share of each slice's budget ({} of {of} slices, nearest their budget first)",
-            series.len()
-        )
-    } else {
-        "bwmon: general traffic used, as a share of each slice's budget".to_owned()
-    };
+    let caption = caption(series.len(), of);
     let mut out = String::new();
     {
         let root = SVGBackend::with_string(&mut out, (1200, 600)).into_drawing_area();

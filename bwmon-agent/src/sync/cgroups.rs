@@ -8,7 +8,7 @@ use bwmon_common::ROOT_XID;
 use super::{Kernel, Syncer, Tree};
 use crate::{
     cgroup::{self, CgroupPath, Hierarchy, Pattern, Tenants},
-    config::slices::{PatternSpec, SliceSpec},
+    config::{patterns::PatternSpec, slices::SliceSpec},
 };
 
 impl<K: Kernel, T: Tree> Syncer<K, T> {

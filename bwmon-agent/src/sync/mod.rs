@@ -28,7 +28,10 @@ use plan::{LiveSlice, Memory, Observation, Plan, Settings};
 use crate::{
     cgroup::Hierarchy,
     config::Config,
-    config::slices::{PatternSpec, ROOT_NAME, SliceSpec},
+    config::{
+        patterns::PatternSpec,
+        slices::{ROOT_NAME, SliceSpec},
+    },
     error_kind::{ErrorCounts, ErrorKind},
     htb::minors::Minors,
     policy::rspec::Attributes,
