@@ -554,11 +554,16 @@ fn write_run_script(
         On::Oldest => place.first,
         On::Newest => place.last,
     };
-    // `BWMON_VM_ONLY=cgroups,htb`: only those checks (while working on one of them).
+    // `BWMON_VM_ONLY=cgroups,htb`: only those checks (while working on one of them);
+    // `cgroups/sandbox`: the checks of that binary whose filter contains `sandbox`.
     let only = std::env::var("BWMON_VM_ONLY").ok();
-    let wanted = |name: &str| {
-        only.as_deref()
-            .is_none_or(|o| o.split(',').any(|n| n == name))
+    let wanted = |name: &str, filter: &str| {
+        only.as_deref().is_none_or(|o| {
+            o.split(',').any(|n| match n.split_once('/') {
+                Some((test, part)) => test == name && filter.contains(part),
+                None => n == name,
+            })
+        })
     };
     for Check {
         test: name,
@@ -566,7 +571,7 @@ fn write_run_script(
         on,
     } in checks
     {
-        if !runs_here(*on) || !wanted(name) {
+        if !runs_here(*on) || !wanted(name, filter) {
             continue;
         }
         let exe = binaries
