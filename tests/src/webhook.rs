@@ -26,11 +26,22 @@ pub struct HookServer {
     pub secret_file: PathBuf,
     dir: PathBuf,
     child: std::process::Child,
+    tls: bool,
 }
 
 impl HookServer {
     /// Starts a receiver on `port` answering as `mode`, and waits until it accepts connections.
     pub fn start(port: u16, mode: HookMode) -> HookServer {
+        HookServer::start_with(port, mode, false)
+    }
+
+    /// Starts a receiver that speaks HTTPS with a self-signed certificate for 127.0.0.1 (one
+    /// no client that checks certificates accepts).
+    pub fn start_tls(port: u16, mode: HookMode) -> HookServer {
+        HookServer::start_with(port, mode, true)
+    }
+
+    fn start_with(port: u16, mode: HookMode, tls: bool) -> HookServer {
         let dir = std::env::temp_dir().join(format!("bwmon-hook-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -39,7 +50,31 @@ impl HookServer {
         let secret_file = dir.join("secret");
         std::fs::write(&secret_file, format!("test-secret-{port}\n")).unwrap();
         std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let server = HookServer::spawn(port, &dir, &script, &secret_file);
+        if tls {
+            let (key, crt) = (dir.join("tls.key"), dir.join("tls.crt"));
+            crate::cmd(
+                "openssl",
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                    "-keyout",
+                    &key.display().to_string(),
+                    "-out",
+                    &crt.display().to_string(),
+                ],
+            );
+        }
+        let mut server = HookServer::spawn(port, &dir, &script, &secret_file);
+        server.tls = tls;
         server.set(mode);
         for _ in 0..100 {
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -65,12 +100,14 @@ impl HookServer {
             secret_file: secret.clone(),
             dir: dir.clone(),
             child,
+            tls: false,
         }
     }
 
     /// Its URL.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/bwmon", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/bwmon", self.port)
     }
 
     /// From now on, answers as `mode`.
@@ -96,6 +133,11 @@ impl HookServer {
     /// Every request received: `{"mode", "signature_ok", "headers", "event", "at"}`.
     pub fn requests(&self) -> Vec<serde_json::Value> {
         self.lines("requests.jsonl")
+    }
+
+    /// The TLS handshakes that failed: `{"error"}`.
+    pub fn tls_errors(&self) -> Vec<serde_json::Value> {
+        self.lines("tls_errors.jsonl")
     }
 
     /// The events answered 200, in the order they were.

@@ -7,12 +7,15 @@ How it answers is read from DIR/mode at every request: "ok" (200), "fail" (500) 
 {"mode", "signature_ok", "headers", "event"}; an event answered 200 is appended to
 DIR/accepted.jsonl only once the answer was written. With SECRET_FILE, "signature_ok" says
 whether X-Bwmon-Signature is sha256=<hex HMAC-SHA256 of the body> under the file's contents.
+With DIR/tls.crt and DIR/tls.key it speaks HTTPS with that certificate; every TLS handshake
+that fails is appended to DIR/tls_errors.jsonl as {"error"}.
 """
 
 import hashlib
 import hmac
 import json
 import os
+import ssl
 import sys
 import threading
 import time
@@ -68,5 +71,26 @@ class Hook(BaseHTTPRequestHandler):
         pass
 
 
-ThreadingHTTPServer.daemon_threads = True
-ThreadingHTTPServer(("127.0.0.1", PORT), Hook).serve_forever()
+CERT, KEY = os.path.join(DIR, "tls.crt"), os.path.join(DIR, "tls.key")
+TLS = None
+if os.path.exists(CERT):
+    TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    TLS.load_cert_chain(CERT, KEY)
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def get_request(self):
+        sock, addr = self.socket.accept()
+        if TLS is not None:
+            try:
+                sock = TLS.wrap_socket(sock, server_side=True)
+            except (ssl.SSLError, OSError) as e:
+                append("tls_errors.jsonl", {"error": str(e)})
+                sock.close()
+                raise
+        return sock, addr
+
+
+Server(("127.0.0.1", PORT), Hook).serve_forever()

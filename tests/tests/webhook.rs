@@ -191,3 +191,29 @@ fn events_left_undelivered_at_a_kill_are_delivered_after_the_restart_once() {
     std::thread::sleep(Duration::from_secs(4));
     assert_once_in_order(&hook, &["warned", "capped"]);
 }
+
+#[test]
+fn an_https_hook_is_spoken_to_in_tls_and_a_certificate_no_root_vouches_for_is_refused() {
+    let lab = Lab::new();
+    let hook = HookServer::start_tls(free_port(), HookMode::Ok);
+    let d = Daemon::start(&lab, &config(&hook, "2s", None), &slices());
+    warn_then_cap(&lab, &d);
+    // bwmon opened TLS (rustls) and the handshake failed on the self-signed certificate: no
+    // event went over the wire in the clear or to an unverified peer ...
+    let failed = poll(20, || hook.tls_errors(), |e| !e.is_empty());
+    assert!(!failed.is_empty(), "no TLS handshake:\n{}", d.log());
+    assert!(hook.requests().is_empty(), "{:?}", hook.requests());
+    // ... and the notice waits to be tried again, saying why.
+    let log = poll(
+        10,
+        || d.log(),
+        |l| {
+            l.contains("notice not delivered; will retry") && l.contains("invalid peer certificate")
+        },
+    );
+    assert!(
+        log.contains("notice not delivered; will retry")
+            && log.contains("invalid peer certificate"),
+        "{log}"
+    );
+}
