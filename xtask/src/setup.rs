@@ -53,6 +53,10 @@ const PACKAGES: &[Package] = &[
         why: "`systemd-analyze verify` checks bwmon's unit file in the tests",
     },
     Package {
+        name: "openssl",
+        why: "a self-signed certificate for the test webhook receiver that must be refused",
+    },
+    Package {
         name: "strace",
         why: "the system calls a daemon under the unit's sandbox makes, held against its SystemCallFilter=",
     },
