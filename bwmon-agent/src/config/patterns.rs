@@ -3,8 +3,15 @@
 
 use toml_edit::Table;
 
-use super::{problems::Collector, read::attributes};
-use crate::{cgroup::Pattern, policy::rspec::Attributes};
+use super::{
+    draft::count_key,
+    problems::Collector,
+    read::{Field, attributes},
+};
+use crate::{
+    cgroup::Pattern,
+    policy::{received::Count, rspec::Attributes},
+};
 
 /// A `[[cgroups]]` table: every cgroup its pattern matches is a slice with its attributes,
 /// named after the cgroup (its last component).
@@ -14,10 +21,12 @@ pub(crate) struct PatternSpec {
     pub(crate) pattern: Pattern,
     /// Attributes of every slice it makes.
     pub(crate) attrs: Attributes,
+    /// Which bytes their budgets cover, when the table says (`count`); else the config's.
+    pub(crate) count: Option<Count>,
 }
 
 /// A `[[cgroups]]` table's keys that are not attributes.
-const PATTERN_KEYS: [&str; 1] = ["pattern"];
+const PATTERN_KEYS: [&str; 2] = ["pattern", "count"];
 
 /// The `[[cgroups]]` tables: each with a valid `pattern` and attributes, the others reported
 /// as `cgroups[i].key` and skipped.
@@ -51,6 +60,9 @@ pub(super) fn read_patterns(c: &mut Collector, root: &Table) -> Vec<PatternSpec>
                 None
             }
         };
+        let count = table
+            .get("count")
+            .and_then(|item| count_key(&mut Field::new(c, item, &key("count"))));
         let mut attrs = Attributes::default();
         attributes(c, table, &key(""), &PATTERN_KEYS, &mut attrs);
         if let Some(pattern) = pattern
@@ -61,7 +73,11 @@ pub(super) fn read_patterns(c: &mut Collector, root: &Table) -> Vec<PatternSpec>
                 c.add(table.get("pattern"), &key("pattern"), message);
                 continue;
             }
-            out.push(PatternSpec { pattern, attrs });
+            out.push(PatternSpec {
+                pattern,
+                attrs,
+                count,
+            });
         }
     }
     out

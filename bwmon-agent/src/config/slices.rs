@@ -558,6 +558,7 @@ cgroup = "/system.slice/web.service"
 [[cgroups]]
 pattern = "/system.slice/docker-*.scope"
 net_max_kbyte = 200
+count = "both"
 [[cgroups]]
 pattern = "relative/*"
 [[cgroups]]
@@ -565,6 +566,9 @@ net_max_kbyte = 1
 [[slice]]
 name = "bad"
 cgroup = "/a/*"
+[[cgroups]]
+pattern = "/user.slice/user-*.slice"
+count = "sideways"
 "#,
         )
         .unwrap();
@@ -579,11 +583,16 @@ cgroup = "/a/*"
             parsed.patterns[0].attrs.max_kbyte,
             Some(crate::units::KBytes(200))
         );
+        assert_eq!(
+            parsed.patterns[0].count,
+            Some(crate::policy::received::Count::Both)
+        );
         let text = parsed.skipped.unwrap().to_string();
         for expect in [
             "cgroups[1].pattern: 'relative/*' must start with '/'",
             "cgroups[2].pattern: missing",
             "slice[2].cgroup: '/a/*' has a '*'",
+            "cgroups[3].count: 'sideways' is not one of \"egress\", \"both\"",
         ] {
             assert!(text.contains(expect), "missing {expect:?} in\n{text}");
         }

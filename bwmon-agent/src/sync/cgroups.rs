@@ -68,7 +68,7 @@ impl<K: Kernel, T: Tree> Syncer<K, T> {
                     name,
                     xid,
                     sources: Vec::new(),
-                    count: None,
+                    count: self.patterns[*i].count,
                     attrs: self.patterns[*i].attrs,
                     cgroup: Some(path.clone()),
                 })

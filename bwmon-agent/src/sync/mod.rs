@@ -1081,9 +1081,11 @@ mod tests {
         s.set_patterns(vec![PatternSpec {
             pattern: Pattern::parse(&format!("/{top}/job-*")).unwrap(),
             attrs: Attributes::default(),
+            count: Some(crate::policy::received::Count::Both),
         }]);
         let o = s.step(1000);
         let job = o.report.slices.iter().find(|r| r.name == "job-1").unwrap();
+        assert_eq!(job.count, "both", "the pattern's count");
         assert_eq!(
             job.cgroup.as_deref(),
             Some(format!("/{top}/job-1").as_str())
@@ -1130,6 +1132,7 @@ mod tests {
         s.set_patterns(vec![PatternSpec {
             pattern: Pattern::parse(&format!("/{top}/job-*")).unwrap(),
             attrs: Attributes::default(),
+            count: None,
         }]);
         let with = time(&mut s, 1000);
         let t = std::time::Instant::now();
