@@ -67,8 +67,9 @@ pub fn unit_allows(unit: &Path) -> BTreeSet<String> {
         "{}: no SystemCallFilter=",
         unit.display()
     );
-    // What systemd always allows beside a filter (systemd.exec(5)).
-    allowed.extend(
+    let mut out = &allowed - &denied;
+    // What systemd allows whatever the filter says (systemd.exec(5)).
+    out.extend(
         [
             "execve",
             "exit",
@@ -79,7 +80,7 @@ pub fn unit_allows(unit: &Path) -> BTreeSet<String> {
         ]
         .map(String::from),
     );
-    &allowed - &denied
+    out
 }
 
 /// systemd's syscall groups: `@name` → its entries (names and `@groups`).

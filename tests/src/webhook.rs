@@ -73,8 +73,7 @@ impl HookServer {
                 ],
             );
         }
-        let mut server = HookServer::spawn(port, &dir, &script, &secret_file);
-        server.tls = tls;
+        let server = HookServer::spawn(port, &dir, &script, &secret_file, tls);
         server.set(mode);
         for _ in 0..100 {
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -85,7 +84,13 @@ impl HookServer {
         panic!("the webhook receiver did not listen on {port}");
     }
 
-    fn spawn(port: u16, dir: &PathBuf, script: &PathBuf, secret: &PathBuf) -> HookServer {
+    fn spawn(
+        port: u16,
+        dir: &PathBuf,
+        script: &PathBuf,
+        secret: &PathBuf,
+        tls: bool,
+    ) -> HookServer {
         let child = Command::new("/usr/bin/python3")
             .arg(script)
             .arg(port.to_string())
@@ -100,7 +105,7 @@ impl HookServer {
             secret_file: secret.clone(),
             dir: dir.clone(),
             child,
-            tls: false,
+            tls,
         }
     }
 

@@ -537,14 +537,10 @@ fn unit_creds(gid: Option<u32>) -> Vec<String> {
 /// it without systemd: its own mount namespace where `/proc` hides other users' processes
 /// (`ProtectProc=invisible`) and the v2 hierarchy is read-only (`ProtectControlGroups=yes`),
 /// with the unit's credentials ([`unit_creds`]), its system calls written to `syscalls`.
+/// The script is fixed text: the hierarchy's path and every argument come as `$1` and `$@`.
 fn sandboxed(d: &mut Daemon, gid: Option<u32>, syscalls: &std::path::Path) {
-    let root = bwmon_tests::cgroup2_root();
-    let root = root.display();
-    let script = format!(
-        "mount -t proc -o hidepid=invisible proc /proc && mount --bind {root} {root} && mount -o remount,bind,ro {root} && exec setpriv {} {} \"$@\"",
-        unit_creds(gid).join(" "),
-        syscalls::strace_args(syscalls).join(" ")
-    );
+    const SCRIPT: &str = "root=$1; shift; mount -t proc -o hidepid=invisible proc /proc && mount --bind \"$root\" \"$root\" && mount -o remount,bind,ro \"$root\" && exec setpriv \"$@\"";
+    let root = bwmon_tests::cgroup2_root().display().to_string();
     d.wrapper = [
         "unshare",
         "-m",
@@ -552,11 +548,15 @@ fn sandboxed(d: &mut Daemon, gid: Option<u32>, syscalls: &std::path::Path) {
         "private",
         "sh",
         "-c",
-        &script,
+        SCRIPT,
         "sh",
     ]
     .map(String::from)
-    .to_vec();
+    .into_iter()
+    .chain([root])
+    .chain(unit_creds(gid))
+    .chain(syscalls::strace_args(syscalls))
+    .collect();
 }
 
 /// Whether a process with the unit's credentials (group `gid`) in the daemon's mount

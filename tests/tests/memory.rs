@@ -71,11 +71,11 @@ fn the_maps_of_10k_slices_with_1k_active_fit_16_mib_and_512_kib_per_cpu() {
         let mut received: aya::maps::PerCpuHashMap<_, u32, bwmon_common::XidCounters> =
             aya::maps::PerCpuHashMap::try_from(aya::maps::Map::PerCpuHashMap(data)).unwrap();
         let cpus = aya::util::nr_cpus().unwrap();
+        let zeroes = || {
+            let one = bwmon_common::XidCounters::default();
+            aya::maps::PerCpuValues::try_from(vec![one; cpus]).unwrap()
+        };
         for xid in FIRST_XID..FIRST_XID + ACTIVE {
-            let zeroes = || {
-                let one = bwmon_common::XidCounters::default();
-                aya::maps::PerCpuValues::try_from(vec![one; cpus]).unwrap()
-            };
             // A no-prealloc per-CPU hash takes its entries from per-CPU pools that the kernel
             // refills in the background (GFP_NOWAIT): a burst of inserts may find them empty
             // for a moment (ENOMEM, seen on a 6.1 guest under TCG); ask again shortly.

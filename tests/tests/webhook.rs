@@ -204,16 +204,9 @@ fn an_https_hook_is_spoken_to_in_tls_and_a_certificate_no_root_vouches_for_is_re
     assert!(!failed.is_empty(), "no TLS handshake:\n{}", d.log());
     assert!(hook.requests().is_empty(), "{:?}", hook.requests());
     // ... and the notice waits to be tried again, saying why.
-    let log = poll(
-        10,
-        || d.log(),
-        |l| {
-            l.contains("notice not delivered; will retry") && l.contains("invalid peer certificate")
-        },
-    );
-    assert!(
-        log.contains("notice not delivered; will retry")
-            && log.contains("invalid peer certificate"),
-        "{log}"
-    );
+    let says_why = |l: &String| {
+        l.contains("notice not delivered; will retry") && l.contains("invalid peer certificate")
+    };
+    let log = poll(10, || d.log(), says_why);
+    assert!(says_why(&log), "{log}");
 }
